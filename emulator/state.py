@@ -1,0 +1,218 @@
+"""The emulator's memory: recordings, transcripts, idempotency records, faults and call counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+TRANSCRIPT_LIMIT = 10
+IDEMPOTENCY_WINDOW_S = 3600
+
+_WORDS = ["so", "the", "plan", "for", "this", "quarter", "is", "to", "ship", "the", "pipeline", "and", "measure", "how", "long", "each", "step", "takes", "then", "we", "review", "the", "numbers", "together", "and", "decide", "what", "to", "fix", "first", "before", "the", "release"]
+_PEOPLE = ("Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def transcript_data(transcript_id: str) -> bytes:
+    """Deterministic transcript data in Recall's download format (participants and words)."""
+    rng = random.Random(transcript_id)
+    segments: list[dict[str, Any]] = []
+    clock = rng.uniform(0.5, 5.0)
+    start = datetime(2025, 7, 17, tzinfo=UTC)
+    for index in range(rng.randint(2, 6)):
+        person = rng.randrange(len(_PEOPLE))
+        participant = (
+            None
+            if index == 0 and rng.random() < 0.2
+            else {
+                "id": 100 + person,
+                "name": _PEOPLE[person],
+                "is_host": person == 0,
+                "platform": "desktop",
+                "extra_data": None,
+                "email": None,
+            }
+        )
+        words = []
+        for _ in range(rng.randint(3, 25)):
+            length = rng.uniform(0.15, 0.6)
+            words.append(
+                {
+                    "text": rng.choice(_WORDS),
+                    "start_timestamp": {
+                        "relative": round(clock, 3),
+                        "absolute": (start + timedelta(seconds=clock))
+                        .isoformat()
+                        .replace("+00:00", "Z"),
+                    },
+                    "end_timestamp": {
+                        "relative": round(clock + length, 3),
+                        "absolute": None,
+                    },
+                }
+            )
+            clock += length + rng.uniform(0.0, 0.3)
+        segments.append({"participant": participant, "words": words})
+    return json.dumps(segments).encode()
+
+
+@dataclass
+class Transcript:
+    id: str
+    recording_id: str
+    provider: dict[str, Any]
+    metadata: dict[str, Any]
+    diarization: dict[str, Any]
+    created_at: float
+    status: str = "processing"
+    sub_code: str | None = None
+    updated_at: float = field(default_factory=time.time)
+    data: bytes | None = None
+
+
+@dataclass
+class Fault:
+    """One injected fault: what it targets, what it does, how often."""
+
+    target: str
+    action: str
+    times: int = 1
+    probability: float = 1.0
+    status: int = 503
+    retry_after: float | None = None
+    seconds: float = 0.0
+    sub_code: str = "provider_connection_failed"
+    recording_id: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+
+class EmulatorState:
+    """Everything the emulator knows, behind one lock."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.lock = threading.RLock()
+        self.rng = random.Random(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.recordings: dict[str, dict[str, Any]] = {}
+            self.transcripts: dict[str, Transcript] = {}
+            self.idempotency: dict[tuple[str, str], tuple[float, int | None, Any]] = {}
+            self.faults: list[Fault] = []
+            self.calls: Counter[str] = Counter()
+            self.created_by_recording: Counter[str] = Counter()
+
+    # -- recordings and transcripts -------------------------------------------------------------
+
+    def add_recording(self, recording_id: str | None = None) -> dict[str, Any]:
+        with self.lock:
+            rid = recording_id or str(uuid.uuid4())
+            return self.recordings.setdefault(
+                rid, {"id": rid, "metadata": {}, "bot": {"id": str(uuid.uuid4()), "metadata": {}}}
+            )
+
+    def live_count(self, recording_id: str) -> int:
+        with self.lock:
+            return sum(
+                1
+                for t in self.transcripts.values()
+                if t.recording_id == recording_id and t.status != "deleted"
+            )
+
+    def create_transcript(self, recording_id: str, body: dict[str, Any]) -> Transcript:
+        with self.lock:
+            transcript = Transcript(
+                id=str(uuid.uuid4()),
+                recording_id=recording_id,
+                provider=body["provider"],
+                metadata=dict(body.get("metadata") or {}),
+                diarization=body.get("diarization")
+                or {"use_separate_streams_when_available": False},
+                created_at=time.time(),
+            )
+            self.transcripts[transcript.id] = transcript
+            self.created_by_recording[recording_id] += 1
+            return transcript
+
+    def finish(self, transcript_id: str, failed_sub_code: str | None) -> Transcript | None:
+        """Complete processing: done with data, or failed with a sub_code."""
+        with self.lock:
+            transcript = self.transcripts.get(transcript_id)
+            if transcript is None or transcript.status != "processing":
+                return None
+            transcript.updated_at = time.time()
+            if failed_sub_code:
+                transcript.status, transcript.sub_code = "failed", failed_sub_code
+            else:
+                transcript.status, transcript.data = "done", transcript_data(transcript.id)
+            return transcript
+
+    # -- idempotency (scoped to key, method and path; the body is not compared) -----------------
+
+    def idempotency_begin(self, scope: tuple[str, str]) -> tuple[str, Any]:
+        """('new', None), ('running', None) or ('replay', (status, body))."""
+        with self.lock:
+            now = time.time()
+            record = self.idempotency.get(scope)
+            if record is not None and now - record[0] < IDEMPOTENCY_WINDOW_S:
+                if record[1] is None:
+                    return "running", None
+                return "replay", (record[1], record[2])
+            self.idempotency[scope] = (now, None, None)
+            return "new", None
+
+    def idempotency_end(self, scope: tuple[str, str], status: int, body: Any) -> None:
+        with self.lock:
+            started = self.idempotency.get(scope, (time.time(), None, None))[0]
+            self.idempotency[scope] = (started, status, body)
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def add_fault(self, spec: dict[str, Any]) -> Fault:
+        fault = Fault(**spec)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def take_fault(self, target: str, recording_id: str | None = None) -> Fault | None:
+        """The first matching fault that fires now (consuming one of its `times`; -1 is forever)."""
+        with self.lock:
+            for fault in self.faults:
+                if fault.target != target or fault.times == 0:
+                    continue
+                if fault.recording_id and fault.recording_id != recording_id:
+                    continue
+                if fault.probability < 1.0 and self.rng.random() >= fault.probability:
+                    continue
+                if fault.times > 0:
+                    fault.times -= 1
+                return fault
+            return None
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            statuses = Counter(t.status for t in self.transcripts.values())
+            return {
+                "calls": dict(self.calls),
+                "created_by_recording": dict(self.created_by_recording),
+                "transcripts_by_status": dict(statuses),
+                "recordings": len(self.recordings),
+            }
+
+
+def download_signature(secret: bytes, transcript_id: str, expires: int) -> str:
+    return hashlib.sha256(secret + f"{transcript_id}:{expires}".encode()).hexdigest()[:32]

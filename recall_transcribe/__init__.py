@@ -1,0 +1,1 @@
+"""The `recall-transcribe` command: one entry point for every process of the system."""

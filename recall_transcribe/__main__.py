@@ -1,0 +1,3 @@
+from recall_transcribe.cli import main
+
+raise SystemExit(main())

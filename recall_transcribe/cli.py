@@ -1,0 +1,233 @@
+"""`recall-transcribe SUBCOMMAND`: receiver, worker, flower, emulator, up, enqueue, jobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from worker.settings import ConfigError, load_settings
+
+SUBCOMMANDS = ("receiver", "worker", "flower", "emulator", "up", "enqueue", "jobs")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recall-transcribe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    receiver = sub.add_parser("receiver", help="serve the webhook receiver and jobs API (gunicorn)")
+    receiver.add_argument("--host", default="127.0.0.1")
+    receiver.add_argument("--port", type=int, default=8000)
+    receiver.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    receiver.add_argument("--threads", type=int, default=8, help="threads per worker process")
+
+    sub.add_parser(
+        "worker", help="start a Celery worker on the pipeline queues (extra args go to celery)"
+    )
+
+    flower = sub.add_parser("flower", help="start Flower, the monitoring dashboard")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--address", default="127.0.0.1")
+
+    emulator = sub.add_parser("emulator", help="serve the Recall emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8500)
+    emulator.add_argument(
+        "--webhook-url", action="append", default=[], help="where to send webhooks (repeatable)"
+    )
+    emulator.add_argument("--api-key", default=None, help="accept only this API key (default: any)")
+    emulator.add_argument(
+        "--processing-s", type=float, default=1.0, help="transcript processing time"
+    )
+    emulator.add_argument("--latency-s", type=float, default=0.0, help="added to every API call")
+    emulator.add_argument("--retry-scale", type=float, default=1.0, help="x Svix retry delays")
+    emulator.add_argument("--page-size", type=int, default=10, help="List Transcripts page size")
+    emulator.add_argument("--legacy-headers", action="store_true", help="sign with svix-* headers")
+    emulator.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
+
+    sub.add_parser("up", help="run everything on this machine (emulator when no RECALL_API_KEY)")
+
+    enqueue = sub.add_parser("enqueue", help="enqueue a transcription job for a recording")
+    enqueue.add_argument("recording_id")
+    enqueue.add_argument("--provider", type=json.loads, default=None, help="provider JSON")
+    enqueue.add_argument("--idempotency-key", default=None)
+    enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    enqueue.add_argument("--timeout", type=float, default=None, help="give up waiting after (s)")
+
+    jobs = sub.add_parser("jobs", help="list, show or retry jobs")
+    jobs.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
+    jobs.add_argument("job_id", nargs="?")
+    jobs.add_argument("--state", default=None)
+    jobs.add_argument("--recording-id", default=None)
+    jobs.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    parser = _parser()
+    if argv and argv[0] == "worker":
+        args, extra = parser.parse_args(argv[:1]), argv[1:]
+    else:
+        args, extra = parser.parse_args(argv), []
+    try:
+        return int(COMMANDS[args.command](args, extra) or 0)
+    except ConfigError as exc:
+        print(f"recall-transcribe: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _receiver(args: argparse.Namespace, _: list[str]) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from receiver.app import create_app
+
+    app = create_app(load_settings())
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("control_socket_disable", True)
+
+        def load(self) -> Any:
+            return app
+
+    Server().run()
+    return 0
+
+
+def _worker(_: argparse.Namespace, extra: list[str]) -> int:
+    from tasks.app import create_app
+    from worker.app import QUEUES
+
+    app, _pipeline = create_app(load_settings())
+    argv = ["worker", "--loglevel=INFO", *extra]
+    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in extra):
+        argv += ["-Q", ",".join(QUEUES)]
+    app.worker_main(argv)
+    return 0
+
+
+def _flower(args: argparse.Namespace, _: list[str]) -> int:
+    from urllib.parse import urlparse
+
+    from worker.app import create_celery
+
+    settings = load_settings()
+    argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
+    if settings.FLOWER_BASIC_AUTH:
+        argv.append(f"--basic-auth={settings.FLOWER_BASIC_AUTH.get_secret_value()}")
+    elif urlparse(settings.REDIS_URL).hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError("FLOWER_BASIC_AUTH is required when the broker is not on loopback")
+    create_celery(settings).start(argv)
+    return 0
+
+
+def _emulator(args: argparse.Namespace, _: list[str]) -> int:
+    from emulator.server import EmulatorConfig, serve
+
+    settings = load_settings()
+    secrets = settings.webhook_secrets
+    config = EmulatorConfig(
+        public_url=f"http://{args.host}:{args.port}",
+        api_key=args.api_key,
+        webhook_urls=args.webhook_url,
+        webhook_secret=secrets[0] if secrets else None,
+        legacy_headers=args.legacy_headers,
+        processing_s=args.processing_s,
+        latency_s=args.latency_s,
+        retry_scale=args.retry_scale,
+        page_size=args.page_size,
+        seed=args.seed,
+    )
+    serve(config, args.host, args.port)
+    return 0
+
+
+def _up(_: argparse.Namespace, __: list[str]) -> int:
+    from recall_transcribe.up import run_all
+
+    return run_all(load_settings())
+
+
+def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
+    from tasks.app import create_app
+
+    _app, pipeline = create_app(load_settings())
+    job_id, created = pipeline.submit(args.recording_id, args.provider, None, args.idempotency_key)
+    print(f"job {job_id} ({'queued' if created else 'already exists'})")
+    if not args.wait:
+        return 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    last = ""
+    while True:
+        job = pipeline.jobs.get(job_id)
+        if job is None:
+            print("job vanished", file=sys.stderr)
+            return 1
+        if job.state != last:
+            print(f"  {time.strftime('%H:%M:%S')} {job.state}", flush=True)
+            last = job.state
+        if job.state == "done":
+            print(f"transcript {job.transcript_id} persisted")
+            return 0
+        if job.state == "failed":
+            print(
+                f"failed: {job.error.code if job.error else '?'}: {job.error.message if job.error else ''}"
+            )
+            return 1
+        if deadline is not None and time.monotonic() > deadline:
+            print("still running; stopped waiting", file=sys.stderr)
+            return 3
+        time.sleep(0.5)
+
+
+def _jobs(args: argparse.Namespace, _: list[str]) -> int:
+    from tasks.app import create_app
+
+    _app, pipeline = create_app(load_settings())
+    if args.action == "list":
+        for job in pipeline.jobs.page(
+            recording_id=args.recording_id, state=args.state, limit=args.limit
+        ):
+            error = f" {job.error.code}" if job.error else ""
+            print(f"{job.id}  {job.state:<9} {job.recording_id}  {job.transcript_id or '-'}{error}")
+        return 0
+    if not args.job_id:
+        print(f"recall-transcribe: jobs {args.action} needs a JOB_ID", file=sys.stderr)
+        return 2
+    if args.action == "retry":
+        if not pipeline.jobs.retry(args.job_id):
+            print(f"job {args.job_id} is not a failed job", file=sys.stderr)
+            return 1
+        pipeline.enqueue("create", args.job_id)
+    job = pipeline.jobs.get(args.job_id)
+    if job is None:
+        print(f"no job {args.job_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(job.model_dump(mode="json"), indent=2))
+    return 0
+
+
+COMMANDS = {
+    "receiver": _receiver,
+    "worker": _worker,
+    "flower": _flower,
+    "emulator": _emulator,
+    "up": _up,
+    "enqueue": _enqueue,
+    "jobs": _jobs,
+}

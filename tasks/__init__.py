@@ -1,0 +1,1 @@
+"""The middle floor: the transcription pipeline (Recall client, job state, store, Celery tasks)."""

@@ -1,0 +1,321 @@
+"""The Recall.ai client: one object per outside system, typed errors translated at one boundary.
+
+RecallError
+ +-- RetryableError           try again later (a create keeps its Idempotency-Key)
+ |    +-- RateLimited         429, carries Retry-After
+ |    +-- Unavailable         409 (same key still running), 5xx
+ |    +-- OutcomeUnknown      timeout or reset after sending: the call may have happened
+ |    +-- DownloadExpired     the pre-signed URL was refused (403): retrieve again for a new one
+ +-- FinalError               trying again will not help
+      +-- BadRequest          400 (the body says why; may be the 10-transcripts limit)
+      +-- Unauthorized        401
+      +-- Rejected            402 (credit), 403 (firewall), other 4xx
+      +-- NotFound            404
+      +-- DownloadRefused     a download_url not allowed (plain http) or too large
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+from worker.settings import Settings
+
+USER_AGENT = "recall-transcribe/0.1"
+
+
+class RecallError(Exception):
+    """Any failed call to Recall; `code` is what a user reads in the job's error."""
+
+    code = "recall_error"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class RetryableError(RecallError):
+    """The call may succeed later."""
+
+    code = "recall_unavailable"
+    retry_after: float | None = None
+
+
+class RateLimited(RetryableError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
+class Unavailable(RetryableError):
+    code = "recall_unavailable"
+
+
+class OutcomeUnknown(RetryableError):
+    code = "recall_unreachable"
+
+
+class DownloadExpired(RetryableError):
+    code = "download_expired"
+
+
+class FinalError(RecallError):
+    """Trying again with the same request will not help."""
+
+    code = "recall_rejected"
+
+
+class BadRequest(FinalError):
+    code = "recall_rejected"
+
+
+class Unauthorized(FinalError):
+    code = "recall_unauthorized"
+
+
+class Rejected(FinalError):
+    code = "recall_rejected"
+
+
+class NotFound(FinalError):
+    code = "not_found"
+
+
+class DownloadRefused(FinalError):
+    code = "download_refused"
+
+
+class TranscriptStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+    sub_code: str | None = None
+
+
+class TranscriptData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    download_url: str | None = None
+
+
+class RecordingRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+
+
+class Transcript(BaseModel):
+    """The transcript object; unknown fields are kept (Recall adds fields over time)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    recording: RecordingRef | None = None
+    created_at: datetime | None = None
+    status: TranscriptStatus
+    data: TranscriptData | None = None
+    metadata: dict[str, Any] | None = None
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> Transcript:
+        """Parse an API answer and keep it verbatim for persisting."""
+        transcript = cls.model_validate(raw)
+        transcript._raw = raw
+        return transcript
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return self._raw
+
+    @property
+    def download_url(self) -> str | None:
+        return self.data.download_url if self.data else None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _error_for(response: requests.Response, what: str) -> RecallError:
+    """Map an HTTP error answer to the typed error tree."""
+    status = response.status_code
+    detail = response.text[:300].strip() or response.reason
+    message = f"{what}: HTTP {status}: {detail}"
+    if status == 429:
+        return RateLimited(message, _retry_after(response))
+    if status == 409 or status >= 500:
+        error = Unavailable(message, status)
+        error.retry_after = _retry_after(response)
+        return error
+    if status == 400:
+        return BadRequest(message, status)
+    if status == 401:
+        return Unauthorized(f"{what}: HTTP 401: Recall refused the API key", status)
+    if status == 404:
+        return NotFound(message, status)
+    return Rejected(message, status)
+
+
+def _idempotent_retries() -> Retry:
+    """Quick in-call retries for reads and deletes only; a create is retried by the pipeline."""
+    return Retry(
+        total=2,
+        connect=2,
+        read=2,
+        status=2,
+        backoff_factor=0.2,
+        status_forcelist=(502, 503, 504),
+        allowed_methods=frozenset({"GET", "DELETE"}),
+        respect_retry_after_header=False,
+        raise_on_status=False,
+    )
+
+
+class RecallClient:
+    """Calls Recall's API with one `requests.Session` per thread, auth and timeouts set once."""
+
+    def __init__(self, settings: Settings) -> None:
+        key = settings.RECALL_API_KEY.get_secret_value() if settings.RECALL_API_KEY else ""
+        self._auth = f"Token {key}"
+        self._base = settings.RECALL_API_BASE_URL
+        self._timeout = (min(5.0, settings.RECALL_HTTP_TIMEOUT_S), settings.RECALL_HTTP_TIMEOUT_S)
+        self._max_download = settings.DOWNLOAD_MAX_BYTES
+        self._require_https = not settings.development
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = USER_AGENT
+            adapter = HTTPAdapter(max_retries=_idempotent_retries())
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> requests.Response:
+        all_headers = {"Authorization": self._auth, "Accept": "application/json"}
+        all_headers.update(headers or {})
+        try:
+            response = self._session().request(
+                method, url, json=json, headers=all_headers, params=params, timeout=self._timeout
+            )
+        except requests.ConnectionError as exc:
+            if method != "POST" or _never_sent(exc):
+                raise Unavailable(f"{what}: cannot connect to Recall") from None
+            raise OutcomeUnknown(f"{what}: connection lost before Recall answered") from None
+        except requests.Timeout:
+            raise OutcomeUnknown(f"{what}: Recall did not answer in time") from None
+        except requests.RequestException as exc:
+            raise OutcomeUnknown(f"{what}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise _error_for(response, what)
+        return response
+
+    def create_transcript(
+        self,
+        recording_id: str,
+        provider: dict[str, Any],
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> Transcript:
+        """Create Async Transcript; the same `idempotency_key` replays instead of creating again."""
+        body = {
+            "provider": provider,
+            "diarization": {"use_separate_streams_when_available": False},
+            "metadata": metadata,
+        }
+        response = self._call(
+            "POST",
+            f"{self._base}/api/v1/recording/{recording_id}/create_transcript/",
+            "create transcript",
+            json=body,
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        return Transcript.from_api(response.json())
+
+    def retrieve_transcript(self, transcript_id: str) -> Transcript:
+        response = self._call(
+            "GET", f"{self._base}/api/v1/transcript/{transcript_id}/", "retrieve transcript"
+        )
+        return Transcript.from_api(response.json())
+
+    def list_transcripts(self, recording_id: str) -> Iterator[Transcript]:
+        """All transcripts of a recording, following the `next` cursor to the end."""
+        url: str | None = f"{self._base}/api/v1/transcript/"
+        params: dict[str, str] | None = {"recording_id": recording_id}
+        while url:
+            page = self._call("GET", url, "list transcripts", params=params).json()
+            for raw in page.get("results", []):
+                yield Transcript.from_api(raw)
+            url, params = page.get("next"), None
+
+    def delete_transcript(self, transcript_id: str) -> None:
+        """Delete a transcript; one already gone counts as deleted."""
+        try:
+            self._call(
+                "DELETE", f"{self._base}/api/v1/transcript/{transcript_id}/", "delete transcript"
+            )
+        except NotFound:
+            return
+
+    def download(self, url: str) -> bytes:
+        """Fetch transcript data from a pre-signed URL, capped in size and time."""
+        if self._require_https and not url.startswith("https://"):
+            raise DownloadRefused("download: refusing a download_url that is not https")
+        deadline = time.monotonic() + 4 * self._timeout[1]
+        try:
+            with self._session().get(url, stream=True, timeout=self._timeout) as response:
+                if response.status_code in (401, 403):
+                    raise DownloadExpired(f"download: HTTP {response.status_code} (URL expired?)")
+                if response.status_code >= 400:
+                    raise _error_for(response, "download")
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_content(64 * 1024):
+                    size += len(chunk)
+                    if size > self._max_download:
+                        raise DownloadRefused(f"download: larger than {self._max_download} bytes")
+                    if time.monotonic() > deadline:
+                        raise Unavailable("download: too slow, gave up")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except requests.RequestException as exc:
+            raise Unavailable(f"download: {type(exc).__name__}") from None
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """True when the connection failed before the request could reach Recall."""
+    text = repr(exc)
+    return any(
+        marker in text
+        for marker in ("NewConnectionError", "ConnectTimeoutError", "NameResolutionError")
+    )

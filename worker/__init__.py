@@ -1,0 +1,1 @@
+"""The bottom floor: settings and the Celery application factory."""

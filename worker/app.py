@@ -1,0 +1,41 @@
+"""The Celery application factory: reliability settings for I/O-bound pipeline work."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from worker.settings import Settings
+
+EVENTS_QUEUE = "recall.events"
+PIPELINE_QUEUE = "recall.pipeline"
+QUEUES = (EVENTS_QUEUE, PIPELINE_QUEUE)
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app on Redis with late acks, JSON only, and no ETA messages to outlive visibility."""
+    app = Celery("recall_transcribe", broker=settings.REDIS_URL, set_as_current=True)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=16,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT_S},
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=PIPELINE_QUEUE,
+        task_routes={"recall.ingest_event": {"queue": EVENTS_QUEUE}},
+        task_time_limit=int(settings.JOB_STEP_LEASE_S),
+        task_soft_time_limit=max(1, int(settings.JOB_STEP_LEASE_S) - 5),
+    )
+    return app
