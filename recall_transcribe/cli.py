@@ -100,7 +100,8 @@ def _receiver(args: argparse.Namespace, _: list[str]) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
-            self.cfg.set("control_socket_disable", True)
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             return app

@@ -1,0 +1,266 @@
+"""Fixtures: a Redis of the tests' own, the emulator in-process or as a process, and the system."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from werkzeug.serving import make_server
+
+from emulator.server import EmulatorConfig, create_emulator
+from emulator.state import EmulatorState
+from tasks.jobs import JobStore, Step
+from tasks.recall import RecallClient
+from tasks.steps import Pipeline
+from tasks.store import LocalStore
+from tests.helpers import SECRET, Process, free_port, http_ready, wait_for
+from worker.settings import Settings, load_settings
+
+API_KEY = "test-key"
+
+
+def start_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of the test's own on a free loopback port."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory),
+         "--appendonly", "no", *extra],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    wait_for(answers, 10, what="redis-server to answer")
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    redis.Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@dataclass
+class EmulatorHandle:
+    """Drives an emulator through its /_emulator controls; `state` when it runs in-process."""
+
+    url: str
+    state: EmulatorState | None = None
+
+    def recording(self, recording_id: str, send_done: bool = False) -> None:
+        requests.post(
+            f"{self.url}/_emulator/recordings", json={"id": recording_id, "send_done": send_done}, timeout=5
+        ).raise_for_status()
+
+    def fault(self, **spec: Any) -> None:
+        requests.post(f"{self.url}/_emulator/faults", json=spec, timeout=5).raise_for_status()
+
+    def seed(self, recording_id: str, count: int, status: str = "done", **extra: Any) -> list[dict[str, Any]]:
+        response = requests.post(
+            f"{self.url}/_emulator/transcripts",
+            json={"recording_id": recording_id, "count": count, "status": status, **extra},
+            timeout=5,
+        )
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = requests.get(f"{self.url}/_emulator/stats", timeout=5).json()
+        return result
+
+    def transcripts(self, recording_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = requests.get(
+            f"{self.url}/_emulator/recordings/{recording_id}/transcripts", timeout=5
+        ).json()
+        return result
+
+    def data(self, transcript_id: str) -> bytes:
+        return requests.get(f"{self.url}/_emulator/transcripts/{transcript_id}/data", timeout=5).content
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorHandle]:
+    port = free_port()
+    config = EmulatorConfig(
+        public_url=f"http://127.0.0.1:{port}",
+        api_key=API_KEY,
+        webhook_secret=SECRET,
+        processing_s=0.05,
+        retry_scale=0.01,
+        page_size=3,
+    )
+    app = create_emulator(config)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    yield EmulatorHandle(config.public_url, app.extensions["emulator"])
+    server.shutdown()
+    app.extensions["emulator_scheduler"].stop()
+
+
+@pytest.fixture
+def settings(redis_url: str, emulator: EmulatorHandle, tmp_path: Path) -> Settings:
+    return load_settings(
+        REDIS_URL=redis_url,
+        RECALL_API_KEY=API_KEY,
+        RECALL_API_BASE_URL=emulator.url,
+        RECALL_WEBHOOK_SECRET=SECRET,
+        TRANSCRIPTS_STORE=str(tmp_path / "store"),
+        RECALL_HTTP_TIMEOUT_S=2,
+        RECALL_POLL_INITIAL_S=0.2,
+        RECALL_POLL_MAX_S=1,
+        JOB_STEP_LEASE_S=5,
+        RETRY_BACKOFF_BASE_S=0.05,
+        RETRY_BACKOFF_MAX_S=0.5,
+    )
+
+
+@dataclass
+class Harness:
+    """The pipeline with its enqueued steps recorded instead of sent to a broker."""
+
+    pipeline: Pipeline
+    enqueued: list[tuple[Step, str]]
+
+    def drain(self, limit: int = 50) -> list[str]:
+        """Run enqueued steps in order, as a worker would; returns their results."""
+        results = []
+        while self.enqueued and limit:
+            step, job_id = self.enqueued.pop(0)
+            results.append(self.pipeline.run_step(step, job_id))
+            limit -= 1
+        return results
+
+
+@pytest.fixture
+def harness(settings: Settings) -> Harness:
+    enqueued: list[tuple[Step, str]] = []
+    jobs = JobStore(redis.Redis.from_url(settings.REDIS_URL), settings.JOB_STEP_LEASE_S)
+    pipeline = Pipeline(
+        settings,
+        jobs,
+        RecallClient(settings),
+        LocalStore(settings.TRANSCRIPTS_STORE),
+        lambda step, job_id: enqueued.append((step, job_id)),
+    )
+    return Harness(pipeline, enqueued)
+
+
+@dataclass
+class System:
+    """Real processes over loopback: emulator, receiver and workers on the tests' Redis."""
+
+    env: dict[str, str]
+    emulator_url: str
+    receiver_url: str
+    store: Path
+    tmp: Path
+    processes: list[Process] = field(default_factory=list)
+    workers: list[Process] = field(default_factory=list)
+
+    def start_worker(self, name: str = "w1", *extra: str) -> Process:
+        worker = Process(
+            ["worker", "-n", f"{name}@%h", "--concurrency", "8", "--without-mingle",
+             "--without-gossip", *extra],
+            self.env,
+            self.tmp / f"worker-{name}.log",
+        )
+        self.workers.append(worker)
+        self.processes.append(worker)
+        wait_for(lambda: "ready" in worker.log() or not worker.alive(), 30, what="worker ready")
+        assert worker.alive(), worker.log()
+        return worker
+
+    @property
+    def emulator(self) -> EmulatorHandle:
+        return EmulatorHandle(self.emulator_url)
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+@pytest.fixture
+def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., System]]:
+    systems: list[System] = []
+
+    def start(workers: int = 1, emulator_args: tuple[str, ...] = (), **env_overrides: str) -> System:
+        emulator_port, receiver_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "RECALL_API_KEY": API_KEY,
+            "RECALL_API_BASE_URL": f"http://127.0.0.1:{emulator_port}",
+            "RECALL_WEBHOOK_SECRET": SECRET,
+            "TRANSCRIPTS_STORE": str(tmp_path / "store"),
+            "API_TOKENS": "test-token",
+            "RECALL_HTTP_TIMEOUT_S": "3",
+            "RECALL_POLL_INITIAL_S": "30",
+            "RECALL_POLL_MAX_S": "60",
+            "JOB_STEP_LEASE_S": "10",
+            "SWEEP_INTERVAL_S": "0.2",
+            "RETRY_BACKOFF_BASE_S": "0.1",
+            "RETRY_BACKOFF_MAX_S": "2",
+            **env_overrides,
+        }
+        system = System(
+            env,
+            f"http://127.0.0.1:{emulator_port}",
+            f"http://127.0.0.1:{receiver_port}",
+            tmp_path / "store",
+            tmp_path,
+        )
+        systems.append(system)
+        emulator = Process(
+            ["emulator", "--port", str(emulator_port), "--api-key", API_KEY, "--processing-s", "0.2",
+             "--retry-scale", "0.01", "--page-size", "4",
+             "--webhook-url", f"{system.receiver_url}/webhooks/recall", *emulator_args],
+            env,
+            tmp_path / "emulator.log",
+        )
+        receiver = Process(
+            ["receiver", "--port", str(receiver_port)], env, tmp_path / "receiver.log"
+        )
+        system.processes += [emulator, receiver]
+        wait_for(http_ready(f"{system.emulator_url}/_emulator/stats"), 20, what="emulator up")
+        wait_for(http_ready(f"{system.receiver_url}/healthz"), 20, what="receiver up")
+        for index in range(workers):
+            system.start_worker(f"w{index + 1}")
+        return system
+
+    yield start
+    for system in systems:
+        system.stop()

@@ -1,0 +1,136 @@
+"""Builders the tests share: free ports, signed webhooks, waiting on conditions, processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from standardwebhooks.webhooks import Webhook
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OTHER_SECRET = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXk="
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `condition` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition} (last: {last!r})")
+
+
+def recording_done(recording_id: str, bot_id: str | None = None) -> dict[str, Any]:
+    return {
+        "event": "recording.done",
+        "data": {
+            "data": {"code": "done", "sub_code": None, "updated_at": "2025-07-17T00:00:00Z"},
+            "recording": {"id": recording_id, "metadata": {}},
+            "bot": {"id": bot_id or str(uuid.uuid4()), "metadata": {}},
+        },
+    }
+
+
+def transcript_event(
+    name: str, recording_id: str, transcript_id: str, metadata: dict[str, Any] | None = None,
+    sub_code: str | None = None,
+) -> dict[str, Any]:
+    event = recording_done(recording_id)
+    event["event"] = name
+    event["data"]["data"]["sub_code"] = sub_code
+    event["data"]["transcript"] = {"id": transcript_id, "metadata": metadata or {}}
+    return event
+
+
+def signed(
+    event: dict[str, Any] | bytes,
+    secret: str = SECRET,
+    msg_id: str | None = None,
+    timestamp: datetime | None = None,
+    legacy: bool = False,
+) -> tuple[bytes, dict[str, str]]:
+    """A webhook body and the headers Recall would send with it."""
+    body = event if isinstance(event, bytes) else json.dumps(event).encode()
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    when = timestamp or datetime.now(UTC)
+    signature = Webhook(secret).sign(msg_id, when, body.decode())
+    prefix = "svix" if legacy else "webhook"
+    return body, {
+        "Content-Type": "application/json",
+        f"{prefix}-id": msg_id,
+        f"{prefix}-timestamp": str(int(when.timestamp())),
+        f"{prefix}-signature": signature,
+    }
+
+
+class Process:
+    """A `recall-transcribe` subcommand running as a real process, its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "recall_transcribe", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the process group (a worker's pool included)."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return requests.get(url, timeout=1).status_code < 500
+        except requests.RequestException:
+            return False
+
+    return check

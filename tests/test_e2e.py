@@ -1,0 +1,116 @@
+"""The whole system as real processes: emulator, receiver, worker, Redis, all over loopback."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+import requests
+
+from tests.conftest import System
+from tests.helpers import recording_done, signed, wait_for
+
+
+def post_webhook(system: System, body: bytes, headers: dict[str, str]) -> requests.Response:
+    return requests.post(f"{system.receiver_url}/webhooks/recall", data=body, headers=headers, timeout=10)
+
+
+def jobs_in(system: System, state: str) -> int:
+    return int(redis.Redis.from_url(system.env["REDIS_URL"]).zcard(f"rt:state:{state}"))
+
+
+def job_of(system: System, recording_id: str) -> dict[str, Any]:
+    response = requests.get(
+        f"{system.receiver_url}/api/v1/jobs",
+        params={"recording_id": recording_id},
+        headers={"Authorization": "Bearer test-token"},
+        timeout=5,
+    )
+    jobs: list[dict[str, Any]] = response.json()["jobs"]
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+def test_fifty_recordings_each_delivered_twice_persist_fifty_transcripts_created_once(
+    start_system: Any,
+) -> None:
+    system: System = start_system()
+    recordings = [f"rec-{i:02d}" for i in range(50)]
+    for recording_id in recordings:
+        system.emulator.recording(recording_id)
+        body, headers = signed(recording_done(recording_id))
+        first = post_webhook(system, body, headers)
+        second = post_webhook(system, body, headers)
+        assert (first.status_code, first.json()["status"]) == (200, "enqueued")
+        assert (second.status_code, second.json()["status"]) == (200, "duplicate")
+
+    wait_for(lambda: jobs_in(system, "done") == 50, 90, what="50 jobs done")
+
+    stats = system.emulator.stats()
+    assert stats["created_by_recording"] == {rid: 1 for rid in recordings}
+    assert stats["calls"]["create"] == 50
+    for recording_id in recordings:
+        (transcript,) = system.emulator.transcripts(recording_id)
+        job = job_of(system, recording_id)
+        assert job["state"] == "done" and job["transcript_id"] == transcript["id"]
+        folder = system.store / recording_id
+        assert (folder / f"{transcript['id']}.json").read_bytes() == system.emulator.data(transcript["id"])
+        meta = json.loads((folder / f"{transcript['id']}.meta.json").read_text())
+        assert meta["id"] == transcript["id"] and meta["job_id"] == job["id"]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [f"{transcript['id']}.json", f"{transcript['id']}.meta.json"]
+        )
+
+
+def test_recording_at_the_limit_is_remediated_failed_first_then_oldest_archived(
+    start_system: Any,
+) -> None:
+    system: System = start_system()
+    emulator = system.emulator
+    emulator.recording("full")
+    done = emulator.seed("full", 9, "done")
+    (failed,) = emulator.seed("full", 1, "failed")
+    oldest_data = emulator.data(done[0]["id"])
+
+    body, headers = signed(recording_done("full"))
+    assert post_webhook(system, body, headers).status_code == 200
+    wait_for(lambda: jobs_in(system, "done") == 1, 30, what="first job done")
+    by_id = {t["id"]: t for t in emulator.transcripts("full")}
+    assert by_id[failed["id"]]["status"]["code"] == "deleted"
+    assert all(by_id[t["id"]]["status"]["code"] == "done" for t in done)
+
+    # A second job (another provider, so another idempotency key) must archive the oldest done one.
+    response = requests.post(
+        f"{system.receiver_url}/api/v1/jobs",
+        json={"recording_id": "full", "provider": {"deepgram_async": {}}},
+        headers={"Authorization": "Bearer test-token"},
+        timeout=5,
+    )
+    assert response.status_code == 202
+    wait_for(lambda: jobs_in(system, "done") == 2, 30, what="second job done")
+    by_id = {t["id"]: t for t in emulator.transcripts("full")}
+    assert by_id[done[0]["id"]]["status"]["code"] == "deleted"
+    assert (system.store / "full" / f"{done[0]['id']}.json").read_bytes() == oldest_data
+    archived_meta = json.loads((system.store / "full" / f"{done[0]['id']}.meta.json").read_text())
+    assert archived_meta["id"] == done[0]["id"]
+    assert sum(t["status"]["code"] != "deleted" for t in by_id.values()) == 10
+
+
+def test_dropped_transcript_webhook_is_caught_by_polling(start_system: Any) -> None:
+    system: System = start_system(RECALL_POLL_INITIAL_S="1")
+    system.emulator.recording("quiet")
+    system.emulator.fault(target="webhook", action="drop", recording_id="quiet")
+    body, headers = signed(recording_done("quiet"))
+    assert post_webhook(system, body, headers).status_code == 200
+
+    wait_for(lambda: jobs_in(system, "done") == 1, 30, what="job done by polling")
+    stats = system.emulator.stats()
+    assert stats["created_by_recording"] == {"quiet": 1}
+    assert stats["calls"]["retrieve"] >= 2  # at least one poll, then the fetch
+    delivered = requests.get(f"{system.emulator_url}/_emulator/webhooks", timeout=5).json()
+    assert delivered == []
+    (transcript,) = system.emulator.transcripts("quiet")
+    assert (system.store / "quiet" / f"{transcript['id']}.json").read_bytes() == system.emulator.data(
+        transcript["id"]
+    )
