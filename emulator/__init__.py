@@ -1,1 +1,1 @@
-"""A Recall.ai emulator: a real HTTP server for the API calls and webhooks the pipeline relies on."""
+"""A Recall.ai emulator: a real HTTP server for the calls and webhooks the pipeline relies on."""

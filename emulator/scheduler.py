@@ -1,4 +1,4 @@
-"""Runs callables at a given time on a small thread pool (transcript completion, webhook retries)."""
+"""Runs callables at a given time on a thread pool (transcript completion, webhook retries)."""
 
 from __future__ import annotations
 

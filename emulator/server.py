@@ -34,7 +34,7 @@ FAULT_ACTIONS = {"status", "latency", "lose_response", "drop", "duplicate", "del
 
 @dataclass
 class EmulatorConfig:
-    """How the emulator behaves; every field can be changed at run time via PATCH /_emulator/config."""
+    """How the emulator behaves; most fields can change at run time (PATCH /_emulator/config)."""
 
     public_url: str
     api_key: str | None = None

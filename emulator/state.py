@@ -16,7 +16,41 @@ from typing import Any
 TRANSCRIPT_LIMIT = 10
 IDEMPOTENCY_WINDOW_S = 3600
 
-_WORDS = ["so", "the", "plan", "for", "this", "quarter", "is", "to", "ship", "the", "pipeline", "and", "measure", "how", "long", "each", "step", "takes", "then", "we", "review", "the", "numbers", "together", "and", "decide", "what", "to", "fix", "first", "before", "the", "release"]
+_WORDS = [
+    "so",
+    "the",
+    "plan",
+    "for",
+    "this",
+    "quarter",
+    "is",
+    "to",
+    "ship",
+    "the",
+    "pipeline",
+    "and",
+    "measure",
+    "how",
+    "long",
+    "each",
+    "step",
+    "takes",
+    "then",
+    "we",
+    "review",
+    "the",
+    "numbers",
+    "together",
+    "and",
+    "decide",
+    "what",
+    "to",
+    "fix",
+    "first",
+    "before",
+    "the",
+    "release",
+]
 _PEOPLE = ("Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret")
 
 

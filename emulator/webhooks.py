@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -47,9 +48,8 @@ class WebhookSender:
         body = json.dumps(event)
         for url in self.urls:
             for copy in range(copies):
-                self._scheduler.call_later(
-                    delay + 0.05 * copy, lambda u=url: self._attempt(u, msg_id, body, 0)
-                )
+                attempt = functools.partial(self._attempt, url, msg_id, body, 0)
+                self._scheduler.call_later(delay + 0.05 * copy, attempt)
         return msg_id
 
     def _headers(self, msg_id: str, body: str) -> dict[str, str]:

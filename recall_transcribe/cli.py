@@ -48,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--legacy-headers", action="store_true", help="sign with svix-* headers")
     emulator.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
 
-    sub.add_parser("up", help="run everything on this machine (emulator when no RECALL_API_KEY)")
+    up = sub.add_parser(
+        "up", help="run everything on this machine (emulator when no RECALL_API_KEY)"
+    )
+    up.add_argument("--receiver-port", type=int, default=8000)
+    up.add_argument("--emulator-port", type=int, default=8500)
+    up.add_argument("--flower-port", type=int, default=5555)
 
     enqueue = sub.add_parser("enqueue", help="enqueue a transcription job for a recording")
     enqueue.add_argument("recording_id")
@@ -158,10 +163,10 @@ def _emulator(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def _up(_: argparse.Namespace, __: list[str]) -> int:
-    from recall_transcribe.up import run_all
+def _up(args: argparse.Namespace, _: list[str]) -> int:
+    from recall_transcribe.up import Ports, run_all
 
-    return run_all(load_settings())
+    return run_all(load_settings(), Ports(args.receiver_port, args.emulator_port, args.flower_port))
 
 
 def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
@@ -186,9 +191,8 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
             print(f"transcript {job.transcript_id} persisted")
             return 0
         if job.state == "failed":
-            print(
-                f"failed: {job.error.code if job.error else '?'}: {job.error.message if job.error else ''}"
-            )
+            error = job.error
+            print(f"failed: {error.code}: {error.message}" if error else "failed")
             return 1
         if deadline is not None and time.monotonic() > deadline:
             print("still running; stopped waiting", file=sys.stderr)
@@ -215,11 +219,11 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
             print(f"job {args.job_id} is not a failed job", file=sys.stderr)
             return 1
         pipeline.enqueue("create", args.job_id)
-    job = pipeline.jobs.get(args.job_id)
-    if job is None:
+    shown = pipeline.jobs.get(args.job_id)
+    if shown is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
-    print(json.dumps(job.model_dump(mode="json"), indent=2))
+    print(json.dumps(shown.model_dump(mode="json"), indent=2))
     return 0
 
 

@@ -10,15 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import redis
 
 from worker.settings import ConfigError, Settings
 
-RECEIVER_PORT = 8000
-EMULATOR_PORT = 8500
-FLOWER_PORT = 5555
+
+class Ports(NamedTuple):
+    receiver: int = 8000
+    emulator: int = 8500
+    flower: int = 5555
 
 
 def _redis_answers(url: str) -> bool:
@@ -68,37 +71,37 @@ def _start_redis(url: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def run_all(settings: Settings) -> int:
+def run_all(settings: Settings, ports: Ports) -> int:
     """Start Redis (if needed), the emulator (without an API key), receiver, worker and Flower."""
     env = dict(os.environ)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     if not _redis_answers(settings.REDIS_URL):
         procs.append(("redis", _start_redis(settings.REDIS_URL)))
     cli = [sys.executable, "-m", "recall_transcribe"]
-    webhook_url = f"http://127.0.0.1:{RECEIVER_PORT}/webhooks/recall"
+    webhook_url = f"http://127.0.0.1:{ports.receiver}/webhooks/recall"
     if settings.RECALL_API_KEY is None:
         if not settings.webhook_secrets:
             env["RECALL_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(os.urandom(24)).decode()
         env["RECALL_API_KEY"] = "emulator"
-        env["RECALL_API_BASE_URL"] = f"http://127.0.0.1:{EMULATOR_PORT}"
+        env["RECALL_API_BASE_URL"] = f"http://127.0.0.1:{ports.emulator}"
         env.setdefault("RECALL_POLL_INITIAL_S", "10")
         procs.append(
             (
                 "emulator",
                 subprocess.Popen(
-                    [*cli, "emulator", "--port", str(EMULATOR_PORT), "--webhook-url", webhook_url],
+                    [*cli, "emulator", "--port", str(ports.emulator), "--webhook-url", webhook_url],
                     env=env,
                 ),
             )
         )
     procs.append(
-        ("receiver", subprocess.Popen([*cli, "receiver", "--port", str(RECEIVER_PORT)], env=env))
+        ("receiver", subprocess.Popen([*cli, "receiver", "--port", str(ports.receiver)], env=env))
     )
     procs.append(("worker", subprocess.Popen([*cli, "worker"], env=env)))
     procs.append(
-        ("flower", subprocess.Popen([*cli, "flower", "--port", str(FLOWER_PORT)], env=env))
+        ("flower", subprocess.Popen([*cli, "flower", "--port", str(ports.flower)], env=env))
     )
-    _banner(settings, emulated=settings.RECALL_API_KEY is None)
+    _banner(settings, ports, emulated=settings.RECALL_API_KEY is None)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -129,20 +132,20 @@ def run_all(settings: Settings) -> int:
     return 0
 
 
-def _banner(settings: Settings, emulated: bool) -> None:
+def _banner(settings: Settings, ports: Ports, emulated: bool) -> None:
     lines = [
         "",
         "recall-transcribe is up:",
-        f"  receiver  http://127.0.0.1:{RECEIVER_PORT}/webhooks/recall",
-        f"  flower    http://127.0.0.1:{FLOWER_PORT}",
+        f"  receiver  http://127.0.0.1:{ports.receiver}/webhooks/recall",
+        f"  flower    http://127.0.0.1:{ports.flower}",
         f"  store     {Path(settings.TRANSCRIPTS_STORE).resolve()}",
     ]
     if emulated:
         lines += [
-            f"  emulator  http://127.0.0.1:{EMULATOR_PORT} (no RECALL_API_KEY: Recall is emulated)",
+            f"  emulator  http://127.0.0.1:{ports.emulator} (no RECALL_API_KEY: emulated Recall)",
             "",
             "Finish a recording (the emulator sends a signed recording.done):",
-            f"  curl -s -X POST http://127.0.0.1:{EMULATOR_PORT}/_emulator/recordings",
+            f"  curl -s -X POST http://127.0.0.1:{ports.emulator}/_emulator/recordings",
             "Then: recall-transcribe jobs list",
         ]
     lines.append("Ctrl-C stops everything.")

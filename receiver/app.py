@@ -14,10 +14,10 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings) -> Flask:
-    """Build the receiver; refuses to start without a webhook secret unless told it is insecure."""
+    """Build the receiver; without a webhook secret it refuses unless told to run insecure."""
     if not settings.webhook_secrets and not settings.RECALL_WEBHOOK_INSECURE:
         raise ConfigError(
-            "RECALL_WEBHOOK_SECRET is not set (set it, or RECALL_WEBHOOK_INSECURE=1 for local tests)"
+            "RECALL_WEBHOOK_SECRET is not set (set it, or RECALL_WEBHOOK_INSECURE=1 for local use)"
         )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

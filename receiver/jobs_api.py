@@ -120,6 +120,10 @@ def retry_job(job_id: str) -> tuple[Response, int]:
     return jsonify(retried.model_dump(mode="json")), 202
 
 
+def _json_of(ref: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": ref}}}
+
+
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3 description of the receiver's endpoints."""
     schemas: dict[str, Any] = {}
@@ -128,8 +132,7 @@ def openapi() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     job_ref = {"$ref": "#/components/schemas/Job"}
-    json_of = lambda ref: {"content": {"application/json": {"schema": ref}}}  # noqa: E731
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     path_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
         "openapi": "3.0.3",
@@ -171,9 +174,9 @@ def openapi() -> dict[str, Any]:
                     ],
                     "requestBody": {
                         "required": True,
-                        **json_of({"$ref": "#/components/schemas/JobRequest"}),
+                        **_json_of({"$ref": "#/components/schemas/JobRequest"}),
                     },
-                    "responses": {"202": {"description": "the job", **json_of(job_ref)}},
+                    "responses": {"202": {"description": "the job", **_json_of(job_ref)}},
                 },
                 "get": {
                     "security": bearer,
@@ -189,7 +192,7 @@ def openapi() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "a page of jobs",
-                            **json_of({"$ref": "#/components/schemas/JobPage"}),
+                            **_json_of({"$ref": "#/components/schemas/JobPage"}),
                         }
                     },
                 },
@@ -198,7 +201,7 @@ def openapi() -> dict[str, Any]:
                 "get": {
                     "security": bearer,
                     "parameters": path_id,
-                    "responses": {"200": {"description": "the job", **json_of(job_ref)}},
+                    "responses": {"200": {"description": "the job", **_json_of(job_ref)}},
                 }
             },
             "/api/v1/jobs/{job_id}/retry": {
@@ -206,7 +209,7 @@ def openapi() -> dict[str, Any]:
                     "security": bearer,
                     "parameters": path_id,
                     "responses": {
-                        "202": {"description": "the job, queued again", **json_of(job_ref)}
+                        "202": {"description": "the job, queued again", **_json_of(job_ref)}
                     },
                 }
             },

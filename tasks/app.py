@@ -80,7 +80,7 @@ def _sweeper_step(pipeline: Pipeline, interval: float) -> type[bootsteps.StartSt
     """A worker bootstep running `pipeline.sweep` in a thread every `interval` seconds."""
 
     class Sweeper(bootsteps.StartStopStep):
-        requires = {"celery.worker.components:Pool"}
+        requires = ("celery.worker.components:Pool",)
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)

@@ -80,7 +80,8 @@ if state == 'awaiting' and owned == ARGV[2] then
   local now = tonumber(ARGV[5])
   redis.call('ZREM', 'rt:state:awaiting', ARGV[1])
   if ARGV[3] == 'done' then
-    redis.call('HSET', KEYS[1], 'state', 'fetching', 'step', 'fetch', 'retries', 0, 'updated_at', now)
+    redis.call('HSET', KEYS[1], 'state', 'fetching', 'step', 'fetch', 'retries', 0,
+               'updated_at', now)
     redis.call('ZADD', 'rt:state:fetching', now, ARGV[1])
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[1])
     return 'fetch'
@@ -305,16 +306,17 @@ class JobStore:
         """Look at the job again after `delay_s` (a retry or the next poll), keeping its state."""
         pipe = self.redis.pipeline()
         if fields:
-            pipe.hset(job_key(job_id), mapping=fields)
+            pipe.hset(job_key(job_id), mapping={k: str(v) for k, v in fields.items()})
         pipe.zadd("rt:due", {job_id: time.time() + delay_s}, xx=True)
         pipe.execute()
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set fields of a job without changing its state; a field set to None is deleted."""
         pipe = self.redis.pipeline()
-        present = {k: v for k, v in fields.items() if v is not None}
-        if present:
-            pipe.hset(job_key(job_id), mapping=present)
+        if any(v is not None for v in fields.values()):
+            pipe.hset(
+                job_key(job_id), mapping={k: str(v) for k, v in fields.items() if v is not None}
+            )
         absent = [k for k, v in fields.items() if v is None]
         if absent:
             pipe.hdel(job_key(job_id), *absent)

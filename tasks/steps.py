@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
 from tasks.jobs import ACTIVE, JobStore, Step
@@ -282,7 +282,7 @@ class Pipeline:
         self.jobs.transition(job_id, "fetching", "done")
         return f"persisted {recording_id}/{transcript.id}"
 
-    _STEPS: dict[str, Callable[[Pipeline, str, dict[str, str]], str]] = {
+    _STEPS: ClassVar[dict[str, Callable[[Pipeline, str, dict[str, str]], str]]] = {
         "create": _create,
         "remediate": _remediate,
         "await": _await,

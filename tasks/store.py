@@ -1,4 +1,4 @@
-"""Where transcripts go: `${TRANSCRIPTS_STORE}/${recording_id}/${transcript_id}.json` + `.meta.json`."""
+"""Where transcripts go: `${TRANSCRIPTS_STORE}/${recording_id}/${transcript_id}.json` + meta."""
 
 from __future__ import annotations
 

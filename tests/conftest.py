@@ -35,8 +35,20 @@ def start_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes], 
         pytest.skip("redis-server is not installed")
     port = free_port()
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory),
-         "--appendonly", "no", *extra],
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "no",
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -80,13 +92,17 @@ class EmulatorHandle:
 
     def recording(self, recording_id: str, send_done: bool = False) -> None:
         requests.post(
-            f"{self.url}/_emulator/recordings", json={"id": recording_id, "send_done": send_done}, timeout=5
+            f"{self.url}/_emulator/recordings",
+            json={"id": recording_id, "send_done": send_done},
+            timeout=5,
         ).raise_for_status()
 
     def fault(self, **spec: Any) -> None:
         requests.post(f"{self.url}/_emulator/faults", json=spec, timeout=5).raise_for_status()
 
-    def seed(self, recording_id: str, count: int, status: str = "done", **extra: Any) -> list[dict[str, Any]]:
+    def seed(
+        self, recording_id: str, count: int, status: str = "done", **extra: Any
+    ) -> list[dict[str, Any]]:
         response = requests.post(
             f"{self.url}/_emulator/transcripts",
             json={"recording_id": recording_id, "count": count, "status": status, **extra},
@@ -107,7 +123,9 @@ class EmulatorHandle:
         return result
 
     def data(self, transcript_id: str) -> bytes:
-        return requests.get(f"{self.url}/_emulator/transcripts/{transcript_id}/data", timeout=5).content
+        return requests.get(
+            f"{self.url}/_emulator/transcripts/{transcript_id}/data", timeout=5
+        ).content
 
 
 @pytest.fixture
@@ -123,7 +141,7 @@ def emulator() -> Iterator[EmulatorHandle]:
     )
     app = create_emulator(config)
     server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
 
     yield EmulatorHandle(config.public_url, app.extensions["emulator"])
@@ -193,8 +211,16 @@ class System:
 
     def start_worker(self, name: str = "w1", *extra: str) -> Process:
         worker = Process(
-            ["worker", "-n", f"{name}@%h", "--concurrency", "8", "--without-mingle",
-             "--without-gossip", *extra],
+            [
+                "worker",
+                "-n",
+                f"{name}@%h",
+                "--concurrency",
+                "8",
+                "--without-mingle",
+                "--without-gossip",
+                *extra,
+            ],
             self.env,
             self.tmp / f"worker-{name}.log",
         )
@@ -217,7 +243,9 @@ class System:
 def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., System]]:
     systems: list[System] = []
 
-    def start(workers: int = 1, emulator_args: tuple[str, ...] = (), **env_overrides: str) -> System:
+    def start(
+        workers: int = 1, emulator_args: tuple[str, ...] = (), **env_overrides: str
+    ) -> System:
         emulator_port, receiver_port = free_port(), free_port()
         env = {
             **os.environ,
@@ -245,9 +273,22 @@ def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Syste
         )
         systems.append(system)
         emulator = Process(
-            ["emulator", "--port", str(emulator_port), "--api-key", API_KEY, "--processing-s", "0.2",
-             "--retry-scale", "0.01", "--page-size", "4",
-             "--webhook-url", f"{system.receiver_url}/webhooks/recall", *emulator_args],
+            [
+                "emulator",
+                "--port",
+                str(emulator_port),
+                "--api-key",
+                API_KEY,
+                "--processing-s",
+                "0.2",
+                "--retry-scale",
+                "0.01",
+                "--page-size",
+                "4",
+                "--webhook-url",
+                f"{system.receiver_url}/webhooks/recall",
+                *emulator_args,
+            ],
             env,
             tmp_path / "emulator.log",
         )

@@ -40,7 +40,9 @@ def wait_for(
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition} (last: {last!r})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or condition} (last: {last!r})"
+    )
 
 
 def recording_done(recording_id: str, bot_id: str | None = None) -> dict[str, Any]:
@@ -55,7 +57,10 @@ def recording_done(recording_id: str, bot_id: str | None = None) -> dict[str, An
 
 
 def transcript_event(
-    name: str, recording_id: str, transcript_id: str, metadata: dict[str, Any] | None = None,
+    name: str,
+    recording_id: str,
+    transcript_id: str,
+    metadata: dict[str, Any] | None = None,
     sub_code: str | None = None,
 ) -> dict[str, Any]:
     event = recording_done(recording_id)
@@ -134,3 +139,10 @@ def http_ready(url: str) -> Callable[[], bool]:
             return False
 
     return check
+
+
+def reconfigure(settings: Any, **changes: Any) -> Any:
+    """A validated copy of `settings` with some values changed."""
+    from worker.settings import load_settings
+
+    return load_settings(**{**dict(settings), **changes})

@@ -13,7 +13,9 @@ from tests.helpers import recording_done, signed, wait_for
 
 
 def post_webhook(system: System, body: bytes, headers: dict[str, str]) -> requests.Response:
-    return requests.post(f"{system.receiver_url}/webhooks/recall", data=body, headers=headers, timeout=10)
+    return requests.post(
+        f"{system.receiver_url}/webhooks/recall", data=body, headers=headers, timeout=10
+    )
 
 
 def jobs_in(system: System, state: str) -> int:
@@ -55,7 +57,9 @@ def test_fifty_recordings_each_delivered_twice_persist_fifty_transcripts_created
         job = job_of(system, recording_id)
         assert job["state"] == "done" and job["transcript_id"] == transcript["id"]
         folder = system.store / recording_id
-        assert (folder / f"{transcript['id']}.json").read_bytes() == system.emulator.data(transcript["id"])
+        assert (folder / f"{transcript['id']}.json").read_bytes() == system.emulator.data(
+            transcript["id"]
+        )
         meta = json.loads((folder / f"{transcript['id']}.meta.json").read_text())
         assert meta["id"] == transcript["id"] and meta["job_id"] == job["id"]
         assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -111,6 +115,6 @@ def test_dropped_transcript_webhook_is_caught_by_polling(start_system: Any) -> N
     delivered = requests.get(f"{system.emulator_url}/_emulator/webhooks", timeout=5).json()
     assert delivered == []
     (transcript,) = system.emulator.transcripts("quiet")
-    assert (system.store / "quiet" / f"{transcript['id']}.json").read_bytes() == system.emulator.data(
-        transcript["id"]
-    )
+    assert (
+        system.store / "quiet" / f"{transcript['id']}.json"
+    ).read_bytes() == system.emulator.data(transcript["id"])

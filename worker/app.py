@@ -13,7 +13,7 @@ QUEUES = (EVENTS_QUEUE, PIPELINE_QUEUE)
 
 
 def create_celery(settings: Settings) -> Celery:
-    """A Celery app on Redis with late acks, JSON only, and no ETA messages to outlive visibility."""
+    """A Celery app on Redis: late acks, JSON only, prefetch 1, a thread pool for HTTP work."""
     app = Celery("recall_transcribe", broker=settings.REDIS_URL, set_as_current=True)
     app.conf.update(
         task_serializer="json",

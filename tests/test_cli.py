@@ -1,0 +1,62 @@
+"""The command line: misconfiguration is one readable line; enqueue and jobs work end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import System
+
+
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recall_transcribe", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "says"),
+    [
+        (["worker"], {"RECALL_POLL_MAX_S": "soon"}, "invalid setting RECALL_POLL_MAX_S"),
+        (["receiver"], {"RECALL_WEBHOOK_SECRET": ""}, "RECALL_WEBHOOK_SECRET is not set"),
+        (["enqueue", "r1"], {"TRANSCRIPT_PROVIDER": "[]"}, "invalid setting TRANSCRIPT_PROVIDER"),
+        (
+            ["flower"],
+            {"REDIS_URL": "redis://redis.example:6379/0"},
+            "FLOWER_BASIC_AUTH is required",
+        ),
+    ],
+)
+def test_misconfiguration_stops_with_one_readable_line(
+    command: list[str], env: dict[str, str], says: str, tmp_path: Any
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RECALL_", "FLOWER_"))}
+    result = run(command, {**clean, **env}, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+
+
+def test_enqueue_waits_for_the_transcript_and_jobs_shows_it(start_system: Any) -> None:
+    system: System = start_system()
+    system.emulator.recording("cli-rec")
+    result = run(["enqueue", "cli-rec", "--wait", "--timeout", "60"], system.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "persisted" in result.stdout and "done" in result.stdout
+    job_id = result.stdout.split()[1]
+    listed = run(["jobs", "list"], system.env)
+    assert job_id in listed.stdout and "done" in listed.stdout
+    shown = run(["jobs", "show", job_id], system.env)
+    assert '"state": "done"' in shown.stdout
+    again = run(["enqueue", "cli-rec"], system.env)
+    assert f"job {job_id} (already exists)" in again.stdout

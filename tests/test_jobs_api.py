@@ -1,0 +1,105 @@
+"""The jobs API: bearer tokens, idempotency keys, reading jobs, retrying failed ones."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from receiver.app import create_app
+from tests.conftest import EmulatorHandle
+from tests.helpers import reconfigure
+from worker.app import PIPELINE_QUEUE
+from worker.settings import Settings
+
+AUTH = {"Authorization": "Bearer token-1"}
+
+
+@pytest.fixture
+def client(settings: Settings) -> FlaskClient:
+    return create_app(reconfigure(settings, API_TOKENS="token-1,token-2")).test_client()
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "token-1"}]
+)
+def test_requests_without_a_valid_bearer_token_are_refused(
+    client: FlaskClient, headers: dict[str, str]
+) -> None:
+    assert (
+        client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=headers).status_code == 401
+    )
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 401
+
+
+def test_without_configured_tokens_the_api_answers_401(settings: Settings) -> None:
+    client = create_app(settings).test_client()
+    assert client.get("/api/v1/jobs", headers=AUTH).status_code == 401
+
+
+def test_create_job_is_idempotent_by_key(client: FlaskClient, rclient: object) -> None:
+    body = {"recording_id": "r1", "idempotency_key": "abc", "metadata": {"team": "x"}}
+    first = client.post("/api/v1/jobs", json=body, headers=AUTH)
+    again = client.post("/api/v1/jobs", json=body, headers=AUTH)
+    assert first.status_code == again.status_code == 202
+    assert first.json["id"] == again.json["id"]
+    assert first.json["state"] == "queued" and first.json["metadata"] == {"team": "x"}
+    assert rclient.llen(PIPELINE_QUEUE) == 1  # type: ignore[attr-defined]
+
+
+def test_idempotency_key_header_and_default_key(client: FlaskClient) -> None:
+    by_header = client.post(
+        "/api/v1/jobs", json={"recording_id": "r1"}, headers={**AUTH, "Idempotency-Key": "h"}
+    )
+    default = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=AUTH)
+    default_again = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=AUTH)
+    assert by_header.json["idempotency_key"] == "h"
+    assert default.json["id"] == default_again.json["id"] != by_header.json["id"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"recording_id": "../etc"}, {"recording_id": "r1", "provider": {"a": {}, "b": {}}}, [1]],
+)
+def test_invalid_job_requests_are_400(client: FlaskClient, body: object) -> None:
+    assert client.post("/api/v1/jobs", json=body, headers=AUTH).status_code == 400
+
+
+def test_get_and_list_jobs(client: FlaskClient) -> None:
+    made = [
+        client.post("/api/v1/jobs", json={"recording_id": f"r{i}"}, headers=AUTH).json
+        for i in range(3)
+    ]
+    one = client.get(f"/api/v1/jobs/{made[0]['id']}", headers=AUTH)
+    assert one.status_code == 200
+    assert set(one.json) >= {
+        "id",
+        "recording_id",
+        "state",
+        "transcript_id",
+        "attempts",
+        "error",
+        "created_at",
+        "updated_at",
+    }
+    page = client.get("/api/v1/jobs?state=queued&limit=2", headers=AUTH).json
+    assert len(page["jobs"]) == 2 and page["next_offset"] == 2
+    by_recording = client.get("/api/v1/jobs?recording_id=r1", headers=AUTH).json["jobs"]
+    assert [job["id"] for job in by_recording] == [made[1]["id"]]
+    assert client.get("/api/v1/jobs/nope", headers=AUTH).status_code == 404
+    assert client.get("/api/v1/jobs?state=bogus", headers=AUTH).status_code == 400
+
+
+def test_retry_only_reruns_failed_jobs(
+    client: FlaskClient, settings: Settings, emulator: EmulatorHandle
+) -> None:
+    job = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=AUTH).json
+    assert client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH).status_code == 409
+    app = client.application
+    app.extensions["pipeline"].jobs.fail(job["id"], "recall_rejected", "test")
+    retried = client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH)
+    assert retried.status_code == 202
+    assert (
+        retried.json["state"] == "queued"
+        and retried.json["attempts"] == 2
+        and retried.json["error"] is None
+    )

@@ -1,0 +1,161 @@
+"""The Recall client against the emulator: each failure mode lands on the right typed error."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.recall import (
+    BadRequest,
+    DownloadExpired,
+    DownloadRefused,
+    NotFound,
+    OutcomeUnknown,
+    RateLimited,
+    RecallClient,
+    Rejected,
+    RetryableError,
+    Unauthorized,
+    Unavailable,
+)
+from tests.conftest import EmulatorHandle
+from tests.helpers import reconfigure
+from worker.settings import Settings
+
+PROVIDER = {"recallai_async": {"language_code": "en"}}
+
+
+def create(client: RecallClient, recording_id: str = "r1", key: str = "k1"):  # type: ignore[no-untyped-def]
+    return client.create_transcript(recording_id, PROVIDER, {"job_id": "j"}, key)
+
+
+def test_create_returns_a_processing_transcript_tagged_with_metadata(
+    settings: Settings, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    transcript = create(RecallClient(settings))
+    assert transcript.status.code == "processing"
+    assert transcript.metadata == {"job_id": "j"}
+    assert transcript.raw["id"] == transcript.id
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "retryable"),
+    [
+        ({"status": 429, "retry_after": 7}, RateLimited, True),
+        ({"status": 429}, RateLimited, True),
+        ({"status": 502}, Unavailable, True),
+        ({"status": 503}, Unavailable, True),
+        ({"status": 504}, Unavailable, True),
+        ({"status": 409}, Unavailable, True),
+        ({"status": 400}, BadRequest, False),
+        ({"status": 402}, Rejected, False),
+        ({"status": 403}, Rejected, False),
+    ],
+)
+def test_create_error_answers_are_classified(
+    settings: Settings,
+    emulator: EmulatorHandle,
+    fault: dict[str, object],
+    error: type,
+    retryable: bool,
+) -> None:
+    emulator.recording("r1")
+    emulator.fault(target="create", action="status", **fault)
+    with pytest.raises(error) as caught:
+        create(RecallClient(settings))
+    assert isinstance(caught.value, RetryableError) is retryable
+    if fault.get("retry_after"):
+        assert caught.value.retry_after == 7  # type: ignore[attr-defined]
+
+
+def test_bad_api_key_is_final_and_does_not_leak_the_key(
+    settings: Settings, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    client = RecallClient(reconfigure(settings, RECALL_API_KEY=None))
+    with pytest.raises(Unauthorized) as caught:
+        create(client)
+    assert "test-key" not in str(caught.value)
+
+
+def test_unknown_recording_is_not_found(settings: Settings, emulator: EmulatorHandle) -> None:
+    with pytest.raises(NotFound):
+        create(RecallClient(settings), "nope")
+
+
+def test_lost_create_answer_is_outcome_unknown_and_the_same_key_replays(
+    settings: Settings, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    emulator.fault(target="create", action="lose_response")
+    client = RecallClient(settings)
+    with pytest.raises(OutcomeUnknown):
+        create(client, key="same")
+    replayed = create(client, key="same")
+    assert emulator.stats()["created_by_recording"] == {"r1": 1}
+    assert [t["id"] for t in emulator.transcripts("r1")] == [replayed.id]
+
+
+def test_timeout_is_outcome_unknown(settings: Settings, emulator: EmulatorHandle) -> None:
+    emulator.recording("r1")
+    emulator.fault(target="create", action="latency", seconds=3)
+    with pytest.raises(OutcomeUnknown):
+        create(RecallClient(reconfigure(settings, RECALL_HTTP_TIMEOUT_S=0.5)))
+
+
+def test_refused_connection_is_unavailable_not_unknown(settings: Settings) -> None:
+    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL="http://127.0.0.1:9"))
+    with pytest.raises(Unavailable) as caught:
+        create(client)
+    assert not isinstance(caught.value, OutcomeUnknown)
+
+
+def test_list_follows_the_cursor_to_the_end(settings: Settings, emulator: EmulatorHandle) -> None:
+    seeded = emulator.seed("r1", 8)  # the fixture's emulator pages by 3
+    listed = list(RecallClient(settings).list_transcripts("r1"))
+    assert [t.id for t in listed] == [t["id"] for t in seeded]
+
+
+def test_reads_retry_a_passing_gateway_error(settings: Settings, emulator: EmulatorHandle) -> None:
+    (seeded,) = emulator.seed("r1", 1)
+    emulator.fault(target="retrieve", action="status", status=503)
+    assert RecallClient(settings).retrieve_transcript(seeded["id"]).status.code == "done"
+
+
+def test_delete_of_a_deleted_transcript_counts_as_deleted(
+    settings: Settings, emulator: EmulatorHandle
+) -> None:
+    (seeded,) = emulator.seed("r1", 1)
+    client = RecallClient(settings)
+    client.delete_transcript(seeded["id"])
+    client.delete_transcript(seeded["id"])
+    assert emulator.transcripts("r1")[0]["status"]["code"] == "deleted"
+
+
+def test_download_returns_the_exact_bytes_and_403_is_expired(
+    settings: Settings, emulator: EmulatorHandle
+) -> None:
+    (seeded,) = emulator.seed("r1", 1)
+    client = RecallClient(settings)
+    url = client.retrieve_transcript(seeded["id"]).download_url
+    assert url is not None
+    assert client.download(url) == emulator.data(seeded["id"])
+    with pytest.raises(DownloadExpired):
+        client.download(url.replace("sig=", "sig=0"))
+
+
+def test_plain_http_download_is_refused_outside_development(settings: Settings) -> None:
+    production = reconfigure(settings, RECALL_API_BASE_URL="https://us-west-2.recall.ai")
+    with pytest.raises(DownloadRefused):
+        RecallClient(production).download("http://example.invalid/data.json")
+
+
+def test_download_over_the_size_cap_is_refused(
+    settings: Settings, emulator: EmulatorHandle
+) -> None:
+    (seeded,) = emulator.seed("r1", 1)
+    client = RecallClient(reconfigure(settings, DOWNLOAD_MAX_BYTES=10))
+    url = client.retrieve_transcript(seeded["id"]).download_url
+    assert url is not None
+    with pytest.raises(DownloadRefused):
+        client.download(url)

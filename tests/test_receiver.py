@@ -1,0 +1,165 @@
+"""The webhook endpoint: verify, dedupe, enqueue, answer; and every refusal enqueues nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from receiver.app import create_app
+from tests.helpers import OTHER_SECRET, SECRET, free_port, reconfigure, recording_done, signed
+from worker.app import EVENTS_QUEUE
+from worker.settings import ConfigError, Settings
+
+URL = "/webhooks/recall"
+
+
+@pytest.fixture
+def client(settings: Settings) -> FlaskClient:
+    return create_app(settings).test_client()
+
+
+def queued(rclient: redis.Redis) -> list[dict[str, object]]:
+    """The events waiting in the ingest queue, decoded from their Celery messages."""
+    messages = [json.loads(raw) for raw in rclient.lrange(EVENTS_QUEUE, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+
+
+def test_signed_event_is_enqueued_once_per_webhook_id(
+    client: FlaskClient, rclient: redis.Redis
+) -> None:
+    event = recording_done("r1")
+    body, headers = signed(event)
+    first = client.post(URL, data=body, headers=headers)
+    again = client.post(URL, data=body, headers=headers)
+    assert (first.status_code, first.json) == (200, {"status": "enqueued"})
+    assert (again.status_code, again.json) == (200, {"status": "duplicate"})
+    assert queued(rclient) == [event]
+
+
+def test_legacy_svix_headers_are_accepted(client: FlaskClient, rclient: redis.Redis) -> None:
+    body, headers = signed(recording_done("r1"), legacy=True)
+    assert client.post(URL, data=body, headers=headers).status_code == 200
+    assert len(queued(rclient)) == 1
+
+
+def test_every_secret_of_a_rotation_verifies(settings: Settings, rclient: redis.Redis) -> None:
+    rotated = reconfigure(settings, RECALL_WEBHOOK_SECRET=f"{SECRET},{OTHER_SECRET}")
+    client = create_app(rotated).test_client()
+    for secret in (SECRET, OTHER_SECRET):
+        body, headers = signed(recording_done(f"r-{secret[-4:]}"), secret=secret)
+        assert client.post(URL, data=body, headers=headers).status_code == 200
+    assert len(queued(rclient)) == 2
+
+
+def _tampered() -> tuple[bytes, dict[str, str]]:
+    body, headers = signed(recording_done("r1"))
+    return body.replace(b"r1", b"r2"), headers
+
+
+def _unsigned() -> tuple[bytes, dict[str, str]]:
+    body, _ = signed(recording_done("r1"))
+    return body, {"Content-Type": "application/json"}
+
+
+def _forged() -> tuple[bytes, dict[str, str]]:
+    return signed(recording_done("r1"), secret="whsec_Zm9yZ2VkLXNlY3JldC1rZXk=")
+
+
+def _stale() -> tuple[bytes, dict[str, str]]:
+    return signed(recording_done("r1"), timestamp=datetime.now(UTC) - timedelta(minutes=6))
+
+
+def _future() -> tuple[bytes, dict[str, str]]:
+    return signed(recording_done("r1"), timestamp=datetime.now(UTC) + timedelta(minutes=6))
+
+
+def _garbage_signature() -> tuple[bytes, dict[str, str]]:
+    body, headers = signed(recording_done("r1"))
+    headers["webhook-signature"] = "v1"
+    return body, headers
+
+
+@pytest.mark.parametrize(
+    "build", [_tampered, _unsigned, _forged, _stale, _future, _garbage_signature]
+)
+def test_bad_signatures_are_refused_with_401_and_nothing_enqueued(
+    client: FlaskClient, rclient: redis.Redis, build: object
+) -> None:
+    body, headers = build()  # type: ignore[operator]
+    response = client.post(URL, data=body, headers=headers)
+    assert response.status_code == 401
+    assert queued(rclient) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[]", b'{"event": "recording.done", "data": {}}', b'"x"', b""],
+)
+def test_malformed_bodies_are_refused_with_400_and_nothing_enqueued(
+    client: FlaskClient, rclient: redis.Redis, body: bytes
+) -> None:
+    body, headers = signed(body)
+    response = client.post(URL, data=body, headers=headers)
+    assert response.status_code == 400
+    assert queued(rclient) == []
+
+
+def test_body_over_one_mebibyte_is_refused_with_413(
+    client: FlaskClient, rclient: redis.Redis
+) -> None:
+    event = recording_done("r1")
+    event["padding"] = "x" * (1024 * 1024)
+    body, headers = signed(event)
+    assert client.post(URL, data=body, headers=headers).status_code == 413
+    assert queued(rclient) == []
+
+
+def test_unknown_event_types_are_acknowledged_counted_and_not_enqueued(
+    client: FlaskClient, rclient: redis.Redis
+) -> None:
+    body, headers = signed({"event": "bot.status_change", "data": {"bot": {"id": "b"}}})
+    response = client.post(URL, data=body, headers=headers)
+    assert (response.status_code, response.json) == (200, {"status": "ignored"})
+    assert queued(rclient) == []
+    assert rclient.hget("rt:stats:events_ignored", "bot.status_change") == b"1"
+
+
+def test_redis_down_answers_503_never_2xx(settings: Settings) -> None:
+    down = reconfigure(settings, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    client = create_app(down).test_client()
+    body, headers = signed(recording_done("r1"))
+    assert client.post(URL, data=body, headers=headers).status_code == 503
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_ready_when_redis_answers(client: FlaskClient) -> None:
+    assert client.get("/readyz").status_code == 200
+
+
+def test_refuses_to_start_without_a_secret_unless_insecure(
+    settings: Settings, rclient: redis.Redis
+) -> None:
+    unsigned = reconfigure(settings, RECALL_WEBHOOK_SECRET=None)
+    with pytest.raises(ConfigError, match="RECALL_WEBHOOK_SECRET"):
+        create_app(unsigned)
+    insecure = create_app(reconfigure(unsigned, RECALL_WEBHOOK_INSECURE=True)).test_client()
+    response = insecure.post(URL, json=recording_done("r1"))
+    assert response.status_code == 200 and len(queued(rclient)) == 1
+
+
+def test_openapi_describes_the_endpoints(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    assert {
+        "/webhooks/recall",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/jobs/{job_id}/retry",
+    } <= set(spec["paths"])
+    assert "Job" in spec["components"]["schemas"]

@@ -1,0 +1,60 @@
+"""Settings: defaults from the contract, and one readable line for each bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.settings import ConfigError, load_settings
+
+
+def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "RECALL_API_BASE_URL", "TRANSCRIPT_PROVIDER", "LIMIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.REDIS_URL == "redis://127.0.0.1:6379/0"
+    assert settings.RECALL_API_BASE_URL == "https://us-west-2.recall.ai"
+    assert settings.TRANSCRIPT_PROVIDER == {"recallai_async": {"language_code": "en"}}
+    assert settings.LIMIT_POLICY == "archive-oldest"
+    assert (settings.RECALL_POLL_INITIAL_S, settings.RECALL_POLL_MAX_S) == (60, 900)
+    assert settings.RECALL_TRANSCRIPT_TIMEOUT_S == 21600
+    assert not settings.development
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSCRIPT_PROVIDER", '{"deepgram_async": {"model": "nova"}}')
+    monkeypatch.setenv("RECALL_WEBHOOK_SECRET", "whsec_YWJj, whsec_ZGVm")
+    monkeypatch.setenv("API_TOKENS", "a,b")
+    settings = load_settings()
+    assert settings.TRANSCRIPT_PROVIDER == {"deepgram_async": {"model": "nova"}}
+    assert settings.webhook_secrets == ["whsec_YWJj", "whsec_ZGVm"]
+    assert settings.api_tokens == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("TRANSCRIPT_PROVIDER", "{nope", "TRANSCRIPT_PROVIDER"),
+        ("TRANSCRIPT_PROVIDER", '{"a": {}, "b": {}}', "exactly one provider"),
+        ("LIMIT_POLICY", "delete-everything", "LIMIT_POLICY"),
+        ("RECALL_POLL_MAX_S", "soon", "RECALL_POLL_MAX_S"),
+        ("RECALL_HTTP_TIMEOUT_S", "0", "RECALL_HTTP_TIMEOUT_S"),
+        ("RECALL_WEBHOOK_SECRET", "whsec_!!!", "whsec_"),
+        ("RECALL_API_BASE_URL", "us-west-2.recall.ai", "http"),
+        ("FLOWER_BASIC_AUTH", "admin", "user:password"),
+    ],
+)
+def test_bad_values_give_one_readable_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert says in message and "\n" not in message
+
+
+def test_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECALL_API_KEY", "super-secret-key")
+    monkeypatch.setenv("RECALL_WEBHOOK_SECRET", "whsec_c2VjcmV0c2VjcmV0")
+    text = repr(load_settings())
+    assert "super-secret-key" not in text and "c2VjcmV0c2VjcmV0" not in text

@@ -1,0 +1,244 @@
+"""Each step called directly (no broker), against the emulator and a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tasks.events import parse_event
+from tests.conftest import EmulatorHandle, Harness
+from tests.helpers import reconfigure, recording_done, transcript_event, wait_for
+from worker.settings import Settings
+
+
+def start(harness: Harness, emulator: EmulatorHandle, recording_id: str = "r1") -> str:
+    emulator.recording(recording_id)
+    job_id, created = harness.pipeline.submit(recording_id)
+    assert created
+    return job_id
+
+
+def state(harness: Harness, job_id: str) -> dict[str, str]:
+    return harness.pipeline.jobs.fields(job_id)
+
+
+def wait_transcript_done(emulator: EmulatorHandle, recording_id: str) -> None:
+    wait_for(
+        lambda: all(t["status"]["code"] == "done" for t in emulator.transcripts(recording_id)),
+        10,
+        what="emulator finished processing",
+    )
+
+
+def test_second_recording_done_for_a_recording_creates_nothing(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    first = harness.pipeline.ingest(parse_event(recording_done("r1")))
+    second = harness.pipeline.ingest(parse_event(recording_done("r1")))
+    assert first.startswith("created job") and second.startswith("existing job")
+    assert len(harness.enqueued) == 1
+
+
+def test_create_run_twice_creates_one_transcript(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    assert harness.pipeline.run_step("create", job_id).startswith("created")
+    assert harness.pipeline.run_step("create", job_id) == "stale"
+    assert emulator.stats()["created_by_recording"] == {"r1": 1}
+    assert state(harness, job_id)["state"] == "awaiting"
+
+
+def test_create_whose_answer_was_lost_is_reconciled_by_listing(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    emulator.fault(target="create", action="lose_response")
+    assert harness.pipeline.run_step("create", job_id).startswith("retry")
+    assert state(harness, job_id)["create_pending"] == "1"
+    harness.pipeline.run_step("create", job_id)
+    (transcript,) = emulator.transcripts("r1")
+    assert state(harness, job_id)["transcript_id"] == transcript["id"]
+    assert emulator.stats()["calls"] == {"create": 1, "list": 1}
+
+
+def test_transcript_done_before_create_returned_is_kept_and_honoured(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    harness.enqueued.clear()
+    (made,) = emulator.seed("r1", 1, "done", metadata={"job_id": job_id})
+    event = transcript_event("transcript.done", "r1", made["id"], {"job_id": job_id})
+    assert harness.pipeline.ingest(parse_event(event)) == f"stored job {job_id}"
+    assert harness.pipeline.run_step("create", job_id) == f"created {made['id']}: fetch"
+    assert harness.drain() == [f"persisted r1/{made['id']}"]
+    assert emulator.stats()["calls"].get("create", 0) == 0
+
+
+def test_webhook_drives_await_to_fetch_and_fetch_twice_is_harmless(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings
+) -> None:
+    job_id = start(harness, emulator)
+    harness.drain()
+    wait_transcript_done(emulator, "r1")
+    transcript_id = state(harness, job_id)["transcript_id"]
+    event = transcript_event("transcript.done", "r1", transcript_id, {"job_id": job_id})
+    assert harness.pipeline.ingest(parse_event(event)) == f"fetch job {job_id}"
+    assert harness.pipeline.ingest(parse_event(event)) == f"ignored job {job_id}"
+    path = harness.pipeline.store.data_path("r1", transcript_id)
+    assert harness.drain() == [f"persisted r1/{transcript_id}"]
+    assert path.read_bytes() == emulator.data(transcript_id)
+    # A crash after the write but before the state change: running the fetch again is harmless.
+    harness.pipeline.jobs.transition(job_id, "done", "fetching", due_in=5, step="fetch")
+    assert harness.pipeline.run_step("fetch", job_id) == f"persisted r1/{transcript_id}"
+    assert path.read_bytes() == emulator.data(transcript_id)
+    assert harness.pipeline.run_step("fetch", job_id) == "stale"
+
+
+def test_await_polls_until_done_without_a_webhook(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    harness.drain()
+    assert harness.pipeline.run_step("await", job_id) in ("still processing", "done: fetching")
+    wait_transcript_done(emulator, "r1")
+    assert harness.pipeline.run_step("await", job_id) == "done: fetching"
+    assert harness.drain()[0].startswith("persisted")
+
+
+def test_transcript_failed_webhook_fails_the_job_with_its_sub_code(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    emulator.fault(target="transcript", action="fail", sub_code="provider_connection_failed")
+    job_id, _ = harness.pipeline.submit("r1")
+    harness.drain()
+    transcript_id = state(harness, job_id)["transcript_id"]
+    event = transcript_event(
+        "transcript.failed", "r1", transcript_id, sub_code="provider_connection_failed"
+    )
+    assert harness.pipeline.ingest(parse_event(event)) == f"failed job {job_id}"
+    job = harness.pipeline.jobs.get(job_id)
+    assert job is not None and job.state == "failed" and job.error is not None
+    assert (job.error.code, job.error.sub_code) == (
+        "transcript_failed",
+        "provider_connection_failed",
+    )
+
+
+def test_transcript_events_for_transcripts_not_ours_are_ignored(harness: Harness) -> None:
+    event = transcript_event("transcript.done", "r1", "someone-elses")
+    assert harness.pipeline.ingest(parse_event(event)) == "ignored: transcript not ours"
+
+
+def test_processing_past_the_timeout_fails_the_job(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings
+) -> None:
+    job_id = start(harness, emulator)
+    harness.drain()
+    harness.pipeline.settings = reconfigure(settings, RECALL_TRANSCRIPT_TIMEOUT_S=0.001)
+    emulator.state.transcripts[state(harness, job_id)["transcript_id"]].status = "processing"
+    time.sleep(0.01)
+    assert harness.pipeline.run_step("await", job_id) == "failed: timeout"
+    job = harness.pipeline.jobs.get(job_id)
+    assert job is not None and job.error is not None and job.error.code == "timeout"
+
+
+def test_rate_limited_create_waits_at_least_retry_after(
+    harness: Harness, emulator: EmulatorHandle, rclient: redis.Redis
+) -> None:
+    job_id = start(harness, emulator)
+    emulator.fault(target="create", action="status", status=429, retry_after=0.4)
+    before = time.time()
+    assert harness.pipeline.run_step("create", job_id).startswith("retry")
+    due = rclient.zscore("rt:due", job_id)
+    assert due is not None and due >= before + 0.4
+    assert state(harness, job_id)["retries"] == "1"
+
+
+def test_retryable_errors_give_up_after_the_limit(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    emulator.fault(target="create", action="status", status=503, times=-1)
+    limit = harness.pipeline.settings.MAX_STEP_RETRIES
+    for _ in range(limit):
+        assert harness.pipeline.run_step("create", job_id).startswith("retry")
+    assert harness.pipeline.run_step("create", job_id) == "failed: recall_unavailable"
+
+
+def test_sweeper_redrives_a_job_whose_message_was_lost(
+    harness: Harness, emulator: EmulatorHandle, rclient: redis.Redis
+) -> None:
+    job_id = start(harness, emulator)
+    harness.enqueued.clear()  # the create message is lost
+    assert harness.pipeline.sweep() == 0  # not due yet: a lease has to pass
+    rclient.zadd("rt:due", {job_id: time.time() - 1})
+    assert harness.pipeline.sweep() == 1
+    assert harness.enqueued == [("create", job_id)]
+    assert harness.pipeline.sweep() == 0  # claimed: pushed one lease ahead
+
+
+@pytest.mark.parametrize("policy", ["delete-failed", "archive-oldest"])
+def test_limit_remediation_deletes_a_failed_transcript_first(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings, policy: str
+) -> None:
+    harness.pipeline.settings = reconfigure(settings, LIMIT_POLICY=policy)
+    job_id = start(harness, emulator)
+    emulator.seed("r1", 9, "done")
+    (failed,) = emulator.seed("r1", 1, "failed")
+    assert harness.pipeline.run_step("create", job_id) == "remediate"
+    assert (
+        harness.pipeline.run_step("remediate", job_id)
+        == f"deleted failed transcript {failed['id']}"
+    )
+    assert harness.pipeline.run_step("remediate", job_id) == "stale"
+    assert harness.enqueued[-1] == ("create", job_id)
+    assert harness.pipeline.run_step("create", job_id).startswith("created")
+    assert sum(t["status"]["code"] == "deleted" for t in emulator.transcripts("r1")) == 1
+
+
+def test_archive_oldest_never_deletes_a_transcript_an_active_job_waits_on(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    busy_job, _ = harness.pipeline.submit("r1", {"assembly_ai_async": {}})
+    (oldest,) = emulator.seed("r1", 1, "done", metadata={"job_id": busy_job})
+    emulator.seed("r1", 9, "done")
+    job_id, _ = harness.pipeline.submit("r1")
+    assert harness.pipeline.run_step("create", job_id) == "remediate"
+    result = harness.pipeline.run_step("remediate", job_id)
+    assert oldest["id"] not in result and result.startswith("deleted done transcript")
+    victim = result.rsplit(" ", 1)[-1]
+    assert harness.pipeline.store.has("r1", victim)
+
+
+@pytest.mark.parametrize(("policy", "status"), [("fail", "done"), ("delete-failed", "done")])
+def test_limit_without_an_allowed_victim_fails_with_limit_reached(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings, policy: str, status: str
+) -> None:
+    harness.pipeline.settings = reconfigure(settings, LIMIT_POLICY=policy)
+    job_id = start(harness, emulator)
+    emulator.seed("r1", 10, status)
+    harness.drain(limit=3)
+    job = harness.pipeline.jobs.get(job_id)
+    assert job is not None and job.state == "failed" and job.error is not None
+    assert job.error.code == "limit_reached"
+    assert all(t["status"]["code"] == "done" for t in emulator.transcripts("r1"))
+
+
+def test_retry_reruns_a_failed_job_with_a_new_create(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    emulator.fault(target="create", action="status", status=400)
+    harness.drain()
+    assert harness.pipeline.jobs.get(job_id).state == "failed"  # type: ignore[union-attr]
+    assert harness.pipeline.jobs.retry(job_id)
+    assert not harness.pipeline.jobs.retry(job_id)
+    assert harness.pipeline.run_step("create", job_id).startswith("created")
+    job = harness.pipeline.jobs.get(job_id)
+    assert job is not None and job.attempts == 2 and job.error is None

@@ -1,0 +1,71 @@
+"""`recall-transcribe up`, as a newcomer runs it: no Redis, no Recall key, one command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+import requests
+
+from tests.helpers import free_port, http_ready, wait_for
+
+
+def test_up_runs_the_whole_system_and_ctrl_c_stops_all_of_it(tmp_path: Path) -> None:
+    redis_port, receiver, emulator, flower = (free_port() for _ in range(4))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RECALL_", "FLOWER_", "REDIS_"))
+    }
+    env.update(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", TRANSCRIPTS_STORE=str(tmp_path / "t"))
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recall_transcribe",
+            "up",
+            "--receiver-port",
+            str(receiver),
+            "--emulator-port",
+            str(emulator),
+            "--flower-port",
+            str(flower),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(http_ready(f"http://127.0.0.1:{emulator}/_emulator/stats"), 30, what="emulator")
+        wait_for(http_ready(f"http://127.0.0.1:{receiver}/readyz"), 30, what="receiver")
+        wait_for(http_ready(f"http://127.0.0.1:{flower}/"), 30, what="flower")
+        recording = requests.post(
+            f"http://127.0.0.1:{emulator}/_emulator/recordings", timeout=5
+        ).json()
+        folder = tmp_path / "t" / recording["id"]
+        wait_for(
+            lambda: folder.exists() and len(list(folder.glob("*.meta.json"))) == 1,
+            60,
+            what="transcript persisted",
+        )
+        (data,) = [p for p in folder.glob("*.json") if not p.name.endswith(".meta.json")]
+        served = requests.get(
+            f"http://127.0.0.1:{emulator}/_emulator/transcripts/{data.stem}/data", timeout=5
+        ).content
+        assert data.read_bytes() == served
+        assert (tmp_path / "data" / "redis").is_dir()  # up started its own Redis, with AOF
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        log.close()
+    for port in (receiver, emulator, flower):
+        assert not http_ready(f"http://127.0.0.1:{port}/")()
+    try:
+        redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
+        raise AssertionError("the Redis that up started is still running")
+    except redis.ConnectionError:
+        pass
