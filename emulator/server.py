@@ -29,7 +29,16 @@ from emulator.webhooks import WebhookSender
 log = logging.getLogger(__name__)
 
 FAULT_TARGETS = {"create", "retrieve", "list", "delete", "download", "webhook", "transcript"}
-FAULT_ACTIONS = {"status", "latency", "lose_response", "drop", "duplicate", "delay", "fail"}
+FAULT_ACTIONS = {
+    "status",
+    "latency",
+    "lose_response",
+    "delay_response",
+    "drop",
+    "duplicate",
+    "delay",
+    "fail",
+}
 
 
 @dataclass
@@ -187,6 +196,8 @@ def create_emulator(config: EmulatorConfig) -> Flask:
             state.idempotency_end(scope, status, body)
         if fault is not None and fault.action == "lose_response":
             return drop_connection()
+        if fault is not None and fault.action == "delay_response":
+            time.sleep(fault.seconds)  # the transcript exists; its webhook may now arrive first
         response = jsonify(body)
         response.status_code = status
         return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -116,6 +117,8 @@ def _receiver(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _worker(_: argparse.Namespace, extra: list[str]) -> int:
+    from celery.signals import worker_shutting_down
+
     from tasks.app import create_app
     from worker.app import QUEUES
 
@@ -123,8 +126,16 @@ def _worker(_: argparse.Namespace, extra: list[str]) -> int:
     argv = ["worker", "--loglevel=INFO", *extra]
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in extra):
         argv += ["-Q", ",".join(QUEUES)]
-    app.worker_main(argv)
-    return 0
+    asked_to_stop: list[str] = []
+    worker_shutting_down.connect(lambda **kw: asked_to_stop.append(kw["sig"]), weak=False)
+    code: int = app.start(argv) or 0
+    if asked_to_stop or code == 0:
+        return code
+    # Celery gave up on its own ("Unrecoverable error", e.g. kombu failing while Redis restarts).
+    # Start afresh in this same process; the due-sets re-drive whatever it was doing.
+    logging.getLogger(__name__).critical("worker stopped on an unrecoverable error; restarting")
+    time.sleep(1)
+    os.execv(sys.executable, [sys.executable, "-m", "recall_transcribe", "worker", *extra])
 
 
 def _flower(args: argparse.Namespace, _: list[str]) -> int:

@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify
 from receiver import jobs_api, webhooks
 from tasks.app import create_app as create_pipeline
 from tasks.app import redis_client
+from tasks.inbox import Inbox
 from worker.settings import ConfigError, Settings
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -24,7 +25,9 @@ def create_app(settings: Settings) -> Flask:
     client = redis_client(settings)
     _, pipeline = create_pipeline(settings)
     app.extensions["verifier"] = webhooks.Verifier(settings.webhook_secrets)
-    app.extensions["inbox"] = webhooks.Inbox(client, settings.WEBHOOK_DEDUPE_TTL_S)
+    app.extensions["inbox"] = Inbox(
+        client, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S
+    )
     app.extensions["pipeline"] = pipeline
     app.extensions["api_tokens"] = settings.api_tokens
     app.register_blueprint(webhooks.bp)

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from typing import Any
 
 import redis
-from celery import Celery, bootsteps
+from celery import Celery
+from celery.exceptions import Reject
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
+from tasks.bootsteps import sweeper_step
 from tasks.events import parse_event
+from tasks.inbox import INGEST_TASK, Inbox
 from tasks.jobs import JobStore, Step
 from tasks.recall import RecallClient
 from tasks.steps import Pipeline
 from tasks.store import LocalStore
-from worker.app import PIPELINE_QUEUE, create_celery
+from worker.app import EVENTS_QUEUE, PIPELINE_QUEUE, create_celery
 from worker.settings import Settings
 
-log = logging.getLogger(__name__)
-
-INGEST_TASK = "recall.ingest_event"
 SUBMIT_TASK = "recall.submit_job"
 STEP_TASKS: dict[Step, str] = {
     "create": "recall.create_transcript",
@@ -29,28 +29,42 @@ STEP_TASKS: dict[Step, str] = {
 }
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """The process's Redis client; short timeouts so an outage is noticed, not waited out."""
+def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:
+    """A Redis client with short timeouts; a `patient` one rides out a restart (~20 s)."""
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 12 if patient else 0)
     return redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        settings.REDIS_URL,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
 
 def create_app(settings: Settings) -> tuple[Celery, Pipeline]:
     """The Celery app with the pipeline's tasks registered, and the pipeline they call."""
     app = create_celery(settings)
-    jobs = JobStore(redis_client(settings), settings.JOB_STEP_LEASE_S)
+    jobs = JobStore(redis_client(settings, patient=True), settings.JOB_STEP_LEASE_S)
 
     def enqueue(step: Step, job_id: str) -> None:
         app.send_task(STEP_TASKS[step], args=[job_id], queue=PIPELINE_QUEUE)
 
+    inbox = Inbox(jobs.redis, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S)
     pipeline = Pipeline(
         settings, jobs, RecallClient(settings), LocalStore(settings.TRANSCRIPTS_STORE), enqueue
     )
 
+    # These two have no job in the due-set yet: if Redis stays away, requeue rather than ack.
     @app.task(name=INGEST_TASK)
-    def ingest_event(event: dict[str, Any]) -> str:
-        return pipeline.ingest(parse_event(event))
+    def ingest_event(event: dict[str, Any], event_id: str | None = None) -> str:
+        try:
+            result = pipeline.ingest(parse_event(event))
+            if event_id:
+                inbox.applied(event_id)
+        except redis.RedisError as exc:
+            raise Reject(exc, requeue=True) from exc
+        return result
 
     @app.task(name=SUBMIT_TASK)
     def submit_job(
@@ -59,12 +73,21 @@ def create_app(settings: Settings) -> tuple[Celery, Pipeline]:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> str:
-        job_id, _ = pipeline.submit(recording_id, provider, metadata, idempotency_key)
+        try:
+            job_id, _ = pipeline.submit(recording_id, provider, metadata, idempotency_key)
+        except redis.RedisError as exc:
+            raise Reject(exc, requeue=True) from exc
         return job_id
 
     for step, name in STEP_TASKS.items():
         _register_step(app, pipeline, step, name)
-    app.steps["worker"].add(_sweeper_step(pipeline, settings.SWEEP_INTERVAL_S))
+
+    def sweep() -> None:
+        pipeline.sweep()
+        for event_id, event in inbox.claim_due():
+            app.send_task(INGEST_TASK, args=[event, event_id], queue=EVENTS_QUEUE)
+
+    app.steps["worker"].add(sweeper_step(sweep, settings.SWEEP_INTERVAL_S))
     return app, pipeline
 
 
@@ -74,31 +97,3 @@ def _register_step(app: Celery, pipeline: Pipeline, step: Step, name: str) -> No
 
     run.__name__ = name.rsplit(".", 1)[-1]
     app.task(name=name)(run)
-
-
-def _sweeper_step(pipeline: Pipeline, interval: float) -> type[bootsteps.StartStopStep]:
-    """A worker bootstep running `pipeline.sweep` in a thread every `interval` seconds."""
-
-    class Sweeper(bootsteps.StartStopStep):
-        requires = ("celery.worker.components:Pool",)
-
-        def __init__(self, parent: Any, **kwargs: Any) -> None:
-            super().__init__(parent, **kwargs)
-            self._stop = threading.Event()
-            self._thread: threading.Thread | None = None
-
-        def start(self, parent: Any) -> None:
-            self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
-            self._thread.start()
-
-        def stop(self, parent: Any) -> None:
-            self._stop.set()
-
-        def _loop(self) -> None:
-            while not self._stop.wait(interval):
-                try:
-                    pipeline.sweep()
-                except Exception as exc:  # Redis down: keep trying, the due-set is durable
-                    log.warning("sweeper: %s", exc)
-
-    return Sweeper

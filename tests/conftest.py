@@ -28,12 +28,14 @@ from worker.settings import Settings, load_settings
 API_KEY = "test-key"
 
 
-def start_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of the test's own on a free loopback port."""
+def start_redis(
+    directory: Path, *extra: str, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of the test's own on a free loopback port (or on `port`, to restart one)."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             server,
@@ -244,13 +246,16 @@ def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Syste
     systems: list[System] = []
 
     def start(
-        workers: int = 1, emulator_args: tuple[str, ...] = (), **env_overrides: str
+        workers: int = 1,
+        emulator_args: tuple[str, ...] = (),
+        api_key: str = API_KEY,
+        **env_overrides: str,
     ) -> System:
         emulator_port, receiver_port = free_port(), free_port()
         env = {
             **os.environ,
             "REDIS_URL": redis_url,
-            "RECALL_API_KEY": API_KEY,
+            "RECALL_API_KEY": api_key,
             "RECALL_API_BASE_URL": f"http://127.0.0.1:{emulator_port}",
             "RECALL_WEBHOOK_SECRET": SECRET,
             "TRANSCRIPTS_STORE": str(tmp_path / "store"),
@@ -278,7 +283,7 @@ def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Syste
                 "--port",
                 str(emulator_port),
                 "--api-key",
-                API_KEY,
+                api_key,
                 "--processing-s",
                 "0.2",
                 "--retry-scale",

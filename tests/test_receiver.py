@@ -23,7 +23,7 @@ def client(settings: Settings) -> FlaskClient:
     return create_app(settings).test_client()
 
 
-def queued(rclient: redis.Redis) -> list[dict[str, object]]:
+def queued_events(rclient: redis.Redis) -> list[dict[str, object]]:
     """The events waiting in the ingest queue, decoded from their Celery messages."""
     messages = [json.loads(raw) for raw in rclient.lrange(EVENTS_QUEUE, 0, -1)]
     return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
@@ -38,13 +38,13 @@ def test_signed_event_is_enqueued_once_per_webhook_id(
     again = client.post(URL, data=body, headers=headers)
     assert (first.status_code, first.json) == (200, {"status": "enqueued"})
     assert (again.status_code, again.json) == (200, {"status": "duplicate"})
-    assert queued(rclient) == [event]
+    assert queued_events(rclient) == [event]
 
 
 def test_legacy_svix_headers_are_accepted(client: FlaskClient, rclient: redis.Redis) -> None:
     body, headers = signed(recording_done("r1"), legacy=True)
     assert client.post(URL, data=body, headers=headers).status_code == 200
-    assert len(queued(rclient)) == 1
+    assert len(queued_events(rclient)) == 1
 
 
 def test_every_secret_of_a_rotation_verifies(settings: Settings, rclient: redis.Redis) -> None:
@@ -53,7 +53,7 @@ def test_every_secret_of_a_rotation_verifies(settings: Settings, rclient: redis.
     for secret in (SECRET, OTHER_SECRET):
         body, headers = signed(recording_done(f"r-{secret[-4:]}"), secret=secret)
         assert client.post(URL, data=body, headers=headers).status_code == 200
-    assert len(queued(rclient)) == 2
+    assert len(queued_events(rclient)) == 2
 
 
 def _tampered() -> tuple[bytes, dict[str, str]]:
@@ -93,7 +93,7 @@ def test_bad_signatures_are_refused_with_401_and_nothing_enqueued(
     body, headers = build()  # type: ignore[operator]
     response = client.post(URL, data=body, headers=headers)
     assert response.status_code == 401
-    assert queued(rclient) == []
+    assert queued_events(rclient) == []
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_malformed_bodies_are_refused_with_400_and_nothing_enqueued(
     body, headers = signed(body)
     response = client.post(URL, data=body, headers=headers)
     assert response.status_code == 400
-    assert queued(rclient) == []
+    assert queued_events(rclient) == []
 
 
 def test_body_over_one_mebibyte_is_refused_with_413(
@@ -116,7 +116,7 @@ def test_body_over_one_mebibyte_is_refused_with_413(
     event["padding"] = "x" * (1024 * 1024)
     body, headers = signed(event)
     assert client.post(URL, data=body, headers=headers).status_code == 413
-    assert queued(rclient) == []
+    assert queued_events(rclient) == []
 
 
 def test_unknown_event_types_are_acknowledged_counted_and_not_enqueued(
@@ -125,7 +125,7 @@ def test_unknown_event_types_are_acknowledged_counted_and_not_enqueued(
     body, headers = signed({"event": "bot.status_change", "data": {"bot": {"id": "b"}}})
     response = client.post(URL, data=body, headers=headers)
     assert (response.status_code, response.json) == (200, {"status": "ignored"})
-    assert queued(rclient) == []
+    assert queued_events(rclient) == []
     assert rclient.hget("rt:stats:events_ignored", "bot.status_change") == b"1"
 
 
@@ -150,7 +150,7 @@ def test_refuses_to_start_without_a_secret_unless_insecure(
         create_app(unsigned)
     insecure = create_app(reconfigure(unsigned, RECALL_WEBHOOK_INSECURE=True)).test_client()
     response = insecure.post(URL, json=recording_done("r1"))
-    assert response.status_code == 200 and len(queued(rclient)) == 1
+    assert response.status_code == 200 and len(queued_events(rclient)) == 1
 
 
 def test_openapi_describes_the_endpoints(client: FlaskClient) -> None:

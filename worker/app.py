@@ -31,7 +31,13 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT_S},
+        # No task uses an ETA, so the visibility timeout only bounds how long a message held by a
+        # dead worker stays invisible; the restore sweep runs often enough to honour it.
+        broker_transport_options={
+            "visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT_S,
+            "unacked_restore_interval": max(1, min(10, settings.CELERY_VISIBILITY_TIMEOUT_S // 10)),
+            "unacked_restore_throttle": 1,
+        },
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=PIPELINE_QUEUE,
         task_routes={"recall.ingest_event": {"queue": EVENTS_QUEUE}},

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     RETRY_BACKOFF_MAX_S: float = Field(300.0, gt=0)
     DOWNLOAD_MAX_BYTES: int = Field(200 * 1024 * 1024, gt=0)
     WEBHOOK_DEDUPE_TTL_S: int = Field(7 * 24 * 3600, gt=0)
-    CELERY_VISIBILITY_TIMEOUT_S: int = Field(900, gt=0)
+    CELERY_VISIBILITY_TIMEOUT_S: int = Field(300, gt=0)
 
     @field_validator("TRANSCRIPT_PROVIDER", mode="before")
     @classmethod

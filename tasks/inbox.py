@@ -1,0 +1,97 @@
+"""Accepted webhook events, kept until a worker has applied them.
+
+The receiver stores each new event here and pushes its ingest message in the same Lua script. The
+message alone is not enough: kombu's Redis transport pops a message before it records it as
+unacknowledged, so a Redis crash between the two loses it. A worker deletes the event once applied;
+the sweeper re-sends any event still here after a lease.
+
+Keys: `rt:webhook:{id}` (seen marks, kept for the dedupe TTL), `rt:inbox` (hash of event JSON by
+id) and `rt:inbox:due` (zset: when to re-send if still not applied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, cast
+
+import redis
+
+from worker.app import EVENTS_QUEUE
+from worker.messages import task_message
+
+INGEST_TASK = "recall.ingest_event"
+INBOX = "rt:inbox"
+INBOX_DUE = "rt:inbox:due"
+EVENT_COUNTS = "rt:stats:events"
+IGNORED_COUNTS = "rt:stats:events_ignored"
+
+# KEYS: seen mark, queue, counters, inbox, inbox due. ARGV: message, ttl, event type, id, event,
+# due. The seen mark, the kept event and the message are written together or not at all.
+_PUT_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+  return 1
+end
+return 0
+"""
+
+# KEYS: inbox, inbox due. ARGV: now, lease, limit. Returns [id, event, id, event, ...].
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local event = redis.call('HGET', KEYS[1], id)
+  if event then
+    redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+    table.insert(out, id)
+    table.insert(out, event)
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return out
+"""
+
+
+class Inbox:
+    """Accepted events not yet applied by a worker."""
+
+    def __init__(self, client: redis.Redis, lease_s: float, dedupe_ttl_s: int) -> None:
+        self._redis = client
+        self._lease = lease_s
+        self._ttl = dedupe_ttl_s
+        self._put_once = client.register_script(_PUT_ONCE)
+        self._claim = client.register_script(_CLAIM)
+
+    def put(self, webhook_id: str, event_type: str, event_json: str) -> bool:
+        """Keep and enqueue the event unless its webhook id was seen; True if it is new."""
+        event_id = hashlib.sha256(webhook_id.encode()).hexdigest()[:32]
+        message = task_message(INGEST_TASK, [json.loads(event_json), event_id], EVENTS_QUEUE)
+        added = self._put_once(
+            keys=[f"rt:webhook:{event_id}", EVENTS_QUEUE, EVENT_COUNTS, INBOX, INBOX_DUE],
+            args=[message, self._ttl, event_type, event_id, event_json, time.time() + self._lease],
+        )
+        return bool(added)
+
+    def count_ignored(self, event_type: str) -> None:
+        self._redis.hincrby(IGNORED_COUNTS, event_type[:100], 1)
+
+    def applied(self, event_id: str) -> None:
+        """The event's effects are in Redis: forget it."""
+        pipe = self._redis.pipeline()
+        pipe.hdel(INBOX, event_id)
+        pipe.zrem(INBOX_DUE, event_id)
+        pipe.execute()
+
+    def claim_due(self, limit: int = 200) -> list[tuple[str, dict[str, Any]]]:
+        """Events still not applied a lease after they were last sent, pushed one lease ahead."""
+        flat = cast(
+            list[bytes],
+            self._claim(keys=[INBOX, INBOX_DUE], args=[time.time(), self._lease, limit]),
+        )
+        return [(flat[i].decode(), json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]

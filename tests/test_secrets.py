@@ -1,0 +1,76 @@
+"""Secrets stay secret: a full run with errors and refusals, then every log and error is read."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.conftest import System
+from tests.helpers import Process, free_port, http_ready, recording_done, signed, wait_for
+from tests.test_faults import FAST_RECOVERY
+
+
+def test_no_secret_reaches_a_log_or_an_error_message(start_system: Any, tmp_path: Path) -> None:
+    api_key = f"rk-{secrets.token_hex(16)}"
+    webhook_key = base64.b64encode(secrets.token_bytes(24)).decode()
+    api_token = secrets.token_hex(16)
+    flower_password = secrets.token_hex(12)
+    system: System = start_system(
+        api_key=api_key,
+        RECALL_WEBHOOK_SECRET=f"whsec_{webhook_key}",
+        API_TOKENS=api_token,
+        FLOWER_BASIC_AUTH=f"admin:{flower_password}",
+        **FAST_RECOVERY,
+    )
+    flower_port = free_port()
+    flower = Process(["flower", "--port", str(flower_port)], system.env, tmp_path / "flower.log")
+    system.processes.append(flower)
+    flower_url = f"http://127.0.0.1:{flower_port}/"
+    wait_for(http_ready(flower_url), 30, what="flower up")
+    assert requests.get(flower_url, timeout=5).status_code == 401
+    assert requests.get(flower_url, auth=("admin", flower_password), timeout=5).status_code == 200
+
+    api = f"{system.receiver_url}/api/v1/jobs"
+    auth = {"Authorization": f"Bearer {api_token}"}
+    emulator = system.emulator
+    for recording_id in ("ok", "retried", "refused", "expired", "by-api"):
+        emulator.recording(recording_id)
+    emulator.fault(target="create", action="status", status=503, times=2, recording_id="retried")
+    emulator.fault(target="create", action="status", status=400, recording_id="refused")
+    emulator.fault(target="download", action="status", status=403)
+    emulator.fault(target="download", action="status", status=503)
+    for recording_id in ("ok", "retried", "refused", "expired"):
+        body, headers = signed(recording_done(recording_id), secret=f"whsec_{webhook_key}")
+        hook = requests.post(f"{system.receiver_url}/webhooks/recall", data=body, headers=headers)
+        assert hook.status_code == 200
+    body, headers = signed(recording_done("forged"))  # another secret
+    forged = requests.post(f"{system.receiver_url}/webhooks/recall", data=body, headers=headers)
+    assert forged.status_code == 401
+    bad_token = {"Authorization": f"Bearer {api_token[:-1]}x"}
+    assert requests.get(api, headers=bad_token, timeout=5).status_code == 401
+    created = requests.post(api, json={"recording_id": "by-api"}, headers=auth, timeout=5)
+    assert created.status_code in (200, 201, 202)
+
+    def finished() -> list[dict[str, Any]]:
+        page = requests.get(api, params={"limit": 50}, headers=auth, timeout=5).json()["jobs"]
+        return [job for job in page if job["state"] in ("done", "failed")]
+
+    wait_for(lambda: len(finished()) == 5, 60, what="all five jobs finished")
+    jobs = finished()
+    assert sorted(job["state"] for job in jobs) == ["done"] * 4 + ["failed"]
+
+    # Pre-signed download URLs carry their signature in `sig=`; none may be logged.
+    hidden = [api_key, webhook_key, api_token, flower_password, "sig="]
+    system.stop()
+    texts = {path.name: path.read_text(errors="replace") for path in tmp_path.glob("*.log")}
+    texts.update({f"job {job['id']}": repr(job) for job in jobs})
+    texts = {name: text for name, text in texts.items() if name != "emulator.log"}  # Recall's
+    assert {"receiver.log", "worker-w1.log", "flower.log"} <= set(texts)
+    assert "injected 400" in "".join(texts.values())  # the errors were logged, and read here
+    for name, text in texts.items():
+        for secret in hidden:
+            assert secret not in text, f"a secret appears in {name}"
