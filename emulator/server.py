@@ -32,6 +32,7 @@ FAULT_TARGETS = {"create", "retrieve", "list", "delete", "download", "webhook", 
 FAULT_ACTIONS = {
     "status",
     "latency",
+    "reset",
     "lose_response",
     "delay_response",
     "drop",
@@ -104,6 +105,8 @@ def create_emulator(config: EmulatorConfig) -> Flask:
             return None
         if fault.action == "status":
             abort(error(fault.status, f"injected {fault.status}", fault.retry_after))
+        if fault.action == "reset":  # the connection closes before any answer; nothing happened
+            abort(drop_connection())
         return fault
 
     def drop_connection() -> Response:
@@ -381,7 +384,8 @@ def create_emulator(config: EmulatorConfig) -> Flask:
 
     @app.get("/_emulator/webhooks")
     def webhook_log() -> Response:
-        return jsonify(sender.log[-1000:])
+        limit = request.args.get("limit", default=1000, type=int)
+        return jsonify(list(sender.log)[-limit:])
 
     @app.post("/_emulator/reset")
     def reset() -> Response:

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,15 +41,20 @@ class WebhookSender:
         self.legacy_headers = legacy_headers
         self._session = requests.Session()
         self._lock = threading.Lock()
-        self.log: list[dict[str, Any]] = []
+        self.log: deque[dict[str, Any]] = deque(maxlen=100_000)
 
     def send(self, event: dict[str, Any], delay: float = 0.0, copies: int = 1) -> str:
         """Queue an event for every URL; `copies` > 1 delivers the same message id again."""
         msg_id = f"msg_{uuid.uuid4().hex}"
         body = json.dumps(event)
+        data = event.get("data", {})
+        about = {
+            "event": event.get("event"),
+            "subject": (data.get("transcript") or data.get("recording") or {}).get("id"),
+        }
         for url in self.urls:
             for copy in range(copies):
-                attempt = functools.partial(self._attempt, url, msg_id, body, 0)
+                attempt = functools.partial(self._attempt, url, msg_id, body, about, 0)
                 self._scheduler.call_later(delay + 0.05 * copy, attempt)
         return msg_id
 
@@ -63,7 +69,9 @@ class WebhookSender:
         headers[f"{prefix}-signature"] = self._hook.sign(msg_id, now, body)
         return headers
 
-    def _attempt(self, url: str, msg_id: str, body: str, attempt: int) -> None:
+    def _attempt(
+        self, url: str, msg_id: str, body: str, about: dict[str, Any], attempt: int
+    ) -> None:
         status: int | None = None
         try:
             response = self._session.post(
@@ -74,10 +82,19 @@ class WebhookSender:
             log.info("webhook %s to %s: %s", msg_id, url, type(exc).__name__)
         with self._lock:
             self.log.append(
-                {"id": msg_id, "url": url, "attempt": attempt, "status": status, "at": time.time()}
+                {
+                    "id": msg_id,
+                    **about,
+                    "url": url,
+                    "attempt": attempt,
+                    "status": status,
+                    "at": time.time(),
+                }
             )
         if status is not None and 200 <= status < 300:
             return
         if attempt < len(RETRY_SCHEDULE_S):
             delay = RETRY_SCHEDULE_S[attempt] * self.retry_scale
-            self._scheduler.call_later(delay, lambda: self._attempt(url, msg_id, body, attempt + 1))
+            self._scheduler.call_later(
+                delay, lambda: self._attempt(url, msg_id, body, about, attempt + 1)
+            )

@@ -16,6 +16,8 @@ RecallError
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +33,18 @@ from urllib3.util import Retry
 from worker.settings import Settings
 
 USER_AGENT = "recall-transcribe/0.1"
+_QUERY = re.compile(r"\?\S*")
+
+
+class RedactQueries(logging.Filter):
+    """Drop query strings from urllib3's retry messages: a pre-signed URL's query is a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _QUERY.sub("?<redacted>", record.getMessage()), None
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(RedactQueries())
 
 
 class RecallError(Exception):

@@ -256,7 +256,7 @@ class Pipeline:
             self.jobs.fail(
                 job_id,
                 "transcript_failed",
-                f"Recall reports the transcript {code} (sub_code: {sub})",
+                f"Recall reported the transcript {code} (sub_code: {sub})",
                 sub_code=sub,
             )
             return f"failed: {sub}"

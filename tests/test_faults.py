@@ -175,6 +175,7 @@ def test_receiver_answers_503_while_redis_is_down(start_system: Any, tmp_path: P
         [{"target": "create", "action": "latency", "seconds": 4}],  # the client times out at 3 s
         [{"target": "retrieve", "action": "status", "status": 502, "times": 4}],
         [{"target": "download", "action": "status", "status": 403}],  # expired URL: retrieve again
+        [{"target": t, "action": "reset"} for t in ("create", "retrieve", "download")],
         [{"target": "webhook", "action": "duplicate", "times": -1}],
     ],
     ids=[
@@ -185,6 +186,7 @@ def test_receiver_answers_503_while_redis_is_down(start_system: Any, tmp_path: P
         "timeout",
         "retrieve-502",
         "expired-url",
+        "connection-resets",
         "dup-webhooks",
     ],
 )

@@ -43,6 +43,7 @@ def test_no_secret_reaches_a_log_or_an_error_message(start_system: Any, tmp_path
     emulator.fault(target="create", action="status", status=400, recording_id="refused")
     emulator.fault(target="download", action="status", status=403)
     emulator.fault(target="download", action="status", status=503)
+    emulator.fault(target="download", action="reset")  # urllib3 logs its retry, with the URL
     for recording_id in ("ok", "retried", "refused", "expired"):
         body, headers = signed(recording_done(recording_id), secret=f"whsec_{webhook_key}")
         hook = requests.post(f"{system.receiver_url}/webhooks/recall", data=body, headers=headers)
