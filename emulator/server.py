@@ -303,11 +303,14 @@ def create_emulator(config: EmulatorConfig) -> Flask:
 
     @app.post("/_emulator/recordings")
     def add_recording() -> Response:
+        """One finished recording (`id` optional), or many (`ids`); each sends recording.done."""
         body = request.get_json(silent=True) or {}
-        recording = state.add_recording(body.get("id"))
+        ids = body.get("ids") or [body.get("id")]
+        recordings = [state.add_recording(recording_id) for recording_id in ids]
         if body.get("send_done", True):
-            send_webhook(event("recording.done", recording["id"]), recording["id"])
-        return jsonify(recording)
+            for recording in recordings:
+                send_webhook(event("recording.done", recording["id"]), recording["id"])
+        return jsonify(recordings if "ids" in body else recordings[0])
 
     @app.post("/_emulator/transcripts")
     def seed_transcripts() -> Response:

@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
 from worker.settings import ConfigError, load_settings
 
@@ -92,27 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _receiver(args: argparse.Namespace, _: list[str]) -> int:
-    from gunicorn.app.base import BaseApplication
-
+    from recall_transcribe.serve import serve
     from receiver.app import create_app
 
-    app = create_app(load_settings())
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("accesslog", None)
-            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24
-                self.cfg.set("control_socket_disable", True)
-
-        def load(self) -> Any:
-            return app
-
-    Server().run()
+    serve(create_app(load_settings()), args.host, args.port, args.workers, args.threads)
     return 0
 
 

@@ -165,6 +165,9 @@ def job_id_for(idempotency_key: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, idempotency_key))
 
 
+LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
+
+
 def default_idempotency_key(recording_id: str, provider: dict[str, Any]) -> str:
     """Recording id plus a digest of the provider configuration."""
     canonical = json.dumps(provider, sort_keys=True, separators=(",", ":"))
@@ -354,8 +357,14 @@ class JobStore:
         return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
 
     def lock(self, job_id: str) -> Any:
-        """A non-blocking lock so one copy of a job's step runs at a time."""
-        return self.redis.lock(f"rt:lock:{job_id}", timeout=self.lease_s, blocking=False)
+        """A lock so one copy of a job's step runs at a time; waits up to LOCK_WAIT_S for it."""
+        return self.redis.lock(
+            f"rt:lock:{job_id}", timeout=self.lease_s, blocking_timeout=LOCK_WAIT_S
+        )
+
+    def nudge(self, job_id: str, delay_s: float) -> None:
+        """Make the job due within `delay_s` (never later than it already is)."""
+        self.redis.zadd("rt:due", {job_id: time.time() + delay_s}, xx=True, lt=True)
 
     def retry(self, job_id: str) -> bool:
         """Re-run a failed job from the start with a fresh create key."""

@@ -100,7 +100,8 @@ class Pipeline:
     def run_step(self, step: Step, job_id: str) -> str:
         """Run `step` for the job if it is still the job's step; never raises a Recall error."""
         lock = self.jobs.lock(job_id)
-        if not lock.acquire():
+        if not lock.acquire():  # another step of the job is still running: look again soon
+            self.jobs.nudge(job_id, 1.0)
             return "busy"
         try:
             fields = self.jobs.fields(job_id)

@@ -22,7 +22,7 @@ from tasks.jobs import JobStore, Step
 from tasks.recall import RecallClient
 from tasks.steps import Pipeline
 from tasks.store import LocalStore
-from tests.helpers import SECRET, Process, free_port, http_ready, wait_for
+from tests.helpers import SECRET, Process, free_port, http_ready, redis_answers, wait_for
 from worker.settings import Settings, load_settings
 
 API_KEY = "test-key"
@@ -54,15 +54,7 @@ def start_redis(
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    wait_for(answers, 10, what="redis-server to answer")
+    wait_for(redis_answers(url), 10, what="redis-server to answer")
     return proc, url
 
 

@@ -1,4 +1,4 @@
-"""Builders the tests share: free ports, signed webhooks, waiting on conditions, processes."""
+"""Builders the tests (and benchmarks) share: ports, signed webhooks, waiting, processes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
@@ -34,11 +35,12 @@ def wait_for(
 ) -> T:
     """Poll `condition` until it returns something truthy; fail with `what` on timeout."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: object = None
     while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
+        result = condition()
+        if result:
+            return result
+        last = result
         time.sleep(interval)
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what or condition} (last: {last!r})"
@@ -129,6 +131,18 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def redis_answers(url: str) -> Callable[[], bool]:
+    client = redis.Redis.from_url(url)
+
+    def check() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    return check
 
 
 def http_ready(url: str) -> Callable[[], bool]:

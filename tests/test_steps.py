@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -180,6 +181,36 @@ def test_sweeper_redrives_a_job_whose_message_was_lost(
     assert harness.pipeline.sweep() == 1
     assert harness.enqueued == [("create", job_id)]
     assert harness.pipeline.sweep() == 0  # claimed: pushed one lease ahead
+
+
+def test_a_step_waits_for_the_previous_step_to_release_the_job(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    held = threading.Event()
+
+    def previous_step() -> None:  # holds the job's lock briefly, as a step that is ending does
+        lock = harness.pipeline.jobs.lock(job_id)
+        assert lock.acquire()
+        held.set()
+        time.sleep(0.3)
+        lock.release()
+
+    threading.Thread(target=previous_step).start()
+    assert held.wait(5)
+    assert harness.pipeline.run_step("create", job_id).startswith("created")
+
+
+def test_a_step_whose_job_stays_busy_is_looked_at_again_within_a_second(
+    harness: Harness, emulator: EmulatorHandle, rclient: redis.Redis
+) -> None:
+    job_id = start(harness, emulator)
+    holder = harness.pipeline.jobs.lock(job_id)
+    assert holder.acquire()
+    assert harness.pipeline.run_step("create", job_id) == "busy"
+    due = rclient.zscore("rt:due", job_id)
+    assert due is not None and due <= time.time() + 1  # not a whole lease away
+    holder.release()
 
 
 @pytest.mark.parametrize("policy", ["delete-failed", "archive-oldest"])

@@ -1,0 +1,153 @@
+"""`python -m bench [--smoke] [--only NAME,...] [--out FILE]`: run the benchmarks, write the report.
+
+A full run writes its tables into BENCHMARKS.md (between the bench markers); `--smoke` runs every
+benchmark briefly to keep them working and writes nowhere unless `--out` says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import ingest, pipeline
+from bench.report import render, write_section
+
+SIZES = {
+    "full": {
+        "ingest_s": 10,
+        "jobs": 2000,
+        "jobs_slow": 400,
+        "awaiting": 10000,
+        "probes": 20,
+        "latency": 100,
+    },
+    "smoke": {
+        "ingest_s": 1,
+        "jobs": 40,
+        "jobs_slow": 20,
+        "awaiting": 100,
+        "probes": 2,
+        "latency": 5,
+    },
+}
+BENCHES = ("ingest", "throughput", "awaiting", "scaling", "latency")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; checks the benches run")
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"some of {','.join(BENCHES)}")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report file (default BENCHMARKS.md)"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the receiver and a worker")
+    args = parser.parse_args()
+    size = SIZES["smoke" if args.smoke else "full"]
+    chosen = [name for name in args.only.split(",") if name]
+    unknown = set(chosen) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    out = args.out or (None if args.smoke else Path("BENCHMARKS.md"))
+    results: dict[str, Any] = {"size": "smoke" if args.smoke else "full"}
+    with tempfile.TemporaryDirectory(prefix="recall-bench-") as tmp:
+        work = Path(tmp)
+        for name in chosen:
+            started = time.monotonic()
+            print(f"bench: {name} ...", flush=True)
+            results[name] = RUNNERS[name](work / name, size, args.profile)
+            print(f"bench: {name} done in {time.monotonic() - started:.0f}s", flush=True)
+            print(json.dumps(results[name], indent=1), flush=True)
+    text = render(results)
+    if out is not None:
+        write_section(out, text)
+        print(f"bench: wrote {out}")
+    return 0
+
+
+def _ingest(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    work.mkdir(parents=True)
+    from bench.procs import start_redis
+
+    redis_proc, redis_url = start_redis(work)
+    try:
+        env = dict(pipeline.start_env(redis_url, work))
+        return ingest.measure(redis_url, work, env, size["ingest_s"], profile)
+    finally:
+        redis_proc.stop()
+
+
+def _throughput(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    jobs = size["jobs"]
+    reference = pipeline.raw_chain(work / "chain", jobs, 120 + jobs)
+    system = pipeline.start_system(work / "ours")
+    try:
+        ours = pipeline.run_jobs(system, jobs, "tp", 120 + jobs)
+        if profile:
+            ours["profile"] = pipeline.profile_worker(system, jobs)
+    finally:
+        system.stop()
+    slow: dict[str, Any] = {}
+    for threads in (16, 64):
+        system = pipeline.start_system(work / f"slow-{threads}", latency_s=0.2, concurrency=threads)
+        try:
+            slow[f"{threads} threads"] = pipeline.run_jobs(
+                system, size["jobs_slow"], "slow", 120 + size["jobs_slow"]
+            )
+        finally:
+            system.stop()
+    return {
+        "raw chain": reference,
+        "ours": ours,
+        "ratio": round(ours["jobs/s"] / reference["chains/s"], 2),
+        "200 ms latency, 1 process": slow,
+    }
+
+
+def _awaiting(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return pipeline.awaiting(work, size["awaiting"], size["probes"])
+
+
+def _scaling(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    rows: dict[str, Any] = {}
+    layouts = {
+        "1 process": ["w1@%h"],
+        "2 processes": ["w1@%h", "w2@%h"],
+        "4 processes": ["w1@%h", "w2@%h", "w3@%h", "w4@%h"],
+        "2 hosts": ["w1@host-a", "w2@host-b"],
+    }
+    for label, names in layouts.items():
+        system = pipeline.start_system(work / label.replace(" ", "-"), names=names)
+        try:
+            rows[label] = pipeline.run_jobs(system, size["jobs"], "sc", 120 + size["jobs"])
+        finally:
+            system.stop()
+    one = rows["1 process"]["jobs/s"]
+    for label, row in rows.items():
+        processes = len(layouts[label])
+        row["speedup"] = round(row["jobs/s"] / one, 2)
+        row["of linear"] = round(row["jobs/s"] / (one * processes), 2)
+    return rows
+
+
+def _latency(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    system = pipeline.start_system(work)
+    try:
+        return pipeline.latency(system, size["latency"])
+    finally:
+        system.stop()
+
+
+RUNNERS = {
+    "ingest": _ingest,
+    "throughput": _throughput,
+    "awaiting": _awaiting,
+    "scaling": _scaling,
+    "latency": _latency,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

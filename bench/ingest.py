@@ -1,0 +1,215 @@
+"""Webhook ingestion: our receiver against bare Flask, the necessary work and Celery's send_task.
+
+Each server runs under the same gunicorn settings and is loaded by wrk on loopback with valid,
+signed `recording.done` webhooks, every one with its own id (pre-signed: wrk cycles through them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from standardwebhooks.webhooks import Webhook
+
+from bench.procs import Proc, recall_transcribe, wait_for
+from tests.helpers import free_port, http_ready
+
+SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1ub3QtYS1yZWFsLW9uZQ=="
+GUNICORN = {"workers": 2, "threads": 8}
+LUA = """
+-- Cycles through pre-signed webhook requests (one per line: id, timestamp, signature, body).
+local counter = 0
+function setup(thread)
+  thread:set("index", counter)
+  counter = counter + 1
+end
+
+function init(args)
+  local nthreads, i = tonumber(args[2]), 0
+  pace = tonumber(args[3])
+  requests = {}
+  for line in io.lines(args[1]) do
+    if i % nthreads == index then
+      local id, ts, sig, body = line:match("([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t(.*)")
+      requests[#requests + 1] = wrk.format("POST", "/webhooks/recall", {
+        ["Content-Type"] = "application/json",
+        ["webhook-id"] = id, ["webhook-timestamp"] = ts, ["webhook-signature"] = sig,
+      }, body)
+    end
+    i = i + 1
+  end
+  pos = 0
+end
+
+function request()
+  pos = pos % #requests + 1
+  return requests[pos]
+end
+"""
+PACED = "\nfunction delay()\n  return pace\nend\n"
+
+
+@dataclass
+class LoadResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "req/s": round(self.requests_per_s),
+            "p50 ms": round(self.p50_ms, 2),
+            "p99 ms": round(self.p99_ms, 2),
+            "requests": self.requests,
+            "non-2xx or errors": self.errors,
+        }
+
+
+def signed_requests(path: Path, count: int, prefix: str) -> None:
+    """Write `count` signed recording.done webhooks, each with its own webhook id and recording."""
+    hook = Webhook(SECRET)
+    now = datetime.now(UTC)
+    with path.open("w") as out:
+        for index in range(count):
+            event = {
+                "event": "recording.done",
+                "data": {
+                    "data": {"code": "done", "sub_code": None, "updated_at": now.isoformat()},
+                    "recording": {"id": f"{prefix}-{index}", "metadata": {}},
+                    "bot": {"id": str(uuid.uuid4()), "metadata": {}},
+                },
+            }
+            body = json.dumps(event, separators=(",", ":"))
+            msg_id = f"msg_{prefix}_{index}"
+            signature = hook.sign(msg_id, now, body)
+            out.write(f"{msg_id}\t{int(now.timestamp())}\t{signature}\t{body}\n")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(
+    url: str, requests_file: Path, workdir: Path, seconds: float, connections: int, pace_ms: int = 0
+) -> LoadResult:
+    """One bounded wrk run; `pace_ms` > 0 makes each connection wait that long between requests."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
+    script = workdir / ("paced.lua" if pace_ms else "post.lua")
+    script.write_text(LUA + (PACED if pace_ms else ""))
+    threads = 1
+    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
+    argv += ["-s", str(script), url, "--", str(requests_file), str(threads), str(pace_ms)]
+    out = _run(argv, timeout=seconds + 30)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    errors = int(bad.group(1)) if bad else 0
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return LoadResult(rate, _ms(latency["50"]), _ms(latency["99"]), total, errors)
+
+
+def _run(argv: list[str], timeout: float) -> str:
+    import subprocess
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True)
+    return done.stdout
+
+
+def start_server(kind: str, redis_url: str, workdir: Path, env: dict[str, str]) -> tuple[Proc, str]:
+    port = free_port()
+    if kind == "receiver":
+        args = ["receiver", "--port", str(port)]
+        args += ["--workers", str(GUNICORN["workers"]), "--threads", str(GUNICORN["threads"])]
+        proc = recall_transcribe(args, workdir / f"{kind}.log", env)
+    else:
+        argv = [sys.executable, "-m", "bench.refs", kind, str(port), redis_url, SECRET]
+        argv += [str(GUNICORN["workers"]), str(GUNICORN["threads"])]
+        proc = Proc(argv, workdir / f"{kind}.log", env)
+    url = f"http://127.0.0.1:{port}"
+    ready = http_ready(f"{url}/healthz") if kind == "receiver" else _answers(url)
+    wait_for(ready, 30, f"{kind} server")
+    return proc, url
+
+
+def _answers(url: str) -> Any:
+    import requests
+
+    def check() -> bool:
+        try:
+            requests.post(f"{url}/webhooks/recall", data=b"{}", timeout=1)
+            return True
+        except requests.RequestException:
+            return False
+
+    return check
+
+
+def enqueued(client: redis.Redis, kind: str) -> int:
+    queue = {"receiver": "recall.events", "necessary": "ref:events", "celery": "ref.events"}
+    return int(client.llen(queue[kind])) if kind in queue else 0
+
+
+def measure(
+    redis_url: str, workdir: Path, env: dict[str, str], seconds: float, profile: bool
+) -> dict[str, Any]:
+    """Saturation runs of the four servers, then our receiver paced at ~1,000 requests/s."""
+    client = redis.Redis.from_url(redis_url)
+    results: dict[str, Any] = {"saturation": {}, "gunicorn": GUNICORN}
+    per_second_guess = 8000
+    for kind in ("bare", "necessary", "celery", "receiver"):
+        client.flushdb()
+        requests_file = workdir / f"requests-{kind}.tsv"
+        signed_requests(requests_file, int(per_second_guess * (seconds + 2)), kind)
+        warmup = workdir / f"warmup-{kind}.tsv"
+        signed_requests(warmup, 2000, f"warm-{kind}")
+        proc, url = start_server(kind, redis_url, workdir, env)
+        try:
+            run_wrk(url, warmup, workdir, 1, 16)
+            before = enqueued(client, kind)
+            result = run_wrk(url, requests_file, workdir, seconds, 32)
+            row = result.row()
+            row["enqueued"] = enqueued(client, kind) - before
+            results["saturation"][kind] = row
+            if kind == "receiver":
+                paced_file = workdir / "requests-paced.tsv"
+                signed_requests(paced_file, int(1100 * (seconds + 2)), "paced")
+                paced = run_wrk(url, paced_file, workdir, seconds, 24, pace_ms=20)
+                results["paced_1000"] = paced.row()
+                if profile:
+                    results["profile"] = _profile(proc, url, workdir)
+        finally:
+            proc.stop()
+    sat = results["saturation"]
+    results["ratio_vs_necessary"] = round(sat["receiver"]["req/s"] / sat["necessary"]["req/s"], 2)
+    results["ratio_vs_bare"] = round(sat["receiver"]["req/s"] / sat["bare"]["req/s"], 2)
+    return results
+
+
+def _profile(proc: Proc, url: str, workdir: Path) -> list[tuple[str, float]]:
+    """py-spy on the receiver under load: the functions with the most samples, self or below."""
+    from bench.profiling import top_functions
+
+    profile_file = workdir / "requests-profile.tsv"
+    signed_requests(profile_file, 60000, "profile")
+    return top_functions(
+        proc.pid, lambda: run_wrk(url, profile_file, workdir, 6, 32), workdir / "receiver"
+    )

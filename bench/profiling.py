@@ -1,0 +1,65 @@
+"""py-spy on a running process tree while a load runs: where the samples land."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+WATCHED = (
+    "/receiver/",
+    "/tasks/",
+    "/worker/",
+    "/bench/",
+    "standardwebhooks",
+    "pydantic",
+    "/redis/",
+    "/kombu/",
+    "/celery/",
+    "/flask/",
+    "/werkzeug/",
+    "/json/",
+    "/requests/",
+    "/urllib3/",
+)
+_FRAME = re.compile(r"^(?P<fn>.+?) \((?P<file>[^:]+)(?::\d+)?\)$")
+
+
+def top_functions(
+    pid: int, load: Callable[[], Any], prefix: Path, limit: int = 15
+) -> list[tuple[str, float]]:
+    """Inclusive share of samples per function (module:function) under `load`, largest first."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return [("py-spy is not installed: pip install py-spy", 0.0)]
+    raw = prefix.with_suffix(".collapsed")
+    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--nonblocking"]
+    argv += ["--rate", "200", "--output", str(raw), "--duration", "5"]
+    spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load()
+    spying.wait(60)
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        names = {_name(frame) for frame in stack.split(";")}
+        for name in names - {None}:
+            inclusive[name] += int(count)  # type: ignore[index]
+    if not total:
+        return []
+    shares = [(name, round(100 * n / total, 1)) for name, n in inclusive.most_common()]
+    return [(name, share) for name, share in shares if share < 90][:limit]
+
+
+def _name(frame: str) -> str | None:
+    """`package/module:function` for the code worth naming, None for the machinery around it."""
+    match = _FRAME.match(frame.strip())
+    if match is None or not any(part in match["file"] for part in WATCHED):
+        return None
+    module = Path(match["file"]).with_suffix("").parts[-2:]
+    return f"{'/'.join(module)}:{match['fn']}"

@@ -1,0 +1,148 @@
+"""BENCHMARKS.md: the machine, the versions, and every figure next to its reference."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def machine() -> list[str]:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    redis_version = _output(["redis-server", "--version"]).split(" v=")[-1].split()[0]
+    wrk = _output(["wrk", "--version"]).split("[")[0].strip() or "not installed"
+    packages = ", ".join(
+        f"{name} {version(name)}"
+        for name in (
+            "celery",
+            "kombu",
+            "redis",
+            "flask",
+            "gunicorn",
+            "pydantic",
+            "standardwebhooks",
+        )
+    )
+    return [
+        f"- Machine: {os.cpu_count()} cores ({cpu}), {memory} GiB, {platform.platform()}",
+        f"- Python {platform.python_version()}; Redis {redis_version}; {wrk}",
+        f"- {packages}",
+        f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `python -m bench`, all on loopback",
+    ]
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return ""
+
+
+def table(rows: dict[str, dict[str, Any]], first: str) -> list[str]:
+    columns = list(
+        dict.fromkeys(
+            k for row in rows.values() for k in row if not isinstance(row[k], dict | list)
+        )
+    )
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    out = ["## Results", "", *machine(), ""]
+    if "ingest" in results:
+        ing = results["ingest"]
+        out += ["### 1. Webhook ingestion", ""]
+        out += [
+            f"Same gunicorn settings for all ({ing['gunicorn']['workers']} processes x "
+            f"{ing['gunicorn']['threads']} threads, gthread); wrk, 1 thread, 32 connections.",
+            "",
+        ]
+        out += table(ing["saturation"], "server")
+        out += [
+            "",
+            f"Receiver / necessary-work reference: **{ing['ratio_vs_necessary']}x**; "
+            f"receiver / bare Flask: {ing['ratio_vs_bare']}x.",
+            "",
+        ]
+        out += ["Receiver paced at about 1,000 requests/s (24 connections, 20 ms pauses):", ""]
+        out += table({"receiver, paced": ing["paced_1000"]}, "run")
+        if ing.get("profile"):
+            out += ["", "Receiver profile under load (py-spy, share of samples):", ""]
+            out += [f"- `{name}` {share}%" for name, share in ing["profile"]]
+        out += [""]
+    if "throughput" in results:
+        tp = results["throughput"]
+        out += ["### 2. Pipeline throughput", ""]
+        ours, ref = tp["ours"], tp["raw chain"]
+        rows = {
+            "raw chain of 4 no-op tasks": {"jobs/s": ref["chains/s"], "jobs": ref["chains"]},
+            "ours (emulator at zero latency)": {"jobs/s": ours["jobs/s"], "jobs": ours["jobs"]},
+        }
+        for label, row in tp["200 ms latency, 1 process"].items():
+            rows[f"ours, 200 ms per Recall call, {label}"] = {
+                "jobs/s": row["jobs/s"],
+                "jobs": row["jobs"],
+            }
+        out += table(rows, "run")
+        out += ["", f"Ours / raw chain: **{tp['ratio']}x** (one worker process, 16 threads).", ""]
+        if ours.get("profile"):
+            out += ["Worker profile (py-spy, share of samples):", ""]
+            out += [f"- `{name}` {share}%" for name, share in ours["profile"]]
+            out += [""]
+        out += ["### 3. Cost per job", ""]
+        out += [
+            f"- Recall API calls per job (happy path): {ours['recall calls/job']}",
+            f"- Redis commands per job: {ours['redis commands/job']} "
+            f"(top: {ours['top redis commands/job']})",
+            f"- CPU seconds over the run: {ours['cpu seconds']} ({ours['cores busy']} cores busy)",
+            "",
+        ]
+    if "awaiting" in results:
+        aw = results["awaiting"]
+        out += ["Jobs awaiting a transcript that takes a day (no polls due):", ""]
+        out += [f"- {k}: {v}" for k, v in aw.items()]
+        out += [""]
+    if "scaling" in results:
+        out += ["### 4. Scaling over worker processes", ""]
+        out += table(results["scaling"], "workers (16 threads each)")
+        out += [""]
+        out += ["CPU seconds per process over each run:", ""]
+        for label, row in results["scaling"].items():
+            out += [f"- {label}: {row['cpu seconds']} ({row['cores busy']} cores busy)"]
+        out += [""]
+    if "latency" in results:
+        out += ["### 5. Latency: transcript.done answered -> files persisted (no backlog)", ""]
+        out += table({"transcript.done -> persisted": results["latency"]}, "")
+        out += [""]
+    return "\n".join(out)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the generated section of `path`, keeping what people wrote around it."""
+    block = f"{BEGIN}\n{text}\n{END}"
+    if not path.exists():
+        path.write_text(f"# Benchmarks\n\n{block}\n")
+        return
+    current = path.read_text()
+    if BEGIN in current:
+        current = re.sub(
+            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, current, flags=re.S
+        )
+    else:
+        current = f"{current.rstrip()}\n\n{block}\n"
+    path.write_text(current)
