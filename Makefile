@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,6 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench
+
+bench-smoke: install
+	$(BIN)/python -m bench --smoke --out $(or $(TMPDIR),/tmp)/recall-bench-smoke.md

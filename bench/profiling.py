@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ def top_functions(
     pid: int, load: Callable[[], Any], prefix: Path, limit: int = 15
 ) -> list[tuple[str, float]]:
     """Inclusive share of samples per function (module:function) under `load`, largest first."""
-    spy = shutil.which("py-spy")
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         return [("py-spy is not installed: pip install py-spy", 0.0)]
     raw = prefix.with_suffix(".collapsed")
