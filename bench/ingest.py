@@ -23,7 +23,7 @@ from bench.procs import Proc, recall_transcribe, wait_for
 from tests.helpers import free_port, http_ready
 
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1ub3QtYS1yZWFsLW9uZQ=="
-GUNICORN = {"workers": 2, "threads": 8}
+GUNICORN = {"workers": 2, "threads": 2}  # the receiver's defaults
 LUA = """
 -- Cycles through pre-signed webhook requests (one per line: id, timestamp, signature, body).
 local counter = 0
@@ -189,11 +189,13 @@ def measure(
             row = result.row()
             row["enqueued"] = enqueued(client, kind) - before
             results["saturation"][kind] = row
-            if kind == "receiver":
-                paced_file = workdir / "requests-paced.tsv"
-                signed_requests(paced_file, int(1100 * (seconds + 2)), "paced")
-                paced = run_wrk(url, paced_file, workdir, seconds, 24, pace_ms=20)
-                results["paced_1000"] = paced.row()
+            if kind == "receiver":  # three paced runs: this machine's tail latency is noisy
+                runs = []
+                for attempt in range(3):
+                    paced_file = workdir / f"requests-paced-{attempt}.tsv"
+                    signed_requests(paced_file, int(1100 * (seconds + 2)), f"paced{attempt}")
+                    runs.append(run_wrk(url, paced_file, workdir, seconds, 24, pace_ms=20).row())
+                results["paced_1000"] = {f"run {i + 1}": row for i, row in enumerate(runs)}
                 if profile:
                     results["profile"] = _profile(proc, url, workdir)
         finally:

@@ -103,7 +103,7 @@ def start_system(
     emulator += ["--processing-s", str(processing_s), "--latency-s", str(latency_s)]
     emulator += ["--webhook-url", f"{receiver_url}/webhooks/recall"]
     system.procs["emulator"] = recall_transcribe(emulator, workdir / "emulator.log", env)
-    receiver = ["receiver", "--port", str(receiver_port), "--workers", "2", "--threads", "8"]
+    receiver = ["receiver", "--port", str(receiver_port)]
     system.procs["receiver"] = recall_transcribe(receiver, workdir / "receiver.log", env)
     wait_for(http_ready(f"{emulator_url}/_emulator/stats"), 30, "emulator")
     wait_for(http_ready(f"{receiver_url}/healthz"), 30, "receiver")

@@ -11,34 +11,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-WATCHED = (
-    "/receiver/",
-    "/tasks/",
-    "/worker/",
-    "/bench/",
+WATCHED = {
+    "receiver",
+    "tasks",
+    "worker",
+    "bench",
     "standardwebhooks",
     "pydantic",
-    "/redis/",
-    "/kombu/",
-    "/celery/",
-    "/flask/",
-    "/werkzeug/",
-    "/json/",
-    "/requests/",
-    "/urllib3/",
-)
+    "pydantic_core",
+    "redis",
+    "kombu",
+    "celery",
+    "flask",
+    "werkzeug",
+    "json",
+    "requests",
+    "urllib3",
+    "http",
+}
 _FRAME = re.compile(r"^(?P<fn>.+?) \((?P<file>[^:]+)(?::\d+)?\)$")
 
 
 def top_functions(
     pid: int, load: Callable[[], Any], prefix: Path, limit: int = 15
 ) -> list[tuple[str, float]]:
-    """Inclusive share of samples per function (module:function) under `load`, largest first."""
+    """Share of on-CPU samples (holding the GIL) per function, inclusive, largest first."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         return [("py-spy is not installed: pip install py-spy", 0.0)]
     raw = prefix.with_suffix(".collapsed")
-    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--nonblocking"]
+    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--gil", "--nonblocking"]
+    argv += ["--format", "raw"]
     argv += ["--rate", "200", "--output", str(raw), "--duration", "5"]
     spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     load()
@@ -60,7 +63,7 @@ def top_functions(
 def _name(frame: str) -> str | None:
     """`package/module:function` for the code worth naming, None for the machinery around it."""
     match = _FRAME.match(frame.strip())
-    if match is None or not any(part in match["file"] for part in WATCHED):
+    if match is None or not WATCHED & set(Path(match["file"]).parts[:-1]):
         return None
     module = Path(match["file"]).with_suffix("").parts[-2:]
     return f"{'/'.join(module)}:{match['fn']}"

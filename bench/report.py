@@ -80,7 +80,7 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
         out += ["Receiver paced at about 1,000 requests/s (24 connections, 20 ms pauses):", ""]
-        out += table({"receiver, paced": ing["paced_1000"]}, "run")
+        out += table(ing["paced_1000"], "receiver, paced")
         if ing.get("profile"):
             out += ["", "Receiver profile under load (py-spy, share of samples):", ""]
             out += [f"- `{name}` {share}%" for name, share in ing["profile"]]

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, abort, jsonify, request
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from emulator.scheduler import Scheduler
 from emulator.state import (
@@ -400,9 +400,17 @@ def create_emulator(config: EmulatorConfig) -> Flask:
     return app
 
 
+class KeepAliveHandler(WSGIRequestHandler):
+    """HTTP/1.1 with persistent connections, as Recall's API serves (werkzeug's default is 1.0)."""
+
+    protocol_version = "HTTP/1.1"
+
+
 def serve(config: EmulatorConfig, host: str, port: int) -> None:
     """Serve the emulator with a threaded HTTP server until interrupted."""
-    server = make_server(host, port, create_emulator(config), threaded=True)
+    server = make_server(
+        host, port, create_emulator(config), threaded=True, request_handler=KeepAliveHandler
+    )
     log.info("Recall emulator on http://%s:%d", host, port)
     try:
         server.serve_forever()

@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     receiver.add_argument("--host", default="127.0.0.1")
     receiver.add_argument("--port", type=int, default=8000)
     receiver.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    receiver.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    receiver.add_argument(
+        "--threads", type=int, default=2, help="threads per process (more adds GIL contention)"
+    )
 
     sub.add_parser(
         "worker", help="start a Celery worker on the pipeline queues (extra args go to celery)"

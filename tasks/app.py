@@ -18,6 +18,7 @@ from tasks.recall import RecallClient
 from tasks.steps import Pipeline
 from tasks.store import LocalStore
 from worker.app import EVENTS_QUEUE, PIPELINE_QUEUE, create_celery
+from worker.messages import task_message
 from worker.settings import Settings
 
 SUBMIT_TASK = "recall.submit_job"
@@ -48,7 +49,7 @@ def create_app(settings: Settings) -> tuple[Celery, Pipeline]:
     jobs = JobStore(redis_client(settings, patient=True), settings.JOB_STEP_LEASE_S)
 
     def enqueue(step: Step, job_id: str) -> None:
-        app.send_task(STEP_TASKS[step], args=[job_id], queue=PIPELINE_QUEUE)
+        jobs.redis.lpush(PIPELINE_QUEUE, task_message(STEP_TASKS[step], [job_id], PIPELINE_QUEUE))
 
     inbox = Inbox(jobs.redis, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S)
     pipeline = Pipeline(
@@ -59,7 +60,7 @@ def create_app(settings: Settings) -> tuple[Celery, Pipeline]:
     @app.task(name=INGEST_TASK)
     def ingest_event(event: dict[str, Any], event_id: str | None = None) -> str:
         try:
-            result = pipeline.ingest(parse_event(event))
+            result = pipeline.ingest(parse_event(event), run_now=True)
             if event_id:
                 inbox.applied(event_id)
         except redis.RedisError as exc:
@@ -74,7 +75,9 @@ def create_app(settings: Settings) -> tuple[Celery, Pipeline]:
         idempotency_key: str | None = None,
     ) -> str:
         try:
-            job_id, _ = pipeline.submit(recording_id, provider, metadata, idempotency_key)
+            job_id, _ = pipeline.submit(
+                recording_id, provider, metadata, idempotency_key, run_now=True
+            )
         except redis.RedisError as exc:
             raise Reject(exc, requeue=True) from exc
         return job_id
@@ -85,7 +88,9 @@ def create_app(settings: Settings) -> tuple[Celery, Pipeline]:
     def sweep() -> None:
         pipeline.sweep()
         for event_id, event in inbox.claim_due():
-            app.send_task(INGEST_TASK, args=[event, event_id], queue=EVENTS_QUEUE)
+            jobs.redis.lpush(
+                EVENTS_QUEUE, task_message(INGEST_TASK, [event, event_id], EVENTS_QUEUE)
+            )
 
     app.steps["worker"].add(sweeper_step(sweep, settings.SWEEP_INTERVAL_S))
     return app, pipeline

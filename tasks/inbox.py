@@ -19,22 +19,20 @@ from typing import Any, cast
 import redis
 
 from worker.app import EVENTS_QUEUE
-from worker.messages import task_message
+from worker.messages import task_message_json
 
 INGEST_TASK = "recall.ingest_event"
 INBOX = "rt:inbox"
 INBOX_DUE = "rt:inbox:due"
-EVENT_COUNTS = "rt:stats:events"
 IGNORED_COUNTS = "rt:stats:events_ignored"
 
-# KEYS: seen mark, queue, counters, inbox, inbox due. ARGV: message, ttl, event type, id, event,
-# due. The seen mark, the kept event and the message are written together or not at all.
+# KEYS: seen mark, queue, inbox, inbox due. ARGV: message, ttl, id, event, due. The seen mark,
+# the kept event and the message are written together or not at all.
 _PUT_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
-  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
   redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
   return 1
 end
 return 0
@@ -68,13 +66,13 @@ class Inbox:
         self._put_once = client.register_script(_PUT_ONCE)
         self._claim = client.register_script(_CLAIM)
 
-    def put(self, webhook_id: str, event_type: str, event_json: str) -> bool:
+    def put(self, webhook_id: str, event_json: str) -> bool:
         """Keep and enqueue the event unless its webhook id was seen; True if it is new."""
         event_id = hashlib.sha256(webhook_id.encode()).hexdigest()[:32]
-        message = task_message(INGEST_TASK, [json.loads(event_json), event_id], EVENTS_QUEUE)
+        message = task_message_json(INGEST_TASK, f'[{event_json},"{event_id}"]', EVENTS_QUEUE)
         added = self._put_once(
-            keys=[f"rt:webhook:{event_id}", EVENTS_QUEUE, EVENT_COUNTS, INBOX, INBOX_DUE],
-            args=[message, self._ttl, event_type, event_id, event_json, time.time() + self._lease],
+            keys=[f"rt:webhook:{event_id}", EVENTS_QUEUE, INBOX, INBOX_DUE],
+            args=[message, self._ttl, event_id, event_json, time.time() + self._lease],
         )
         return bool(added)
 

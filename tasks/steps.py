@@ -60,21 +60,37 @@ class Pipeline:
         provider: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        run_now: bool = False,
     ) -> tuple[str, bool]:
-        """Start a job unless one exists for the key; returns (job id, created)."""
+        """Start a job unless one exists for the key; returns (job id, created).
+
+        The create step is enqueued, or with `run_now` run here and now (by a worker already
+        handling the event: one task fewer per job; a crash is re-driven from the due-set).
+        """
         job_id, created = self.jobs.submit(
             recording_id, provider or self.settings.TRANSCRIPT_PROVIDER, metadata, idempotency_key
         )
         if created:
-            self.enqueue("create", job_id)
+            self._next("create", job_id, run_now)
         return job_id, created
 
-    def ingest(self, event: WebhookEvent) -> str:
-        """Act on one webhook event; returns what was done (for logs and tests)."""
+    def _next(self, step: Step, job_id: str, run_now: bool) -> str:
+        if run_now:
+            return f"; {step}: {self.run_step(step, job_id)}"
+        self.enqueue(step, job_id)
+        return ""
+
+    def ingest(self, event: WebhookEvent, run_now: bool = False) -> str:
+        """Act on one webhook event (running the step it makes due with `run_now`); returns
+        what was done, for logs and tests."""
         recording = event.data.recording
         if event.event == RECORDING_DONE and recording is not None:
-            job_id, created = self.submit(recording.id, metadata={"source": "recording.done"})
-            return f"{'created' if created else 'existing'} job {job_id}"
+            job_id, created = self.jobs.submit(
+                recording.id, self.settings.TRANSCRIPT_PROVIDER, {"source": "recording.done"}
+            )
+            if not created:
+                return f"existing job {job_id}"
+            return f"created job {job_id}{self._next('create', job_id, run_now)}"
         transcript = event.data.transcript
         if event.event in (TRANSCRIPT_DONE, TRANSCRIPT_FAILED) and transcript is not None:
             job_id = self.jobs.owner_of(transcript.id) or str(
@@ -85,9 +101,8 @@ class Pipeline:
             outcome = "done" if event.event == TRANSCRIPT_DONE else "failed"
             sub_code = event.data.data.sub_code if event.data.data else None
             result = self.jobs.on_transcript_event(job_id, transcript.id, outcome, sub_code)
-            if result == "fetch":
-                self.enqueue("fetch", job_id)
-            return f"{result} job {job_id}"
+            follow = self._next("fetch", job_id, run_now) if result == "fetch" else ""
+            return f"{result} job {job_id}{follow}"
         return f"ignored: {event.event}"
 
     def sweep(self) -> int:

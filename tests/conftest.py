@@ -16,7 +16,7 @@ import redis
 import requests
 from werkzeug.serving import make_server
 
-from emulator.server import EmulatorConfig, create_emulator
+from emulator.server import EmulatorConfig, KeepAliveHandler, create_emulator
 from emulator.state import EmulatorState
 from tasks.jobs import JobStore, Step
 from tasks.recall import RecallClient
@@ -134,7 +134,7 @@ def emulator() -> Iterator[EmulatorHandle]:
         page_size=3,
     )
     app = create_emulator(config)
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=KeepAliveHandler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
 

@@ -43,6 +43,21 @@ def test_second_recording_done_for_a_recording_creates_nothing(
     assert len(harness.enqueued) == 1
 
 
+def test_a_worker_handling_the_events_runs_the_steps_they_make_due_in_place(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    created = harness.pipeline.ingest(parse_event(recording_done("r1")), run_now=True)
+    assert "; create: created" in created and harness.enqueued == [], created
+    job_id = created.split()[2].rstrip(";")
+    wait_transcript_done(emulator, "r1")
+    transcript_id = state(harness, job_id)["transcript_id"]
+    event = transcript_event("transcript.done", "r1", transcript_id, {"job_id": job_id})
+    fetched = harness.pipeline.ingest(parse_event(event), run_now=True)
+    assert fetched == f"fetch job {job_id}; fetch: persisted r1/{transcript_id}"
+    assert harness.enqueued == [] and state(harness, job_id)["state"] == "done"
+
+
 def test_create_run_twice_creates_one_transcript(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:

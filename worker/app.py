@@ -26,7 +26,9 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_pool="threads",
         worker_concurrency=16,
-        worker_send_task_events=True,
+        # Task events cost about a tenth of a worker's CPU (BENCHMARKS.md); Flower turns them on
+        # while it runs (its `enable_events`), so they are paid only while someone watches.
+        worker_send_task_events=False,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,

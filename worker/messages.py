@@ -1,7 +1,8 @@
 """Celery task messages (protocol 2, kombu's Redis envelope) built without a producer.
 
-The receiver pushes these itself inside one Lua script (dedupe + push), which is both atomic and
-about twice as cheap as `apply_async` in a hot HTTP handler.
+The receiver pushes these itself inside one Lua script (dedupe + keep + push), which is atomic and
+cheaper than `apply_async` in a hot HTTP handler (BENCHMARKS.md); the pipeline's steps LPUSH them
+too, skipping kombu's producer.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ import json
 import uuid
 from typing import Any
 
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED_JSON = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
 def task_message(task_name: str, args: list[Any], queue: str) -> str:
     """The JSON string kombu's Redis transport LPUSHes onto `queue` for `task_name(*args)`."""
+    return task_message_json(task_name, json.dumps(args), queue)
+
+
+def task_message_json(task_name: str, args_json: str, queue: str) -> str:
+    """`task_message` for arguments already serialised: `args_json` is a JSON array."""
     task_id = str(uuid.uuid4())
-    body = json.dumps([args, {}, _EMBED]).encode()
+    body = f"[{args_json},{{}},{_EMBED_JSON}]".encode()
     return json.dumps(
         {
             "body": base64.b64encode(body).decode(),
@@ -38,7 +44,7 @@ def task_message(task_name: str, args: list[Any], queue: str) -> str:
                 "parent_id": None,
                 "argsrepr": "",
                 "kwargsrepr": "{}",
-                "origin": "recall-transcribe-receiver",
+                "origin": "recall-transcribe",
                 "ignore_result": True,
             },
             "properties": {
