@@ -205,33 +205,36 @@ def _commands(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def raw_chain(workdir: Path, count: int, timeout: float) -> dict[str, Any]:
-    """The reference: `count` chains of 4 no-op tasks through one worker with our settings."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    redis_proc, redis_url = start_redis(workdir)
-    env = {**os.environ, "REDIS_URL": redis_url}
-    argv = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "-Q", "recall.pipeline"]
-    argv += ["--concurrency", str(CONCURRENCY), "--loglevel", "WARNING"]
-    argv += ["--without-mingle", "--without-gossip"]
-    worker = Proc(argv, workdir / "noop-worker.log", env)
-    try:
-        os.environ["REDIS_URL"] = redis_url  # read by bench.noop as it is imported, once per run
+class RawChain:
+    """The reference: chains of 4 no-op tasks through one worker with our Celery settings."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.redis_proc, redis_url = start_redis(workdir)
+        env = {**os.environ, "REDIS_URL": redis_url}
+        argv = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker"]
+        argv += ["-Q", "recall.pipeline", "--concurrency", str(CONCURRENCY)]
+        argv += ["--loglevel", "WARNING", "--without-mingle", "--without-gossip"]
+        self.worker = Proc(argv, workdir / "noop-worker.log", env)
+        os.environ["REDIS_URL"] = redis_url  # read by bench.noop as it is imported (once)
         from bench import noop
 
+        self.noop = noop
         wait_for(lambda: bool(noop.app.control.ping(timeout=0.5)), 60, "no-op worker", 0.2)
+
+    def run(self, count: int, timeout: float) -> dict[str, Any]:
+        noop = self.noop
+        noop.counter.delete(noop.DONE_KEY)
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda _: noop.send_chain(), range(count)))
         wait_for(lambda: int(noop.counter.get(noop.DONE_KEY) or 0) >= count, timeout, "chains")
         seconds = time.monotonic() - started
-        return {
-            "chains": count,
-            "seconds": round(seconds, 2),
-            "chains/s": round(count / seconds, 1),
-        }
-    finally:
-        worker.stop()
-        redis_proc.stop()
+        return {"jobs": count, "seconds": round(seconds, 2), "jobs/s": round(count / seconds, 1)}
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.redis_proc.stop()
 
 
 def awaiting(workdir: Path, count: int, probes: int) -> dict[str, Any]:
