@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,8 @@ def main() -> int:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the receiver and a worker")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every process a benchmark started is stopped by its PID.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     size = SIZES["smoke" if args.smoke else "full"]
     chosen = [name for name in args.only.split(",") if name]
     unknown = set(chosen) - set(BENCHES)

@@ -17,9 +17,11 @@ RecallError
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -223,6 +225,13 @@ class RecallClient:
             adapter = HTTPAdapter(max_retries=_idempotent_retries())
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            if not urllib.request.getproxies():
+                # Without proxies there is nothing in the environment to re-read on every call
+                # (requests would: proxies, netrc, CA bundle); keep only the CA bundle, once.
+                session.trust_env = False
+                session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get(
+                    "CURL_CA_BUNDLE", True
+                )
             self._local.session = session
         return session
 
