@@ -21,7 +21,7 @@ from bench.report import render, write_section
 
 SIZES = {
     "full": {
-        "ingest_s": 5,
+        "ingest_s": 4,
         "jobs": 2000,
         "jobs_slow": 400,
         "awaiting": 10000,

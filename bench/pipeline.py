@@ -99,20 +99,24 @@ def start_system(
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     env = {**start_env(redis_url, workdir, emulator_url), **env_overrides}
     system = System(workdir, redis_url, env, emulator_url, receiver_url, {"redis": redis_proc})
-    emulator = ["emulator", "--port", str(emulator_port), "--api-key", API_KEY]
-    emulator += ["--processing-s", str(processing_s), "--latency-s", str(latency_s)]
-    emulator += ["--webhook-url", f"{receiver_url}/webhooks/recall"]
-    system.procs["emulator"] = recall_transcribe(emulator, workdir / "emulator.log", env)
-    receiver = ["receiver", "--port", str(receiver_port)]
-    system.procs["receiver"] = recall_transcribe(receiver, workdir / "receiver.log", env)
-    wait_for(http_ready(f"{emulator_url}/_emulator/stats"), 30, "emulator")
-    wait_for(http_ready(f"{receiver_url}/healthz"), 30, "receiver")
-    for index, name in enumerate(names or [f"w{i + 1}@%h" for i in range(workers)]):
-        args = ["worker", "-n", name, "--concurrency", str(concurrency), "--loglevel", "WARNING"]
-        args += ["--without-mingle", "--without-gossip"]
-        log = workdir / f"worker-{index + 1}.log"
-        system.procs[f"worker-{index + 1}"] = recall_transcribe(args, log, env)
-    _wait_workers(system, len(names or range(workers)))
+    try:  # stopped by PID if starting fails or is interrupted
+        emulator = ["emulator", "--port", str(emulator_port), "--api-key", API_KEY]
+        emulator += ["--processing-s", str(processing_s), "--latency-s", str(latency_s)]
+        emulator += ["--webhook-url", f"{receiver_url}/webhooks/recall"]
+        system.procs["emulator"] = recall_transcribe(emulator, workdir / "emulator.log", env)
+        receiver = ["receiver", "--port", str(receiver_port)]
+        system.procs["receiver"] = recall_transcribe(receiver, workdir / "receiver.log", env)
+        wait_for(http_ready(f"{emulator_url}/_emulator/stats"), 30, "emulator")
+        wait_for(http_ready(f"{receiver_url}/healthz"), 30, "receiver")
+        for index, name in enumerate(names or [f"w{i + 1}@%h" for i in range(workers)]):
+            args = ["worker", "-n", name, "--concurrency", str(concurrency)]
+            args += ["--loglevel", "WARNING", "--without-mingle", "--without-gossip"]
+            log = workdir / f"worker-{index + 1}.log"
+            system.procs[f"worker-{index + 1}"] = recall_transcribe(args, log, env)
+        _wait_workers(system, len(names or range(workers)))
+    except BaseException:
+        system.stop()
+        raise
     return system
 
 

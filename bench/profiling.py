@@ -11,31 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-WATCHED = {
-    "receiver",
-    "tasks",
-    "worker",
-    "bench",
-    "standardwebhooks",
-    "pydantic",
-    "pydantic_core",
-    "redis",
-    "kombu",
-    "celery",
-    "flask",
-    "werkzeug",
-    "json",
-    "requests",
-    "urllib3",
-    "http",
-}
+OURS = {"receiver", "tasks", "worker", "emulator", "bench", "recall_transcribe"}
 _FRAME = re.compile(r"^(?P<fn>.+?) \((?P<file>[^:]+)(?::\d+)?\)$")
 
 
 def top_functions(
     pid: int, load: Callable[[], Any], prefix: Path, limit: int = 15
 ) -> list[tuple[str, float]]:
-    """Share of on-CPU samples (holding the GIL) per function, inclusive, largest first."""
+    """Where the on-CPU samples (holding the GIL) go: by package (leaf frames), then our own
+    functions (inclusive), largest first."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         return [("py-spy is not installed: pip install py-spy", 0.0)]
@@ -46,24 +30,40 @@ def top_functions(
     spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     load()
     spying.wait(60)
-    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
         total += int(count)
-        names = {_name(frame) for frame in stack.split(";")}
-        for name in names - {None}:
-            inclusive[name] += int(count)  # type: ignore[index]
+        packages[_package(frames[-1])] += int(count)
+        for name in {_name(frame) for frame in frames} - {None}:
+            own[name] += int(count)  # type: ignore[index]
     if not total:
         return []
-    shares = [(name, round(100 * n / total, 1)) for name, n in inclusive.most_common()]
-    return [(name, share) for name, share in shares if share < 90][:limit]
+    by_package = [
+        (f"{name} (self)", round(100 * n / total, 1)) for name, n in packages.most_common()
+    ]
+    ours = [(name, round(100 * n / total, 1)) for name, n in own.most_common()]
+    return by_package[:8] + ours[:limit]
+
+
+def _package(frame: str) -> str:
+    """Which package a leaf frame's time belongs to: a library's name, ours, or the stdlib."""
+    match = _FRAME.match(frame.strip())
+    if match is None:
+        return "other"
+    top = Path(match["file"]).parts[0].removesuffix(".py")  # py-spy shortens the paths
+    if top in sys.stdlib_module_names or top.startswith("<"):
+        return "stdlib"
+    return top
 
 
 def _name(frame: str) -> str | None:
     """`package/module:function` for the code worth naming, None for the machinery around it."""
     match = _FRAME.match(frame.strip())
-    if match is None or not WATCHED & set(Path(match["file"]).parts[:-1]):
+    if match is None or Path(match["file"]).parts[0] not in OURS:
         return None
     module = Path(match["file"]).with_suffix("").parts[-2:]
     return f"{'/'.join(module)}:{match['fn']}"

@@ -68,7 +68,8 @@ def render(results: dict[str, Any]) -> str:
         out += [
             f"Same gunicorn settings for all ({ing['gunicorn']['workers']} processes x "
             f"{ing['gunicorn']['threads']} threads, gthread); wrk, 1 thread, 32 connections; "
-            f"{ing['rounds']} interleaved rounds of {ing['seconds']} s per server, medians.",
+            f"{ing['rounds']} interleaved rounds of {ing['seconds']} s per server: the best round, "
+            "and the median.",
             "",
         ]
         out += table(ing["saturation"], "server")
@@ -86,7 +87,7 @@ def render(results: dict[str, Any]) -> str:
         ]
         out += table(ing["paced_1000"], "paced")
         if ing.get("profile"):
-            out += ["", "Receiver profile under load (py-spy, share of samples):", ""]
+            out += ["", "Receiver profile under load (py-spy --gil, share of on-CPU samples):", ""]
             out += [f"- `{name}` {share}%" for name, share in ing["profile"]]
         out += [""]
     if "throughput" in results:
@@ -118,7 +119,7 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
         if ours.get("profile"):
-            out += ["Worker profile (py-spy, share of samples):", ""]
+            out += ["Worker profile (py-spy --gil, share of on-CPU samples):", ""]
             out += [f"- `{name}` {share}%" for name, share in ours["profile"]]
             out += [""]
         out += ["### 3. Cost per job", ""]
