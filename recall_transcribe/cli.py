@@ -112,12 +112,33 @@ def _worker(_: argparse.Namespace, extra: list[str]) -> int:
         argv += ["-Q", ",".join(QUEUES)]
     asked_to_stop: list[str] = []
     worker_shutting_down.connect(lambda **kw: asked_to_stop.append(kw["sig"]), weak=False)
+    # Celery can give up on its own ("Unrecoverable error": kombu failing while Redis restarts),
+    # and its shutdown after that can hang on the broken connection. Start afresh at once, as if
+    # the process had been killed: late acks, the due-set and the inbox re-drive its work.
+    logging.getLogger("celery.worker").addHandler(_RestartOnUnrecoverable(extra))
     code: int = app.start(argv) or 0
     if asked_to_stop or code == 0:
         return code
-    # Celery gave up on its own ("Unrecoverable error", e.g. kombu failing while Redis restarts).
-    # Start afresh in this same process; the due-sets re-drive whatever it was doing.
-    logging.getLogger(__name__).critical("worker stopped on an unrecoverable error; restarting")
+    _restart(extra, f"exit code {code}")
+    return code
+
+
+class _RestartOnUnrecoverable(logging.Handler):
+    def __init__(self, extra: list[str]) -> None:
+        super().__init__(logging.CRITICAL)
+        self._extra = extra
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Unrecoverable error"):
+            _restart(self._extra, message)
+
+
+def _restart(extra: list[str], why: str) -> None:
+    """Replace this process with a fresh worker (same arguments)."""
+    logging.getLogger(__name__).critical("worker stopped (%s); restarting", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     time.sleep(1)
     os.execv(sys.executable, [sys.executable, "-m", "recall_transcribe", "worker", *extra])
 
