@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -60,3 +61,22 @@ def test_enqueue_waits_for_the_transcript_and_jobs_shows_it(start_system: Any) -
     assert '"state": "done"' in shown.stdout
     again = run(["enqueue", "cli-rec"], system.env)
     assert f"job {job_id} (already exists)" in again.stdout
+
+
+def test_worker_restarts_in_place_on_celerys_unrecoverable_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recall_transcribe import cli
+
+    execs: list[list[str]] = []
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: execs.append(argv))
+    monkeypatch.setattr(cli.time, "sleep", lambda _: None)
+    handler = cli._RestartOnUnrecoverable(["-n", "w1@%h"])
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("celery.worker", logging.CRITICAL, "", 0, message, None, None)
+
+    handler.emit(record("Lost connection to broker."))
+    assert execs == []
+    handler.emit(record("Unrecoverable error: AttributeError(\"'NoneType' object...\")"))
+    assert execs == [[sys.executable, "-m", "recall_transcribe", "worker", "-n", "w1@%h"]]
