@@ -17,7 +17,7 @@ from tasks.jobs import JobStore, Step
 from tasks.recall import RecallClient
 from tasks.steps import Pipeline
 from tasks.store import LocalStore
-from worker.app import EVENTS_QUEUE, PIPELINE_QUEUE, create_celery
+from worker.app import PIPELINE_QUEUE, create_celery
 from worker.messages import task_message
 from worker.settings import Settings
 
@@ -87,10 +87,7 @@ def create_app(settings: Settings) -> tuple[Celery, Pipeline]:
 
     def sweep() -> None:
         pipeline.sweep()
-        for event_id, event in inbox.claim_due():
-            jobs.redis.lpush(
-                EVENTS_QUEUE, task_message(INGEST_TASK, [event, event_id], EVENTS_QUEUE)
-            )
+        inbox.resend_due()
 
     app.steps["worker"].add(sweeper_step(sweep, settings.SWEEP_INTERVAL_S))
     return app, pipeline

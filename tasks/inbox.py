@@ -12,9 +12,8 @@ id) and `rt:inbox:due` (zset: when to re-send if still not applied).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from typing import Any, cast
+from typing import cast
 
 import redis
 
@@ -69,10 +68,15 @@ class Inbox:
     def put(self, webhook_id: str, event_json: str) -> bool:
         """Keep and enqueue the event unless its webhook id was seen; True if it is new."""
         event_id = hashlib.sha256(webhook_id.encode()).hexdigest()[:32]
-        message = task_message_json(INGEST_TASK, f'[{event_json},"{event_id}"]', EVENTS_QUEUE)
         added = self._put_once(
             keys=[f"rt:webhook:{event_id}", EVENTS_QUEUE, INBOX, INBOX_DUE],
-            args=[message, self._ttl, event_id, event_json, time.time() + self._lease],
+            args=[
+                _ingest_message(event_id, event_json),
+                self._ttl,
+                event_id,
+                event_json,
+                time.time() + self._lease,
+            ],
         )
         return bool(added)
 
@@ -86,10 +90,21 @@ class Inbox:
         pipe.zrem(INBOX_DUE, event_id)
         pipe.execute()
 
-    def claim_due(self, limit: int = 200) -> list[tuple[str, dict[str, Any]]]:
-        """Events still not applied a lease after they were last sent, pushed one lease ahead."""
+    def resend_due(self, limit: int = 200) -> int:
+        """Send again the events still not applied a lease after they were last sent (pushing
+        them one lease ahead); returns how many."""
         flat = cast(
             list[bytes],
             self._claim(keys=[INBOX, INBOX_DUE], args=[time.time(), self._lease, limit]),
         )
-        return [(flat[i].decode(), json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
+        messages = [
+            _ingest_message(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)
+        ]
+        if messages:
+            self._redis.lpush(EVENTS_QUEUE, *messages)
+        return len(messages)
+
+
+def _ingest_message(event_id: str, event_json: str) -> str:
+    """The ingest task's message for a kept event, its JSON text embedded as it came."""
+    return task_message_json(INGEST_TASK, f'[{event_json},"{event_id}"]', EVENTS_QUEUE)

@@ -67,12 +67,23 @@ class Pipeline:
         The create step is enqueued, or with `run_now` run here and now (by a worker already
         handling the event: one task fewer per job; a crash is re-driven from the due-set).
         """
+        job_id, created, _ = self._submit(
+            recording_id, provider, metadata, idempotency_key, run_now
+        )
+        return job_id, created
+
+    def _submit(
+        self,
+        recording_id: str,
+        provider: dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        run_now: bool,
+    ) -> tuple[str, bool, str]:
         job_id, created = self.jobs.submit(
             recording_id, provider or self.settings.TRANSCRIPT_PROVIDER, metadata, idempotency_key
         )
-        if created:
-            self._next("create", job_id, run_now)
-        return job_id, created
+        return job_id, created, self._next("create", job_id, run_now) if created else ""
 
     def _next(self, step: Step, job_id: str, run_now: bool) -> str:
         if run_now:
@@ -85,12 +96,10 @@ class Pipeline:
         what was done, for logs and tests."""
         recording = event.data.recording
         if event.event == RECORDING_DONE and recording is not None:
-            job_id, created = self.jobs.submit(
-                recording.id, self.settings.TRANSCRIPT_PROVIDER, {"source": "recording.done"}
+            job_id, created, follow = self._submit(
+                recording.id, None, {"source": "recording.done"}, None, run_now
             )
-            if not created:
-                return f"existing job {job_id}"
-            return f"created job {job_id}{self._next('create', job_id, run_now)}"
+            return f"{'created' if created else 'existing'} job {job_id}{follow}"
         transcript = event.data.transcript
         if event.event in (TRANSCRIPT_DONE, TRANSCRIPT_FAILED) and transcript is not None:
             job_id = self.jobs.owner_of(transcript.id) or str(

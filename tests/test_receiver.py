@@ -163,3 +163,23 @@ def test_openapi_describes_the_endpoints(client: FlaskClient) -> None:
         "/api/v1/jobs/{job_id}/retry",
     } <= set(spec["paths"])
     assert "Job" in spec["components"]["schemas"]
+
+
+def test_an_event_whose_message_was_lost_is_sent_again_until_applied(
+    client: FlaskClient, rclient: redis.Redis, settings: Settings
+) -> None:
+    from tasks.inbox import INBOX_DUE, Inbox
+
+    event = recording_done("r1")
+    body, headers = signed(event)
+    assert client.post(URL, data=body, headers=headers).status_code == 200
+    rclient.delete(EVENTS_QUEUE)  # lost with Redis, between the pop and the unacked record
+    inbox = Inbox(rclient, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S)
+    assert inbox.resend_due() == 0  # not before a lease has passed
+    (event_id,) = rclient.zrange(INBOX_DUE, 0, -1)
+    rclient.zadd(INBOX_DUE, {event_id: 0})
+    assert inbox.resend_due() == 1
+    assert queued_events(rclient) == [event]
+    inbox.applied(event_id.decode())
+    rclient.zadd(INBOX_DUE, {event_id: 0}, xx=True)  # nothing left to push ahead
+    assert inbox.resend_due() == 0
