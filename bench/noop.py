@@ -8,8 +8,8 @@ from __future__ import annotations
 import redis
 from celery import chain
 
-from worker.app import create_celery
-from worker.settings import load_settings
+from tasks.settings import load_settings
+from worker.celery_app import create_celery
 
 settings = load_settings()
 app = create_celery(settings)

@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bench.ingest import SECRET
 from bench.procs import Proc, recall_transcribe, start_redis, wait_for
+from tasks import keys
 from tests.helpers import free_port, http_ready
 
 API_KEY = "bench-key"
@@ -65,7 +66,7 @@ class System:
         return stats
 
     def count(self, state: str) -> int:
-        return int(self.redis.zcard(f"rt:state:{state}"))
+        return int(self.redis.zcard(keys.state(state)))
 
 
 def start_env(
@@ -121,8 +122,8 @@ def start_system(
 
 
 def _wait_workers(system: System, count: int) -> None:
-    from worker.app import create_celery
-    from worker.settings import load_settings
+    from tasks.settings import load_settings
+    from worker.celery_app import create_celery
 
     app = create_celery(load_settings(REDIS_URL=system.redis_url))
 
@@ -256,7 +257,7 @@ def awaiting(workdir: Path, count: int, probes: int) -> dict[str, Any]:
         time.sleep(2)  # let the last ingest messages be acknowledged
         memory_after = int(client.info("memory")["used_memory"])
         slots = _active_tasks(system)
-        job_key = next(iter(client.scan_iter("rt:job:*", count=100)))
+        job_key = next(iter(client.scan_iter(f"{keys.JOB_PREFIX}*", count=100)))
         system.configure_emulator(processing_s=0.0)
         with_backlog = _probe_latency(system, probes, "after")
         return {
@@ -276,8 +277,8 @@ def awaiting(workdir: Path, count: int, probes: int) -> dict[str, Any]:
 
 
 def _active_tasks(system: System) -> int:
-    from worker.app import create_celery
-    from worker.settings import load_settings
+    from tasks.settings import load_settings
+    from worker.celery_app import create_celery
 
     app = create_celery(load_settings(REDIS_URL=system.redis_url))
     active = app.control.inspect(timeout=2).active() or {}

@@ -17,7 +17,7 @@ from celery import Celery
 from flask import Flask, Response, request
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from recall_transcribe.serve import serve
+from receiver.serve import serve
 
 SEEN_THEN_PUSH = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 604800) then

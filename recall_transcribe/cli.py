@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from worker.settings import ConfigError, load_settings
+from tasks.settings import ConfigError, Settings, load_settings
+from tasks.states import State, Step
+
+if TYPE_CHECKING:
+    from tasks.enqueue import Enqueuer
+    from tasks.jobs import JobStore
 
 SUBCOMMANDS = ("receiver", "worker", "flower", "emulator", "up", "enqueue", "jobs")
 
@@ -67,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list, show or retry jobs")
     jobs.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
     jobs.add_argument("job_id", nargs="?")
-    jobs.add_argument("--state", default=None)
+    jobs.add_argument("--state", default=None, choices=[state.value for state in State])
     jobs.add_argument("--recording-id", default=None)
     jobs.add_argument("--limit", type=int, default=20)
     return parser
@@ -93,60 +98,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _receiver(args: argparse.Namespace, _: list[str]) -> int:
-    from recall_transcribe.serve import serve
     from receiver.app import create_app
+    from receiver.serve import serve
 
     serve(create_app(load_settings()), args.host, args.port, args.workers, args.threads)
     return 0
 
 
 def _worker(_: argparse.Namespace, extra: list[str]) -> int:
-    from celery.signals import worker_shutting_down
+    from worker.main import run
 
-    from tasks.app import create_app
-    from worker.app import QUEUES
-
-    app, _pipeline = create_app(load_settings())
-    argv = ["worker", "--loglevel=INFO", *extra]
-    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in extra):
-        argv += ["-Q", ",".join(QUEUES)]
-    asked_to_stop: list[str] = []
-    worker_shutting_down.connect(lambda **kw: asked_to_stop.append(kw["sig"]), weak=False)
-    # Celery can give up on its own ("Unrecoverable error": kombu failing while Redis restarts),
-    # and its shutdown after that can hang on the broken connection. Start afresh at once, as if
-    # the process had been killed: late acks, the due-set and the inbox re-drive its work.
-    logging.getLogger("celery.worker").addHandler(_RestartOnUnrecoverable(extra))
-    code: int = app.start(argv) or 0
-    if asked_to_stop or code == 0:
-        return code
-    _restart(extra, f"exit code {code}")
-    return code
-
-
-class _RestartOnUnrecoverable(logging.Handler):
-    def __init__(self, extra: list[str]) -> None:
-        super().__init__(logging.CRITICAL)
-        self._extra = extra
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Unrecoverable error"):
-            _restart(self._extra, message)
-
-
-def _restart(extra: list[str], why: str) -> None:
-    """Replace this process with a fresh worker (same arguments)."""
-    logging.getLogger(__name__).critical("worker stopped (%s); restarting", why)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    time.sleep(1)
-    os.execv(sys.executable, [sys.executable, "-m", "recall_transcribe", "worker", *extra])
+    return run(load_settings(), extra)
 
 
 def _flower(args: argparse.Namespace, _: list[str]) -> int:
     from urllib.parse import urlparse
 
-    from worker.app import create_celery
+    from worker.celery_app import create_celery
 
     settings = load_settings()
     argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
@@ -159,7 +127,8 @@ def _flower(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _emulator(args: argparse.Namespace, _: list[str]) -> int:
-    from emulator.server import EmulatorConfig, serve
+    from emulator.config import EmulatorConfig
+    from emulator.server import serve
 
     settings = load_settings()
     secrets = settings.webhook_secrets
@@ -185,28 +154,39 @@ def _up(args: argparse.Namespace, _: list[str]) -> int:
     return run_all(load_settings(), Ports(args.receiver_port, args.emulator_port, args.flower_port))
 
 
-def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
-    from tasks.app import create_app
+def _job_tools(settings: Settings) -> tuple[JobStore, Enqueuer]:
+    from tasks.connection import redis_client
+    from tasks.enqueue import Enqueuer
+    from tasks.jobs import JobStore
 
-    _app, pipeline = create_app(load_settings())
-    job_id, created = pipeline.submit(args.recording_id, args.provider, None, args.idempotency_key)
+    client = redis_client(settings)
+    return JobStore(client, settings.JOB_STEP_LEASE_S), Enqueuer(client)
+
+
+def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
+    from tasks.enqueue import submit
+
+    settings = load_settings()
+    jobs, enqueue = _job_tools(settings)
+    provider = args.provider or settings.TRANSCRIPT_PROVIDER
+    job_id, created = submit(jobs, enqueue, args.recording_id, provider, None, args.idempotency_key)
     print(f"job {job_id} ({'queued' if created else 'already exists'})")
     if not args.wait:
         return 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     last = ""
     while True:
-        job = pipeline.jobs.get(job_id)
+        job = jobs.get(job_id)
         if job is None:
             print("job vanished", file=sys.stderr)
             return 1
         if job.state != last:
             print(f"  {time.strftime('%H:%M:%S')} {job.state}", flush=True)
             last = job.state
-        if job.state == "done":
+        if job.state == State.DONE:
             print(f"transcript {job.transcript_id} persisted")
             return 0
-        if job.state == "failed":
+        if job.state == State.FAILED:
             error = job.error
             print(f"failed: {error.code}: {error.message}" if error else "failed")
             return 1
@@ -217,13 +197,10 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _jobs(args: argparse.Namespace, _: list[str]) -> int:
-    from tasks.app import create_app
-
-    _app, pipeline = create_app(load_settings())
+    jobs, enqueue = _job_tools(load_settings())
     if args.action == "list":
-        for job in pipeline.jobs.page(
-            recording_id=args.recording_id, state=args.state, limit=args.limit
-        ):
+        state = State(args.state) if args.state else None
+        for job in jobs.page(recording_id=args.recording_id, state=state, limit=args.limit):
             error = f" {job.error.code}" if job.error else ""
             print(f"{job.id}  {job.state:<9} {job.recording_id}  {job.transcript_id or '-'}{error}")
         return 0
@@ -231,11 +208,11 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
         print(f"recall-transcribe: jobs {args.action} needs a JOB_ID", file=sys.stderr)
         return 2
     if args.action == "retry":
-        if not pipeline.jobs.retry(args.job_id):
+        if not jobs.retry(args.job_id):
             print(f"job {args.job_id} is not a failed job", file=sys.stderr)
             return 1
-        pipeline.enqueue("create", args.job_id)
-    shown = pipeline.jobs.get(args.job_id)
+        enqueue(Step.CREATE, args.job_id)
+    shown = jobs.get(args.job_id)
     if shown is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1

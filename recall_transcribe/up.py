@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from worker.settings import ConfigError, Settings
+from tasks.settings import ConfigError, Settings
 
 
 class Ports(NamedTuple):

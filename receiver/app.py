@@ -1,15 +1,21 @@
-"""The receiver's Flask app factory."""
+"""The receiver's Flask app factory: webhooks in, the jobs API, health and the OpenAPI document."""
 
 from __future__ import annotations
 
+import json
+
 import redis
 from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from receiver import jobs_api, webhooks
-from tasks.app import create_app as create_pipeline
-from tasks.app import redis_client
+from receiver.openapi import openapi_document
+from tasks.connection import redis_client
+from tasks.enqueue import Enqueuer
 from tasks.inbox import Inbox
-from worker.settings import ConfigError, Settings
+from tasks.jobs import JobStore
+from tasks.settings import ConfigError, Settings
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -23,15 +29,19 @@ def create_app(settings: Settings) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     client = redis_client(settings)
-    _, pipeline = create_pipeline(settings)
     app.extensions["verifier"] = webhooks.Verifier(settings.webhook_secrets)
     app.extensions["inbox"] = Inbox(
         client, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S
     )
-    app.extensions["pipeline"] = pipeline
-    app.extensions["api_tokens"] = settings.api_tokens
+    app.extensions["jobs_api"] = jobs_api.JobsApi(
+        JobStore(client, settings.JOB_STEP_LEASE_S),
+        Enqueuer(client),
+        settings.TRANSCRIPT_PROVIDER,
+        settings.api_tokens,
+    )
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(jobs_api.bp)
+    document = openapi_document()
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -47,10 +57,15 @@ def create_app(settings: Settings) -> Flask:
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return jsonify(jobs_api.openapi())
+        return jsonify(document)
 
-    @app.errorhandler(413)
-    def too_large(_: Exception) -> tuple[Response, int]:
-        return jsonify(error=f"body over {MAX_BODY_BYTES} bytes"), 413
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> WerkzeugResponse:
+        """Every HTTP error as `{"error": ...}` JSON, its headers (Allow on a 405) kept."""
+        response = exc.get_response()
+        message = f"body over {MAX_BODY_BYTES} bytes" if exc.code == 413 else exc.description
+        response.set_data(json.dumps({"error": message}))
+        response.content_type = "application/json"
+        return response
 
     return app

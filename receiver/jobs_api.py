@@ -1,33 +1,105 @@
-"""The jobs API for other services: bearer tokens, idempotency keys, a page of jobs, retry."""
+"""The jobs API for other services: bearer tokens, idempotency keys, a page of jobs, retry.
+
+Requests are read into the pydantic models below, which also generate the OpenAPI document
+(receiver/openapi.py), so what the document promises is what the handlers check.
+"""
 
 from __future__ import annotations
 
 import hmac
-from typing import Any
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
+import redis
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 
-from tasks.jobs import STATES, Job, JobStore
-from tasks.steps import Pipeline
+from tasks.enqueue import Enqueuer, submit
+from tasks.jobs import Job, JobStore
+from tasks.states import State, Step
 
 RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# Text without control characters (tab, newline and carriage return allowed in values).
+TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+KEY = r"^[^\x00-\x1f\x7f]+$"
+HEADER_KEY = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, as headers carry
+DIGITS = re.compile(r"[0-9]{1,9}")
+MAX_KEY = 200
+
+JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
+JSON_VALUE_SCHEMA = {
+    "description": "any JSON value: finite numbers, no control characters in text",
+    "anyOf": [
+        {"type": "string", "pattern": TEXT},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": JSON_VALUE_REF},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TEXT},
+            "additionalProperties": JSON_VALUE_REF,
+        },
+    ],
+}
+# pydantic refuses a $ref it did not make: objects name JsonValue by a marker openapi.py replaces.
+JSON_VALUE_MARKER = {"x-json-value": True}
+_OBJECT = {
+    "type": "object",
+    "propertyNames": {"pattern": TEXT},
+    "additionalProperties": JSON_VALUE_MARKER,
+}
+
+
+def _one_key(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) != 1:
+        raise ValueError("provider must hold exactly one provider key")
+    return value
+
+
+Provider = Annotated[
+    dict[str, Any],
+    AfterValidator(_one_key),
+    WithJsonSchema({**_OBJECT, "minProperties": 1, "maxProperties": 1}),
+]
+Metadata = Annotated[dict[str, Any], WithJsonSchema(_OBJECT)]
 
 
 class JobRequest(BaseModel):
     """Body of `POST /api/v1/jobs`."""
 
+    model_config = ConfigDict(extra="forbid")
     recording_id: str = Field(pattern=RECORDING_ID)
-    provider: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    provider: Provider | None = Field(
+        default=None, description="exactly one provider key; default TRANSCRIPT_PROVIDER"
+    )
+    metadata: Metadata | None = None
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_KEY,
+        pattern=KEY,
+        description="the same key returns the same job (default: recording and provider)",
+    )
 
-    @field_validator("provider")
-    @classmethod
-    def _one_provider(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(value) != 1:
-            raise ValueError("provider must hold exactly one provider key")
-        return value
+
+class JobListQuery(BaseModel):
+    """Query of `GET /api/v1/jobs`."""
+
+    recording_id: str | None = Field(default=None, pattern=RECORDING_ID)
+    state: State | None = None
+    offset: int = Field(default=0, ge=0, le=999_999_999)
+    limit: int = Field(default=50, ge=1, le=500)
 
 
 class JobPage(BaseModel):
@@ -35,183 +107,183 @@ class JobPage(BaseModel):
     next_offset: int | None
 
 
+class ErrorBody(BaseModel):
+    error: str
+
+
+class BadInput(ValueError):
+    """The request does not match the API's models; the message says where."""
+
+
+@dataclass
+class JobsApi:
+    """What the jobs API works with: the job store and an enqueuer, never the worker."""
+
+    jobs: JobStore
+    enqueue: Enqueuer
+    default_provider: dict[str, Any]
+    tokens: list[str]
+
+
 bp = Blueprint("jobs_api", __name__, url_prefix="/api/v1")
 
 
+def _api() -> JobsApi:
+    api: JobsApi = current_app.extensions["jobs_api"]
+    return api
+
+
 def _error(status: int, message: str) -> tuple[Response, int]:
-    return jsonify(error=message), status
+    return jsonify(ErrorBody(error=message).model_dump()), status
+
+
+def _job(job: Job, status: int) -> tuple[Response, int]:
+    return jsonify(job.model_dump(mode="json")), status
 
 
 @bp.before_request
 def _authenticate() -> tuple[Response, int] | None:
-    tokens: list[str] = current_app.extensions["api_tokens"]
     header = request.headers.get("Authorization", "")
     given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if not given or not any(hmac.compare_digest(given, token) for token in tokens):
+    if not given or not any(
+        hmac.compare_digest(given.encode(), token.encode()) for token in _api().tokens
+    ):
         return _error(401, "a valid bearer token is required")
     return None
 
 
-def _pipeline() -> Pipeline:
-    pipeline: Pipeline = current_app.extensions["pipeline"]
-    return pipeline
+@bp.errorhandler(BadInput)
+def _bad_input(exc: BadInput) -> tuple[Response, int]:
+    return _error(400, str(exc))
 
 
-def _jobs() -> JobStore:
-    return _pipeline().jobs
+@bp.errorhandler(redis.RedisError)
+def _unavailable(_: redis.RedisError) -> tuple[Response, int]:
+    return _error(503, "job store unavailable, retry later")
 
 
 @bp.post("/jobs")
 def create_job() -> tuple[Response, int]:
-    try:
-        body = JobRequest.model_validate(request.get_json(force=True, silent=False))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        return _error(400, f"{where}: {first['msg']}")
-    except Exception:
-        return _error(400, "body must be a JSON object")
-    key = body.idempotency_key or request.headers.get("Idempotency-Key") or None
-    job_id, _ = _pipeline().submit(body.recording_id, body.provider, body.metadata, key)
-    job = _jobs().get(job_id)
-    assert job is not None
-    return jsonify(job.model_dump(mode="json")), 202
+    body = _model(JobRequest, _json_body())
+    header_key = _header_key()
+    key = body.idempotency_key or header_key
+    api = _api()
+    provider = body.provider or api.default_provider
+    job_id, created = submit(api.jobs, api.enqueue, body.recording_id, provider, body.metadata, key)
+    job = api.jobs.get(job_id)
+    if job is None:  # expired between the two calls
+        return _error(503, "the job vanished while it was being created, retry")
+    if not created and key is not None and _differs(job, body.recording_id, provider, body):
+        return _error(409, "this idempotency key was used with different parameters")
+    return _job(job, 202)
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> tuple[Response, int]:
-    job = _jobs().get(job_id)
+    job = _api().jobs.get(job_id)
     if job is None:
         return _error(404, f"no job {job_id}")
-    return jsonify(job.model_dump(mode="json")), 200
+    return _job(job, 200)
 
 
 @bp.get("/jobs")
 def list_jobs() -> tuple[Response, int]:
-    state = request.args.get("state") or None
-    if state is not None and state not in STATES:
-        return _error(400, f"state must be one of {', '.join(STATES)}")
-    try:
-        offset = max(0, int(request.args.get("offset", "0")))
-        limit = min(500, max(1, int(request.args.get("limit", "50"))))
-    except ValueError:
-        return _error(400, "offset and limit must be integers")
-    jobs = _jobs().page(
-        recording_id=request.args.get("recording_id") or None,
-        state=state,
-        offset=offset,
-        limit=limit,
+    query = _model(JobListQuery, _query(("offset", "limit")))
+    jobs = _api().jobs.page(
+        recording_id=query.recording_id,
+        state=query.state,
+        offset=query.offset,
+        limit=query.limit,
     )
-    next_offset = offset + limit if len(jobs) == limit else None
+    next_offset = query.offset + query.limit if len(jobs) == query.limit else None
     return jsonify(JobPage(jobs=jobs, next_offset=next_offset).model_dump(mode="json")), 200
 
 
 @bp.post("/jobs/<job_id>/retry")
 def retry_job(job_id: str) -> tuple[Response, int]:
-    jobs = _jobs()
-    job = jobs.get(job_id)
+    api = _api()
+    job = api.jobs.get(job_id)
     if job is None:
         return _error(404, f"no job {job_id}")
-    if not jobs.retry(job_id):
+    if not api.jobs.retry(job_id):
         return _error(409, f"job {job_id} is {job.state}; only failed jobs can be retried")
-    _pipeline().enqueue("create", job_id)
-    retried = jobs.get(job_id)
-    assert retried is not None
-    return jsonify(retried.model_dump(mode="json")), 202
+    api.enqueue(Step.CREATE, job_id)
+    retried = api.jobs.get(job_id)
+    return _job(retried or job, 202)
 
 
-def _json_of(ref: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": ref}}}
+# -- reading requests strictly ------------------------------------------------------------------
 
 
-def openapi() -> dict[str, Any]:
-    """The OpenAPI 3 description of the receiver's endpoints."""
-    schemas: dict[str, Any] = {}
-    for model in (JobRequest, Job, JobPage):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    job_ref = {"$ref": "#/components/schemas/Job"}
-    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
-    path_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "recall-transcribe", "version": "0.1.0"},
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "paths": {
-            "/webhooks/recall": {
-                "post": {
-                    "summary": "Recall webhook (Standard Webhooks / Svix signed)",
-                    "responses": {
-                        code: {"description": text}
-                        for code, text in {
-                            "200": "enqueued, duplicate, or ignored",
-                            "400": "malformed JSON or payload",
-                            "401": "missing or invalid signature",
-                            "413": "body over 1 MiB",
-                            "503": "Redis unavailable; Recall will retry",
-                        }.items()
-                    },
-                }
-            },
-            "/healthz": {"get": {"responses": {"200": {"description": "process alive"}}}},
-            "/readyz": {
-                "get": {
-                    "responses": {
-                        "200": {"description": "Redis answers"},
-                        "503": {"description": "Redis unavailable"},
-                    }
-                }
-            },
-            "/api/v1/jobs": {
-                "post": {
-                    "security": bearer,
-                    "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        **_json_of({"$ref": "#/components/schemas/JobRequest"}),
-                    },
-                    "responses": {"202": {"description": "the job", **_json_of(job_ref)}},
-                },
-                "get": {
-                    "security": bearer,
-                    "parameters": [
-                        {"name": name, "in": "query", "schema": {"type": kind}}
-                        for name, kind in (
-                            ("recording_id", "string"),
-                            ("state", "string"),
-                            ("offset", "integer"),
-                            ("limit", "integer"),
-                        )
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "a page of jobs",
-                            **_json_of({"$ref": "#/components/schemas/JobPage"}),
-                        }
-                    },
-                },
-            },
-            "/api/v1/jobs/{job_id}": {
-                "get": {
-                    "security": bearer,
-                    "parameters": path_id,
-                    "responses": {"200": {"description": "the job", **_json_of(job_ref)}},
-                }
-            },
-            "/api/v1/jobs/{job_id}/retry": {
-                "post": {
-                    "security": bearer,
-                    "parameters": path_id,
-                    "responses": {
-                        "202": {"description": "the job, queued again", **_json_of(job_ref)}
-                    },
-                }
-            },
-        },
-    }
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BadInput(f"{where}: {first['msg']}") from None
+
+
+def _json_body() -> Any:
+    """The body as JSON, refusing what is not JSON: NaN, Infinity, numbers that overflow."""
+    try:
+        value = json.loads(request.get_data(), parse_constant=_no_constant, parse_float=_finite)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise BadInput(f"body: not valid JSON ({exc})") from None
+    _check_text(value, "body")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+def _check_text(value: Any, where: str) -> None:
+    """No control characters in any text or key (tab, newline, carriage return in text only)."""
+    if isinstance(value, str) and not re.match(TEXT, value):
+        raise BadInput(f"{where}: control characters are not allowed")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{where}.{index}")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_text(name, f"{where} (a key)")
+            _check_text(item, f"{where}.{name}")
+
+
+def _header_key() -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if len(value) > MAX_KEY or not re.match(HEADER_KEY, value):
+        raise BadInput(f"Idempotency-Key: 1 to {MAX_KEY} printable ASCII characters")
+    return value
+
+
+def _query(integers: tuple[str, ...]) -> dict[str, Any]:
+    """The query string; integer parameters must be plain ASCII digits (no sign, no spaces)."""
+    values: dict[str, Any] = dict(request.args.items())
+    for name in integers:
+        if name in values:
+            if not DIGITS.fullmatch(values[name]):
+                raise BadInput(f"{name}: must be a whole number written in digits")
+            values[name] = int(values[name])
+    return values
+
+
+def _differs(job: Job, recording_id: str, provider: dict[str, Any], body: JobRequest) -> bool:
+    return (job.recording_id, job.provider, job.metadata) != (
+        recording_id,
+        provider,
+        body.metadata or {},
+    )

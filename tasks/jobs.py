@@ -1,18 +1,10 @@
 """Job state in Redis: one hash per job, sorted sets by state, and a due-set that drives every job.
 
-Keys (all under `rt:`):
-    rt:job:{id}            hash of the job's fields
-    rt:jobs                zset of every job id, by creation time
-    rt:state:{state}       zset of job ids in that state, by last update
-    rt:recording:{rid}     set of the recording's job ids
-    rt:transcript:{tid}    the id of the job that owns a transcript
-    rt:due                 zset of unfinished job ids, by when a worker must next look at them
-    rt:lock:{id}           lock held while one step of the job runs
-
 A job id is derived from its idempotency key, so submitting the same key twice finds the same job.
-Every state change is one Lua script: check the current state, write, and move the job between the
-state sets and in the due-set, atomically. The due-set is the safety net: a message lost with a
-crashed worker or a restarted Redis is re-driven by the sweeper when its time comes.
+Every transition of the table in tasks/states.py is one method here and one atomic Lua command
+(tasks/lua/jobs.lua): check the job's phase, write, move the job between the state sets and in
+the due-set. The due-set is the safety net: a message lost with a crashed worker or a restarted
+Redis is re-driven by the sweeper when its time comes. Key names: tasks/keys.py.
 """
 
 from __future__ import annotations
@@ -21,151 +13,26 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any, Literal, cast
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
+from redis.lock import Lock
 
-State = Literal["queued", "creating", "awaiting", "fetching", "done", "failed"]
-Step = Literal["create", "remediate", "await", "fetch"]
-STATES: tuple[State, ...] = ("queued", "creating", "awaiting", "fetching", "done", "failed")
-TERMINAL = ("done", "failed")
-ACTIVE = ("queued", "creating", "awaiting", "fetching")
+from tasks import keys
+from tasks.outcomes import ErrorCode
+from tasks.states import TRANSITIONS, Phase, State, Step, Transition, sources
 
 _NAMESPACE = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")
-
-_SUBMIT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fields = cjson.decode(ARGV[3])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
-return 1
-"""
-
-# KEYS: job, due. ARGV: id, expected ('*' or comma list), new state, now, due (-1 removes),
-# json {field: value} to set (false deletes). Returns the previous state, or false if refused.
-_TRANSITION = """
-local old = redis.call('HGET', KEYS[1], 'state')
-if not old then return false end
-if ARGV[2] ~= '*' and not string.find(',' .. ARGV[2] .. ',', ',' .. old .. ',', 1, true) then
-  return false
-end
-local fields = cjson.decode(ARGV[6])
-for k, v in pairs(fields) do
-  if v == false then redis.call('HDEL', KEYS[1], k) else redis.call('HSET', KEYS[1], k, v) end
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[3], 'updated_at', ARGV[4])
-redis.call('ZREM', 'rt:state:' .. old, ARGV[1])
-redis.call('ZADD', 'rt:state:' .. ARGV[3], ARGV[4], ARGV[1])
-if tonumber(ARGV[5]) < 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-else
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-end
-return old
-"""
-
-# A transcript webhook. KEYS: job, due. ARGV: id, transcript id, 'done'|'failed', sub_code, now,
-# lease. Returns 'fetch', 'failed', 'stored' (kept for the create step to pick up) or 'ignored'.
-_ON_TRANSCRIPT_EVENT = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'ignored' end
-local owned = redis.call('HGET', KEYS[1], 'transcript_id')
-if state == 'awaiting' and owned == ARGV[2] then
-  local now = tonumber(ARGV[5])
-  redis.call('ZREM', 'rt:state:awaiting', ARGV[1])
-  if ARGV[3] == 'done' then
-    redis.call('HSET', KEYS[1], 'state', 'fetching', 'step', 'fetch', 'retries', 0,
-               'updated_at', now)
-    redis.call('ZADD', 'rt:state:fetching', now, ARGV[1])
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[1])
-    return 'fetch'
-  end
-  local err = cjson.encode({code = 'transcript_failed',
-    message = 'Recall reported the transcript failed (sub_code: ' .. ARGV[4] .. ')',
-    sub_code = ARGV[4]})
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'error', err, 'updated_at', now)
-  redis.call('ZADD', 'rt:state:failed', now, ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 'failed'
-end
-if (state == 'queued' or state == 'creating') and (not owned or owned == ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'signal', ARGV[3], 'signal_transcript', ARGV[2],
-             'signal_sub_code', ARGV[4])
-  return 'stored'
-end
-return 'ignored'
-"""
-
-# The create call answered. KEYS: job, due, transcript owner. ARGV: id, transcript id, now,
-# first poll at, lease. Honours a webhook that arrived before the answer. Returns the next step.
-_RECORD_CREATED = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'creating' then return 'ignored' end
-local now = tonumber(ARGV[3])
-redis.call('SET', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[1], 'transcript_id', ARGV[2], 'transcript_created_at', now,
-           'retries', 0, 'polls', 0, 'updated_at', now)
-redis.call('HDEL', KEYS[1], 'create_pending')
-redis.call('ZREM', 'rt:state:creating', ARGV[1])
-local signal = redis.call('HGET', KEYS[1], 'signal')
-if redis.call('HGET', KEYS[1], 'signal_transcript') ~= ARGV[2] then signal = false end
-redis.call('HDEL', KEYS[1], 'signal', 'signal_transcript')
-if signal == 'done' then
-  redis.call('HSET', KEYS[1], 'state', 'fetching', 'step', 'fetch')
-  redis.call('ZADD', 'rt:state:fetching', now, ARGV[1])
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[1])
-  return 'fetch'
-end
-if signal == 'failed' then
-  local sub = redis.call('HGET', KEYS[1], 'signal_sub_code') or ''
-  local err = cjson.encode({code = 'transcript_failed',
-    message = 'Recall reported the transcript failed (sub_code: ' .. sub .. ')', sub_code = sub})
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'error', err)
-  redis.call('ZADD', 'rt:state:failed', now, ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 'failed'
-end
-redis.call('HSET', KEYS[1], 'state', 'awaiting', 'step', 'await')
-redis.call('ZADD', 'rt:state:awaiting', now, ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-return 'await'
-"""
-
-# KEYS: due. ARGV: now, lease, limit. Claims due jobs (pushing them one lease ahead) and returns
-# [id, step, id, step, ...]; finished or vanished jobs leave the due-set.
-_SWEEP = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(ids) do
-  local fields = redis.call('HMGET', 'rt:job:' .. id, 'state', 'step')
-  if not fields[1] or fields[1] == 'done' or fields[1] == 'failed' then
-    redis.call('ZREM', KEYS[1], id)
-  else
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
-    table.insert(out, id)
-    table.insert(out, fields[2])
-  end
-end
-return out
-"""
-
-
-def job_key(job_id: str) -> str:
-    return f"rt:job:{job_id}"
+LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
+EarlyEvent = Literal["done", "failed"]
 
 
 def job_id_for(idempotency_key: str) -> str:
     """The job id is a function of the idempotency key: one key, one job."""
     return str(uuid.uuid5(_NAMESPACE, idempotency_key))
-
-
-LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 
 
 def default_idempotency_key(recording_id: str, provider: dict[str, Any]) -> str:
@@ -174,10 +41,10 @@ def default_idempotency_key(recording_id: str, provider: dict[str, Any]) -> str:
     return f"{recording_id}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
 
-def _iso(value: str | None) -> str | None:
-    if not value:
+def _iso(value: float | None) -> str | None:
+    if value is None:
         return None
-    return datetime.fromtimestamp(float(value), UTC).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
 
 
 class JobError(BaseModel):
@@ -201,34 +68,164 @@ class Job(BaseModel):
     created_at: str | None
     updated_at: str | None
 
+
+class JobRecord(BaseModel):
+    """A job's hash, typed: what the steps read."""
+
+    id: str
+    recording_id: str
+    idempotency_key: str
+    provider: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    state: State
+    step: Step
+    attempts: int = 1
+    retries: int = 0  # retryable errors in a row in the current step
+    polls: int = 0
+    create_seq: int = 0  # bumped after a definite create error: the next create uses a new key
+    create_pending: bool = False  # a create call may have happened whose answer we never saw
+    transcript_id: str | None = None
+    transcript_created_at: float | None = None
+    early_event: EarlyEvent | None = None  # a transcript event that came before the create answer
+    early_transcript_id: str | None = None
+    early_sub_code: str | None = None
+    error: JobError | None = None
+    last_error: str | None = None
+    created_at: float
+    updated_at: float
+
+    @field_validator("provider", "metadata", "error", mode="before")
     @classmethod
-    def from_hash(cls, fields: dict[str, str]) -> Job:
-        return cls(
-            id=fields["id"],
-            recording_id=fields["recording_id"],
-            state=cast(State, fields["state"]),
-            transcript_id=fields.get("transcript_id") or None,
-            attempts=int(fields.get("attempts", "1")),
-            error=JobError.model_validate_json(fields["error"]) if fields.get("error") else None,
-            idempotency_key=fields["idempotency_key"],
-            provider=json.loads(fields.get("provider", "{}")),
-            metadata=json.loads(fields.get("metadata", "{}")),
-            created_at=_iso(fields.get("created_at")),
-            updated_at=_iso(fields.get("updated_at")),
+    def _json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.state, self.step if self.state.active else None)
+
+    @property
+    def create_key(self) -> str:
+        """The Idempotency-Key of this job's next create call."""
+        return f"{self.id}:{self.create_seq}"
+
+    def view(self) -> Job:
+        return Job(
+            id=self.id,
+            recording_id=self.recording_id,
+            state=self.state,
+            transcript_id=self.transcript_id,
+            attempts=self.attempts,
+            error=self.error,
+            idempotency_key=self.idempotency_key,
+            provider=self.provider,
+            metadata=self.metadata,
+            created_at=_iso(self.created_at),
+            updated_at=_iso(self.updated_at),
         )
 
 
+def _decode(raw: dict[bytes, bytes]) -> JobRecord | None:
+    return (
+        JobRecord.model_validate({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+    )
+
+
+def _strings(fields: dict[str, Any]) -> str:
+    """Fields for the Lua script: strings, and `false` for a field to delete."""
+    return json.dumps({k: False if v is None else _text(v) for k, v in fields.items()})
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, dict | BaseModel):
+        return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+    return str(value)
+
+
 class JobStore:
-    """Reads and changes job state atomically."""
+    """Reads jobs and changes them, one method per transition of the table."""
 
     def __init__(self, client: redis.Redis, lease_s: float) -> None:
         self.redis = client
         self.lease_s = lease_s
-        self._submit = client.register_script(_SUBMIT)
-        self._transition = client.register_script(_TRANSITION)
-        self._on_event = client.register_script(_ON_TRANSCRIPT_EVENT)
-        self._record_created = client.register_script(_RECORD_CREATED)
-        self._sweep = client.register_script(_SWEEP)
+        script = resources.files("tasks").joinpath("lua/jobs.lua").read_text()
+        self._script = client.register_script(script)
+
+    def _run(self, command: str, job_id: str, extra_keys: list[str], *args: Any) -> Any:
+        job_key = keys.job(job_id) if job_id else ""
+        return self._script(
+            keys=[keys.DUE, job_key, *extra_keys],
+            args=[command, time.time(), keys.STATE_PREFIX, keys.JOB_PREFIX, job_id, *args],
+        )
+
+    def _move(
+        self,
+        transition: Transition,
+        job_id: str,
+        *,
+        due_in: float | Literal["keep"] | None = "keep",
+        **fields: Any,
+    ) -> bool:
+        """Apply a plain transition; `due_in` None leaves the due-set. False when refused."""
+        targets = TRANSITIONS[transition].target
+        target: Phase | None = next(iter(targets)) if len(targets) == 1 else None
+        due = "" if due_in == "keep" else -1 if due_in is None else time.time() + due_in
+        old = self._run(
+            "move",
+            job_id,
+            [],
+            sources(transition),
+            target.state if target else "",
+            (target.step or "") if target else "",
+            due,
+            _strings(fields),
+        )
+        return old is not None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def record(self, job_id: str) -> JobRecord | None:
+        return _decode(cast(dict[bytes, bytes], self.redis.hgetall(keys.job(job_id))))
+
+    def get(self, job_id: str) -> Job | None:
+        record = self.record(job_id)
+        return record.view() if record else None
+
+    def owner_of(self, transcript_id: str) -> str | None:
+        """The job that owns a transcript, if one of ours does."""
+        owner = self.redis.get(keys.transcript_owner(transcript_id))
+        return cast(bytes, owner).decode() if owner else None
+
+    def is_active(self, job_id: str) -> bool:
+        state = self.redis.hget(keys.job(job_id), "state")
+        return state is not None and State(cast(bytes, state).decode()).active
+
+    def page(
+        self,
+        *,
+        recording_id: str | None = None,
+        state: State | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """A page of jobs, newest first, filtered by recording and/or state."""
+        if recording_id:
+            members = cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
+            ids = [m.decode() for m in members]
+        else:
+            key = keys.state(state) if state else keys.JOBS
+            window = cast(list[bytes], self.redis.zrevrange(key, offset, offset + limit - 1))
+            ids, offset = [m.decode() for m in window], 0
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        records = [_decode(raw) for raw in cast(list[dict[bytes, bytes]], pipe.execute())]
+        jobs = [r.view() for r in records if r and (state is None or r.state == state)]
+        jobs.sort(key=lambda job: job.created_at or "", reverse=True)
+        return jobs[offset : offset + limit]
+
+    # -- transitions (tasks/states.py) ------------------------------------------------------------
 
     def submit(
         self,
@@ -240,179 +237,129 @@ class JobStore:
         """Create the job for this key unless it exists; returns (job id, created)."""
         key = idempotency_key or default_idempotency_key(recording_id, provider)
         job_id = job_id_for(key)
-        now = time.time()
         fields = {
             "id": job_id,
             "recording_id": recording_id,
             "idempotency_key": key,
-            "provider": json.dumps(provider),
-            "metadata": json.dumps(metadata or {}),
-            "state": "queued",
-            "step": "create",
-            "attempts": 1,
-            "retries": 0,
-            "create_seq": 0,
-            "created_at": now,
-            "updated_at": now,
+            "provider": provider,
+            "metadata": metadata or {},
         }
-        created = self._submit(
-            keys=[
-                job_key(job_id),
-                "rt:jobs",
-                "rt:state:queued",
-                f"rt:recording:{recording_id}",
-                "rt:due",
-            ],
-            args=[job_id, now, json.dumps(fields), now + self.lease_s],
+        created = self._run(
+            "submit",
+            job_id,
+            [keys.JOBS, keys.recording(recording_id)],
+            _strings(fields),
+            time.time() + self.lease_s,
         )
         return job_id, bool(created)
 
-    def fields(self, job_id: str) -> dict[str, str]:
-        """The raw hash of a job (empty when there is no such job)."""
-        raw = cast(dict[bytes, bytes], self.redis.hgetall(job_key(job_id)))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+    def start_create(self, job_id: str) -> bool:
+        """The create step begins: from here a create call may happen."""
+        return self._move(Transition.START_CREATE, job_id, due_in=self.lease_s, create_pending=True)
 
-    def get(self, job_id: str) -> Job | None:
-        fields = self.fields(job_id)
-        return Job.from_hash(fields) if fields else None
-
-    def transition(
-        self,
-        job_id: str,
-        expected: Iterable[str] | str,
-        state: State,
-        *,
-        due_in: float | None = None,
-        **fields: Any,
-    ) -> str | None:
-        """Move the job to `state` if it is in one of `expected`; None when refused.
-
-        `due_in` schedules the next look (None leaves the due-set, for finished jobs); a field set
-        to None is deleted.
-        """
-        now = time.time()
-        allowed = expected if isinstance(expected, str) else ",".join(expected)
-        due = -1.0 if due_in is None else now + due_in
-        values = {k: (False if v is None else v) for k, v in fields.items()}
-        old = self._transition(
-            keys=[job_key(job_id), "rt:due"],
-            args=[job_id, allowed, state, now, due, json.dumps(values)],
+    def create_refused(self, job: JobRecord) -> bool:
+        """A definite answer to create, replayed by Recall for its key: the next uses a new key."""
+        return self._move(
+            Transition.CREATE_REFUSED, job.id, create_seq=job.create_seq + 1, create_pending=None
         )
-        return old.decode() if old else None
 
-    def fail(self, job_id: str, code: str, message: str, **extra: Any) -> bool:
+    def start_remediation(self, job_id: str) -> bool:
+        return self._move(Transition.START_REMEDIATION, job_id, due_in=self.lease_s)
+
+    def end_remediation(self, job_id: str) -> bool:
+        return self._move(Transition.END_REMEDIATION, job_id, due_in=self.lease_s)
+
+    def record_created(self, job_id: str, transcript_id: str, first_poll_s: float) -> State | None:
+        """Store the created transcript; returns the job's new state (None when refused)."""
+        now = time.time()
+        result = self._run(
+            "created",
+            job_id,
+            [keys.transcript_owner(transcript_id)],
+            sources(Transition.RECORD_CREATED),
+            transcript_id,
+            now + first_poll_s,
+            self.lease_s,
+        )
+        return State(cast(bytes, result).decode()) if result else None
+
+    def transcript_finished(
+        self, job_id: str, transcript_id: str, outcome: EarlyEvent, sub_code: str | None
+    ) -> Literal["fetching", "failed", "kept", "ignored"]:
+        """Recall says a transcript finished (webhook or poll): fetch it, fail the job, or keep
+        the news for the create step when it came before the create answer."""
+        finish = Transition.TRANSCRIPT_DONE if outcome == "done" else Transition.TRANSCRIPT_FAILED
+        result = self._run(
+            "transcript",
+            job_id,
+            [],
+            sources(finish),
+            sources(Transition.KEEP_EARLY_EVENT),
+            transcript_id,
+            outcome,
+            sub_code or "unknown",
+            self.lease_s,
+        )
+        return cast(Literal["fetching", "failed", "kept", "ignored"], cast(bytes, result).decode())
+
+    def poll_later(self, job: JobRecord, delay_s: float) -> bool:
+        return self._move(Transition.POLL_LATER, job.id, due_in=delay_s, polls=job.polls + 1)
+
+    def finish(self, job_id: str) -> bool:
+        """The transcript is persisted: the job is done."""
+        return self._move(Transition.FINISH, job_id, due_in=None)
+
+    def retry_later(self, job: JobRecord, delay_s: float, why: str) -> bool:
+        """The same step again after `delay_s` (a retryable error)."""
+        return self._move(
+            Transition.RETRY_LATER, job.id, due_in=delay_s, retries=job.retries + 1, last_error=why
+        )
+
+    def fail(self, job_id: str, code: ErrorCode, message: str, **extra: Any) -> bool:
         """Fail an unfinished job with a readable error."""
-        error = json.dumps({"code": code, "message": message, **extra})
-        return self.transition(job_id, ACTIVE, "failed", error=error) is not None
-
-    def schedule(self, job_id: str, delay_s: float, **fields: Any) -> None:
-        """Look at the job again after `delay_s` (a retry or the next poll), keeping its state."""
-        pipe = self.redis.pipeline()
-        if fields:
-            pipe.hset(job_key(job_id), mapping={k: str(v) for k, v in fields.items()})
-        pipe.zadd("rt:due", {job_id: time.time() + delay_s}, xx=True)
-        pipe.execute()
-
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Set fields of a job without changing its state; a field set to None is deleted."""
-        pipe = self.redis.pipeline()
-        if any(v is not None for v in fields.values()):
-            pipe.hset(
-                job_key(job_id), mapping={k: str(v) for k, v in fields.items() if v is not None}
-            )
-        absent = [k for k, v in fields.items() if v is None]
-        if absent:
-            pipe.hdel(job_key(job_id), *absent)
-        pipe.execute()
-
-    def record_created(self, job_id: str, transcript_id: str, first_poll_s: float) -> str:
-        """Store the created transcript; returns the next step ('await', 'fetch', 'failed')."""
-        now = time.time()
-        result = self._record_created(
-            keys=[job_key(job_id), "rt:due", f"rt:transcript:{transcript_id}"],
-            args=[job_id, transcript_id, now, now + first_poll_s, self.lease_s],
-        )
-        return cast(bytes, result).decode()
-
-    def on_transcript_event(
-        self, job_id: str, transcript_id: str, outcome: str, sub_code: str | None
-    ) -> str:
-        """Apply a transcript webhook to its job; returns what should happen next."""
-        result = self._on_event(
-            keys=[job_key(job_id), "rt:due"],
-            args=[job_id, transcript_id, outcome, sub_code or "unknown", time.time(), self.lease_s],
-        )
-        return cast(bytes, result).decode()
-
-    def owner_of(self, transcript_id: str) -> str | None:
-        """The job that owns a transcript, if one of ours does."""
-        owner = self.redis.get(f"rt:transcript:{transcript_id}")
-        return cast(bytes, owner).decode() if owner else None
-
-    def claim_due(self, limit: int = 200) -> list[tuple[str, str]]:
-        """Jobs whose time has come, each pushed one lease ahead so one sweeper takes it."""
-        flat = cast(
-            list[bytes], self._sweep(keys=["rt:due"], args=[time.time(), self.lease_s, limit])
-        )
-        return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
-
-    def lock(self, job_id: str) -> Any:
-        """A lock so one copy of a job's step runs at a time; waits up to LOCK_WAIT_S for it."""
-        return self.redis.lock(
-            f"rt:lock:{job_id}", timeout=self.lease_s, blocking_timeout=LOCK_WAIT_S
-        )
-
-    def nudge(self, job_id: str, delay_s: float) -> None:
-        """Make the job due within `delay_s` (never later than it already is)."""
-        self.redis.zadd("rt:due", {job_id: time.time() + delay_s}, xx=True, lt=True)
+        error = {"code": code, "message": message, **extra}
+        return self._move(Transition.FAIL, job_id, due_in=None, error=error)
 
     def retry(self, job_id: str) -> bool:
         """Re-run a failed job from the start with a fresh create key."""
-        fields = self.fields(job_id)
-        if fields.get("state") != "failed":
+        job = self.record(job_id)
+        if job is None:
             return False
-        done = self.transition(
+        return self._move(
+            Transition.RETRY,
             job_id,
-            "failed",
-            "queued",
             due_in=self.lease_s,
-            step="create",
-            attempts=int(fields.get("attempts", "1")) + 1,
+            attempts=job.attempts + 1,
             retries=0,
             polls=0,
             error=None,
             transcript_id=None,
             create_pending=None,
-            create_seq=int(fields.get("create_seq", "0")) + 1,
-            signal=None,
-            signal_transcript=None,
+            create_seq=job.create_seq + 1,
+            early_event=None,
+            early_transcript_id=None,
+            early_sub_code=None,
         )
-        return done is not None
 
-    def page(
-        self,
-        *,
-        recording_id: str | None = None,
-        state: str | None = None,
-        offset: int = 0,
-        limit: int = 50,
-    ) -> list[Job]:
-        """A page of jobs, newest first, filtered by recording and/or state."""
-        if recording_id:
-            members = cast(set[bytes], self.redis.smembers(f"rt:recording:{recording_id}"))
-            ids = [m.decode() for m in members]
-        else:
-            key = f"rt:state:{state}" if state else "rt:jobs"
-            window = cast(list[bytes], self.redis.zrevrange(key, offset, offset + limit - 1))
-            ids, offset = [m.decode() for m in window], 0
-        pipe = self.redis.pipeline()
-        for job_id in ids:
-            pipe.hgetall(job_key(job_id))
-        jobs = [
-            Job.from_hash({k.decode(): v.decode() for k, v in raw.items()})
-            for raw in cast(list[dict[bytes, bytes]], pipe.execute())
-            if raw
-        ]
-        jobs = [job for job in jobs if state is None or job.state == state]
-        jobs.sort(key=lambda job: job.created_at or "", reverse=True)
-        return jobs[offset : offset + limit]
+    # -- scheduling --------------------------------------------------------------------------------
+
+    def claim_due(self, limit: int = 200) -> list[tuple[str, Step]]:
+        """Jobs whose time has come, each pushed one lease ahead so one sweeper takes it."""
+        flat = cast(list[bytes], self._run("claim", "", [], limit, self.lease_s))
+        return [(flat[i].decode(), Step(flat[i + 1].decode())) for i in range(0, len(flat), 2)]
+
+    def nudge(self, job_id: str, delay_s: float) -> None:
+        """Make the job due within `delay_s` (never later than it already is)."""
+        self.redis.zadd(keys.DUE, {job_id: time.time() + delay_s}, xx=True, lt=True)
+
+    def lock(self, job_id: str) -> Lock:
+        """A lock so one copy of a job's step runs at a time; waits up to LOCK_WAIT_S for it."""
+        return Lock(
+            self.redis, keys.job_lock(job_id), timeout=self.lease_s, blocking_timeout=LOCK_WAIT_S
+        )
+
+    def recording_lock(self, recording_id: str) -> Lock:
+        """A lock so one job at a time remediates a recording's limit; never waits."""
+        return Lock(
+            self.redis, keys.recording_lock(recording_id), timeout=self.lease_s, blocking=False
+        )

@@ -30,9 +30,11 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from urllib3.util import Retry
 
-from worker.settings import Settings
+from tasks.outcomes import ErrorCode
+from tasks.settings import Settings
 
 USER_AGENT = "recall-transcribe/0.1"
 _QUERY = re.compile(r"\?\S*")
@@ -46,13 +48,13 @@ class RedactQueries(logging.Filter):
         return True
 
 
-logging.getLogger("urllib3.connectionpool").addFilter(RedactQueries())
+_REDACT = RedactQueries()
 
 
 class RecallError(Exception):
     """Any failed call to Recall; `code` is what a user reads in the job's error."""
 
-    code = "recall_error"
+    code = ErrorCode.RECALL_UNAVAILABLE
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -63,12 +65,12 @@ class RecallError(Exception):
 class RetryableError(RecallError):
     """The call may succeed later."""
 
-    code = "recall_unavailable"
+    code = ErrorCode.RECALL_UNAVAILABLE
     retry_after: float | None = None
 
 
 class RateLimited(RetryableError):
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
 
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message, 429)
@@ -76,41 +78,41 @@ class RateLimited(RetryableError):
 
 
 class Unavailable(RetryableError):
-    code = "recall_unavailable"
+    code = ErrorCode.RECALL_UNAVAILABLE
 
 
 class OutcomeUnknown(RetryableError):
-    code = "recall_unreachable"
+    code = ErrorCode.RECALL_UNREACHABLE
 
 
 class DownloadExpired(RetryableError):
-    code = "download_expired"
+    code = ErrorCode.DOWNLOAD_EXPIRED
 
 
 class FinalError(RecallError):
     """Trying again with the same request will not help."""
 
-    code = "recall_rejected"
+    code = ErrorCode.RECALL_REJECTED
 
 
 class BadRequest(FinalError):
-    code = "recall_rejected"
+    code = ErrorCode.RECALL_REJECTED
 
 
 class Unauthorized(FinalError):
-    code = "recall_unauthorized"
+    code = ErrorCode.RECALL_UNAUTHORIZED
 
 
 class Rejected(FinalError):
-    code = "recall_rejected"
+    code = ErrorCode.RECALL_REJECTED
 
 
 class NotFound(FinalError):
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class DownloadRefused(FinalError):
-    code = "download_refused"
+    code = ErrorCode.DOWNLOAD_REFUSED
 
 
 class TranscriptStatus(BaseModel):
@@ -216,6 +218,9 @@ class RecallClient:
         self._max_download = settings.DOWNLOAD_MAX_BYTES
         self._require_https = not settings.development
         self._local = threading.local()
+        urllib3_log = logging.getLogger("urllib3.connectionpool")
+        if _REDACT not in urllib3_log.filters:
+            urllib3_log.addFilter(_REDACT)
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
@@ -337,8 +342,8 @@ class RecallClient:
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
     """True when the connection failed before the request could reach Recall."""
-    text = repr(exc)
-    return any(
-        marker in text
-        for marker in ("NewConnectionError", "ConnectTimeoutError", "NameResolutionError")
-    )
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    # NameResolutionError is a NewConnectionError: no connection, nothing sent.
+    return isinstance(cause, NewConnectionError | ConnectTimeoutError)

@@ -16,14 +16,17 @@ import redis
 import requests
 from werkzeug.serving import make_server
 
-from emulator.server import EmulatorConfig, KeepAliveHandler, create_emulator
+from emulator.config import EmulatorConfig
+from emulator.server import KeepAliveHandler, create_emulator
 from emulator.state import EmulatorState
-from tasks.jobs import JobStore, Step
+from tasks.jobs import JobStore
+from tasks.outcomes import Result
+from tasks.pipeline import Pipeline
 from tasks.recall import RecallClient
-from tasks.steps import Pipeline
+from tasks.settings import Settings, load_settings
+from tasks.states import Step
 from tasks.store import LocalStore
 from tests.helpers import SECRET, Process, free_port, http_ready, redis_answers, wait_for
-from worker.settings import Settings, load_settings
 
 API_KEY = "test-key"
 
@@ -138,9 +141,10 @@ def emulator() -> Iterator[EmulatorHandle]:
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
 
-    yield EmulatorHandle(config.public_url, app.extensions["emulator"])
+    emulator = app.extensions["emulator"]
+    yield EmulatorHandle(config.public_url, emulator.state)
     server.shutdown()
-    app.extensions["emulator_scheduler"].stop()
+    emulator.scheduler.stop()
 
 
 @pytest.fixture
@@ -167,7 +171,7 @@ class Harness:
     pipeline: Pipeline
     enqueued: list[tuple[Step, str]]
 
-    def drain(self, limit: int = 50) -> list[str]:
+    def drain(self, limit: int = 50) -> list[Result]:
         """Run enqueued steps in order, as a worker would; returns their results."""
         results = []
         while self.enqueued and limit:

@@ -157,6 +157,6 @@ def http_ready(url: str) -> Callable[[], bool]:
 
 def reconfigure(settings: Any, **changes: Any) -> Any:
     """A validated copy of `settings` with some values changed."""
-    from worker.settings import load_settings
+    from tasks.settings import load_settings
 
     return load_settings(**{**dict(settings), **changes})

@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 
+from tasks import keys
 from tests.conftest import System, start_redis
 from tests.helpers import recording_done, signed, wait_for
 from tests.test_faults import FAST_RECOVERY
@@ -123,12 +124,12 @@ def test_chaos_every_job_ends_once_with_its_transcript(start_system: Any, tmp_pa
         client = redis.Redis.from_url(redis_url, decode_responses=True)
 
         def unfinished() -> int:
-            terminal = sum(client.zcard(f"rt:state:{state}") for state in TERMINAL)
+            terminal = sum(client.zcard(keys.state(state)) for state in TERMINAL)
             return len(recordings) - terminal
 
         wait_for(lambda: unfinished() == 0, 120 + RECORDINGS / 2, what="every job finished")
         elapsed = time.monotonic() - started
-        jobs = [client.hgetall(key) for key in client.scan_iter("rt:job:*", count=1000)]
+        jobs = [client.hgetall(key) for key in client.scan_iter(f"{keys.JOB_PREFIX}*", count=1000)]
         assert len(jobs) == len(recordings)  # one job per recording, whatever the duplicates
         outcomes: dict[str, int] = {}
         ours_per_recording: dict[str, int] = {}
@@ -153,7 +154,7 @@ def test_chaos_every_job_ends_once_with_its_transcript(start_system: Any, tmp_pa
             path = system.store / job["recording_id"] / f"{job['transcript_id']}.json"
             assert path.read_bytes() == emulator.data(job["transcript_id"])
         # Every accepted event is applied, late ones (delayed, duplicated webhooks) included.
-        wait_for(lambda: client.hlen("rt:inbox") == 0, 60, what="every accepted event applied")
+        wait_for(lambda: client.hlen(keys.INBOX) == 0, 60, what="every accepted event applied")
         stats = emulator.stats()
         summary = {
             "recordings": RECORDINGS,

@@ -66,12 +66,12 @@ def test_enqueue_waits_for_the_transcript_and_jobs_shows_it(start_system: Any) -
 def test_worker_restarts_in_place_on_celerys_unrecoverable_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from recall_transcribe import cli
+    from worker import main
 
     execs: list[list[str]] = []
-    monkeypatch.setattr(cli.os, "execv", lambda path, argv: execs.append(argv))
-    monkeypatch.setattr(cli.time, "sleep", lambda _: None)
-    handler = cli._RestartOnUnrecoverable(["-n", "w1@%h"])
+    monkeypatch.setattr(main.os, "execv", lambda path, argv: execs.append(argv))
+    monkeypatch.setattr(main.time, "sleep", lambda _: None)
+    handler = main.RestartOnUnrecoverable(["-n", "w1@%h"])
 
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("celery.worker", logging.CRITICAL, "", 0, message, None, None)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from recall_transcribe.cli import _parser
-from worker.settings import Settings
+from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

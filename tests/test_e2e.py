@@ -8,6 +8,7 @@ from typing import Any
 import redis
 import requests
 
+from tasks import keys
 from tests.conftest import System
 from tests.helpers import recording_done, signed, wait_for
 
@@ -19,7 +20,7 @@ def post_webhook(system: System, body: bytes, headers: dict[str, str]) -> reques
 
 
 def jobs_in(system: System, state: str) -> int:
-    return int(redis.Redis.from_url(system.env["REDIS_URL"]).zcard(f"rt:state:{state}"))
+    return int(redis.Redis.from_url(system.env["REDIS_URL"]).zcard(keys.state(state)))
 
 
 def job_of(system: System, recording_id: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 import redis
 import requests
 
+from tasks import keys
 from tests.conftest import System, start_redis
 from tests.helpers import recording_done, signed, transcript_event, wait_for
 from tests.test_receiver import queued_events
@@ -33,7 +34,7 @@ def post(system: System, event: dict[str, Any], msg_id: str | None = None) -> re
 def jobs(system: System, state: str | None = None) -> list[dict[str, Any]]:
     response = requests.get(
         f"{system.receiver_url}/api/v1/jobs",
-        params={"state": state or "", "limit": 500},
+        params={"limit": 500, **({"state": state} if state else {})},
         headers={"Authorization": "Bearer test-token"},
         timeout=10,
     )
@@ -42,7 +43,7 @@ def jobs(system: System, state: str | None = None) -> list[dict[str, Any]]:
 
 
 def done_count(system: System) -> int:
-    return int(redis.Redis.from_url(system.env["REDIS_URL"]).zcard("rt:state:done"))
+    return int(redis.Redis.from_url(system.env["REDIS_URL"]).zcard(keys.state("done")))
 
 
 def assert_persisted_once(system: System, recording_id: str) -> None:

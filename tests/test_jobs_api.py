@@ -6,10 +6,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
+from tasks.names import PIPELINE_QUEUE
+from tasks.outcomes import ErrorCode
+from tasks.settings import Settings
 from tests.conftest import EmulatorHandle
 from tests.helpers import reconfigure
-from worker.app import PIPELINE_QUEUE
-from worker.settings import Settings
 
 AUTH = {"Authorization": "Bearer token-1"}
 
@@ -95,7 +96,7 @@ def test_retry_only_reruns_failed_jobs(
     job = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=AUTH).json
     assert client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH).status_code == 409
     app = client.application
-    app.extensions["pipeline"].jobs.fail(job["id"], "recall_rejected", "test")
+    app.extensions["jobs_api"].jobs.fail(job["id"], ErrorCode.RECALL_REJECTED, "test")
     retried = client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH)
     assert retried.status_code == 202
     assert (
@@ -103,3 +104,47 @@ def test_retry_only_reruns_failed_jobs(
         and retried.json["attempts"] == 2
         and retried.json["error"] is None
     )
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=-3", "limit=501", "offset=-5", "limit=%2B3", "limit=%EF%BC%93", "limit=3.0"],
+)
+def test_list_bounds_and_plain_digits_are_enforced(client: FlaskClient, query: str) -> None:
+    response = client.get(f"/api/v1/jobs?{query}", headers=AUTH)
+    assert response.status_code == 400
+    assert set(response.json) == {"error"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"recording_id": "r1", "metadata": {"x": NaN}}',
+        b'{"recording_id": "r1", "metadata": {"x": 1e400}}',
+        b'{"recording_id": "r1", "provider": {"recallai_async": {"n": -Infinity}}}',
+        b'{"recording_id": "r1", "metadata": {"a\\u0000b": 1}}',
+        b'{"recording_id": "r1", "idempotency_key": "k\\u0000"}',
+        b'{"recording_id": "r1", "unknown": 1}',
+    ],
+)
+def test_non_json_numbers_control_characters_and_unknown_fields_are_400(
+    client: FlaskClient, rclient: object, raw: bytes
+) -> None:
+    headers = {**AUTH, "Content-Type": "application/json"}
+    assert client.post("/api/v1/jobs", data=raw, headers=headers).status_code == 400
+    assert rclient.llen(PIPELINE_QUEUE) == 0  # type: ignore[attr-defined]
+
+
+def test_an_idempotency_key_reused_with_other_parameters_is_409(client: FlaskClient) -> None:
+    first = {"recording_id": "r1", "idempotency_key": "k1", "metadata": {"team": "a"}}
+    assert client.post("/api/v1/jobs", json=first, headers=AUTH).status_code == 202
+    for changed in ({"recording_id": "r2"}, {"metadata": {"team": "b"}}):
+        response = client.post("/api/v1/jobs", json={**first, **changed}, headers=AUTH)
+        assert response.status_code == 409, changed
+    assert client.post("/api/v1/jobs", json=first, headers=AUTH).status_code == 202
+
+
+def test_a_non_ascii_idempotency_key_header_is_refused(client: FlaskClient) -> None:
+    headers = {**AUTH, "Idempotency-Key": "clé".encode().decode("latin-1")}
+    response = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=headers)
+    assert response.status_code == 400

@@ -17,9 +17,9 @@ from tasks.recall import (
     Unauthorized,
     Unavailable,
 )
+from tasks.settings import Settings
 from tests.conftest import EmulatorHandle
 from tests.helpers import reconfigure
-from worker.settings import Settings
 
 PROVIDER = {"recallai_async": {"language_code": "en"}}
 

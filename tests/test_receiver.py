@@ -11,9 +11,10 @@ import redis
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
+from tasks import keys
+from tasks.names import EVENTS_QUEUE
+from tasks.settings import ConfigError, Settings
 from tests.helpers import OTHER_SECRET, SECRET, free_port, reconfigure, recording_done, signed
-from worker.app import EVENTS_QUEUE
-from worker.settings import ConfigError, Settings
 
 URL = "/webhooks/recall"
 
@@ -126,7 +127,7 @@ def test_unknown_event_types_are_acknowledged_counted_and_not_enqueued(
     response = client.post(URL, data=body, headers=headers)
     assert (response.status_code, response.json) == (200, {"status": "ignored"})
     assert queued_events(rclient) == []
-    assert rclient.hget("rt:stats:events_ignored", "bot.status_change") == b"1"
+    assert rclient.hget(keys.EVENTS_IGNORED, "bot.status_change") == b"1"
 
 
 def test_redis_down_answers_503_never_2xx(settings: Settings) -> None:
@@ -168,7 +169,7 @@ def test_openapi_describes_the_endpoints(client: FlaskClient) -> None:
 def test_an_event_whose_message_was_lost_is_sent_again_until_applied(
     client: FlaskClient, rclient: redis.Redis, settings: Settings
 ) -> None:
-    from tasks.inbox import INBOX_DUE, Inbox
+    from tasks.inbox import Inbox
 
     event = recording_done("r1")
     body, headers = signed(event)
@@ -176,10 +177,10 @@ def test_an_event_whose_message_was_lost_is_sent_again_until_applied(
     rclient.delete(EVENTS_QUEUE)  # lost with Redis, between the pop and the unacked record
     inbox = Inbox(rclient, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S)
     assert inbox.resend_due() == 0  # not before a lease has passed
-    (event_id,) = rclient.zrange(INBOX_DUE, 0, -1)
-    rclient.zadd(INBOX_DUE, {event_id: 0})
+    (event_id,) = rclient.zrange(keys.INBOX_DUE, 0, -1)
+    rclient.zadd(keys.INBOX_DUE, {event_id: 0})
     assert inbox.resend_due() == 1
     assert queued_events(rclient) == [event]
     inbox.applied(event_id.decode())
-    rclient.zadd(INBOX_DUE, {event_id: 0}, xx=True)  # nothing left to push ahead
+    rclient.zadd(keys.INBOX_DUE, {event_id: 0}, xx=True)  # nothing left to push ahead
     assert inbox.resend_due() == 0

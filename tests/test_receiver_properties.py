@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from receiver.app import create_app
+from tasks.settings import Settings
 from tests.helpers import signed
 from tests.test_receiver import URL, queued_events
-from worker.settings import Settings
 
 PROPERTY = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from worker.settings import ConfigError, load_settings
+from tasks.outcomes import ErrorCode
+from tasks.settings import ConfigError, load_settings
 
 
 def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,3 +62,10 @@ def test_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECALL_WEBHOOK_SECRET", "whsec_c2VjcmV0c2VjcmV0")
     text = repr(load_settings())
     assert "super-secret-key" not in text and "c2VjcmV0c2VjcmV0" not in text
+
+
+def test_the_readme_lists_every_error_code() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("| code | meaning |", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+    assert listed == {code.value for code in ErrorCode}

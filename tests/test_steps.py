@@ -8,21 +8,36 @@ import time
 import pytest
 import redis
 
+from tasks import keys
 from tasks.events import parse_event
+from tasks.jobs import JobRecord
+from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.settings import Settings
+from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness
 from tests.helpers import reconfigure, recording_done, transcript_event, wait_for
-from worker.settings import Settings
+from worker.sweeper import redrive_due
 
 
 def start(harness: Harness, emulator: EmulatorHandle, recording_id: str = "r1") -> str:
     emulator.recording(recording_id)
-    job_id, created = harness.pipeline.submit(recording_id)
-    assert created
-    return job_id
+    result = harness.pipeline.submit(recording_id)
+    assert result.outcome == Outcome.JOB_CREATED
+    return result.job_id
 
 
-def state(harness: Harness, job_id: str) -> dict[str, str]:
-    return harness.pipeline.jobs.fields(job_id)
+def state(harness: Harness, job_id: str) -> JobRecord:
+    record = harness.pipeline.jobs.record(job_id)
+    assert record is not None
+    return record
+
+
+def run(harness: Harness, step: Step, job_id: str) -> Outcome:
+    return harness.pipeline.run_step(step, job_id).outcome
+
+
+def outcomes(results: list[Result]) -> list[Outcome]:
+    return [result.outcome for result in results]
 
 
 def wait_transcript_done(emulator: EmulatorHandle, recording_id: str) -> None:
@@ -39,7 +54,8 @@ def test_second_recording_done_for_a_recording_creates_nothing(
     emulator.recording("r1")
     first = harness.pipeline.ingest(parse_event(recording_done("r1")))
     second = harness.pipeline.ingest(parse_event(recording_done("r1")))
-    assert first.startswith("created job") and second.startswith("existing job")
+    assert (first.outcome, second.outcome) == (Outcome.JOB_CREATED, Outcome.JOB_EXISTS)
+    assert first.job_id == second.job_id
     assert len(harness.enqueued) == 1
 
 
@@ -48,24 +64,30 @@ def test_a_worker_handling_the_events_runs_the_steps_they_make_due_in_place(
 ) -> None:
     emulator.recording("r1")
     created = harness.pipeline.ingest(parse_event(recording_done("r1")), run_now=True)
-    assert "; create: created" in created and harness.enqueued == [], created
-    job_id = created.split()[2].rstrip(";")
+    job_id = created.job_id
+    assert created.then is not None and harness.enqueued == [], created
+    assert (created.then.outcome, created.then.state) == (Outcome.CREATED, State.AWAITING)
     wait_transcript_done(emulator, "r1")
-    transcript_id = state(harness, job_id)["transcript_id"]
+    transcript_id = state(harness, job_id).transcript_id
+    assert transcript_id is not None
     event = transcript_event("transcript.done", "r1", transcript_id, {"job_id": job_id})
     fetched = harness.pipeline.ingest(parse_event(event), run_now=True)
-    assert fetched == f"fetch job {job_id}; fetch: persisted r1/{transcript_id}"
-    assert harness.enqueued == [] and state(harness, job_id)["state"] == "done"
+    assert fetched == Result(
+        Outcome.FETCH,
+        job_id,
+        then=Result(Outcome.PERSISTED, job_id, transcript_id=transcript_id),
+    )
+    assert harness.enqueued == [] and state(harness, job_id).state == State.DONE
 
 
 def test_create_run_twice_creates_one_transcript(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     job_id = start(harness, emulator)
-    assert harness.pipeline.run_step("create", job_id).startswith("created")
-    assert harness.pipeline.run_step("create", job_id) == "stale"
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
+    assert run(harness, Step.CREATE, job_id) == Outcome.STALE
     assert emulator.stats()["created_by_recording"] == {"r1": 1}
-    assert state(harness, job_id)["state"] == "awaiting"
+    assert state(harness, job_id).state == State.AWAITING
 
 
 def test_create_whose_answer_was_lost_is_reconciled_by_listing(
@@ -73,11 +95,11 @@ def test_create_whose_answer_was_lost_is_reconciled_by_listing(
 ) -> None:
     job_id = start(harness, emulator)
     emulator.fault(target="create", action="lose_response")
-    assert harness.pipeline.run_step("create", job_id).startswith("retry")
-    assert state(harness, job_id)["create_pending"] == "1"
-    harness.pipeline.run_step("create", job_id)
+    assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    assert state(harness, job_id).create_pending
+    harness.pipeline.run_step(Step.CREATE, job_id)
     (transcript,) = emulator.transcripts("r1")
-    assert state(harness, job_id)["transcript_id"] == transcript["id"]
+    assert state(harness, job_id).transcript_id == transcript["id"]
     assert emulator.stats()["calls"] == {"create": 1, "list": 1}
 
 
@@ -88,30 +110,38 @@ def test_transcript_done_before_create_returned_is_kept_and_honoured(
     harness.enqueued.clear()
     (made,) = emulator.seed("r1", 1, "done", metadata={"job_id": job_id})
     event = transcript_event("transcript.done", "r1", made["id"], {"job_id": job_id})
-    assert harness.pipeline.ingest(parse_event(event)) == f"stored job {job_id}"
-    assert harness.pipeline.run_step("create", job_id) == f"created {made['id']}: fetch"
-    assert harness.drain() == [f"persisted r1/{made['id']}"]
+    assert harness.pipeline.ingest(parse_event(event)) == Result(Outcome.KEPT, job_id)
+    assert harness.pipeline.run_step(Step.CREATE, job_id) == Result(
+        Outcome.CREATED, job_id, transcript_id=made["id"], state=State.FETCHING
+    )
+    assert harness.drain() == [Result(Outcome.PERSISTED, job_id, transcript_id=made["id"])]
     assert emulator.stats()["calls"].get("create", 0) == 0
 
 
 def test_webhook_drives_await_to_fetch_and_fetch_twice_is_harmless(
-    harness: Harness, emulator: EmulatorHandle, settings: Settings
+    harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job_id = start(harness, emulator)
     harness.drain()
     wait_transcript_done(emulator, "r1")
-    transcript_id = state(harness, job_id)["transcript_id"]
+    transcript_id = state(harness, job_id).transcript_id
+    assert transcript_id is not None
     event = transcript_event("transcript.done", "r1", transcript_id, {"job_id": job_id})
-    assert harness.pipeline.ingest(parse_event(event)) == f"fetch job {job_id}"
-    assert harness.pipeline.ingest(parse_event(event)) == f"ignored job {job_id}"
+    assert harness.pipeline.ingest(parse_event(event)) == Result(Outcome.FETCH, job_id)
+    assert harness.pipeline.ingest(parse_event(event)) == Result(Outcome.IGNORED, job_id)
     path = harness.pipeline.store.data_path("r1", transcript_id)
-    assert harness.drain() == [f"persisted r1/{transcript_id}"]
+    # A crash after the write but before the job is marked done: running the fetch again is
+    # harmless.
+    jobs = harness.pipeline.jobs
+    monkeypatch.setattr(jobs, "finish", lambda job_id: (_ for _ in ()).throw(SystemExit))
+    with pytest.raises(SystemExit):
+        harness.drain()
     assert path.read_bytes() == emulator.data(transcript_id)
-    # A crash after the write but before the state change: running the fetch again is harmless.
-    harness.pipeline.jobs.transition(job_id, "done", "fetching", due_in=5, step="fetch")
-    assert harness.pipeline.run_step("fetch", job_id) == f"persisted r1/{transcript_id}"
+    monkeypatch.undo()
+    persisted = Result(Outcome.PERSISTED, job_id, transcript_id=transcript_id)
+    assert harness.pipeline.run_step(Step.FETCH, job_id) == persisted
     assert path.read_bytes() == emulator.data(transcript_id)
-    assert harness.pipeline.run_step("fetch", job_id) == "stale"
+    assert harness.pipeline.run_step(Step.FETCH, job_id).outcome == Outcome.STALE
 
 
 def test_await_polls_until_done_without_a_webhook(
@@ -119,10 +149,11 @@ def test_await_polls_until_done_without_a_webhook(
 ) -> None:
     job_id = start(harness, emulator)
     harness.drain()
-    assert harness.pipeline.run_step("await", job_id) in ("still processing", "done: fetching")
+    assert run(harness, Step.AWAIT, job_id) in (Outcome.PROCESSING, Outcome.FETCH)
     wait_transcript_done(emulator, "r1")
-    assert harness.pipeline.run_step("await", job_id) == "done: fetching"
-    assert harness.drain()[0].startswith("persisted")
+    if state(harness, job_id).state == State.AWAITING:
+        assert run(harness, Step.AWAIT, job_id) == Outcome.FETCH
+    assert outcomes(harness.drain()) == [Outcome.PERSISTED]
 
 
 def test_transcript_failed_webhook_fails_the_job_with_its_sub_code(
@@ -130,13 +161,16 @@ def test_transcript_failed_webhook_fails_the_job_with_its_sub_code(
 ) -> None:
     emulator.recording("r1")
     emulator.fault(target="transcript", action="fail", sub_code="provider_connection_failed")
-    job_id, _ = harness.pipeline.submit("r1")
+    job_id = harness.pipeline.submit("r1").job_id
     harness.drain()
-    transcript_id = state(harness, job_id)["transcript_id"]
+    transcript_id = state(harness, job_id).transcript_id
+    assert transcript_id is not None
     event = transcript_event(
         "transcript.failed", "r1", transcript_id, sub_code="provider_connection_failed"
     )
-    assert harness.pipeline.ingest(parse_event(event)) == f"failed job {job_id}"
+    assert harness.pipeline.ingest(parse_event(event)) == Result(
+        Outcome.FAILED, job_id, detail=ErrorCode.TRANSCRIPT_FAILED
+    )
     job = harness.pipeline.jobs.get(job_id)
     assert job is not None and job.state == "failed" and job.error is not None
     assert (job.error.code, job.error.sub_code) == (
@@ -147,7 +181,9 @@ def test_transcript_failed_webhook_fails_the_job_with_its_sub_code(
 
 def test_transcript_events_for_transcripts_not_ours_are_ignored(harness: Harness) -> None:
     event = transcript_event("transcript.done", "r1", "someone-elses")
-    assert harness.pipeline.ingest(parse_event(event)) == "ignored: transcript not ours"
+    assert harness.pipeline.ingest(parse_event(event)) == Result(
+        Outcome.IGNORED, detail="transcript not ours"
+    )
 
 
 def test_processing_past_the_timeout_fails_the_job(
@@ -156,9 +192,11 @@ def test_processing_past_the_timeout_fails_the_job(
     job_id = start(harness, emulator)
     harness.drain()
     harness.pipeline.settings = reconfigure(settings, RECALL_TRANSCRIPT_TIMEOUT_S=0.001)
-    emulator.state.transcripts[state(harness, job_id)["transcript_id"]].status = "processing"
+    emulator.state.transcripts[str(state(harness, job_id).transcript_id)].status = "processing"
     time.sleep(0.01)
-    assert harness.pipeline.run_step("await", job_id) == "failed: timeout"
+    assert harness.pipeline.run_step(Step.AWAIT, job_id) == Result(
+        Outcome.FAILED, job_id, detail=ErrorCode.TIMEOUT
+    )
     job = harness.pipeline.jobs.get(job_id)
     assert job is not None and job.error is not None and job.error.code == "timeout"
 
@@ -169,10 +207,10 @@ def test_rate_limited_create_waits_at_least_retry_after(
     job_id = start(harness, emulator)
     emulator.fault(target="create", action="status", status=429, retry_after=0.4)
     before = time.time()
-    assert harness.pipeline.run_step("create", job_id).startswith("retry")
-    due = rclient.zscore("rt:due", job_id)
+    assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    due = rclient.zscore(keys.DUE, job_id)
     assert due is not None and due >= before + 0.4
-    assert state(harness, job_id)["retries"] == "1"
+    assert state(harness, job_id).retries == 1
 
 
 def test_retryable_errors_give_up_after_the_limit(
@@ -182,8 +220,10 @@ def test_retryable_errors_give_up_after_the_limit(
     emulator.fault(target="create", action="status", status=503, times=-1)
     limit = harness.pipeline.settings.MAX_STEP_RETRIES
     for _ in range(limit):
-        assert harness.pipeline.run_step("create", job_id).startswith("retry")
-    assert harness.pipeline.run_step("create", job_id) == "failed: recall_unavailable"
+        assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    assert harness.pipeline.run_step(Step.CREATE, job_id) == Result(
+        Outcome.FAILED, job_id, detail=ErrorCode.RECALL_UNAVAILABLE
+    )
 
 
 def test_sweeper_redrives_a_job_whose_message_was_lost(
@@ -191,11 +231,12 @@ def test_sweeper_redrives_a_job_whose_message_was_lost(
 ) -> None:
     job_id = start(harness, emulator)
     harness.enqueued.clear()  # the create message is lost
-    assert harness.pipeline.sweep() == 0  # not due yet: a lease has to pass
-    rclient.zadd("rt:due", {job_id: time.time() - 1})
-    assert harness.pipeline.sweep() == 1
-    assert harness.enqueued == [("create", job_id)]
-    assert harness.pipeline.sweep() == 0  # claimed: pushed one lease ahead
+    jobs, enqueue = harness.pipeline.jobs, harness.pipeline.enqueue
+    assert redrive_due(jobs, enqueue) == 0  # not due yet: a lease has to pass
+    rclient.zadd(keys.DUE, {job_id: time.time() - 1})
+    assert redrive_due(jobs, enqueue) == 1
+    assert harness.enqueued == [(Step.CREATE, job_id)]
+    assert redrive_due(jobs, enqueue) == 0  # claimed: pushed one lease ahead
 
 
 def test_a_step_waits_for_the_previous_step_to_release_the_job(
@@ -213,7 +254,7 @@ def test_a_step_waits_for_the_previous_step_to_release_the_job(
 
     threading.Thread(target=previous_step).start()
     assert held.wait(5)
-    assert harness.pipeline.run_step("create", job_id).startswith("created")
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
 
 
 def test_a_step_whose_job_stays_busy_is_looked_at_again_within_a_second(
@@ -222,8 +263,8 @@ def test_a_step_whose_job_stays_busy_is_looked_at_again_within_a_second(
     job_id = start(harness, emulator)
     holder = harness.pipeline.jobs.lock(job_id)
     assert holder.acquire()
-    assert harness.pipeline.run_step("create", job_id) == "busy"
-    due = rclient.zscore("rt:due", job_id)
+    assert run(harness, Step.CREATE, job_id) == Outcome.BUSY
+    due = rclient.zscore(keys.DUE, job_id)
     assert due is not None and due <= time.time() + 1  # not a whole lease away
     holder.release()
 
@@ -236,14 +277,13 @@ def test_limit_remediation_deletes_a_failed_transcript_first(
     job_id = start(harness, emulator)
     emulator.seed("r1", 9, "done")
     (failed,) = emulator.seed("r1", 1, "failed")
-    assert harness.pipeline.run_step("create", job_id) == "remediate"
-    assert (
-        harness.pipeline.run_step("remediate", job_id)
-        == f"deleted failed transcript {failed['id']}"
+    assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
+    assert harness.pipeline.run_step(Step.REMEDIATE, job_id) == Result(
+        Outcome.SLOT_FREED, job_id, transcript_id=failed["id"], detail="failed"
     )
-    assert harness.pipeline.run_step("remediate", job_id) == "stale"
-    assert harness.enqueued[-1] == ("create", job_id)
-    assert harness.pipeline.run_step("create", job_id).startswith("created")
+    assert run(harness, Step.REMEDIATE, job_id) == Outcome.STALE
+    assert harness.enqueued[-1] == (Step.CREATE, job_id)
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
     assert sum(t["status"]["code"] == "deleted" for t in emulator.transcripts("r1")) == 1
 
 
@@ -251,15 +291,15 @@ def test_archive_oldest_never_deletes_a_transcript_an_active_job_waits_on(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     emulator.recording("r1")
-    busy_job, _ = harness.pipeline.submit("r1", {"assembly_ai_async": {}})
+    busy_job = harness.pipeline.submit("r1", {"assembly_ai_async": {}}).job_id
     (oldest,) = emulator.seed("r1", 1, "done", metadata={"job_id": busy_job})
     emulator.seed("r1", 9, "done")
-    job_id, _ = harness.pipeline.submit("r1")
-    assert harness.pipeline.run_step("create", job_id) == "remediate"
-    result = harness.pipeline.run_step("remediate", job_id)
-    assert oldest["id"] not in result and result.startswith("deleted done transcript")
-    victim = result.rsplit(" ", 1)[-1]
-    assert harness.pipeline.store.has("r1", victim)
+    job_id = harness.pipeline.submit("r1").job_id
+    assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
+    result = harness.pipeline.run_step(Step.REMEDIATE, job_id)
+    assert (result.outcome, result.detail) == (Outcome.SLOT_FREED, "done")
+    assert result.transcript_id != oldest["id"]
+    assert harness.pipeline.store.has("r1", result.transcript_id)
 
 
 @pytest.mark.parametrize(("policy", "status"), [("fail", "done"), ("delete-failed", "done")])
@@ -272,7 +312,7 @@ def test_limit_without_an_allowed_victim_fails_with_limit_reached(
     harness.drain(limit=3)
     job = harness.pipeline.jobs.get(job_id)
     assert job is not None and job.state == "failed" and job.error is not None
-    assert job.error.code == "limit_reached"
+    assert job.error.code == ErrorCode.LIMIT_REACHED
     assert all(t["status"]["code"] == "done" for t in emulator.transcripts("r1"))
 
 
@@ -282,9 +322,9 @@ def test_retry_reruns_a_failed_job_with_a_new_create(
     job_id = start(harness, emulator)
     emulator.fault(target="create", action="status", status=400)
     harness.drain()
-    assert harness.pipeline.jobs.get(job_id).state == "failed"  # type: ignore[union-attr]
+    assert state(harness, job_id).state == State.FAILED
     assert harness.pipeline.jobs.retry(job_id)
     assert not harness.pipeline.jobs.retry(job_id)
-    assert harness.pipeline.run_step("create", job_id).startswith("created")
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
     job = harness.pipeline.jobs.get(job_id)
     assert job is not None and job.attempts == 2 and job.error is None

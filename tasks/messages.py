@@ -1,8 +1,9 @@
 """Celery task messages (protocol 2, kombu's Redis envelope) built without a producer.
 
-The receiver pushes these itself inside one Lua script (dedupe + keep + push), which is atomic and
+The receiver pushes these itself inside one Lua command (dedupe + keep + push), which is atomic and
 cheaper than `apply_async` in a hot HTTP handler (BENCHMARKS.md); the pipeline's steps LPUSH them
-too, skipping kombu's producer.
+too, skipping kombu's producer. `tests/test_messages.py` checks them against Celery's own
+`app.amqp.as_task_v2` for the same calls.
 """
 
 from __future__ import annotations
@@ -12,7 +13,21 @@ import json
 import uuid
 from typing import Any
 
+from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
+from tasks.states import Step
+
 _EMBED_JSON = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+
+
+def step_message(step: Step, job_id: str) -> str:
+    """The message of `STEP_TASKS[step](job_id)` on the pipeline queue."""
+    return task_message(STEP_TASKS[step], [job_id], PIPELINE_QUEUE)
+
+
+def ingest_message(event_json: str, event_id: str) -> str:
+    """The message of `ingest_event(event, event_id)`, the event's JSON text embedded as it came
+    (no parse and re-dump on the receiver's hot path)."""
+    return task_message_json(INGEST_TASK, f'[{event_json},"{event_id}"]', EVENTS_QUEUE)
 
 
 def task_message(task_name: str, args: list[Any], queue: str) -> str:

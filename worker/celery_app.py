@@ -1,15 +1,22 @@
-"""The Celery application factory: reliability settings for I/O-bound pipeline work."""
+"""The worker's Celery application: reliability settings for I/O-bound work, and the pipeline's
+tasks and sweeper bound to it with their dependencies."""
 
 from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
 
-from worker.settings import Settings
-
-EVENTS_QUEUE = "recall.events"
-PIPELINE_QUEUE = "recall.pipeline"
-QUEUES = (EVENTS_QUEUE, PIPELINE_QUEUE)
+from tasks import celery_tasks
+from tasks.connection import redis_client
+from tasks.enqueue import Enqueuer
+from tasks.inbox import Inbox
+from tasks.jobs import JobStore
+from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
+from tasks.pipeline import Pipeline
+from tasks.recall import RecallClient
+from tasks.settings import Settings
+from tasks.store import LocalStore
+from worker.sweeper import sweeper_step
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -42,8 +49,24 @@ def create_celery(settings: Settings) -> Celery:
         },
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=PIPELINE_QUEUE,
-        task_routes={"recall.ingest_event": {"queue": EVENTS_QUEUE}},
+        task_routes=ROUTES,
         task_time_limit=int(settings.JOB_STEP_LEASE_S),
         task_soft_time_limit=max(1, int(settings.JOB_STEP_LEASE_S) - 5),
     )
+    return app
+
+
+def create_worker_app(settings: Settings) -> Celery:
+    """The Celery app a worker runs: the pipeline's tasks and the sweeper, dependencies built
+    once for the process."""
+    app = create_celery(settings)
+    client = redis_client(settings, patient=True)
+    jobs = JobStore(client, settings.JOB_STEP_LEASE_S)
+    enqueue = Enqueuer(client)
+    inbox = Inbox(client, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S)
+    pipeline = Pipeline(
+        settings, jobs, RecallClient(settings), LocalStore(settings.TRANSCRIPTS_STORE), enqueue
+    )
+    celery_tasks.register(app, pipeline, inbox)
+    app.steps["worker"].add(sweeper_step(jobs, enqueue, inbox, settings.SWEEP_INTERVAL_S))
     return app

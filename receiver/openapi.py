@@ -1,0 +1,186 @@
+"""The receiver's OpenAPI 3.1 document, generated from the pydantic models the handlers validate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from receiver.jobs_api import (
+    HEADER_KEY,
+    JSON_VALUE_MARKER,
+    JSON_VALUE_REF,
+    JSON_VALUE_SCHEMA,
+    MAX_KEY,
+    ErrorBody,
+    JobListQuery,
+    JobPage,
+    JobRequest,
+)
+from tasks.jobs import Job
+
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _ref(model: type[BaseModel] | str) -> dict[str, str]:
+    name = model if isinstance(model, str) else model.__name__
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _content(model: type[BaseModel]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _answers(ok: tuple[str, type[BaseModel], str], *errors: str, **links: Any) -> dict[str, Any]:
+    """Responses: the success one, then error statuses that carry `{"error": "..."}`."""
+    texts = {
+        "400": "invalid input; `error` says where",
+        "401": "no valid bearer token",
+        "404": "no such job",
+        "409": "conflict; `error` says why",
+        "413": "body over 1 MiB",
+        "503": "Redis unavailable; retry later",
+    }
+    status, model, text = ok
+    success: dict[str, Any] = {"description": text, **_content(model)}
+    if links:
+        success["links"] = links
+    return {
+        status: success,
+        **{code: {"description": texts[code], **_content(ErrorBody)} for code in errors},
+        "414": {"description": "request line over 4094 bytes (refused by gunicorn, no JSON)"},
+    }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """One query parameter per field; an optional field's schema without its `null` branch."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    parameters = []
+    for name, field in schema["properties"].items():
+        branches = [b for b in field.get("anyOf", [field]) if b.get("type") != "null"]
+        (kept,) = branches
+        kept = {k: v for k, v in kept.items() if k != "title"}
+        if "default" in field and field["default"] is not None:
+            kept["default"] = field["default"]
+        parameters.append({"name": name, "in": "query", "required": False, "schema": kept})
+    return parameters
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {"JsonValue": JSON_VALUE_SCHEMA}
+    for model in (JobRequest, Job, JobPage, ErrorBody, JobListQuery):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    del schemas["JobListQuery"]  # its fields are query parameters
+    with_refs: dict[str, Any] = _with_refs(schemas)
+    return with_refs
+
+
+def _with_refs(node: Any) -> Any:
+    """The schemas with each JsonValue marker replaced by a reference to JsonValue."""
+    if node == JSON_VALUE_MARKER:
+        return JSON_VALUE_REF
+    if isinstance(node, dict):
+        return {key: _with_refs(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_with_refs(value) for value in node]
+    return node
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the receiver's endpoints."""
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    job_links = {
+        "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+        "RetryJob": {"operationId": "retryJob", "parameters": {"job_id": "$response.body#/id"}},
+    }
+    idempotency_header = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "used when the body has no idempotency_key",
+        "schema": {"type": "string", "pattern": HEADER_KEY, "maxLength": MAX_KEY},
+    }
+    webhook_answers = {
+        "200": "enqueued, duplicate, or ignored",
+        "400": "malformed JSON or payload",
+        "401": "missing or invalid signature, or timestamp outside 5 minutes",
+        "413": "body over 1 MiB",
+        "503": "Redis unavailable; Recall will retry",
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "recall-transcribe", "version": "0.1.0"},
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/webhooks/recall": {
+                "post": {
+                    "operationId": "receiveWebhook",
+                    "summary": "Recall webhook (Standard Webhooks / Svix signed)",
+                    "responses": {k: {"description": v} for k, v in webhook_answers.items()},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "responses": {"200": {"description": "the process runs"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "responses": {
+                        "200": {"description": "Redis answers"},
+                        "503": {"description": "Redis unavailable"},
+                    },
+                }
+            },
+            "/api/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "security": BEARER,
+                    "parameters": [idempotency_header],
+                    "requestBody": {"required": True, **_content(JobRequest)},
+                    "responses": _answers(
+                        ("202", Job, "the job (the same key: the same job)"),
+                        "400",
+                        "401",
+                        "409",
+                        "413",
+                        "503",
+                        **job_links,
+                    ),
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "security": BEARER,
+                    "parameters": _query_parameters(JobListQuery),
+                    "responses": _answers(
+                        ("200", JobPage, "a page of jobs, newest first"), "400", "401", "503"
+                    ),
+                },
+            },
+            "/api/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "security": BEARER,
+                    "parameters": job_id,
+                    "responses": _answers(("200", Job, "the job"), "401", "404", "503"),
+                }
+            },
+            "/api/v1/jobs/{job_id}/retry": {
+                "post": {
+                    "operationId": "retryJob",
+                    "security": BEARER,
+                    "parameters": job_id,
+                    "responses": _answers(
+                        ("202", Job, "the job, queued again"), "401", "404", "409", "503"
+                    ),
+                }
+            },
+        },
+    }

@@ -1,0 +1,60 @@
+"""The pipeline's Celery tasks: thin wrappers that parse arguments and call the plain functions.
+
+`register` binds them to the worker's app (worker/celery_app.py) with their dependencies, built
+once per worker process. Names: tasks/names.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.exceptions import Reject
+
+from tasks.events import parse_event
+from tasks.inbox import Inbox
+from tasks.names import INGEST_TASK, STEP_TASKS, SUBMIT_TASK
+from tasks.pipeline import Pipeline
+from tasks.states import Step
+
+
+def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
+    """Register ingest, submit and one task per step on `app`."""
+
+    # These two have no job in the due-set yet: if Redis stays away, requeue rather than ack.
+    @app.task(name=INGEST_TASK)
+    def ingest_event(event: dict[str, Any], event_id: str | None = None) -> str:
+        try:
+            result = pipeline.ingest(parse_event(event), run_now=True)
+            if event_id:
+                inbox.applied(event_id)
+        except redis.RedisError as exc:
+            raise Reject(exc, requeue=True) from exc
+        return str(result)
+
+    @app.task(name=SUBMIT_TASK)
+    def submit_job(
+        recording_id: str,
+        provider: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        try:
+            result = pipeline.submit(
+                recording_id, provider, metadata, idempotency_key, run_now=True
+            )
+        except redis.RedisError as exc:
+            raise Reject(exc, requeue=True) from exc
+        return result.job_id
+
+    for step, name in STEP_TASKS.items():
+        _register_step(app, pipeline, step, name)
+
+
+def _register_step(app: Celery, pipeline: Pipeline, step: Step, name: str) -> None:
+    def run(job_id: str) -> str:
+        return str(pipeline.run_step(step, job_id))
+
+    run.__name__ = name.rsplit(".", 1)[-1]
+    app.task(name=name)(run)

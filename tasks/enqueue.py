@@ -1,0 +1,37 @@
+"""Starting jobs and pushing their steps: all the receiver and the CLI need to enqueue work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from tasks.jobs import JobStore
+from tasks.messages import step_message
+from tasks.names import PIPELINE_QUEUE
+from tasks.states import Step
+
+
+class Enqueuer:
+    """Pushes step messages straight onto the pipeline queue."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def __call__(self, step: Step, job_id: str) -> None:
+        self._redis.lpush(PIPELINE_QUEUE, step_message(step, job_id))
+
+
+def submit(
+    jobs: JobStore,
+    enqueue: Enqueuer,
+    recording_id: str,
+    provider: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[str, bool]:
+    """Start a job unless one exists for the key, and enqueue its create; (job id, created)."""
+    job_id, created = jobs.submit(recording_id, provider, metadata, idempotency_key)
+    if created:
+        enqueue(Step.CREATE, job_id)
+    return job_id, created

@@ -1,0 +1,63 @@
+"""What a step or an event did, and why a job failed: types that tests and logs read."""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass
+from enum import StrEnum
+
+from tasks.states import State
+
+
+class ErrorCode(StrEnum):
+    """`error.code` of a failed job (the README lists every value)."""
+
+    TRANSCRIPT_FAILED = "transcript_failed"  # Recall reported the transcript failed (`sub_code`)
+    LIMIT_REACHED = "limit_reached"  # 10 transcripts and LIMIT_POLICY allows deleting none
+    TIMEOUT = "timeout"  # still processing after RECALL_TRANSCRIPT_TIMEOUT_S
+    RECALL_REJECTED = "recall_rejected"  # 400, 402, 403 or another 4xx
+    RECALL_UNAUTHORIZED = "recall_unauthorized"  # 401: the API key
+    NOT_FOUND = "not_found"  # 404: no such recording or transcript
+    DOWNLOAD_REFUSED = "download_refused"  # a download_url not https, or too large
+    RATE_LIMITED = "rate_limited"  # 429 past the retry budget
+    RECALL_UNAVAILABLE = "recall_unavailable"  # 409, 5xx, no connection, past the budget
+    RECALL_UNREACHABLE = "recall_unreachable"  # timeouts or resets after sending, past the budget
+    DOWNLOAD_EXPIRED = "download_expired"  # the pre-signed URL kept being refused
+    NOT_READY = "not_ready"  # a done transcript kept coming without its data
+    INTERNAL = "internal"  # the pipeline met something it cannot handle (the message says what)
+
+
+class Outcome(StrEnum):
+    JOB_CREATED = "job created"
+    JOB_EXISTS = "job exists"
+    IGNORED = "ignored"  # not ours, not handled, or the job is past it
+    KEPT = "kept"  # a transcript event before the create answer, kept for the create step
+    BUSY = "busy"  # another step of the job holds it: looked at again within a second
+    STALE = "stale"  # the job no longer calls for this step (a late or duplicated message)
+    CREATED = "created"  # the transcript was created or adopted
+    REMEDIATE = "remediate"  # the recording is at the limit: remediation is next
+    RECORDING_BUSY = "recording busy"  # another job remediates the recording
+    SLOT_FREED = "slot freed"  # remediation deleted a transcript
+    SLOT_FREE = "slot free"  # remediation found a free slot
+    PROCESSING = "processing"  # polled: not finished yet
+    FETCH = "fetch"  # the transcript is done: fetch is next
+    PERSISTED = "persisted"
+    RETRY = "retry"  # a retryable error: the same step after a backoff
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One step's or event's outcome; `then` is the step it ran in place."""
+
+    outcome: Outcome
+    job_id: str = ""
+    _: KW_ONLY
+    transcript_id: str = ""
+    detail: str = ""  # an error code, a transcript status, a delay
+    state: State | None = None  # the job's state after it, where that says more than `outcome`
+    then: Result | None = None
+
+    def __str__(self) -> str:
+        parts = (self.outcome, self.job_id, self.transcript_id, self.detail, self.state or "")
+        text = " ".join(str(part) for part in parts if part)
+        return f"{text}; {self.then}" if self.then else text

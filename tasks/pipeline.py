@@ -1,0 +1,328 @@
+"""The pipeline's steps as plain functions over a job; Celery-free and testable directly.
+
+Each step reads the job's record under the job's lock, checks that its phase still calls for this
+step (a late or duplicated message does nothing), does its work, and records the outcome with one
+transition (tasks/states.py). The next step is enqueued and is also due in the due-set, so a lost
+message costs a delay, never the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from redis.exceptions import LockError
+
+from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
+from tasks.jobs import JobRecord, JobStore
+from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.recall import (
+    BadRequest,
+    FinalError,
+    RecallClient,
+    RetryableError,
+    Transcript,
+)
+from tasks.retry import compute_backoff
+from tasks.settings import Settings
+from tasks.states import State, Step
+from tasks.store import LocalStore
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPT_LIMIT = 10
+Enqueue = Callable[[Step, str], None]
+
+
+class Pipeline:
+    """The steps of a job, with their dependencies built once per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        recall: RecallClient,
+        store: LocalStore,
+        enqueue: Enqueue,
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.recall = recall
+        self.store = store
+        self.enqueue = enqueue
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        recording_id: str,
+        provider: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        run_now: bool = False,
+    ) -> Result:
+        """Start a job unless one exists for the key.
+
+        The create step is enqueued, or with `run_now` run here and now (by a worker already
+        handling the event: one task fewer per job; a crash is re-driven from the due-set).
+        """
+        provider = provider or self.settings.TRANSCRIPT_PROVIDER
+        job_id, created = self.jobs.submit(recording_id, provider, metadata, idempotency_key)
+        if not created:
+            return Result(Outcome.JOB_EXISTS, job_id)
+        return Result(Outcome.JOB_CREATED, job_id, then=self._next(Step.CREATE, job_id, run_now))
+
+    def ingest(self, event: WebhookEvent, run_now: bool = False) -> Result:
+        """Act on one webhook event (running the step it makes due with `run_now`)."""
+        recording = event.data.recording
+        if event.event == RECORDING_DONE and recording is not None:
+            return self.submit(recording.id, None, {"source": "recording.done"}, None, run_now)
+        transcript = event.data.transcript
+        if event.event in (TRANSCRIPT_DONE, TRANSCRIPT_FAILED) and transcript is not None:
+            job_id = self.jobs.owner_of(transcript.id) or str(
+                (transcript.metadata or {}).get("job_id") or ""
+            )
+            if not job_id:
+                return Result(Outcome.IGNORED, detail="transcript not ours")
+            outcome: Literal["done", "failed"] = (
+                "done" if event.event == TRANSCRIPT_DONE else "failed"
+            )
+            sub_code = event.data.data.sub_code if event.data.data else None
+            return self._transcript_finished(job_id, transcript.id, outcome, sub_code, run_now)
+        return Result(Outcome.IGNORED, detail=event.event)
+
+    def run_step(self, step: Step, job_id: str) -> Result:
+        """Run `step` for the job if it is still the job's step; never raises a Recall error."""
+        lock = self.jobs.lock(job_id)
+        if not lock.acquire():  # another step of the job is still running: look again soon
+            self.jobs.nudge(job_id, 1.0)
+            return Result(Outcome.BUSY, job_id)
+        try:
+            job = self.jobs.record(job_id)
+            if job is None or job.phase.step != step:
+                return Result(Outcome.STALE, job_id)
+            try:
+                return self._STEPS[step](self, job)
+            except RetryableError as exc:
+                return self._retry_later(job, exc)
+            except FinalError as exc:
+                self.jobs.fail(job_id, exc.code, exc.message)
+                return Result(Outcome.FAILED, job_id, detail=exc.code)
+        finally:
+            try:
+                lock.release()
+            except LockError:  # the lease ran out; the next runner already owns the lock
+                log.warning("job %s: lock expired before %s finished", job_id, step)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _create(self, job: JobRecord) -> Result:
+        self.jobs.start_create(job.id)
+        transcript_id = job.early_transcript_id
+        if transcript_id is None and job.create_pending:
+            transcript_id = self._find_ours(job)
+        if transcript_id is None:
+            transcript_id = self._call_create(job)
+            if transcript_id is None:
+                return Result(Outcome.REMEDIATE, job.id)
+        state = self.jobs.record_created(job.id, transcript_id, self.settings.RECALL_POLL_INITIAL_S)
+        if state == State.FETCHING:
+            self.enqueue(Step.FETCH, job.id)
+        return Result(Outcome.CREATED, job.id, transcript_id=transcript_id, state=state)
+
+    def _call_create(self, job: JobRecord) -> str | None:
+        """Create Async Transcript; None when the recording is at the limit (remediation queued)."""
+        metadata = {"job_id": job.id, "idempotency_key": job.idempotency_key[:500]}
+        try:
+            transcript = self.recall.create_transcript(
+                job.recording_id, job.provider, metadata, job.create_key
+            )
+        except FinalError as exc:
+            self.jobs.create_refused(job)  # a definite answer, replayed for this key: use a new one
+            if not isinstance(exc, BadRequest):
+                raise
+            live = self._live(job.recording_id)
+            if len(live) < TRANSCRIPT_LIMIT:
+                raise
+            if self.settings.LIMIT_POLICY == "fail":
+                raise LimitReached(
+                    f"recording {job.recording_id} already has {len(live)} transcripts"
+                ) from exc
+            self.jobs.start_remediation(job.id)
+            self.enqueue(Step.REMEDIATE, job.id)
+            return None
+        return transcript.id
+
+    def _find_ours(self, job: JobRecord) -> str | None:
+        """A transcript this job created whose answer we never saw, matched by metadata."""
+        for transcript in self._live(job.recording_id):
+            if (transcript.metadata or {}).get("job_id") == job.id:
+                log.info("job %s: adopting transcript %s found by listing", job.id, transcript.id)
+                return transcript.id
+        return None
+
+    def _remediate(self, job: JobRecord) -> Result:
+        lock = self.jobs.recording_lock(job.recording_id)
+        if not lock.acquire():
+            self.jobs.nudge(job.id, 1.0)
+            return Result(Outcome.RECORDING_BUSY, job.id)
+        try:
+            live = self._live(job.recording_id)
+            result = Result(Outcome.SLOT_FREE, job.id)
+            if len(live) >= TRANSCRIPT_LIMIT:
+                victim = self._pick_victim(live)
+                if victim is None:
+                    raise LimitReached(
+                        f"recording {job.recording_id} has {len(live)} transcripts and policy "
+                        f"{self.settings.LIMIT_POLICY} allows deleting none of them"
+                    )
+                if victim.status.code == "done":
+                    self._archive(job.id, victim)
+                self.recall.delete_transcript(victim.id)
+                result = Result(
+                    Outcome.SLOT_FREED, job.id, transcript_id=victim.id, detail=victim.status.code
+                )
+                log.info("job %s: limit remediation deleted %s", job.id, victim.id)
+        finally:
+            lock.release()
+        self.jobs.end_remediation(job.id)
+        self.enqueue(Step.CREATE, job.id)
+        return result
+
+    def _pick_victim(self, live: list[Transcript]) -> Transcript | None:
+        """Failed transcripts first; then, under archive-oldest, the oldest done one not in use."""
+        unowned = [t for t in live if not self._in_use(t)]
+        failed = [t for t in unowned if t.status.code == "failed"]
+        if failed:
+            return failed[0]
+        if self.settings.LIMIT_POLICY != "archive-oldest":
+            return None
+        done = [t for t in unowned if t.status.code == "done"]
+        epoch = datetime.min.replace(tzinfo=UTC)
+        return min(done, key=lambda t: t.created_at or epoch, default=None)
+
+    def _in_use(self, transcript: Transcript) -> bool:
+        """True when an unfinished job of ours waits on this transcript."""
+        owners = {self.jobs.owner_of(transcript.id), (transcript.metadata or {}).get("job_id")}
+        return any(owner and self.jobs.is_active(str(owner)) for owner in owners)
+
+    def _archive(self, job_id: str, transcript: Transcript) -> None:
+        """Persist a done transcript before it is deleted; skipped if already stored."""
+        recording_id = transcript.recording.id if transcript.recording else ""
+        if self.store.has(recording_id, transcript.id):
+            return
+        fresh = self.recall.retrieve_transcript(transcript.id)
+        data = self.recall.download(_download_url(fresh))
+        owner = self.jobs.owner_of(transcript.id) or (fresh.metadata or {}).get("job_id")
+        meta = {**fresh.raw, "job_id": owner, "archived_by_job_id": job_id}
+        self.store.save(recording_id, transcript.id, data, meta)
+
+    def _await(self, job: JobRecord) -> Result:
+        transcript = self.recall.retrieve_transcript(_transcript_id(job))
+        code = transcript.status.code
+        if code in ("done", "failed", "deleted"):
+            outcome: Literal["done", "failed"] = "done" if code == "done" else "failed"
+            sub_code = transcript.status.sub_code or code
+            return self._transcript_finished(job.id, transcript.id, outcome, sub_code, False)
+        started = job.transcript_created_at or job.created_at
+        left = started + self.settings.RECALL_TRANSCRIPT_TIMEOUT_S - time.time()
+        if left <= 0:
+            self.jobs.fail(
+                job.id,
+                ErrorCode.TIMEOUT,
+                f"transcript {transcript.id} still {code} after the timeout",
+            )
+            return Result(Outcome.FAILED, job.id, detail=ErrorCode.TIMEOUT)
+        gap = min(
+            self.settings.RECALL_POLL_INITIAL_S * 2 ** (job.polls + 1),
+            self.settings.RECALL_POLL_MAX_S,
+        )
+        self.jobs.poll_later(job, min(gap, left + 0.01))
+        return Result(Outcome.PROCESSING, job.id, transcript_id=transcript.id, detail=code)
+
+    def _fetch(self, job: JobRecord) -> Result:
+        transcript = self.recall.retrieve_transcript(_transcript_id(job))
+        if transcript.status.code != "done":
+            raise NotReady(f"transcript {transcript.id} is {transcript.status.code}, not done")
+        data = self.recall.download(_download_url(transcript))
+        self.store.save(job.recording_id, transcript.id, data, {**transcript.raw, "job_id": job.id})
+        self.jobs.finish(job.id)
+        return Result(Outcome.PERSISTED, job.id, transcript_id=transcript.id)
+
+    _STEPS: ClassVar[dict[Step, Callable[[Pipeline, JobRecord], Result]]] = {
+        Step.CREATE: _create,
+        Step.REMEDIATE: _remediate,
+        Step.AWAIT: _await,
+        Step.FETCH: _fetch,
+    }
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _transcript_finished(
+        self,
+        job_id: str,
+        transcript_id: str,
+        outcome: Literal["done", "failed"],
+        sub_code: str | None,
+        run_now: bool,
+    ) -> Result:
+        applied = self.jobs.transcript_finished(job_id, transcript_id, outcome, sub_code)
+        if applied == "fetching":
+            return Result(Outcome.FETCH, job_id, then=self._next(Step.FETCH, job_id, run_now))
+        if applied == "failed":
+            return Result(Outcome.FAILED, job_id, detail=ErrorCode.TRANSCRIPT_FAILED)
+        return Result(Outcome.KEPT if applied == "kept" else Outcome.IGNORED, job_id)
+
+    def _next(self, step: Step, job_id: str, run_now: bool) -> Result | None:
+        if run_now:
+            return self.run_step(step, job_id)
+        self.enqueue(step, job_id)
+        return None
+
+    def _live(self, recording_id: str) -> list[Transcript]:
+        """The recording's transcripts that count towards the limit."""
+        return [t for t in self.recall.list_transcripts(recording_id) if t.status.code != "deleted"]
+
+    def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
+        if job.retries >= self.settings.MAX_STEP_RETRIES:
+            self.jobs.fail(job.id, exc.code, f"gave up after {job.retries} retries: {exc.message}")
+            return Result(Outcome.FAILED, job.id, detail=exc.code)
+        delay = compute_backoff(
+            job.retries,
+            self.settings.RETRY_BACKOFF_BASE_S,
+            self.settings.RETRY_BACKOFF_MAX_S,
+            exc.retry_after,
+        )
+        self.jobs.retry_later(job, delay, exc.message)
+        log.info("job %s: %s; retry %d in %.1fs", job.id, exc.message, job.retries + 1, delay)
+        return Result(Outcome.RETRY, job.id, detail=f"in {delay:.1f}s")
+
+
+class LimitReached(FinalError):
+    code = ErrorCode.LIMIT_REACHED
+
+
+class NotReady(RetryableError):
+    code = ErrorCode.NOT_READY
+
+
+class Inconsistent(FinalError):
+    """The job's record contradicts its phase (never expected)."""
+
+    code = ErrorCode.INTERNAL
+
+
+def _transcript_id(job: JobRecord) -> str:
+    if job.transcript_id is None:
+        raise Inconsistent(f"job {job.id} is {job.state} without a transcript id")
+    return job.transcript_id
+
+
+def _download_url(transcript: Transcript) -> str:
+    url = transcript.download_url
+    if not url:
+        raise NotReady(f"transcript {transcript.id} has no download_url yet")
+    return url

@@ -1,0 +1,214 @@
+"""The job state machine walked against its table: every transition from every phase, on Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from tasks import keys
+from tasks.jobs import JobRecord, JobStore
+from tasks.outcomes import ErrorCode
+from tasks.states import (
+    AWAITING,
+    CREATING,
+    DONE,
+    FAILED,
+    FETCHING,
+    PHASES,
+    QUEUED,
+    REMEDIATING,
+    TRANSITIONS,
+    Phase,
+    State,
+    Transition,
+)
+
+T1, T_OTHER = "t-1", "t-other"
+PROVIDER = {"recallai_async": {"language_code": "en"}}
+
+
+@pytest.fixture
+def jobs(rclient: redis.Redis) -> JobStore:
+    return JobStore(rclient, lease_s=30)
+
+
+def record(jobs: JobStore, job_id: str) -> JobRecord:
+    found = jobs.record(job_id)
+    assert found is not None
+    return found
+
+
+# How to bring a fresh job to each phase, by transitions of the table only.
+SETUP: dict[Phase, Callable[[JobStore, str], object]] = {
+    QUEUED: lambda jobs, job_id: None,
+    CREATING: lambda jobs, job_id: jobs.start_create(job_id),
+    REMEDIATING: lambda jobs, job_id: (
+        jobs.start_create(job_id),
+        jobs.start_remediation(job_id),
+    ),
+    AWAITING: lambda jobs, job_id: (
+        jobs.start_create(job_id),
+        jobs.record_created(job_id, T1, 60),
+    ),
+    FETCHING: lambda jobs, job_id: (
+        SETUP[AWAITING](jobs, job_id),
+        jobs.transcript_finished(job_id, T1, "done", None),
+    ),
+    DONE: lambda jobs, job_id: (SETUP[FETCHING](jobs, job_id), jobs.finish(job_id)),
+    FAILED: lambda jobs, job_id: jobs.fail(job_id, ErrorCode.INTERNAL, "set up"),
+}
+
+TRANSCRIPT_NEWS = {
+    "fetching": Transition.TRANSCRIPT_DONE,
+    "failed": Transition.TRANSCRIPT_FAILED,
+    "kept": Transition.KEEP_EARLY_EVENT,
+    "ignored": None,
+}
+
+
+def _if(applied: object, transition: Transition) -> Transition | None:
+    return transition if applied else None
+
+
+# Each transition through its JobStore method; returns the transition that happened, if any.
+APPLY: dict[Transition, Callable[[JobStore, str], Transition | None]] = {
+    Transition.START_CREATE: lambda jobs, j: _if(jobs.start_create(j), Transition.START_CREATE),
+    Transition.CREATE_REFUSED: lambda jobs, j: _if(
+        jobs.create_refused(record(jobs, j)), Transition.CREATE_REFUSED
+    ),
+    Transition.START_REMEDIATION: lambda jobs, j: _if(
+        jobs.start_remediation(j), Transition.START_REMEDIATION
+    ),
+    Transition.END_REMEDIATION: lambda jobs, j: _if(
+        jobs.end_remediation(j), Transition.END_REMEDIATION
+    ),
+    Transition.RECORD_CREATED: lambda jobs, j: _if(
+        jobs.record_created(j, T1, 60), Transition.RECORD_CREATED
+    ),
+    Transition.KEEP_EARLY_EVENT: lambda jobs, j: TRANSCRIPT_NEWS[
+        jobs.transcript_finished(j, T_OTHER, "done", None)
+    ],
+    Transition.TRANSCRIPT_DONE: lambda jobs, j: TRANSCRIPT_NEWS[
+        jobs.transcript_finished(j, T1, "done", None)
+    ],
+    Transition.TRANSCRIPT_FAILED: lambda jobs, j: TRANSCRIPT_NEWS[
+        jobs.transcript_finished(j, T1, "failed", "provider_connection_failed")
+    ],
+    Transition.POLL_LATER: lambda jobs, j: _if(
+        jobs.poll_later(record(jobs, j), 10), Transition.POLL_LATER
+    ),
+    Transition.FINISH: lambda jobs, j: _if(jobs.finish(j), Transition.FINISH),
+    Transition.RETRY_LATER: lambda jobs, j: _if(
+        jobs.retry_later(record(jobs, j), 5, "HTTP 503"), Transition.RETRY_LATER
+    ),
+    Transition.FAIL: lambda jobs, j: _if(
+        jobs.fail(j, ErrorCode.RECALL_REJECTED, "HTTP 400"), Transition.FAIL
+    ),
+    Transition.RETRY: lambda jobs, j: _if(jobs.retry(j), Transition.RETRY),
+}
+
+
+def expected(transition: Transition, phase: Phase) -> Transition | None:
+    """What the table says happens when `transition` is asked for in `phase`."""
+    if phase in TRANSITIONS[transition].source:
+        return transition
+    # Transcript news for a job still creating is kept for the create step instead.
+    news = (Transition.TRANSCRIPT_DONE, Transition.TRANSCRIPT_FAILED)
+    if transition in news and phase in TRANSITIONS[Transition.KEEP_EARLY_EVENT].source:
+        return Transition.KEEP_EARLY_EVENT
+    return None
+
+
+def snapshot(client: redis.Redis, job_id: str) -> tuple[object, ...]:
+    due = client.zscore(keys.DUE, job_id)
+    sets = tuple(client.zscore(keys.state(s), job_id) is not None for s in State)
+    return client.hgetall(keys.job(job_id)), due, sets
+
+
+def assert_consistent(client: redis.Redis, job: JobRecord) -> None:
+    """The job is in exactly the state set of its state, and in the due-set while active."""
+    members = [s for s in State if client.zscore(keys.state(s), job.id) is not None]
+    assert members == [job.state]
+    assert (client.zscore(keys.DUE, job.id) is not None) == job.state.active
+
+
+def test_the_table_names_every_phase_and_every_transition_once() -> None:
+    assert set(APPLY) == set(Transition) == set(TRANSITIONS)
+    for rule in TRANSITIONS.values():
+        assert rule.source <= set(PHASES) and rule.target <= set(PHASES)
+
+
+@pytest.mark.parametrize("phase", PHASES, ids=str)
+@pytest.mark.parametrize("transition", list(Transition), ids=str)
+def test_each_transition_from_each_phase_does_what_the_table_says(
+    jobs: JobStore, rclient: redis.Redis, transition: Transition, phase: Phase
+) -> None:
+    job_id, created = jobs.submit("rec-1", PROVIDER)
+    assert created
+    SETUP[phase](jobs, job_id)
+    before = record(jobs, job_id)
+    assert before.phase == phase
+    untouched = snapshot(rclient, job_id)
+
+    happened = APPLY[transition](jobs, job_id)
+
+    assert happened == expected(transition, phase)
+    after = record(jobs, job_id)
+    assert_consistent(rclient, after)
+    if happened is None:
+        assert snapshot(rclient, job_id) == untouched, "a refused transition wrote something"
+        return
+    target = TRANSITIONS[happened].target
+    assert after.phase in target if target else after.phase == phase
+
+    # The same call again, late or duplicated: the table decides from the new phase.
+    assert APPLY[transition](jobs, job_id) == expected(transition, after.phase)
+    assert_consistent(rclient, record(jobs, job_id))
+
+
+def test_submitting_the_same_key_twice_finds_the_same_job(jobs: JobStore) -> None:
+    first = jobs.submit("rec-1", PROVIDER, idempotency_key="k")
+    again = jobs.submit("rec-1", PROVIDER, idempotency_key="k")
+    assert first == (first[0], True) and again == (first[0], False)
+
+
+@pytest.mark.parametrize(
+    ("news", "sub_code", "phase"),
+    [("done", None, FETCHING), ("failed", "provider_connection_failed", FAILED)],
+)
+def test_transcript_news_before_the_create_answer_is_honoured_once_created(
+    jobs: JobStore, news: str, sub_code: str | None, phase: Phase
+) -> None:
+    job_id, _ = jobs.submit("rec-1", PROVIDER)
+    jobs.start_create(job_id)
+    assert jobs.transcript_finished(job_id, T1, news, sub_code) == "kept"  # type: ignore[arg-type]
+    jobs.record_created(job_id, T1, 60)
+    job = record(jobs, job_id)
+    assert job.phase == phase and job.transcript_id == T1
+    assert (job.early_event, job.early_transcript_id, job.early_sub_code) == (None, None, None)
+    if phase == FAILED:
+        assert job.error is not None
+        assert (job.error.code, job.error.sub_code) == (ErrorCode.TRANSCRIPT_FAILED, sub_code)
+    assert jobs.owner_of(T1) == job_id
+
+
+def test_news_of_another_transcript_is_not_honoured(jobs: JobStore) -> None:
+    job_id, _ = jobs.submit("rec-1", PROVIDER)
+    jobs.start_create(job_id)
+    jobs.transcript_finished(job_id, T_OTHER, "done", None)
+    jobs.record_created(job_id, T1, 60)
+    assert record(jobs, job_id).phase == AWAITING
+
+
+def test_the_sweeper_claims_each_due_job_once_and_drops_finished_ones(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    waiting, _ = jobs.submit("rec-1", PROVIDER)
+    finished, _ = jobs.submit("rec-2", PROVIDER)
+    jobs.fail(finished, ErrorCode.INTERNAL, "x")
+    rclient.zadd(keys.DUE, {waiting: 0, finished: 0})
+    assert jobs.claim_due() == [(waiting, QUEUED.step)]
+    assert jobs.claim_due() == []
+    assert rclient.zscore(keys.DUE, finished) is None

@@ -1,0 +1,65 @@
+"""The hand-built task messages against Celery's own: same body, same headers, a real signature."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tasks.messages import ingest_message, step_message
+from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
+from tasks.settings import load_settings
+from tasks.states import Step
+from tests.helpers import recording_done
+from worker.celery_app import create_worker_app
+
+# Headers that differ by nature: fresh ids, how arguments print, the sending host, and stamping
+# fields a producer adds for canvas features we do not use.
+VARYING = {"id", "root_id", "argsrepr", "kwargsrepr", "origin"}
+STAMPING = {"replaced_task_nesting", "stamped_headers", "stamps"}
+
+
+@pytest.fixture(scope="module")
+def app() -> Celery:
+    return create_worker_app(load_settings(REDIS_URL="redis://127.0.0.1:1/0"))
+
+
+def decoded(message: str) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    envelope = json.loads(message)
+    body = json.loads(base64.b64decode(envelope["body"]))
+    return envelope, body[0], body[1]
+
+
+def assert_same_as_celery(
+    app: Celery, message: str, name: str, args: list[Any], queue: str
+) -> None:
+    envelope, sent_args, sent_kwargs = decoded(message)
+    celery = app.amqp.as_task_v2("id", name, args=args, kwargs={}, ignore_result=True)
+    assert [sent_args, sent_kwargs, json.loads(base64.b64decode(envelope["body"]))[2]] == list(
+        celery.body
+    )
+    ours = {k: v for k, v in envelope["headers"].items() if k not in VARYING}
+    theirs = {k: v for k, v in celery.headers.items() if k not in VARYING | STAMPING}
+    assert ours == theirs
+    assert envelope["headers"]["root_id"] == envelope["headers"]["id"]
+    assert envelope["properties"]["correlation_id"] == envelope["headers"]["id"]
+    assert envelope["properties"]["delivery_info"]["routing_key"] == queue
+    assert app.amqp.router.route({}, name)["queue"].name == queue
+    # The worker's task accepts these arguments.
+    inspect.signature(app.tasks[name].run).bind(*sent_args, **sent_kwargs)
+
+
+@pytest.mark.parametrize("step", list(Step))
+def test_step_messages_are_what_celery_would_send(app: Celery, step: Step) -> None:
+    message = step_message(step, "job-1")
+    assert_same_as_celery(app, message, STEP_TASKS[step], ["job-1"], PIPELINE_QUEUE)
+
+
+def test_the_receivers_ingest_message_is_what_celery_would_send(app: Celery) -> None:
+    event = recording_done("rec-1")
+    message = ingest_message(json.dumps(event), "event-1")
+    assert_same_as_celery(app, message, INGEST_TASK, [event, "event-1"], EVENTS_QUEUE)
