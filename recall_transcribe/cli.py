@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from tasks.settings import ConfigError, Settings, load_settings
-from tasks.states import State, Step
+from tasks.states import State
 
 if TYPE_CHECKING:
     from tasks.enqueue import Enqueuer
@@ -208,10 +208,11 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
         print(f"recall-transcribe: jobs {args.action} needs a JOB_ID", file=sys.stderr)
         return 2
     if args.action == "retry":
-        if not jobs.retry(args.job_id):
+        from tasks.enqueue import retry
+
+        if not retry(jobs, enqueue, args.job_id):
             print(f"job {args.job_id} is not a failed job", file=sys.stderr)
             return 1
-        enqueue(Step.CREATE, args.job_id)
     shown = jobs.get(args.job_id)
     if shown is None:
         print(f"no job {args.job_id}", file=sys.stderr)

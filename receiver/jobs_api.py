@@ -24,9 +24,9 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from tasks.enqueue import Enqueuer, submit
+from tasks.enqueue import Enqueuer, retry, submit
 from tasks.jobs import Job, JobStore
-from tasks.states import State, Step
+from tasks.states import State
 
 RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # Text without control characters (tab, newline and carriage return allowed in values).
@@ -205,9 +205,8 @@ def retry_job(job_id: str) -> tuple[Response, int]:
     job = api.jobs.get(job_id)
     if job is None:
         return _error(404, f"no job {job_id}")
-    if not api.jobs.retry(job_id):
+    if not retry(api.jobs, api.enqueue, job_id):
         return _error(409, f"job {job_id} is {job.state}; only failed jobs can be retried")
-    api.enqueue(Step.CREATE, job_id)
     retried = api.jobs.get(job_id)
     return _job(retried or job, 202)
 

@@ -9,7 +9,9 @@ import redis
 from tasks.jobs import JobStore
 from tasks.messages import step_message
 from tasks.names import PIPELINE_QUEUE
-from tasks.states import Step
+from tasks.states import State, Step
+
+RESUME_STEP = {State.QUEUED: Step.CREATE, State.AWAITING: Step.AWAIT}
 
 
 class Enqueuer:
@@ -35,3 +37,13 @@ def submit(
     if created:
         enqueue(Step.CREATE, job_id)
     return job_id, created
+
+
+def retry(jobs: JobStore, enqueue: Enqueuer, job_id: str) -> bool:
+    """Re-run a failed job from the furthest point known and enqueue that step; False when the
+    job is not failed."""
+    state = jobs.retry(job_id)
+    if state is None:
+        return False
+    enqueue(RESUME_STEP[state], job_id)
+    return True

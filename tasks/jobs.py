@@ -80,10 +80,12 @@ class JobRecord(BaseModel):
     state: State
     step: Step
     attempts: int = 1
-    retries: int = 0  # retryable errors in a row in the current step
+    failures: dict[str, int] = Field(default_factory=dict)  # retryable errors by code, this phase
     polls: int = 0
     create_seq: int = 0  # bumped after a definite create error: the next create uses a new key
     create_pending: bool = False  # a create call may have happened whose answer we never saw
+    create_key_at: float | None = None  # when the current create key was first sent
+    free_slot_seen: bool = False  # remediation found the recording below the limit once
     transcript_id: str | None = None
     transcript_created_at: float | None = None
     early_event: EarlyEvent | None = None  # a transcript event that came before the create answer
@@ -94,7 +96,7 @@ class JobRecord(BaseModel):
     created_at: float
     updated_at: float
 
-    @field_validator("provider", "metadata", "error", mode="before")
+    @field_validator("provider", "metadata", "error", "failures", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -253,21 +255,45 @@ class JobStore:
         )
         return job_id, bool(created)
 
-    def start_create(self, job_id: str) -> bool:
-        """The create step begins: from here a create call may happen."""
-        return self._move(Transition.START_CREATE, job_id, due_in=self.lease_s, create_pending=True)
-
-    def create_refused(self, job: JobRecord) -> bool:
-        """A definite answer to create, replayed by Recall for its key: the next uses a new key."""
+    def start_create(self, job: JobRecord) -> bool:
+        """The create step begins: from here a create call may happen (with the job's key)."""
+        key_at = job.create_key_at if job.create_pending else time.time()
         return self._move(
-            Transition.CREATE_REFUSED, job.id, create_seq=job.create_seq + 1, create_pending=None
+            Transition.START_CREATE,
+            job.id,
+            due_in=self.lease_s,
+            create_pending=True,
+            create_key_at=key_at,
         )
 
-    def start_remediation(self, job_id: str) -> bool:
-        return self._move(Transition.START_REMEDIATION, job_id, due_in=self.lease_s)
+    def create_refused(self, job: JobRecord) -> bool:
+        """A definite answer to create, replayed by Recall for its key: the next uses a new key.
 
-    def end_remediation(self, job_id: str) -> bool:
-        return self._move(Transition.END_REMEDIATION, job_id, due_in=self.lease_s)
+        `job` is the record as the step found it: if an earlier create's answer was lost, this
+        answer says nothing of that one, so a create may still have happened and the new key
+        cannot replay it: the next create step lists the recording first."""
+        return self._move(
+            Transition.CREATE_REFUSED,
+            job.id,
+            create_seq=job.create_seq + 1,
+            create_pending=True if job.create_pending else None,
+            create_key_at=0 if job.create_pending else None,
+        )
+
+    def start_remediation(self, job_id: str, refusal: str) -> bool:
+        """Create was refused (maybe the limit): remediation looks at the recording next."""
+        return self._move(
+            Transition.START_REMEDIATION, job_id, due_in=self.lease_s, last_error=refusal
+        )
+
+    def end_remediation(self, job_id: str, free_slot_seen: bool) -> bool:
+        """A slot is free (freed, or found free): create again."""
+        return self._move(
+            Transition.END_REMEDIATION,
+            job_id,
+            due_in=self.lease_s,
+            free_slot_seen=free_slot_seen or None,
+        )
 
     def record_created(self, job_id: str, transcript_id: str, first_poll_s: float) -> State | None:
         """Store the created transcript; returns the job's new state (None when refused)."""
@@ -303,16 +329,20 @@ class JobStore:
         return cast(Literal["fetching", "failed", "kept", "ignored"], cast(bytes, result).decode())
 
     def poll_later(self, job: JobRecord, delay_s: float) -> bool:
-        return self._move(Transition.POLL_LATER, job.id, due_in=delay_s, polls=job.polls + 1)
+        """Still processing: poll again later. A successful poll is progress."""
+        return self._move(
+            Transition.POLL_LATER, job.id, due_in=delay_s, polls=job.polls + 1, failures=None
+        )
 
     def finish(self, job_id: str) -> bool:
         """The transcript is persisted: the job is done."""
         return self._move(Transition.FINISH, job_id, due_in=None)
 
-    def retry_later(self, job: JobRecord, delay_s: float, why: str) -> bool:
-        """The same step again after `delay_s` (a retryable error)."""
+    def retry_later(self, job: JobRecord, delay_s: float, code: ErrorCode, why: str) -> bool:
+        """The same step again after `delay_s`, counting one more failure of kind `code`."""
+        failures = {**job.failures, code: job.failures.get(code, 0) + 1}
         return self._move(
-            Transition.RETRY_LATER, job.id, due_in=delay_s, retries=job.retries + 1, last_error=why
+            Transition.RETRY_LATER, job.id, due_in=delay_s, failures=failures, last_error=why
         )
 
     def fail(self, job_id: str, code: ErrorCode, message: str, **extra: Any) -> bool:
@@ -320,26 +350,12 @@ class JobStore:
         error = {"code": code, "message": message, **extra}
         return self._move(Transition.FAIL, job_id, due_in=None, error=error)
 
-    def retry(self, job_id: str) -> bool:
-        """Re-run a failed job from the start with a fresh create key."""
-        job = self.record(job_id)
-        if job is None:
-            return False
-        return self._move(
-            Transition.RETRY,
-            job_id,
-            due_in=self.lease_s,
-            attempts=job.attempts + 1,
-            retries=0,
-            polls=0,
-            error=None,
-            transcript_id=None,
-            create_pending=None,
-            create_seq=job.create_seq + 1,
-            early_event=None,
-            early_transcript_id=None,
-            early_sub_code=None,
-        )
+    def retry(self, job_id: str) -> State | None:
+        """Re-run a failed job from the furthest point known, due now: a known transcript is
+        awaited again, else create runs (reconciling first when a create may have happened).
+        Never a second transcript. Returns the new state, None when the job is not failed."""
+        result = self._run("retry", job_id, [], sources(Transition.RETRY))
+        return State(cast(bytes, result).decode()) if result else None
 
     # -- scheduling --------------------------------------------------------------------------------
 

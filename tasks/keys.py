@@ -52,3 +52,11 @@ def recording_lock(recording_id: str) -> str:
 
 def webhook_seen(event_id: str) -> str:
     return f"{PREFIX}webhook:{event_id}"
+
+
+def rate(family: str, scope: str = "") -> str:
+    return f"{PREFIX}rate:{family}:{scope}"
+
+
+def rate_pause(family: str, scope: str = "") -> str:
+    return f"{PREFIX}rate:{family}:{scope}:pause"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+import redis
 from redis.exceptions import LockError
 
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
@@ -34,6 +35,9 @@ from tasks.store import LocalStore
 log = logging.getLogger(__name__)
 
 TRANSCRIPT_LIMIT = 10
+# Recall replays a create's first answer for an hour after it completed; within this much of it,
+# a create whose answer was lost is reconciled by sending it again with the same key (no List).
+REPLAY_WINDOW_S = 3000
 Enqueue = Callable[[Step, str], None]
 
 
@@ -111,6 +115,13 @@ class Pipeline:
             except FinalError as exc:
                 self.jobs.fail(job_id, exc.code, exc.message)
                 return Result(Outcome.FAILED, job_id, detail=exc.code)
+            except redis.RedisError:
+                raise  # nothing can be recorded; the due-set re-drives the job
+            except (
+                Exception
+            ) as exc:  # anything else is retried too, and past the budget ends the job
+                log.exception("job %s: the %s step failed", job_id, step)
+                return self._retry_later(job, Unexpected(f"{step}: {type(exc).__name__}: {exc}"))
         finally:
             try:
                 lock.release()
@@ -120,9 +131,9 @@ class Pipeline:
     # -- steps --------------------------------------------------------------------------------
 
     def _create(self, job: JobRecord) -> Result:
-        self.jobs.start_create(job.id)
+        self.jobs.start_create(job)
         transcript_id = job.early_transcript_id
-        if transcript_id is None and job.create_pending:
+        if transcript_id is None and job.create_pending and not self._replayable(job):
             transcript_id = self._find_ours(job)
         if transcript_id is None:
             transcript_id = self._call_create(job)
@@ -144,17 +155,17 @@ class Pipeline:
             self.jobs.create_refused(job)  # a definite answer, replayed for this key: use a new one
             if not isinstance(exc, BadRequest):
                 raise
-            live = self._live(job.recording_id)
-            if len(live) < TRANSCRIPT_LIMIT:
-                raise
-            if self.settings.LIMIT_POLICY == "fail":
-                raise LimitReached(
-                    f"recording {job.recording_id} already has {len(live)} transcripts"
-                ) from exc
-            self.jobs.start_remediation(job.id)
+            # Maybe the 10-transcripts limit (its answer is not documented): remediation lists
+            # the recording once and decides.
+            self.jobs.start_remediation(job.id, exc.message)
             self.enqueue(Step.REMEDIATE, job.id)
             return None
         return transcript.id
+
+    def _replayable(self, job: JobRecord) -> bool:
+        """True while Recall still replays the answer to the job's pending create key."""
+        sent = job.create_key_at or 0.0
+        return time.time() - sent < REPLAY_WINDOW_S
 
     def _find_ours(self, job: JobRecord) -> str | None:
         """A transcript this job created whose answer we never saw, matched by metadata."""
@@ -171,29 +182,36 @@ class Pipeline:
             return Result(Outcome.RECORDING_BUSY, job.id)
         try:
             live = self._live(job.recording_id)
-            result = Result(Outcome.SLOT_FREE, job.id)
-            if len(live) >= TRANSCRIPT_LIMIT:
-                victim = self._pick_victim(live)
-                if victim is None:
-                    raise LimitReached(
-                        f"recording {job.recording_id} has {len(live)} transcripts and policy "
-                        f"{self.settings.LIMIT_POLICY} allows deleting none of them"
-                    )
-                if victim.status.code == "done":
-                    self._archive(job.id, victim)
-                self.recall.delete_transcript(victim.id)
-                result = Result(
-                    Outcome.SLOT_FREED, job.id, transcript_id=victim.id, detail=victim.status.code
+            if len(live) < TRANSCRIPT_LIMIT:
+                # A slot is free: another job freed one since our create was refused, or the
+                # refusal was not the limit. Create again, once: refused again, it was not.
+                if job.free_slot_seen:
+                    raise Refused(job.last_error or "create refused below the limit")
+                self.jobs.end_remediation(job.id, free_slot_seen=True)
+                self.enqueue(Step.CREATE, job.id)
+                return Result(Outcome.SLOT_FREE, job.id)
+            victim = self._pick_victim(live)
+            if victim is None:
+                raise LimitReached(
+                    f"recording {job.recording_id} has {len(live)} transcripts and policy "
+                    f"{self.settings.LIMIT_POLICY} allows deleting none of them"
                 )
-                log.info("job %s: limit remediation deleted %s", job.id, victim.id)
+            if victim.status.code == "done":
+                self._archive(job.id, victim)
+            self.recall.delete_transcript(victim.id)
+            log.info("job %s: limit remediation deleted %s", job.id, victim.id)
         finally:
             lock.release()
-        self.jobs.end_remediation(job.id)
+        self.jobs.end_remediation(job.id, free_slot_seen=False)
         self.enqueue(Step.CREATE, job.id)
-        return result
+        return Result(
+            Outcome.SLOT_FREED, job.id, transcript_id=victim.id, detail=victim.status.code
+        )
 
     def _pick_victim(self, live: list[Transcript]) -> Transcript | None:
         """Failed transcripts first; then, under archive-oldest, the oldest done one not in use."""
+        if self.settings.LIMIT_POLICY == "fail":
+            return None
         unowned = [t for t in live if not self._in_use(t)]
         failed = [t for t in unowned if t.status.code == "failed"]
         if failed:
@@ -274,7 +292,9 @@ class Pipeline:
             return Result(Outcome.FETCH, job_id, then=self._next(Step.FETCH, job_id, run_now))
         if applied == "failed":
             return Result(Outcome.FAILED, job_id, detail=ErrorCode.TRANSCRIPT_FAILED)
-        return Result(Outcome.KEPT if applied == "kept" else Outcome.IGNORED, job_id)
+        if applied == "kept":  # the job's create may wait on a backoff: let it adopt this now
+            return Result(Outcome.KEPT, job_id, then=self._next(Step.CREATE, job_id, run_now))
+        return Result(Outcome.IGNORED, job_id)
 
     def _next(self, step: Step, job_id: str, run_now: bool) -> Result | None:
         if run_now:
@@ -287,17 +307,20 @@ class Pipeline:
         return [t for t in self.recall.list_transcripts(recording_id) if t.status.code != "deleted"]
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
-        if job.retries >= self.settings.MAX_STEP_RETRIES:
-            self.jobs.fail(job.id, exc.code, f"gave up after {job.retries} retries: {exc.message}")
+        """The same step after a backoff. Each kind of error has its own budget in a phase;
+        waiting for Recall's quota (429) never spends one."""
+        count = job.failures.get(exc.code, 0)
+        if exc.code != ErrorCode.RATE_LIMITED and count >= self.settings.MAX_STEP_RETRIES:
+            self.jobs.fail(job.id, exc.code, f"gave up after {count} retries: {exc.message}")
             return Result(Outcome.FAILED, job.id, detail=exc.code)
         delay = compute_backoff(
-            job.retries,
+            count,
             self.settings.RETRY_BACKOFF_BASE_S,
             self.settings.RETRY_BACKOFF_MAX_S,
             exc.retry_after,
         )
-        self.jobs.retry_later(job, delay, exc.message)
-        log.info("job %s: %s; retry %d in %.1fs", job.id, exc.message, job.retries + 1, delay)
+        self.jobs.retry_later(job, delay, exc.code, exc.message)
+        log.info("job %s: %s; retry %d in %.1fs", job.id, exc.message, count + 1, delay)
         return Result(Outcome.RETRY, job.id, detail=f"in {delay:.1f}s")
 
 
@@ -307,6 +330,18 @@ class LimitReached(FinalError):
 
 class NotReady(RetryableError):
     code = ErrorCode.NOT_READY
+
+
+class Refused(FinalError):
+    """Create was refused although the recording is below the limit."""
+
+    code = ErrorCode.RECALL_REJECTED
+
+
+class Unexpected(RetryableError):
+    """A step failed in a way no rule covers (a full disk, an odd answer): retried, then ends."""
+
+    code = ErrorCode.INTERNAL
 
 
 class Inconsistent(FinalError):

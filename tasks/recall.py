@@ -268,6 +268,13 @@ class RecallClient:
             raise _error_for(response, what)
         return response
 
+    def _json(self, response: requests.Response, what: str) -> Any:
+        """The answer's JSON; anything else (a proxy's error page) is worth another try."""
+        try:
+            return response.json()
+        except ValueError:
+            raise Unavailable(f"{what}: HTTP {response.status_code} answer is not JSON") from None
+
     def create_transcript(
         self,
         recording_id: str,
@@ -288,20 +295,20 @@ class RecallClient:
             json=body,
             headers={"Idempotency-Key": idempotency_key},
         )
-        return Transcript.from_api(response.json())
+        return Transcript.from_api(self._json(response, "create transcript"))
 
     def retrieve_transcript(self, transcript_id: str) -> Transcript:
         response = self._call(
             "GET", f"{self._base}/api/v1/transcript/{transcript_id}/", "retrieve transcript"
         )
-        return Transcript.from_api(response.json())
+        return Transcript.from_api(self._json(response, "retrieve transcript"))
 
     def list_transcripts(self, recording_id: str) -> Iterator[Transcript]:
         """All transcripts of a recording, following the `next` cursor to the end."""
         url: str | None = f"{self._base}/api/v1/transcript/"
         params: dict[str, str] | None = {"recording_id": recording_id}
         while url:
-            page = self._call("GET", url, "list transcripts", params=params).json()
+            page = self._json(self._call("GET", url, "list transcripts", params=params), "list")
             for raw in page.get("results", []):
                 yield Transcript.from_api(raw)
             url, params = page.get("next"), None

@@ -64,7 +64,7 @@ class Transition(StrEnum):
     FINISH = "finish"  # the transcript is persisted
     RETRY_LATER = "retry_later"  # a retryable error: the same step again after a backoff
     FAIL = "fail"
-    RETRY = "retry"  # an operator re-runs a failed job
+    RETRY = "retry"  # an operator re-runs a failed job from the furthest point known
 
 
 class Rule(NamedTuple):
@@ -89,7 +89,7 @@ TRANSITIONS: dict[Transition, Rule] = {
     Transition.FINISH: _rule({FETCHING}, DONE),
     Transition.RETRY_LATER: _rule(ACTIVE),
     Transition.FAIL: _rule(ACTIVE, FAILED),
-    Transition.RETRY: _rule({FAILED}, QUEUED),
+    Transition.RETRY: _rule({FAILED}, QUEUED, AWAITING),
 }
 
 

@@ -43,13 +43,13 @@ def record(jobs: JobStore, job_id: str) -> JobRecord:
 # How to bring a fresh job to each phase, by transitions of the table only.
 SETUP: dict[Phase, Callable[[JobStore, str], object]] = {
     QUEUED: lambda jobs, job_id: None,
-    CREATING: lambda jobs, job_id: jobs.start_create(job_id),
+    CREATING: lambda jobs, job_id: jobs.start_create(record(jobs, job_id)),
     REMEDIATING: lambda jobs, job_id: (
-        jobs.start_create(job_id),
-        jobs.start_remediation(job_id),
+        jobs.start_create(record(jobs, job_id)),
+        jobs.start_remediation(job_id, "HTTP 400"),
     ),
     AWAITING: lambda jobs, job_id: (
-        jobs.start_create(job_id),
+        jobs.start_create(record(jobs, job_id)),
         jobs.record_created(job_id, T1, 60),
     ),
     FETCHING: lambda jobs, job_id: (
@@ -74,15 +74,17 @@ def _if(applied: object, transition: Transition) -> Transition | None:
 
 # Each transition through its JobStore method; returns the transition that happened, if any.
 APPLY: dict[Transition, Callable[[JobStore, str], Transition | None]] = {
-    Transition.START_CREATE: lambda jobs, j: _if(jobs.start_create(j), Transition.START_CREATE),
+    Transition.START_CREATE: lambda jobs, j: _if(
+        jobs.start_create(record(jobs, j)), Transition.START_CREATE
+    ),
     Transition.CREATE_REFUSED: lambda jobs, j: _if(
         jobs.create_refused(record(jobs, j)), Transition.CREATE_REFUSED
     ),
     Transition.START_REMEDIATION: lambda jobs, j: _if(
-        jobs.start_remediation(j), Transition.START_REMEDIATION
+        jobs.start_remediation(j, "HTTP 400"), Transition.START_REMEDIATION
     ),
     Transition.END_REMEDIATION: lambda jobs, j: _if(
-        jobs.end_remediation(j), Transition.END_REMEDIATION
+        jobs.end_remediation(j, free_slot_seen=False), Transition.END_REMEDIATION
     ),
     Transition.RECORD_CREATED: lambda jobs, j: _if(
         jobs.record_created(j, T1, 60), Transition.RECORD_CREATED
@@ -101,7 +103,8 @@ APPLY: dict[Transition, Callable[[JobStore, str], Transition | None]] = {
     ),
     Transition.FINISH: lambda jobs, j: _if(jobs.finish(j), Transition.FINISH),
     Transition.RETRY_LATER: lambda jobs, j: _if(
-        jobs.retry_later(record(jobs, j), 5, "HTTP 503"), Transition.RETRY_LATER
+        jobs.retry_later(record(jobs, j), 5, ErrorCode.RECALL_UNAVAILABLE, "HTTP 503"),
+        Transition.RETRY_LATER,
     ),
     Transition.FAIL: lambda jobs, j: _if(
         jobs.fail(j, ErrorCode.RECALL_REJECTED, "HTTP 400"), Transition.FAIL
@@ -182,7 +185,7 @@ def test_transcript_news_before_the_create_answer_is_honoured_once_created(
     jobs: JobStore, news: str, sub_code: str | None, phase: Phase
 ) -> None:
     job_id, _ = jobs.submit("rec-1", PROVIDER)
-    jobs.start_create(job_id)
+    jobs.start_create(record(jobs, job_id))
     assert jobs.transcript_finished(job_id, T1, news, sub_code) == "kept"  # type: ignore[arg-type]
     jobs.record_created(job_id, T1, 60)
     job = record(jobs, job_id)
@@ -196,7 +199,7 @@ def test_transcript_news_before_the_create_answer_is_honoured_once_created(
 
 def test_news_of_another_transcript_is_not_honoured(jobs: JobStore) -> None:
     job_id, _ = jobs.submit("rec-1", PROVIDER)
-    jobs.start_create(job_id)
+    jobs.start_create(record(jobs, job_id))
     jobs.transcript_finished(job_id, T_OTHER, "done", None)
     jobs.record_created(job_id, T1, 60)
     assert record(jobs, job_id).phase == AWAITING

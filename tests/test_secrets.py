@@ -40,7 +40,7 @@ def test_no_secret_reaches_a_log_or_an_error_message(start_system: Any, tmp_path
     for recording_id in ("ok", "retried", "refused", "expired", "by-api"):
         emulator.recording(recording_id)
     emulator.fault(target="create", action="status", status=503, times=2, recording_id="retried")
-    emulator.fault(target="create", action="status", status=400, recording_id="refused")
+    emulator.fault(target="create", action="status", status=400, times=2, recording_id="refused")
     emulator.fault(target="download", action="status", status=403)
     emulator.fault(target="download", action="status", status=503)
     emulator.fault(target="download", action="reset")  # urllib3 logs its retry, with the URL

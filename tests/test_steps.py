@@ -90,13 +90,26 @@ def test_create_run_twice_creates_one_transcript(
     assert state(harness, job_id).state == State.AWAITING
 
 
-def test_create_whose_answer_was_lost_is_reconciled_by_listing(
+def test_create_whose_answer_was_lost_is_reconciled_by_replaying_its_key_within_the_hour(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     job_id = start(harness, emulator)
     emulator.fault(target="create", action="lose_response")
     assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
     assert state(harness, job_id).create_pending
+    harness.pipeline.run_step(Step.CREATE, job_id)
+    (transcript,) = emulator.transcripts("r1")
+    assert state(harness, job_id).transcript_id == transcript["id"]
+    assert emulator.stats()["calls"] == {"create": 2}  # the second one replayed; no List
+
+
+def test_create_whose_answer_was_lost_over_an_hour_ago_is_reconciled_by_listing(
+    harness: Harness, emulator: EmulatorHandle, rclient: redis.Redis
+) -> None:
+    job_id = start(harness, emulator)
+    emulator.fault(target="create", action="lose_response")
+    assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    rclient.hset(keys.job(job_id), "create_key_at", time.time() - 3700)  # past Recall's replay
     harness.pipeline.run_step(Step.CREATE, job_id)
     (transcript,) = emulator.transcripts("r1")
     assert state(harness, job_id).transcript_id == transcript["id"]
@@ -111,10 +124,11 @@ def test_transcript_done_before_create_returned_is_kept_and_honoured(
     (made,) = emulator.seed("r1", 1, "done", metadata={"job_id": job_id})
     event = transcript_event("transcript.done", "r1", made["id"], {"job_id": job_id})
     assert harness.pipeline.ingest(parse_event(event)) == Result(Outcome.KEPT, job_id)
-    assert harness.pipeline.run_step(Step.CREATE, job_id) == Result(
-        Outcome.CREATED, job_id, transcript_id=made["id"], state=State.FETCHING
-    )
-    assert harness.drain() == [Result(Outcome.PERSISTED, job_id, transcript_id=made["id"])]
+    assert harness.enqueued == [(Step.CREATE, job_id)]  # acted on at once, not after a backoff
+    assert harness.drain() == [
+        Result(Outcome.CREATED, job_id, transcript_id=made["id"], state=State.FETCHING),
+        Result(Outcome.PERSISTED, job_id, transcript_id=made["id"]),
+    ]
     assert emulator.stats()["calls"].get("create", 0) == 0
 
 
@@ -210,7 +224,7 @@ def test_rate_limited_create_waits_at_least_retry_after(
     assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
     due = rclient.zscore(keys.DUE, job_id)
     assert due is not None and due >= before + 0.4
-    assert state(harness, job_id).retries == 1
+    assert state(harness, job_id).failures == {ErrorCode.RATE_LIMITED: 1}
 
 
 def test_retryable_errors_give_up_after_the_limit(
@@ -320,9 +334,12 @@ def test_retry_reruns_a_failed_job_with_a_new_create(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     job_id = start(harness, emulator)
-    emulator.fault(target="create", action="status", status=400)
+    emulator.fault(target="create", action="status", status=400, times=2)
     harness.drain()
-    assert state(harness, job_id).state == State.FAILED
+    job = state(harness, job_id)
+    assert job.state == State.FAILED and job.error is not None
+    assert job.error.code == ErrorCode.RECALL_REJECTED and "injected 400" in job.error.message
+    assert emulator.stats()["calls"] == {"create": 2, "list": 2}  # checked once below the limit
     assert harness.pipeline.jobs.retry(job_id)
     assert not harness.pipeline.jobs.retry(job_id)
     assert run(harness, Step.CREATE, job_id) == Outcome.CREATED

@@ -38,8 +38,12 @@ local function schedule(at)
   if at < 0 then redis.call('ZREM', due, id) else redis.call('ZADD', due, at, id) end
 end
 
--- Enter a state (and step: '' keeps it), moving the job between the state sets.
+-- Enter a state (and step: '' keeps it), moving the job between the state sets. A new phase is
+-- progress: the retry budgets start again.
 local function enter(old, state, step, due_at)
+  if state ~= old or (step ~= '' and step ~= redis.call('HGET', job, 'step')) then
+    redis.call('HDEL', job, 'failures')
+  end
   redis.call('HSET', job, 'state', state, 'updated_at', ARGV[2])
   if step ~= '' then redis.call('HSET', job, 'step', step) end
   redis.call('ZREM', state_prefix .. old, id)
@@ -57,9 +61,8 @@ local function transcript_failed(sub_code)
     message = 'Recall reported the transcript failed (sub_code: ' .. sub_code .. ')'})
 end
 
--- A done transcript: fetch it. ARGV: lease.
+-- A done transcript: fetch it.
 local function to_fetching(old, lease)
-  redis.call('HSET', job, 'retries', '0')
   enter(old, 'fetching', 'fetch', now + lease)
 end
 
@@ -68,8 +71,8 @@ end
 if command == 'submit' then
   if redis.call('EXISTS', job) == 1 then return 0 end
   set_fields(ARGV[6])
-  redis.call('HSET', job, 'state', 'queued', 'step', 'create', 'created_at', ARGV[2],
-             'updated_at', ARGV[2])
+  redis.call('HSET', job, 'state', 'queued', 'step', 'create', 'attempts', '1',
+             'created_at', ARGV[2], 'updated_at', ARGV[2])
   redis.call('ZADD', KEYS[3], now, id)
   redis.call('ZADD', state_prefix .. 'queued', now, id)
   redis.call('SADD', KEYS[4], id)
@@ -100,9 +103,10 @@ if command == 'created' then
   local transcript = ARGV[7]
   redis.call('SET', KEYS[3], id)
   redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', ARGV[2],
-             'retries', '0', 'polls', '0')
+             'polls', '0')
   local early = redis.call('HMGET', job, 'early_event', 'early_transcript_id', 'early_sub_code')
-  redis.call('HDEL', job, 'create_pending', 'early_event', 'early_transcript_id', 'early_sub_code')
+  redis.call('HDEL', job, 'create_pending', 'create_key_at', 'free_slot_seen', 'early_event',
+             'early_transcript_id', 'early_sub_code')
   if early[2] == transcript and early[1] == 'done' then
     to_fetching(old, tonumber(ARGV[9]))
     return 'fetching'
@@ -137,6 +141,23 @@ if command == 'transcript' then
     return 'kept'
   end
   return 'ignored'
+end
+
+-- retry: an operator re-runs a failed job from the furthest point known: a known transcript is
+-- awaited (or fetched) again, else the create step runs, reconciling first if a create may have
+-- happened (create_pending and the create key are kept). ARGV[6] sources. Returns the new state.
+if command == 'retry' then
+  local old = current_in(ARGV[6])
+  if not old then return false end
+  redis.call('HDEL', job, 'error', 'failures', 'last_error')
+  redis.call('HINCRBY', job, 'attempts', 1)
+  redis.call('HSET', job, 'polls', '0')
+  if redis.call('HEXISTS', job, 'transcript_id') == 1 then
+    enter(old, 'awaiting', 'await', now)
+    return 'awaiting'
+  end
+  enter(old, 'queued', 'create', now)
+  return 'queued'
 end
 
 -- claim: the sweeper takes the due jobs, pushing each one lease ahead so one sweeper takes it.
