@@ -30,9 +30,7 @@ def create_app(settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     client = redis_client(settings)
     app.extensions["verifier"] = webhooks.Verifier(settings.webhook_secrets)
-    app.extensions["inbox"] = Inbox(
-        client, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S
-    )
+    app.extensions["inbox"] = Inbox(client, settings.INBOX_RESEND_S, settings.WEBHOOK_DEDUPE_TTL_S)
     app.extensions["jobs_api"] = jobs_api.JobsApi(
         JobStore(client, settings.JOB_STEP_LEASE_S),
         Enqueuer(client),

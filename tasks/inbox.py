@@ -3,7 +3,7 @@
 The receiver stores each new event here and pushes its ingest message in the same Lua command
 (tasks/lua/inbox.lua). The message alone is not enough: kombu's Redis transport pops a message
 before it records it as unacknowledged, so a Redis crash between the two loses it. A worker deletes
-the event once applied; the sweeper re-sends any event still here after a lease.
+the event once applied; the sweeper re-sends any event still here after INBOX_RESEND_S.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def event_id_for(webhook_id: str) -> str:
 class Inbox:
     """Accepted events not yet applied by a worker."""
 
-    def __init__(self, client: redis.Redis, lease_s: float, dedupe_ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, resend_s: float, dedupe_ttl_s: int) -> None:
         self._redis = client
-        self._lease = lease_s
+        self._lease = resend_s
         self._ttl = dedupe_ttl_s
         script = resources.files("tasks").joinpath("lua/inbox.lua").read_text()
         self._script = client.register_script(script)

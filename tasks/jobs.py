@@ -13,15 +13,16 @@ import hashlib
 import json
 import time
 import uuid
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, Field, field_validator
-from redis.lock import Lock
 
 from tasks import keys
+from tasks.leases import Leases
 from tasks.outcomes import ErrorCode
 from tasks.states import TRANSITIONS, Phase, State, Step, Transition, sources
 
@@ -86,6 +87,7 @@ class JobRecord(BaseModel):
     create_pending: bool = False  # a create call may have happened whose answer we never saw
     create_key_at: float | None = None  # when the current create key was first sent
     free_slot_seen: bool = False  # remediation found the recording below the limit once
+    refusal: str | None = None  # why create was last refused (the limit, or not)
     transcript_id: str | None = None
     transcript_created_at: float | None = None
     early_event: EarlyEvent | None = None  # a transcript event that came before the create answer
@@ -151,6 +153,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, lease_s: float) -> None:
         self.redis = client
         self.lease_s = lease_s
+        self.leases = Leases(client, lease_s)
         script = resources.files("tasks").joinpath("lua/jobs.lua").read_text()
         self._script = client.register_script(script)
 
@@ -283,7 +286,7 @@ class JobStore:
     def start_remediation(self, job_id: str, refusal: str) -> bool:
         """Create was refused (maybe the limit): remediation looks at the recording next."""
         return self._move(
-            Transition.START_REMEDIATION, job_id, due_in=self.lease_s, last_error=refusal
+            Transition.START_REMEDIATION, job_id, due_in=self.lease_s, refusal=refusal
         )
 
     def end_remediation(self, job_id: str, free_slot_seen: bool) -> bool:
@@ -360,22 +363,20 @@ class JobStore:
     # -- scheduling --------------------------------------------------------------------------------
 
     def claim_due(self, limit: int = 200) -> list[tuple[str, Step]]:
-        """Jobs whose time has come, each pushed one lease ahead so one sweeper takes it."""
-        flat = cast(list[bytes], self._run("claim", "", [], limit, self.lease_s))
+        """Jobs whose time has come, each pushed one lease ahead so one sweeper takes it; a job
+        whose step still runs (its lock held) is looked at again when its lock would expire."""
+        flat = cast(list[bytes], self._run("claim", "", [], limit, self.lease_s, keys.job_lock("")))
         return [(flat[i].decode(), Step(flat[i + 1].decode())) for i in range(0, len(flat), 2)]
 
     def nudge(self, job_id: str, delay_s: float) -> None:
         """Make the job due within `delay_s` (never later than it already is)."""
         self.redis.zadd(keys.DUE, {job_id: time.time() + delay_s}, xx=True, lt=True)
 
-    def lock(self, job_id: str) -> Lock:
-        """A lock so one copy of a job's step runs at a time; waits up to LOCK_WAIT_S for it."""
-        return Lock(
-            self.redis, keys.job_lock(job_id), timeout=self.lease_s, blocking_timeout=LOCK_WAIT_S
-        )
+    def running(self, job_id: str) -> AbstractContextManager[bool]:
+        """Hold the job's lease while one of its steps runs (waiting up to LOCK_WAIT_S for the
+        previous step to end); yields False when another step still holds it."""
+        return self.leases.hold(keys.job_lock(job_id), LOCK_WAIT_S)
 
-    def recording_lock(self, recording_id: str) -> Lock:
-        """A lock so one job at a time remediates a recording's limit; never waits."""
-        return Lock(
-            self.redis, keys.recording_lock(recording_id), timeout=self.lease_s, blocking=False
-        )
+    def remediating(self, recording_id: str) -> AbstractContextManager[bool]:
+        """Hold the recording's lease while one job remediates its limit (never waits)."""
+        return self.leases.hold(keys.recording_lock(recording_id), None)

@@ -64,7 +64,9 @@ def parse_rates(text: str) -> dict[Family, Rate] | None:
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = _RATE.match(part)
         if match is None:
-            raise ValueError(f"{part!r} is not FAMILY=COUNT/SECONDS (families: create, retrieve, list, delete)")
+            raise ValueError(
+                f"{part!r} is not FAMILY=COUNT/SECONDS (families: create, retrieve, list, delete)"
+            )
         count, seconds = int(match[2]), float(match[3])
         if count < 1 or seconds <= 0:
             raise ValueError(f"{part!r}: the count and the seconds must be positive")

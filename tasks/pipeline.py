@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 import redis
-from redis.exceptions import LockError
 
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
 from tasks.jobs import JobRecord, JobStore
@@ -100,33 +99,29 @@ class Pipeline:
 
     def run_step(self, step: Step, job_id: str) -> Result:
         """Run `step` for the job if it is still the job's step; never raises a Recall error."""
-        lock = self.jobs.lock(job_id)
-        if not lock.acquire():  # another step of the job is still running: look again soon
-            self.jobs.nudge(job_id, 1.0)
-            return Result(Outcome.BUSY, job_id)
+        with self.jobs.running(job_id) as held:
+            if not held:  # another step of the job is still running: look again soon
+                self.jobs.nudge(job_id, 1.0)
+                return Result(Outcome.BUSY, job_id)
+            return self._run_held(step, job_id)
+
+    def _run_held(self, step: Step, job_id: str) -> Result:
+        """`run_step` with the job's lease held."""
+        job = self.jobs.record(job_id)
+        if job is None or job.phase.step != step:
+            return Result(Outcome.STALE, job_id)
         try:
-            job = self.jobs.record(job_id)
-            if job is None or job.phase.step != step:
-                return Result(Outcome.STALE, job_id)
-            try:
-                return self._STEPS[step](self, job)
-            except RetryableError as exc:
-                return self._retry_later(job, exc)
-            except FinalError as exc:
-                self.jobs.fail(job_id, exc.code, exc.message)
-                return Result(Outcome.FAILED, job_id, detail=exc.code)
-            except redis.RedisError:
-                raise  # nothing can be recorded; the due-set re-drives the job
-            except (
-                Exception
-            ) as exc:  # anything else is retried too, and past the budget ends the job
-                log.exception("job %s: the %s step failed", job_id, step)
-                return self._retry_later(job, Unexpected(f"{step}: {type(exc).__name__}: {exc}"))
-        finally:
-            try:
-                lock.release()
-            except LockError:  # the lease ran out; the next runner already owns the lock
-                log.warning("job %s: lock expired before %s finished", job_id, step)
+            return self._STEPS[step](self, job)
+        except RetryableError as exc:
+            return self._retry_later(job, exc)
+        except FinalError as exc:
+            self.jobs.fail(job_id, exc.code, exc.message)
+            return Result(Outcome.FAILED, job_id, detail=exc.code)
+        except redis.RedisError:
+            raise  # nothing can be recorded; the due-set re-drives the job
+        except Exception as exc:  # anything else is retried too; past the budget the job ends
+            log.exception("job %s: the %s step failed", job_id, step)
+            return self._retry_later(job, Unexpected(f"{step}: {type(exc).__name__}: {exc}"))
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -176,17 +171,16 @@ class Pipeline:
         return None
 
     def _remediate(self, job: JobRecord) -> Result:
-        lock = self.jobs.recording_lock(job.recording_id)
-        if not lock.acquire():
-            self.jobs.nudge(job.id, 1.0)
-            return Result(Outcome.RECORDING_BUSY, job.id)
-        try:
+        with self.jobs.remediating(job.recording_id) as held:
+            if not held:
+                self.jobs.nudge(job.id, 1.0)
+                return Result(Outcome.RECORDING_BUSY, job.id)
             live = self._live(job.recording_id)
             if len(live) < TRANSCRIPT_LIMIT:
                 # A slot is free: another job freed one since our create was refused, or the
                 # refusal was not the limit. Create again, once: refused again, it was not.
                 if job.free_slot_seen:
-                    raise Refused(job.last_error or "create refused below the limit")
+                    raise Refused(job.refusal or "create refused below the limit")
                 self.jobs.end_remediation(job.id, free_slot_seen=True)
                 self.enqueue(Step.CREATE, job.id)
                 return Result(Outcome.SLOT_FREE, job.id)
@@ -200,8 +194,6 @@ class Pipeline:
                 self._archive(job.id, victim)
             self.recall.delete_transcript(victim.id)
             log.info("job %s: limit remediation deleted %s", job.id, victim.id)
-        finally:
-            lock.release()
         self.jobs.end_remediation(job.id, free_slot_seen=False)
         self.enqueue(Step.CREATE, job.id)
         return Result(

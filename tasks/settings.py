@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     LIMIT_POLICY: LimitPolicy = "archive-oldest"
 
     # Operational knobs beyond the contract (documented in the README).
-    JOB_STEP_LEASE_S: float = Field(120.0, gt=0)
+    JOB_STEP_LEASE_S: float = Field(15.0, gt=0)
+    INBOX_RESEND_S: float = Field(120.0, gt=0)
     SWEEP_INTERVAL_S: float = Field(1.0, gt=0)
     MAX_STEP_RETRIES: int = Field(12, ge=0)
     RETRY_BACKOFF_BASE_S: float = Field(1.0, gt=0)

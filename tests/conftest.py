@@ -260,6 +260,7 @@ def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Syste
             "RECALL_POLL_INITIAL_S": "30",
             "RECALL_POLL_MAX_S": "60",
             "JOB_STEP_LEASE_S": "10",
+            "INBOX_RESEND_S": "10",
             "SWEEP_INTERVAL_S": "0.2",
             "RETRY_BACKOFF_BASE_S": "0.1",
             "RETRY_BACKOFF_MAX_S": "2",

@@ -19,6 +19,7 @@ from tests.test_receiver import queued_events
 
 FAST_RECOVERY = {
     "JOB_STEP_LEASE_S": "3",
+    "INBOX_RESEND_S": "3",
     "SWEEP_INTERVAL_S": "0.2",
     "CELERY_VISIBILITY_TIMEOUT_S": "5",
 }
@@ -85,6 +86,38 @@ def test_worker_killed_mid_step_job_finishes_on_another_worker_without_a_second_
     if step == "remediate":
         live = [t for t in emulator.transcripts("r") if t["status"]["code"] != "deleted"]
         assert len(live) == 10
+
+
+def test_a_job_whose_worker_died_mid_download_resumes_on_a_fresh_worker_within_a_lease(
+    start_system: Any,
+) -> None:
+    """Default lease: the killed worker's lock expires (no heartbeat) and the sweeper re-drives
+    the job; the Celery message it held is not needed (its visibility timeout is minutes)."""
+    system: System = start_system(JOB_STEP_LEASE_S="15", SWEEP_INTERVAL_S="1")
+    emulator = system.emulator
+    emulator.recording("slow")
+    emulator.fault(target="download", action="latency", seconds=120)
+    assert post(system, recording_done("slow")).status_code == 200
+    wait_for(lambda: calls(system, "download") == 1, 20, what="the download in flight")
+    system.workers[0].kill()
+    killed = time.monotonic()
+    system.start_worker("w2")
+    wait_for(lambda: done_count(system) == 1, 60, what="job done on the fresh worker")
+    print(f"crash to persisted: {time.monotonic() - killed:.1f} s")
+    assert_persisted_once(system, "slow")
+    assert calls(system, "download") == 2 and calls(system, "create") == 1
+
+
+def test_a_step_running_three_leases_never_gets_a_second_runner(start_system: Any) -> None:
+    system: System = start_system(workers=2, JOB_STEP_LEASE_S="0.8", SWEEP_INTERVAL_S="0.1")
+    emulator = system.emulator
+    emulator.recording("long")
+    # Three leases long, inside the client's read timeout (3 s here).
+    emulator.fault(target="download", action="latency", seconds=2.5)
+    assert post(system, recording_done("long")).status_code == 200
+    wait_for(lambda: done_count(system) == 1, 30, what="job done")
+    assert calls(system, "download") == 1
+    assert_persisted_once(system, "long")
 
 
 def test_redis_restart_loses_nothing_accepted(start_system: Any, tmp_path: Path) -> None:

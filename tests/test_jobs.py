@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -215,3 +216,35 @@ def test_the_sweeper_claims_each_due_job_once_and_drops_finished_ones(
     assert jobs.claim_due() == [(waiting, QUEUED.step)]
     assert jobs.claim_due() == []
     assert rclient.zscore(keys.DUE, finished) is None
+
+
+def test_a_running_step_keeps_its_lease_however_long_it_runs_and_is_never_claimed(
+    rclient: redis.Redis,
+) -> None:
+    jobs = JobStore(rclient, lease_s=0.6)  # heartbeat every 0.2 s
+    job_id, _ = jobs.submit("rec-1", PROVIDER)
+    rclient.zadd(keys.DUE, {job_id: 0})
+    with jobs.running(job_id) as held:
+        assert held
+        for _ in range(4):  # three leases in all
+            time.sleep(0.45)
+            assert jobs.claim_due() == []
+            with jobs.running(job_id) as second:
+                assert not second
+    assert rclient.exists(keys.job_lock(job_id)) == 0
+    rclient.zadd(keys.DUE, {job_id: 0})
+    assert jobs.claim_due() == [(job_id, QUEUED.step)]
+
+
+def test_a_dead_steps_lease_expires_and_the_sweeper_then_claims_the_job(
+    rclient: redis.Redis,
+) -> None:
+    jobs = JobStore(rclient, lease_s=0.5)
+    job_id, _ = jobs.submit("rec-1", PROVIDER)
+    rclient.set(keys.job_lock(job_id), "a dead worker's token", px=500)
+    rclient.zadd(keys.DUE, {job_id: 0})
+    assert jobs.claim_due() == []
+    due = rclient.zscore(keys.DUE, job_id)
+    assert due is not None and due <= time.time() + 0.6  # when that lock expires, not later
+    time.sleep(0.6)
+    assert jobs.claim_due() == [(job_id, QUEUED.step)]

@@ -175,7 +175,7 @@ def test_an_event_whose_message_was_lost_is_sent_again_until_applied(
     body, headers = signed(event)
     assert client.post(URL, data=body, headers=headers).status_code == 200
     rclient.delete(EVENTS_QUEUE)  # lost with Redis, between the pop and the unacked record
-    inbox = Inbox(rclient, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S)
+    inbox = Inbox(rclient, settings.INBOX_RESEND_S, settings.WEBHOOK_DEDUPE_TTL_S)
     assert inbox.resend_due() == 0  # not before a lease has passed
     (event_id,) = rclient.zrange(keys.INBOX_DUE, 0, -1)
     rclient.zadd(keys.INBOX_DUE, {event_id: 0})

@@ -259,12 +259,11 @@ def test_a_step_waits_for_the_previous_step_to_release_the_job(
     job_id = start(harness, emulator)
     held = threading.Event()
 
-    def previous_step() -> None:  # holds the job's lock briefly, as a step that is ending does
-        lock = harness.pipeline.jobs.lock(job_id)
-        assert lock.acquire()
-        held.set()
-        time.sleep(0.3)
-        lock.release()
+    def previous_step() -> None:  # holds the job's lease briefly, as a step that is ending does
+        with harness.pipeline.jobs.running(job_id) as holding:
+            assert holding
+            held.set()
+            time.sleep(0.3)
 
     threading.Thread(target=previous_step).start()
     assert held.wait(5)
@@ -275,12 +274,11 @@ def test_a_step_whose_job_stays_busy_is_looked_at_again_within_a_second(
     harness: Harness, emulator: EmulatorHandle, rclient: redis.Redis
 ) -> None:
     job_id = start(harness, emulator)
-    holder = harness.pipeline.jobs.lock(job_id)
-    assert holder.acquire()
-    assert run(harness, Step.CREATE, job_id) == Outcome.BUSY
-    due = rclient.zscore(keys.DUE, job_id)
-    assert due is not None and due <= time.time() + 1  # not a whole lease away
-    holder.release()
+    with harness.pipeline.jobs.running(job_id) as holding:
+        assert holding
+        assert run(harness, Step.CREATE, job_id) == Outcome.BUSY
+        due = rclient.zscore(keys.DUE, job_id)
+        assert due is not None and due <= time.time() + 1  # not a whole lease away
 
 
 @pytest.mark.parametrize("policy", ["delete-failed", "archive-oldest"])

@@ -18,6 +18,8 @@ from tasks.settings import Settings
 from tasks.store import LocalStore
 from worker.sweeper import sweeper_step
 
+STEP_TIME_LIMIT_S = 1800
+
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on Redis: late acks, JSON only, prefetch 1, a thread pool for HTTP work."""
@@ -50,8 +52,10 @@ def create_celery(settings: Settings) -> Celery:
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=PIPELINE_QUEUE,
         task_routes=ROUTES,
-        task_time_limit=int(settings.JOB_STEP_LEASE_S),
-        task_soft_time_limit=max(1, int(settings.JOB_STEP_LEASE_S) - 5),
+        # A step keeps its lease alive while it runs (tasks/leases.py), so these only stop a step
+        # hung past any of the Recall client's own deadlines (prefork pools; threads ignore them).
+        task_time_limit=STEP_TIME_LIMIT_S,
+        task_soft_time_limit=STEP_TIME_LIMIT_S - 30,
     )
     return app
 
@@ -63,7 +67,7 @@ def create_worker_app(settings: Settings) -> Celery:
     client = redis_client(settings, patient=True)
     jobs = JobStore(client, settings.JOB_STEP_LEASE_S)
     enqueue = Enqueuer(client)
-    inbox = Inbox(client, settings.JOB_STEP_LEASE_S, settings.WEBHOOK_DEDUPE_TTL_S)
+    inbox = Inbox(client, settings.INBOX_RESEND_S, settings.WEBHOOK_DEDUPE_TTL_S)
     pipeline = Pipeline(
         settings, jobs, RecallClient(settings), LocalStore(settings.TRANSCRIPTS_STORE), enqueue
     )

@@ -105,8 +105,8 @@ if command == 'created' then
   redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', ARGV[2],
              'polls', '0')
   local early = redis.call('HMGET', job, 'early_event', 'early_transcript_id', 'early_sub_code')
-  redis.call('HDEL', job, 'create_pending', 'create_key_at', 'free_slot_seen', 'early_event',
-             'early_transcript_id', 'early_sub_code')
+  redis.call('HDEL', job, 'create_pending', 'create_key_at', 'free_slot_seen', 'refusal',
+             'early_event', 'early_transcript_id', 'early_sub_code')
   if early[2] == transcript and early[1] == 'done' then
     to_fetching(old, tonumber(ARGV[9]))
     return 'fetching'
@@ -161,15 +161,19 @@ if command == 'retry' then
 end
 
 -- claim: the sweeper takes the due jobs, pushing each one lease ahead so one sweeper takes it.
--- ARGV[6] limit, ARGV[7] lease. Returns {id, step, id, step, ...}; finished or vanished jobs
--- leave the due-set.
+-- ARGV[6] limit, ARGV[7] lease, ARGV[8] job-lock key prefix. Returns {id, step, id, step, ...};
+-- finished or vanished jobs leave the due-set; a job whose step still runs (its lock held, kept
+-- alive by a heartbeat) is looked at again when that lock would expire.
 if command == 'claim' then
   local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
   local out = {}
   for _, each in ipairs(ids) do
     local fields = redis.call('HMGET', job_prefix .. each, 'state', 'step')
+    local held = redis.call('PTTL', ARGV[8] .. each)
     if not fields[1] or fields[1] == 'done' or fields[1] == 'failed' then
       redis.call('ZREM', due, each)
+    elseif held > 0 then
+      redis.call('ZADD', due, now + held / 1000, each)
     else
       redis.call('ZADD', due, now + tonumber(ARGV[7]), each)
       table.insert(out, each)
