@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bench.ingest import SECRET
 from bench.procs import Proc, recall_transcribe, start_redis, wait_for
+from emulator.quotas import scaled
 from tasks import keys
 from tests.helpers import free_port, http_ready
 
@@ -91,19 +92,28 @@ def start_system(
     processing_s: float = 0.0,
     concurrency: int = CONCURRENCY,
     names: list[str] | None = None,
+    quotas: str = "none",
+    quota_scale: float = 1.0,
     **env_overrides: str,
 ) -> System:
+    """The system on its own Redis; the emulator enforces `quotas` (windows x `quota_scale`)
+    and the workers pace themselves to the same."""
     workdir.mkdir(parents=True, exist_ok=True)
     redis_proc, redis_url = start_redis(workdir)
     emulator_port, receiver_port = free_port(), free_port()
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     receiver_url = f"http://127.0.0.1:{receiver_port}"
-    env = {**start_env(redis_url, workdir, emulator_url), **env_overrides}
+    env = {
+        **start_env(redis_url, workdir, emulator_url),
+        "RECALL_RATE_LIMITS": scaled(quotas, quota_scale),
+        **env_overrides,
+    }
     system = System(workdir, redis_url, env, emulator_url, receiver_url, {"redis": redis_proc})
     try:  # stopped by PID if starting fails or is interrupted
         emulator = ["emulator", "--port", str(emulator_port), "--api-key", API_KEY]
         emulator += ["--processing-s", str(processing_s), "--latency-s", str(latency_s)]
         emulator += ["--webhook-url", f"{receiver_url}/webhooks/recall"]
+        emulator += ["--quotas", quotas, "--quota-scale", str(quota_scale)]
         system.procs["emulator"] = recall_transcribe(emulator, workdir / "emulator.log", env)
         receiver = ["receiver", "--port", str(receiver_port)]
         system.procs["receiver"] = recall_transcribe(receiver, workdir / "receiver.log", env)

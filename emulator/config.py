@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emulator.quotas import RECALL_QUOTAS
+
 TUNABLE = ("processing_s", "latency_s", "retry_scale", "url_ttl_s", "page_size")
 
 
@@ -20,3 +22,5 @@ class EmulatorConfig:
     url_ttl_s: float = 6 * 3600
     page_size: int = 10
     seed: int | None = None
+    quotas: str = RECALL_QUOTAS  # Recall's rate limits; "none" turns them off
+    quota_scale: float = 1.0  # x every quota window (1/6: a minute becomes 10 s)

@@ -125,5 +125,6 @@ def reset() -> Response:
     emu = emulator()
     emu.scheduler.clear()
     emu.state.reset()
+    emu.quotas.reset()
     emu.sender.log.clear()
     return Response(status=204)

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from flask import Response, abort, current_app, jsonify, request
 
 from emulator.config import EmulatorConfig
+from emulator.quotas import Quotas, parse_quotas, retry_after_header
 from emulator.scheduler import Scheduler
 from emulator.state import EmulatorState, Fault, Transcript, download_signature, iso
 from emulator.webhooks import WebhookSender
@@ -32,12 +33,20 @@ class Emulator:
             config.legacy_headers,
         )
         self.url_secret = os.urandom(16)
+        self.quotas = Quotas(parse_quotas(config.quotas), config.quota_scale)
 
     # -- in front of the API ----------------------------------------------------------------------
 
     def gateway(self, target: str, recording_id: str | None = None) -> Fault | None:
-        """Latency and injected faults that happen in front of the API (never replayed)."""
+        """Rate limits, latency and injected faults: in front of the API (never replayed)."""
         self.state.calls[target] += 1
+        scope = (recording_id or "") if target == "create" else ""  # create: per bot
+        wait = self.quotas.admit(target, scope)
+        if wait is not None:
+            self.state.throttled[target] += 1
+            response = error(429, "Request was throttled.")
+            response.headers["Retry-After"] = retry_after_header(wait)
+            abort(response)
         if self.config.latency_s:
             time.sleep(self.config.latency_s)
         fault = self.state.take_fault(target, recording_id)

@@ -146,6 +146,7 @@ class EmulatorState:
             self.idempotency: dict[tuple[str, str], tuple[float, int | None, Any]] = {}
             self.faults: list[Fault] = []
             self.calls: Counter[str] = Counter()
+            self.throttled: Counter[str] = Counter()
             self.created_by_recording: Counter[str] = Counter()
 
     # -- recordings and transcripts -------------------------------------------------------------
@@ -242,6 +243,7 @@ class EmulatorState:
             statuses = Counter(t.status for t in self.transcripts.values())
             return {
                 "calls": dict(self.calls),
+                "throttled": dict(self.throttled),
                 "created_by_recording": dict(self.created_by_recording),
                 "transcripts_by_status": dict(statuses),
                 "recordings": len(self.recordings),

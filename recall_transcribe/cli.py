@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--page-size", type=int, default=10, help="List Transcripts page size")
     emulator.add_argument("--legacy-headers", action="store_true", help="sign with svix-* headers")
     emulator.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
+    emulator.add_argument(
+        "--quotas",
+        default=None,
+        help="rate limits, FAMILY=COUNT/SECONDS,... or none (default: Recall's)",
+    )
+    emulator.add_argument(
+        "--quota-scale", type=float, default=1.0, help="x every quota window (1/6: 1 min -> 10 s)"
+    )
 
     up = sub.add_parser(
         "up", help="run everything on this machine (emulator when no RECALL_API_KEY)"
@@ -128,10 +136,15 @@ def _flower(args: argparse.Namespace, _: list[str]) -> int:
 
 def _emulator(args: argparse.Namespace, _: list[str]) -> int:
     from emulator.config import EmulatorConfig
+    from emulator.quotas import RECALL_QUOTAS, parse_quotas
     from emulator.server import serve
 
     settings = load_settings()
     secrets = settings.webhook_secrets
+    try:
+        parse_quotas(args.quotas or RECALL_QUOTAS)
+    except ValueError as exc:
+        raise ConfigError(f"--quotas: {exc}") from None
     config = EmulatorConfig(
         public_url=f"http://{args.host}:{args.port}",
         api_key=args.api_key,
@@ -143,6 +156,8 @@ def _emulator(args: argparse.Namespace, _: list[str]) -> int:
         retry_scale=args.retry_scale,
         page_size=args.page_size,
         seed=args.seed,
+        quotas=args.quotas or RECALL_QUOTAS,
+        quota_scale=args.quota_scale,
     )
     serve(config, args.host, args.port)
     return 0

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 from tasks import keys
 from tasks.leases import Leases
 from tasks.outcomes import ErrorCode
+from tasks.recall import Listing
 from tasks.states import TRANSITIONS, Phase, State, Step, Transition, sources
 
 _NAMESPACE = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")
@@ -88,6 +89,10 @@ class JobRecord(BaseModel):
     create_key_at: float | None = None  # when the current create key was first sent
     free_slot_seen: bool = False  # remediation found the recording below the limit once
     refusal: str | None = None  # why create was last refused (the limit, or not)
+    quota_ticket: str | None = None  # a quota slot reserved for the step's next run
+    listing: list[dict[str, Any]] = Field(default_factory=list)  # a listing the quota cut short
+    listing_next: str | None = None  # ... and where it goes on
+    listing_at: float | None = None  # ... and when it began
     transcript_id: str | None = None
     transcript_created_at: float | None = None
     early_event: EarlyEvent | None = None  # a transcript event that came before the create answer
@@ -98,7 +103,7 @@ class JobRecord(BaseModel):
     created_at: float
     updated_at: float
 
-    @field_validator("provider", "metadata", "error", "failures", mode="before")
+    @field_validator("provider", "metadata", "error", "failures", "listing", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -341,11 +346,29 @@ class JobStore:
         """The transcript is persisted: the job is done."""
         return self._move(Transition.FINISH, job_id, due_in=None)
 
-    def retry_later(self, job: JobRecord, delay_s: float, code: ErrorCode, why: str) -> bool:
-        """The same step again after `delay_s`, counting one more failure of kind `code`."""
+    def retry_later(
+        self,
+        job: JobRecord,
+        delay_s: float,
+        code: ErrorCode,
+        why: str,
+        *,
+        quota_ticket: str | None = None,
+        listing: Listing | None = None,
+    ) -> bool:
+        """The same step again after `delay_s`, counting one more failure of kind `code`; it
+        keeps for that run the quota slot reserved for it and the listing it had begun."""
         failures = {**job.failures, code: job.failures.get(code, 0) + 1}
         return self._move(
-            Transition.RETRY_LATER, job.id, due_in=delay_s, failures=failures, last_error=why
+            Transition.RETRY_LATER,
+            job.id,
+            due_in=delay_s,
+            failures=failures,
+            last_error=why,
+            quota_ticket=quota_ticket,
+            listing=json.dumps(listing.seen) if listing else None,
+            listing_next=listing.cursor if listing else None,
+            listing_at=listing.started_at if listing else None,
         )
 
     def fail(self, job_id: str, code: ErrorCode, message: str, **extra: Any) -> bool:

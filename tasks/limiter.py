@@ -37,11 +37,12 @@ class Rate:
     seconds: float
 
     def gcra(self) -> tuple[float, float]:
-        """(interval, tolerance) in seconds: a burst of a tenth, then even spacing, with a margin
-        so calls that reach Recall a little out of step still fit its window."""
-        burst = max(1, self.count // 10)
+        """(interval, tolerance) in seconds: a burst of up to 5 (a tenth of the quota), then even
+        spacing, so that any window a little longer than Recall's (by a margin for calls that
+        reach it out of step) holds at most `count` calls: burst + (window + margin) / interval."""
+        burst = max(1, min(5, self.count // 10))
         margin = min(0.5, self.seconds * 0.05)
-        interval = (self.seconds + margin) / (self.count - burst + 1)
+        interval = (self.seconds + margin) / max(1, self.count - burst)
         return interval, (burst - 1) * interval
 
 

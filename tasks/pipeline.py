@@ -22,8 +22,10 @@ from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall import (
     BadRequest,
     FinalError,
+    Listing,
     RecallClient,
     RetryableError,
+    Throttled,
     Transcript,
 )
 from tasks.retry import compute_backoff
@@ -37,6 +39,7 @@ TRANSCRIPT_LIMIT = 10
 # Recall replays a create's first answer for an hour after it completed; within this much of it,
 # a create whose answer was lost is reconciled by sending it again with the same key (no List).
 REPLAY_WINDOW_S = 3000
+LISTING_FRESH_S = 60  # a listing cut short by the quota goes on from its cursor within this
 Enqueue = Callable[[Step, str], None]
 
 
@@ -111,7 +114,8 @@ class Pipeline:
         if job is None or job.phase.step != step:
             return Result(Outcome.STALE, job_id)
         try:
-            return self._STEPS[step](self, job)
+            with self.recall.redeeming(job.quota_ticket):
+                return self._STEPS[step](self, job)
         except RetryableError as exc:
             return self._retry_later(job, exc)
         except FinalError as exc:
@@ -164,7 +168,7 @@ class Pipeline:
 
     def _find_ours(self, job: JobRecord) -> str | None:
         """A transcript this job created whose answer we never saw, matched by metadata."""
-        for transcript in self._live(job.recording_id):
+        for transcript in self._live(job):
             if (transcript.metadata or {}).get("job_id") == job.id:
                 log.info("job %s: adopting transcript %s found by listing", job.id, transcript.id)
                 return transcript.id
@@ -175,7 +179,7 @@ class Pipeline:
             if not held:
                 self.jobs.nudge(job.id, 1.0)
                 return Result(Outcome.RECORDING_BUSY, job.id)
-            live = self._live(job.recording_id)
+            live = self._live(job)
             if len(live) < TRANSCRIPT_LIMIT:
                 # A slot is free: another job freed one since our create was refused, or the
                 # refusal was not the limit. Create again, once: refused again, it was not.
@@ -294,14 +298,33 @@ class Pipeline:
         self.enqueue(step, job_id)
         return None
 
-    def _live(self, recording_id: str) -> list[Transcript]:
-        """The recording's transcripts that count towards the limit."""
-        return [t for t in self.recall.list_transcripts(recording_id) if t.status.code != "deleted"]
+    def _live(self, job: JobRecord) -> list[Transcript]:
+        """The recording's transcripts that count towards the limit. A listing the quota cut
+        short goes on from its cursor when the job comes back (if it began under a minute ago)."""
+        fresh = job.listing_at is not None and time.time() - job.listing_at < LISTING_FRESH_S
+        seen = list(job.listing) if fresh else []
+        cursor = job.listing_next if fresh else None
+        started = job.listing_at if fresh and job.listing_at else time.time()
+        try:
+            for page, next_page in self.recall.list_pages(job.recording_id, cursor):
+                seen, cursor = seen + page, next_page
+        except Throttled as exc:
+            if cursor:
+                exc.listing = Listing(seen, cursor, started)
+            raise
+        transcripts = [Transcript.from_api(raw) for raw in seen]
+        return [t for t in transcripts if t.status.code != "deleted"]
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
         """The same step after a backoff. Each kind of error has its own budget in a phase;
         waiting for Recall's quota (429) never spends one."""
         count = job.failures.get(exc.code, 0)
+        if isinstance(exc, Throttled):  # our own pacing: come back exactly when the slot is due
+            wait = exc.retry_after or 0.0
+            self.jobs.retry_later(
+                job, wait, exc.code, exc.message, quota_ticket=exc.ticket, listing=exc.listing
+            )
+            return Result(Outcome.RETRY, job.id, detail=f"quota: in {wait:.1f}s")
         if exc.code != ErrorCode.RATE_LIMITED and count >= self.settings.MAX_STEP_RETRIES:
             self.jobs.fail(job.id, exc.code, f"gave up after {count} retries: {exc.message}")
             return Result(Outcome.FAILED, job.id, detail=exc.code)

@@ -2,7 +2,8 @@
 
 RecallError
  +-- RetryableError           try again later (a create keeps its Idempotency-Key)
- |    +-- RateLimited         429, carries Retry-After
+ |    +-- RateLimited         429, carries Retry-After: wait, never a failure
+ |    |    +-- Throttled      our own pacing: a slot later (a ticket to redeem then), or paused
  |    +-- Unavailable         409 (same key still running), 5xx
  |    +-- OutcomeUnknown      timeout or reset after sending: the call may have happened
  |    +-- DownloadExpired     the pre-signed URL was refused (403): retrieve again for a new one
@@ -23,6 +24,8 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -33,10 +36,12 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from urllib3.util import Retry
 
+from tasks.limiter import Family, Limiter
 from tasks.outcomes import ErrorCode
 from tasks.settings import Settings
 
 USER_AGENT = "recall-transcribe/0.1"
+INLINE_WAIT_S = 0.25  # a quota slot this close is waited for in place; a later one reschedules
 _QUERY = re.compile(r"\?\S*")
 
 
@@ -75,6 +80,25 @@ class RateLimited(RetryableError):
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message, 429)
         self.retry_after = retry_after
+
+
+class Throttled(RateLimited):
+    """No call was made: the family's next slot is `retry_after` away (reserved: `ticket`)."""
+
+    def __init__(self, message: str, retry_after: float, ticket: str | None) -> None:
+        super().__init__(message, retry_after)
+        self.status = None
+        self.ticket = ticket
+        self.listing: Listing | None = None  # a listing cut short, to resume from its cursor
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A recording's listing in progress: the transcripts seen and the next page's URL."""
+
+    seen: list[dict[str, Any]]
+    cursor: str | None
+    started_at: float
 
 
 class Unavailable(RetryableError):
@@ -210,7 +234,7 @@ def _idempotent_retries() -> Retry:
 class RecallClient:
     """Calls Recall's API with one `requests.Session` per thread, auth and timeouts set once."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limiter: Limiter | None = None) -> None:
         key = settings.RECALL_API_KEY.get_secret_value() if settings.RECALL_API_KEY else ""
         self._auth = f"Token {key}"
         self._base = settings.RECALL_API_BASE_URL
@@ -218,6 +242,7 @@ class RecallClient:
         self._max_download = settings.DOWNLOAD_MAX_BYTES
         self._require_https = not settings.development
         self._local = threading.local()
+        self._limiter = limiter
         urllib3_log = logging.getLogger("urllib3.connectionpool")
         if _REDACT not in urllib3_log.filters:
             urllib3_log.addFilter(_REDACT)
@@ -240,16 +265,48 @@ class RecallClient:
             self._local.session = session
         return session
 
+    @contextmanager
+    def redeeming(self, ticket: str | None) -> Iterator[None]:
+        """Calls in this block (this thread) first use the quota slot `ticket` reserved."""
+        self._local.ticket = ticket
+        try:
+            yield
+        finally:
+            self._local.ticket = None
+
+    def _pace(self, family: Family, scope: str) -> None:
+        """Wait for the family's quota: in place for a moment, else raise `Throttled`."""
+        if self._limiter is None:
+            return
+        ticket: str | None = getattr(self._local, "ticket", None)
+        mine = f"{family}|{scope}|"
+        if ticket is not None and ticket.startswith(mine):
+            self._local.ticket = None
+            at = float(ticket.removeprefix(mine))
+        else:
+            slot = self._limiter.acquire(family, scope)
+            if not slot.reserved:
+                raise Throttled(f"{family}: paused by Recall's 429", slot.wait, None)
+            at = time.time() + slot.wait
+        wait = at - time.time()
+        if wait > INLINE_WAIT_S:
+            raise Throttled(f"{family}: quota slot in {wait:.1f}s", wait, f"{mine}{at:.3f}")
+        if wait > 0:
+            time.sleep(wait)
+
     def _call(
         self,
         method: str,
         url: str,
         what: str,
+        family: Family,
+        scope: str = "",
         *,
         json: Any = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> requests.Response:
+        self._pace(family, scope)
         all_headers = {"Authorization": self._auth, "Accept": "application/json"}
         all_headers.update(headers or {})
         try:
@@ -265,7 +322,10 @@ class RecallClient:
         except requests.RequestException as exc:
             raise OutcomeUnknown(f"{what}: {type(exc).__name__}") from None
         if response.status_code >= 400:
-            raise _error_for(response, what)
+            error = _error_for(response, what)
+            if isinstance(error, RateLimited) and self._limiter is not None:
+                self._limiter.pause(family, scope, error.retry_after or 1.0)
+            raise error
         return response
 
     def _json(self, response: requests.Response, what: str) -> Any:
@@ -292,6 +352,8 @@ class RecallClient:
             "POST",
             f"{self._base}/api/v1/recording/{recording_id}/create_transcript/",
             "create transcript",
+            Family.CREATE,
+            recording_id,
             json=body,
             headers={"Idempotency-Key": idempotency_key},
         )
@@ -299,25 +361,39 @@ class RecallClient:
 
     def retrieve_transcript(self, transcript_id: str) -> Transcript:
         response = self._call(
-            "GET", f"{self._base}/api/v1/transcript/{transcript_id}/", "retrieve transcript"
+            "GET",
+            f"{self._base}/api/v1/transcript/{transcript_id}/",
+            "retrieve transcript",
+            Family.RETRIEVE,
         )
         return Transcript.from_api(self._json(response, "retrieve transcript"))
 
     def list_transcripts(self, recording_id: str) -> Iterator[Transcript]:
         """All transcripts of a recording, following the `next` cursor to the end."""
-        url: str | None = f"{self._base}/api/v1/transcript/"
-        params: dict[str, str] | None = {"recording_id": recording_id}
+        for page, _ in self.list_pages(recording_id):
+            yield from (Transcript.from_api(raw) for raw in page)
+
+    def list_pages(
+        self, recording_id: str, cursor: str | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """The recording's transcripts a page at a time, each with the `next` URL (None at the
+        end); `cursor`, a `next` URL seen before, resumes a listing there."""
+        url: str | None = cursor or f"{self._base}/api/v1/transcript/"
+        params: dict[str, str] | None = None if cursor else {"recording_id": recording_id}
         while url:
-            page = self._json(self._call("GET", url, "list transcripts", params=params), "list")
-            for raw in page.get("results", []):
-                yield Transcript.from_api(raw)
+            answer = self._call("GET", url, "list transcripts", Family.LIST, params=params)
+            page = self._json(answer, "list transcripts")
             url, params = page.get("next"), None
+            yield list(page.get("results", [])), url
 
     def delete_transcript(self, transcript_id: str) -> None:
         """Delete a transcript; one already gone counts as deleted."""
         try:
             self._call(
-                "DELETE", f"{self._base}/api/v1/transcript/{transcript_id}/", "delete transcript"
+                "DELETE",
+                f"{self._base}/api/v1/transcript/{transcript_id}/",
+                "delete transcript",
+                Family.DELETE,
             )
         except NotFound:
             return

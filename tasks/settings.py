@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tasks.limiter import Family, Rate, parse_rates
+
 LimitPolicy = Literal["fail", "delete-failed", "archive-oldest"]
 
 
@@ -44,6 +46,7 @@ class Settings(BaseSettings):
     RECALL_TRANSCRIPT_TIMEOUT_S: float = Field(21600.0, gt=0)
     FLOWER_BASIC_AUTH: SecretStr | None = None
     LIMIT_POLICY: LimitPolicy = "archive-oldest"
+    RECALL_RATE_LIMITS: str = ""
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)
@@ -68,6 +71,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 'must be a JSON object with exactly one provider key, e.g. {"recallai_async": {}}'
             )
+        return value
+
+    @field_validator("RECALL_RATE_LIMITS")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        parse_rates(value)  # raises ValueError with the reason
         return value
 
     @field_validator("RECALL_WEBHOOK_SECRET")
@@ -103,6 +112,11 @@ class Settings(BaseSettings):
     def api_tokens(self) -> list[str]:
         """Bearer tokens accepted by the jobs API."""
         return _split(self.API_TOKENS)
+
+    @property
+    def rate_limits(self) -> dict[Family, Rate] | None:
+        """Fleet-wide pacing per endpoint family (None: none at all)."""
+        return parse_rates(self.RECALL_RATE_LIMITS)
 
     @property
     def development(self) -> bool:

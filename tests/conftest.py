@@ -17,6 +17,7 @@ import requests
 from werkzeug.serving import make_server
 
 from emulator.config import EmulatorConfig
+from emulator.quotas import RECALL_QUOTAS, scaled
 from emulator.server import KeepAliveHandler, create_emulator
 from emulator.state import EmulatorState
 from tasks.jobs import JobStore
@@ -29,6 +30,7 @@ from tasks.store import LocalStore
 from tests.helpers import SECRET, Process, free_port, http_ready, redis_answers, wait_for
 
 API_KEY = "test-key"
+QUOTA_SCALE = 0.1  # Recall's quotas, every window a tenth as long: a minute becomes 6 s
 
 
 def start_redis(
@@ -135,6 +137,7 @@ def emulator() -> Iterator[EmulatorHandle]:
         processing_s=0.05,
         retry_scale=0.01,
         page_size=3,
+        quotas="none",  # this tier injects its 429s one by one
     )
     app = create_emulator(config)
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=KeepAliveHandler)
@@ -264,6 +267,7 @@ def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Syste
             "SWEEP_INTERVAL_S": "0.2",
             "RETRY_BACKOFF_BASE_S": "0.1",
             "RETRY_BACKOFF_MAX_S": "2",
+            "RECALL_RATE_LIMITS": scaled(RECALL_QUOTAS, QUOTA_SCALE),
             **env_overrides,
         }
         system = System(
@@ -287,6 +291,8 @@ def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Syste
                 "0.01",
                 "--page-size",
                 "4",
+                "--quota-scale",
+                str(QUOTA_SCALE),
                 "--webhook-url",
                 f"{system.receiver_url}/webhooks/recall",
                 *emulator_args,

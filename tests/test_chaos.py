@@ -166,6 +166,7 @@ def test_chaos_every_job_ends_once_with_its_transcript(start_system: Any, tmp_pa
             ),
             "webhooks_delivered": len(deliveries),
             "recall_calls": stats["calls"],
+            "recall_throttled": stats["throttled"],
             "transcripts_created_by_us": sum(ours_per_recording.values()),
         }
         print(json.dumps(summary, indent=2))

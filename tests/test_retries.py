@@ -10,7 +10,9 @@ import redis
 from tasks import keys
 from tasks.enqueue import RESUME_STEP
 from tasks.events import parse_event
+from tasks.limiter import DEFAULT_RATES, Family, Limiter, Rate
 from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.recall import RecallClient
 from tasks.settings import Settings
 from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness
@@ -211,3 +213,25 @@ def test_a_slot_freed_by_another_job_before_remediation_lists_lets_the_job_creat
 
 def outcomes_of(results: list[Result]) -> list[Outcome]:
     return [result.outcome for result in results]
+
+
+def test_a_listing_cut_short_by_the_quota_goes_on_from_its_cursor(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings, rclient: redis.Redis
+) -> None:
+    """List at 2 per second: each page after the first waits past a moment, so the job is
+    rescheduled with its slot reserved and its listing kept; no page is fetched twice."""
+    limiter = Limiter(rclient, {**DEFAULT_RATES, Family.LIST: Rate(2, 1.0)})
+    harness.pipeline.recall = RecallClient(settings, limiter)
+    job_id = start(harness, emulator)
+    emulator.seed("r1", 10, "done")  # 4 pages of 3
+    assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
+    outcomes = []
+    for _ in range(10):
+        result = harness.pipeline.run_step(Step.REMEDIATE, job_id)
+        outcomes.append(result.outcome)
+        if result.outcome != Outcome.RETRY:
+            break
+        assert state(harness, job_id).listing_next is not None
+        time.sleep(float(result.detail.split()[-1].rstrip("s")))
+    assert outcomes[-1] == Outcome.SLOT_FREED and len(outcomes) >= 2
+    assert emulator.stats()["calls"]["list"] == 4

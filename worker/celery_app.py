@@ -11,6 +11,7 @@ from tasks.connection import redis_client
 from tasks.enqueue import Enqueuer
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
+from tasks.limiter import Limiter
 from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
 from tasks.recall import RecallClient
@@ -68,9 +69,10 @@ def create_worker_app(settings: Settings) -> Celery:
     jobs = JobStore(client, settings.JOB_STEP_LEASE_S)
     enqueue = Enqueuer(client)
     inbox = Inbox(client, settings.INBOX_RESEND_S, settings.WEBHOOK_DEDUPE_TTL_S)
-    pipeline = Pipeline(
-        settings, jobs, RecallClient(settings), LocalStore(settings.TRANSCRIPTS_STORE), enqueue
-    )
+    rates = settings.rate_limits
+    limiter = Limiter(client, rates) if rates else None
+    recall = RecallClient(settings, limiter)
+    pipeline = Pipeline(settings, jobs, recall, LocalStore(settings.TRANSCRIPTS_STORE), enqueue)
     celery_tasks.register(app, pipeline, inbox)
     app.steps["worker"].add(sweeper_step(jobs, enqueue, inbox, settings.SWEEP_INTERVAL_S))
     return app

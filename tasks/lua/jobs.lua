@@ -85,6 +85,8 @@ end
 if command == 'move' then
   local old = current_in(ARGV[6])
   if not old then return false end
+  -- A step's scratch (a reserved quota slot, a listing cut short) is for its next run only.
+  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at')
   set_fields(ARGV[10])
   if ARGV[7] ~= '' then
     enter(old, ARGV[7], ARGV[8], tonumber(ARGV[9]))
@@ -101,6 +103,7 @@ if command == 'created' then
   local old = current_in(ARGV[6])
   if not old then return false end
   local transcript = ARGV[7]
+  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at')
   redis.call('SET', KEYS[3], id)
   redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', ARGV[2],
              'polls', '0')
@@ -149,7 +152,7 @@ end
 if command == 'retry' then
   local old = current_in(ARGV[6])
   if not old then return false end
-  redis.call('HDEL', job, 'error', 'failures', 'last_error')
+  redis.call('HDEL', job, 'error', 'failures', 'last_error', 'quota_ticket')
   redis.call('HINCRBY', job, 'attempts', 1)
   redis.call('HSET', job, 'polls', '0')
   if redis.call('HEXISTS', job, 'transcript_id') == 1 then

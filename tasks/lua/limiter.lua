@@ -17,5 +17,5 @@ if tat < now then tat = now end
 local wait = tat - tolerance - now
 if wait < 0 then wait = 0 end
 local next_tat = tat + interval
-redis.call('SET', KEYS[1], next_tat, 'PX', next_tat - now + tolerance + 1000)
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil(next_tat - now + tolerance) + 1000)
 return {wait, 1}
