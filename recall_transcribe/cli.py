@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", default=None, choices=[state.value for state in State])
     jobs.add_argument("--recording-id", default=None)
     jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--failed", action="store_true", help="retry: every failed job that matches")
+    jobs.add_argument(
+        "--code", default=None, help="retry --failed: only jobs failed with this code"
+    )
+    jobs.add_argument(
+        "--created-after", default=None, help="retry --failed: only jobs created after (ISO 8601)"
+    )
     return parser
 
 
@@ -219,6 +226,8 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
             error = f" {job.error.code}" if job.error else ""
             print(f"{job.id}  {job.state:<9} {job.recording_id}  {job.transcript_id or '-'}{error}")
         return 0
+    if args.action == "retry" and args.failed:
+        return _retry_failed(jobs, args)
     if not args.job_id:
         print(f"recall-transcribe: jobs {args.action} needs a JOB_ID", file=sys.stderr)
         return 2
@@ -233,6 +242,27 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
     print(json.dumps(shown.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _retry_failed(jobs: JobStore, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from tasks.enqueue import retry_failed
+
+    after = None
+    if args.created_after:
+        try:
+            when = datetime.fromisoformat(args.created_after)
+        except ValueError:
+            raise ConfigError(
+                f"--created-after: not an ISO 8601 time: {args.created_after}"
+            ) from None
+        after = (when if when.tzinfo else when.astimezone()).timestamp()
+    retried = retry_failed(
+        jobs, error_code=args.code, recording_id=args.recording_id, created_after=after
+    )
+    print(f"{retried} failed job(s) queued again")
     return 0
 
 

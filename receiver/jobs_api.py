@@ -11,21 +11,25 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     WithJsonSchema,
 )
 
-from tasks.enqueue import Enqueuer, retry, submit
+from tasks.enqueue import Enqueuer, retry, retry_failed, submit
 from tasks.jobs import Job, JobStore
+from tasks.outcomes import ErrorCode
 from tasks.states import State
 
 RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -100,6 +104,26 @@ class JobListQuery(BaseModel):
     state: State | None = None
     offset: int = Field(default=0, ge=0, le=999_999_999)
     limit: int = Field(default=50, ge=1, le=500)
+
+
+def _text_only(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
+class BulkRetry(BaseModel):
+    """Body of `POST /api/v1/jobs/retry`: which failed jobs to re-run."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: Literal["failed"]
+    error_code: ErrorCode | None = None
+    recording_id: str | None = Field(default=None, pattern=RECORDING_ID)
+    created_after: Annotated[AwareDatetime, BeforeValidator(_text_only)] | None = None
+
+
+class BulkRetried(BaseModel):
+    retried: int
 
 
 class JobPage(BaseModel):
@@ -178,9 +202,10 @@ def create_job() -> tuple[Response, int]:
     return _job(job, 202)
 
 
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str) -> tuple[Response, int]:
-    job = _api().jobs.get(job_id)
+# Job ids are UUIDs (derived from idempotency keys): anything else is no job (404).
+@bp.get("/jobs/<uuid:job_id>")
+def get_job(job_id: UUID) -> tuple[Response, int]:
+    job = _api().jobs.get(str(job_id))
     if job is None:
         return _error(404, f"no job {job_id}")
     return _job(job, 200)
@@ -199,15 +224,27 @@ def list_jobs() -> tuple[Response, int]:
     return jsonify(JobPage(jobs=jobs, next_offset=next_offset).model_dump(mode="json")), 200
 
 
-@bp.post("/jobs/<job_id>/retry")
-def retry_job(job_id: str) -> tuple[Response, int]:
-    api = _api()
-    job = api.jobs.get(job_id)
+@bp.post("/jobs/retry")
+def retry_jobs() -> tuple[Response, int]:
+    body = _model(BulkRetry, _json_body())
+    retried = retry_failed(
+        _api().jobs,
+        error_code=body.error_code,
+        recording_id=body.recording_id,
+        created_after=body.created_after.timestamp() if body.created_after else None,
+    )
+    return jsonify(BulkRetried(retried=retried).model_dump()), 202
+
+
+@bp.post("/jobs/<uuid:job_id>/retry")
+def retry_job(job_id: UUID) -> tuple[Response, int]:
+    api, key = _api(), str(job_id)
+    job = api.jobs.get(key)
     if job is None:
-        return _error(404, f"no job {job_id}")
-    if not retry(api.jobs, api.enqueue, job_id):
-        return _error(409, f"job {job_id} is {job.state}; only failed jobs can be retried")
-    retried = api.jobs.get(job_id)
+        return _error(404, f"no job {key}")
+    if not retry(api.jobs, api.enqueue, key):
+        return _error(409, f"job {key} is {job.state}; only failed jobs can be retried")
+    retried = api.jobs.get(key)
     return _job(retried or job, 202)
 
 

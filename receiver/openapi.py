@@ -12,6 +12,8 @@ from receiver.jobs_api import (
     JSON_VALUE_REF,
     JSON_VALUE_SCHEMA,
     MAX_KEY,
+    BulkRetried,
+    BulkRetry,
     ErrorBody,
     JobListQuery,
     JobPage,
@@ -68,7 +70,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {"JsonValue": JSON_VALUE_SCHEMA}
-    for model in (JobRequest, Job, JobPage, ErrorBody, JobListQuery):
+    for model in (JobRequest, Job, JobPage, ErrorBody, JobListQuery, BulkRetry, BulkRetried):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -90,7 +92,14 @@ def _with_refs(node: Any) -> Any:
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of the receiver's endpoints."""
-    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    job_id = [
+        {
+            "name": "job_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "format": "uuid"},
+        }
+    ]
     job_links = {
         "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
         "RetryJob": {"operationId": "retryJob", "parameters": {"job_id": "$response.body#/id"}},
@@ -163,6 +172,21 @@ def openapi_document() -> dict[str, Any]:
                         ("200", JobPage, "a page of jobs, newest first"), "400", "401", "503"
                     ),
                 },
+            },
+            "/api/v1/jobs/retry": {
+                "post": {
+                    "operationId": "retryJobs",
+                    "summary": "re-run the failed jobs that match, each from where it stopped",
+                    "security": BEARER,
+                    "requestBody": {"required": True, **_content(BulkRetry)},
+                    "responses": _answers(
+                        ("202", BulkRetried, "how many were queued again"),
+                        "400",
+                        "401",
+                        "413",
+                        "503",
+                    ),
+                }
             },
             "/api/v1/jobs/{job_id}": {
                 "get": {

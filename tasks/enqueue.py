@@ -39,6 +39,26 @@ def submit(
     return job_id, created
 
 
+def retry_failed(
+    jobs: JobStore,
+    *,
+    error_code: str | None = None,
+    recording_id: str | None = None,
+    created_after: float | None = None,
+) -> int:
+    """Re-run every failed job that matches, each from the furthest point known; returns how
+    many. They become due at once and the sweepers send them on: a large replay is paced by
+    Recall's quotas like any burst, and creates no transcript twice."""
+    retried = 0
+    for job in jobs.records(State.FAILED, recording_id):
+        if error_code is not None and (job.error is None or job.error.code != error_code):
+            continue
+        if created_after is not None and job.created_at < created_after:
+            continue
+        retried += jobs.retry(job.id) is not None
+    return retried
+
+
 def retry(jobs: JobStore, enqueue: Enqueuer, job_id: str) -> bool:
     """Re-run a failed job from the furthest point known and enqueue that step; False when the
     job is not failed."""

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from importlib import resources
@@ -210,6 +211,26 @@ class JobStore:
     def is_active(self, job_id: str) -> bool:
         state = self.redis.hget(keys.job(job_id), "state")
         return state is not None and State(cast(bytes, state).decode()).active
+
+    def records(self, state: State, recording_id: str | None = None) -> Iterator[JobRecord]:
+        """Every job in `state` (of one recording), oldest change first, read in batches."""
+        if recording_id:
+            ids = sorted(
+                m.decode()
+                for m in cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
+            )
+        else:
+            ids = [
+                m.decode() for m in cast(list[bytes], self.redis.zrange(keys.state(state), 0, -1))
+            ]
+        for start in range(0, len(ids), 500):
+            pipe = self.redis.pipeline()
+            for job_id in ids[start : start + 500]:
+                pipe.hgetall(keys.job(job_id))
+            for raw in cast(list[dict[bytes, bytes]], pipe.execute()):
+                record = _decode(raw)
+                if record is not None and record.state == state:
+                    yield record
 
     def page(
         self,

@@ -80,3 +80,23 @@ def test_worker_restarts_in_place_on_celerys_unrecoverable_error(
     assert execs == []
     handler.emit(record("Unrecoverable error: AttributeError(\"'NoneType' object...\")"))
     assert execs == [[sys.executable, "-m", "recall_transcribe", "worker", "-n", "w1@%h"]]
+
+
+def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> None:
+    import redis
+
+    from tasks.jobs import JobStore
+    from tasks.outcomes import ErrorCode
+
+    jobs = JobStore(redis.Redis.from_url(redis_url), 10)
+    provider = {"recallai_async": {}}
+    unavailable, _ = jobs.submit("r1", provider)
+    limited, _ = jobs.submit("r2", provider)
+    jobs.fail(unavailable, ErrorCode.RECALL_UNAVAILABLE, "x")
+    jobs.fail(limited, ErrorCode.LIMIT_REACHED, "x")
+    env = {**os.environ, "REDIS_URL": redis_url}
+    result = run(["jobs", "retry", "--failed", "--code", "recall_unavailable"], env)
+    assert result.returncode == 0 and "1 failed job(s) queued again" in result.stdout
+    assert [jobs.get(j).state for j in (unavailable, limited)] == ["queued", "failed"]  # type: ignore[union-attr]
+    bad = run(["jobs", "retry", "--failed", "--created-after", "yesterday"], env)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0

@@ -148,3 +148,29 @@ def test_a_non_ascii_idempotency_key_header_is_refused(client: FlaskClient) -> N
     headers = {**AUTH, "Idempotency-Key": "clé".encode().decode("latin-1")}
     response = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=headers)
     assert response.status_code == 400
+
+
+def test_bulk_retry_reruns_the_failed_jobs_that_match_and_says_how_many(
+    client: FlaskClient,
+) -> None:
+    jobs = client.application.extensions["jobs_api"].jobs
+    made = {
+        rid: client.post("/api/v1/jobs", json={"recording_id": rid}, headers=AUTH).json["id"]
+        for rid in ("a", "b", "c", "d")
+    }
+    jobs.fail(made["a"], ErrorCode.RECALL_UNAVAILABLE, "x")
+    jobs.fail(made["b"], ErrorCode.RECALL_UNAVAILABLE, "x")
+    jobs.fail(made["c"], ErrorCode.LIMIT_REACHED, "x")
+    body = {"state": "failed", "error_code": "recall_unavailable", "recording_id": "b"}
+    response = client.post("/api/v1/jobs/retry", json=body, headers=AUTH)
+    assert (response.status_code, response.json) == (202, {"retried": 1})
+    assert jobs.get(made["b"]).state == "queued"  # type: ignore[union-attr]
+    response = client.post("/api/v1/jobs/retry", json={"state": "failed"}, headers=AUTH)
+    assert response.json == {"retried": 2}
+    states = {rid: jobs.get(job_id).state for rid, job_id in made.items()}  # type: ignore[union-attr]
+    assert set(states.values()) == {"queued"}
+    later = {"state": "failed", "created_after": "2999-01-01T00:00:00Z"}
+    jobs.fail(made["d"], ErrorCode.INTERNAL, "x")
+    assert client.post("/api/v1/jobs/retry", json=later, headers=AUTH).json == {"retried": 0}
+    for bad in ({"state": "done"}, {"state": "failed", "error_code": "nope"}, {}):
+        assert client.post("/api/v1/jobs/retry", json=bad, headers=AUTH).status_code == 400
