@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, pipeline
+from bench import ingest, limiter, pipeline, quotas
 from bench.report import render, write_section
 
 SIZES = {
@@ -27,6 +27,9 @@ SIZES = {
         "awaiting": 10000,
         "probes": 20,
         "latency": 100,
+        "limiter_calls": 600,
+        "quota_recordings": 1000,
+        "crash_runs": 3,
     },
     "smoke": {
         "ingest_s": 1,
@@ -35,9 +38,12 @@ SIZES = {
         "awaiting": 100,
         "probes": 2,
         "latency": 5,
+        "limiter_calls": 80,
+        "quota_recordings": 30,
+        "crash_runs": 1,
     },
 }
-BENCHES = ("ingest", "throughput", "awaiting", "scaling", "latency")
+BENCHES = ("ingest", "throughput", "awaiting", "scaling", "latency", "limiter", "quotas")
 
 
 def main() -> int:
@@ -153,12 +159,25 @@ def _latency(work: Path, size: dict[str, Any], profile: bool) -> Any:
         system.stop()
 
 
+def _limiter(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return limiter.compare(work, size["limiter_calls"])
+
+
+def _quotas(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return {
+        "burst": quotas.burst(work / "burst", size["quota_recordings"], 1 / 6),
+        "crash": quotas.crash_to_resumed(work, size["crash_runs"]),
+    }
+
+
 RUNNERS = {
     "ingest": _ingest,
     "throughput": _throughput,
     "awaiting": _awaiting,
     "scaling": _scaling,
     "latency": _latency,
+    "limiter": _limiter,
+    "quotas": _quotas,
 }
 
 if __name__ == "__main__":

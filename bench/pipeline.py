@@ -57,6 +57,17 @@ class System:
                 timeout=60,
             ).raise_for_status()
 
+    def fault(self, spec: dict[str, Any]) -> None:
+        requests.post(f"{self.emulator_url}/_emulator/faults", json=spec, timeout=10)
+
+    def start_worker(self, name: str, concurrency: int = CONCURRENCY) -> Proc:
+        args = ["worker", "-n", name, "--concurrency", str(concurrency)]
+        args += ["--loglevel", "WARNING", "--without-mingle", "--without-gossip"]
+        index = len([p for p in self.procs if p.startswith("worker-")]) + 1
+        proc = recall_transcribe(args, self.workdir / f"worker-{index}.log", self.env)
+        self.procs[f"worker-{index}"] = proc
+        return proc
+
     def configure_emulator(self, **changes: Any) -> None:
         requests.patch(f"{self.emulator_url}/_emulator/config", json=changes, timeout=10)
 
@@ -119,11 +130,8 @@ def start_system(
         system.procs["receiver"] = recall_transcribe(receiver, workdir / "receiver.log", env)
         wait_for(http_ready(f"{emulator_url}/_emulator/stats"), 30, "emulator")
         wait_for(http_ready(f"{receiver_url}/healthz"), 30, "receiver")
-        for index, name in enumerate(names or [f"w{i + 1}@%h" for i in range(workers)]):
-            args = ["worker", "-n", name, "--concurrency", str(concurrency)]
-            args += ["--loglevel", "WARNING", "--without-mingle", "--without-gossip"]
-            log = workdir / f"worker-{index + 1}.log"
-            system.procs[f"worker-{index + 1}"] = recall_transcribe(args, log, env)
+        for name in names or [f"w{i + 1}@%h" for i in range(workers)]:
+            system.start_worker(name, concurrency)
         _wait_workers(system, len(names or range(workers)))
     except BaseException:
         system.stop()

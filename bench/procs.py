@@ -49,6 +49,12 @@ class Proc:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL the process group, as a crash would."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
     def cpu_seconds(self) -> float:
         """User + system CPU of the process and its children still running."""
         total = 0.0

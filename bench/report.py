@@ -147,6 +147,22 @@ def render(results: dict[str, Any]) -> str:
         out += ["### 5. Latency: transcript.done answered -> files persisted (no backlog)", ""]
         out += table({"transcript.done -> persisted": results["latency"]}, "")
         out += [""]
+    if "limiter" in results:
+        out += ["### 6. The fleet-wide limiter, chosen by measurement", ""]
+        out += [
+            "8 threads share one family (60 calls per 2 s, Recall's List minute scaled); each call",
+            "reaches a Recall-like sliding window 0-50 ms late; a refused call waits its",
+            "Retry-After and goes again.",
+            "",
+        ]
+        out += table(results["limiter"], "limiter")
+        out += [""]
+    if "quotas" in results:
+        out += ["### 7. Under Recall's quotas", ""]
+        out += [f"- {k}: {v}" for k, v in results["quotas"]["burst"].items()]
+        out += ["", "A worker SIGKILLed mid-download, a fresh one started at once:", ""]
+        out += [f"- {k}: {v}" for k, v in results["quotas"]["crash"].items()]
+        out += [""]
     return "\n".join(out)
 
 

@@ -1,12 +1,12 @@
 """Fleet-wide pacing of Recall's API, shared by every worker through Redis.
 
 Recall's quotas are sliding windows per endpoint family (List 60/min per workspace, Retrieve
-300/min, Create 5/min per bot, ...): they, not our CPU, bound the pipeline. Each family is paced
-by GCRA (tasks/lua/limiter.lua) on Redis's clock: a small burst, then one call per interval, so no
-window of Recall's ever sees more than its quota, even with calls arriving out of step. A caller
-always gets a slot: now, or a reservation later that it redeems when it comes back (a *ticket*),
-so waiting jobs queue instead of stampeding. A 429 pauses its family for the whole fleet until its
-Retry-After.
+300/min, Create 5/min per bot, ...): they, not our CPU, bound the pipeline. Each family keeps
+Recall's own window on our side (tasks/lua/limiter.lua), on Redis's clock, a small margin wider so
+that calls reaching Recall a little out of step still fit. A caller always gets a slot: now, or a
+reservation later that it redeems when it comes back (a *ticket*), so waiting jobs queue instead
+of stampeding. A 429 pauses its family for the whole fleet until its Retry-After. Why this and not
+a library: `bench/limiter.py` and the README.
 """
 
 from __future__ import annotations
@@ -36,14 +36,10 @@ class Rate:
     count: int
     seconds: float
 
-    def gcra(self) -> tuple[float, float]:
-        """(interval, tolerance) in seconds: a burst of up to 5 (a tenth of the quota), then even
-        spacing, so that any window a little longer than Recall's (by a margin for calls that
-        reach it out of step) holds at most `count` calls: burst + (window + margin) / interval."""
-        burst = max(1, min(5, self.count // 10))
-        margin = min(0.5, self.seconds * 0.05)
-        interval = (self.seconds + margin) / max(1, self.count - burst)
-        return interval, (burst - 1) * interval
+    @property
+    def margin(self) -> float:
+        """How much wider our window is than Recall's: room for calls that arrive out of step."""
+        return min(0.5, self.seconds * 0.05)
 
 
 # Recall's documented quotas (list, retrieve, create); delete is not documented: as list.
@@ -89,18 +85,19 @@ class Limiter:
 
     def __init__(self, client: redis.Redis, rates: dict[Family, Rate]) -> None:
         self._redis = client
-        self._gcra = {family: rate.gcra() for family, rate in rates.items()}
+        self._rates = rates
         script = resources.files("tasks").joinpath("lua/limiter.lua").read_text()
         self._script = client.register_script(script)
 
     def acquire(self, family: Family, scope: str = "") -> Slot:
         """Take the family's next slot (now or later)."""
-        interval, tolerance = self._gcra[family]
+        rate = self._rates[family]
+        key = keys.rate(family, scope)
         wait_ms, reserved = cast(
             list[int],
             self._script(
-                keys=[keys.rate(family, scope), keys.rate_pause(family, scope)],
-                args=[round(interval * 1000, 3), round(tolerance * 1000, 3)],
+                keys=[key, keys.rate_pause(family, scope), f"{key}:seq"],
+                args=[rate.count, round(rate.seconds * 1000), round(rate.margin * 1000)],
             ),
         )
         return Slot(wait_ms / 1000, bool(reserved))
