@@ -88,12 +88,13 @@ class JobRecord(BaseModel):
     create_seq: int = 0  # bumped after a definite create error: the next create uses a new key
     create_pending: bool = False  # a create call may have happened whose answer we never saw
     create_key_at: float | None = None  # when the current create key was first sent
-    free_slot_seen: bool = False  # remediation found the recording below the limit once
-    refusal: str | None = None  # why create was last refused (the limit, or not)
     quota_ticket: str | None = None  # a quota slot reserved for the step's next run
     listing: list[dict[str, Any]] = Field(default_factory=list)  # a listing the quota cut short
     listing_next: str | None = None  # ... and where it goes on
     listing_at: float | None = None  # ... and when it began
+    listing_version: int | None = None  # the recording's version when that listing began
+    refused_version: int | None = None  # the recording's version when create was refused
+    refusal: str | None = None  # Recall's answer then
     transcript_id: str | None = None
     transcript_created_at: float | None = None
     early_event: EarlyEvent | None = None  # a transcript event that came before the create answer
@@ -309,20 +310,21 @@ class JobStore:
             create_key_at=0 if job.create_pending else None,
         )
 
-    def start_remediation(self, job_id: str, refusal: str) -> bool:
-        """Create was refused (maybe the limit): remediation looks at the recording next."""
+    def start_remediation(self, job_id: str, refusal: str, version: int) -> bool:
+        """Create was refused, maybe at the limit: remediation looks next. `version` is the
+        recording's when refused: if it has not changed when remediation finds a free slot,
+        the refusal was not the limit."""
         return self._move(
-            Transition.START_REMEDIATION, job_id, due_in=self.lease_s, refusal=refusal
-        )
-
-    def end_remediation(self, job_id: str, free_slot_seen: bool) -> bool:
-        """A slot is free (freed, or found free): create again."""
-        return self._move(
-            Transition.END_REMEDIATION,
+            Transition.START_REMEDIATION,
             job_id,
             due_in=self.lease_s,
-            free_slot_seen=free_slot_seen or None,
+            refusal=refusal,
+            refused_version=version,
         )
+
+    def end_remediation(self, job_id: str) -> bool:
+        """A slot is free (freed, or found free): create again."""
+        return self._move(Transition.END_REMEDIATION, job_id, due_in=self.lease_s)
 
     def record_created(self, job_id: str, transcript_id: str, first_poll_s: float) -> State | None:
         """Store the created transcript; returns the job's new state (None when refused)."""
@@ -390,6 +392,7 @@ class JobStore:
             listing=json.dumps(listing.seen) if listing else None,
             listing_next=listing.cursor if listing else None,
             listing_at=listing.started_at if listing else None,
+            listing_version=listing.version if listing else None,
         )
 
     def fail(self, job_id: str, code: ErrorCode, message: str, **extra: Any) -> bool:
@@ -421,6 +424,13 @@ class JobStore:
         previous step to end); yields False when another step still holds it."""
         return self.leases.hold(keys.job_lock(job_id), LOCK_WAIT_S)
 
-    def remediating(self, recording_id: str) -> AbstractContextManager[bool]:
-        """Hold the recording's lease while one job remediates its limit (never waits)."""
-        return self.leases.hold(keys.recording_lock(recording_id), None)
+    def recording(self, recording_id: str, wait: bool) -> AbstractContextManager[bool]:
+        """Hold the recording's lease while a job creates on it or remediates its limit."""
+        return self.leases.hold(keys.recording_lock(recording_id), LOCK_WAIT_S if wait else None)
+
+    def recording_version(self, recording_id: str) -> int:
+        """Counts our creates and deletes on the recording (a listing is good while it holds)."""
+        return int(cast(bytes | None, self.redis.get(keys.recording_version(recording_id))) or 0)
+
+    def recording_changed(self, recording_id: str) -> None:
+        self.redis.incr(keys.recording_version(recording_id))

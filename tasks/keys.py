@@ -60,3 +60,7 @@ def rate(family: str, scope: str = "") -> str:
 
 def rate_pause(family: str, scope: str = "") -> str:
     return f"{PREFIX}rate:{family}:{scope}:pause"
+
+
+def recording_version(recording_id: str) -> str:
+    return f"{PREFIX}recording:{recording_id}:version"

@@ -135,7 +135,13 @@ class Pipeline:
         if transcript_id is None and job.create_pending and not self._replayable(job):
             transcript_id = self._find_ours(job)
         if transcript_id is None:
-            transcript_id = self._call_create(job)
+            # Our creates and deletes on a recording take turns, so a refusal at the limit is
+            # judged on a listing no job of ours changes meanwhile.
+            with self.jobs.recording(job.recording_id, wait=True) as held:
+                if not held:
+                    self.jobs.nudge(job.id, 1.0)
+                    return Result(Outcome.RECORDING_BUSY, job.id)
+                transcript_id = self._call_create(job)
             if transcript_id is None:
                 return Result(Outcome.REMEDIATE, job.id)
         state = self.jobs.record_created(job.id, transcript_id, self.settings.RECALL_POLL_INITIAL_S)
@@ -144,7 +150,8 @@ class Pipeline:
         return Result(Outcome.CREATED, job.id, transcript_id=transcript_id, state=state)
 
     def _call_create(self, job: JobRecord) -> str | None:
-        """Create Async Transcript; None when the recording is at the limit (remediation queued)."""
+        """Create Async Transcript (the recording's lease held); None when the recording is at
+        the limit (remediation queued)."""
         metadata = {"job_id": job.id, "idempotency_key": job.idempotency_key[:500]}
         try:
             transcript = self.recall.create_transcript(
@@ -156,9 +163,11 @@ class Pipeline:
                 raise
             # Maybe the 10-transcripts limit (its answer is not documented): remediation lists
             # the recording once and decides.
-            self.jobs.start_remediation(job.id, exc.message)
+            version = self.jobs.recording_version(job.recording_id)
+            self.jobs.start_remediation(job.id, exc.message, version)
             self.enqueue(Step.REMEDIATE, job.id)
             return None
+        self.jobs.recording_changed(job.recording_id)
         return transcript.id
 
     def _replayable(self, job: JobRecord) -> bool:
@@ -168,24 +177,23 @@ class Pipeline:
 
     def _find_ours(self, job: JobRecord) -> str | None:
         """A transcript this job created whose answer we never saw, matched by metadata."""
-        for transcript in self._live(job):
+        for transcript in _live(self._listing(job)):
             if (transcript.metadata or {}).get("job_id") == job.id:
                 log.info("job %s: adopting transcript %s found by listing", job.id, transcript.id)
                 return transcript.id
         return None
 
     def _remediate(self, job: JobRecord) -> Result:
-        with self.jobs.remediating(job.recording_id) as held:
+        with self.jobs.recording(job.recording_id, wait=False) as held:
             if not held:
                 self.jobs.nudge(job.id, 1.0)
                 return Result(Outcome.RECORDING_BUSY, job.id)
-            live = self._live(job)
+            live = _live(self._listing(job))
             if len(live) < TRANSCRIPT_LIMIT:
-                # A slot is free: another job freed one since our create was refused, or the
-                # refusal was not the limit. Create again, once: refused again, it was not.
-                if job.free_slot_seen:
-                    raise Refused(job.refusal or "create refused below the limit")
-                self.jobs.end_remediation(job.id, free_slot_seen=True)
+                if job.refused_version == self.jobs.recording_version(job.recording_id):
+                    # Nothing of ours changed since the refusal: it was not the limit.
+                    raise BadRequest(job.refusal or "create refused below the limit")
+                self.jobs.end_remediation(job.id)  # another job of ours freed a slot meanwhile
                 self.enqueue(Step.CREATE, job.id)
                 return Result(Outcome.SLOT_FREE, job.id)
             victim = self._pick_victim(live)
@@ -197,8 +205,9 @@ class Pipeline:
             if victim.status.code == "done":
                 self._archive(job.id, victim)
             self.recall.delete_transcript(victim.id)
+            self.jobs.recording_changed(job.recording_id)
             log.info("job %s: limit remediation deleted %s", job.id, victim.id)
-        self.jobs.end_remediation(job.id, free_slot_seen=False)
+        self.jobs.end_remediation(job.id)
         self.enqueue(Step.CREATE, job.id)
         return Result(
             Outcome.SLOT_FREED, job.id, transcript_id=victim.id, detail=victim.status.code
@@ -298,22 +307,27 @@ class Pipeline:
         self.enqueue(step, job_id)
         return None
 
-    def _live(self, job: JobRecord) -> list[Transcript]:
-        """The recording's transcripts that count towards the limit. A listing the quota cut
-        short goes on from its cursor when the job comes back (if it began under a minute ago)."""
-        fresh = job.listing_at is not None and time.time() - job.listing_at < LISTING_FRESH_S
-        seen = list(job.listing) if fresh else []
-        cursor = job.listing_next if fresh else None
-        started = job.listing_at if fresh and job.listing_at else time.time()
+    def _listing(self, job: JobRecord) -> list[dict[str, Any]]:
+        """Every transcript of the job's recording, as listed. A listing the quota cut short goes
+        on from its cursor when the job comes back (if it began under a minute ago)."""
+        seen: list[dict[str, Any]] = []
+        cursor, started = None, time.time()
+        version = self.jobs.recording_version(job.recording_id)
+        if (
+            job.listing_next
+            and job.listing_version == version  # no job of ours created or deleted since
+            and job.listing_at
+            and started - job.listing_at < LISTING_FRESH_S
+        ):
+            seen, cursor, started = list(job.listing), job.listing_next, job.listing_at
         try:
             for page, next_page in self.recall.list_pages(job.recording_id, cursor):
                 seen, cursor = seen + page, next_page
         except Throttled as exc:
             if cursor:
-                exc.listing = Listing(seen, cursor, started)
+                exc.listing = Listing(seen, cursor, started, version)
             raise
-        transcripts = [Transcript.from_api(raw) for raw in seen]
-        return [t for t in transcripts if t.status.code != "deleted"]
+        return seen
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
         """The same step after a backoff. Each kind of error has its own budget in a phase;
@@ -347,12 +361,6 @@ class NotReady(RetryableError):
     code = ErrorCode.NOT_READY
 
 
-class Refused(FinalError):
-    """Create was refused although the recording is below the limit."""
-
-    code = ErrorCode.RECALL_REJECTED
-
-
 class Unexpected(RetryableError):
     """A step failed in a way no rule covers (a full disk, an odd answer): retried, then ends."""
 
@@ -363,6 +371,12 @@ class Inconsistent(FinalError):
     """The job's record contradicts its phase (never expected)."""
 
     code = ErrorCode.INTERNAL
+
+
+def _live(listing: list[dict[str, Any]]) -> list[Transcript]:
+    """The listed transcripts that count towards the limit."""
+    transcripts = [Transcript.from_api(raw) for raw in listing]
+    return [t for t in transcripts if t.status.code != "deleted"]
 
 
 def _transcript_id(job: JobRecord) -> str:

@@ -99,6 +99,7 @@ class Listing:
     seen: list[dict[str, Any]]
     cursor: str | None
     started_at: float
+    version: int  # the recording's version (our creates and deletes) when it began
 
 
 class Unavailable(RetryableError):

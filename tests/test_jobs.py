@@ -47,7 +47,7 @@ SETUP: dict[Phase, Callable[[JobStore, str], object]] = {
     CREATING: lambda jobs, job_id: jobs.start_create(record(jobs, job_id)),
     REMEDIATING: lambda jobs, job_id: (
         jobs.start_create(record(jobs, job_id)),
-        jobs.start_remediation(job_id, "HTTP 400"),
+        jobs.start_remediation(job_id, "HTTP 400", 0),
     ),
     AWAITING: lambda jobs, job_id: (
         jobs.start_create(record(jobs, job_id)),
@@ -82,10 +82,11 @@ APPLY: dict[Transition, Callable[[JobStore, str], Transition | None]] = {
         jobs.create_refused(record(jobs, j)), Transition.CREATE_REFUSED
     ),
     Transition.START_REMEDIATION: lambda jobs, j: _if(
-        jobs.start_remediation(j, "HTTP 400"), Transition.START_REMEDIATION
+        jobs.start_remediation(j, "HTTP 400", 0),
+        Transition.START_REMEDIATION,
     ),
     Transition.END_REMEDIATION: lambda jobs, j: _if(
-        jobs.end_remediation(j, free_slot_seen=False), Transition.END_REMEDIATION
+        jobs.end_remediation(j), Transition.END_REMEDIATION
     ),
     Transition.RECORD_CREATED: lambda jobs, j: _if(
         jobs.record_created(j, T1, 60), Transition.RECORD_CREATED

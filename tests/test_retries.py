@@ -17,7 +17,13 @@ from tasks.settings import Settings
 from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness
 from tests.helpers import reconfigure, transcript_event, wait_for
-from tests.test_steps import run, start, state, wait_transcript_done
+from tests.test_steps import (
+    job_whose_transcript_fails,
+    run,
+    start,
+    state,
+    wait_transcript_done,
+)
 
 
 def created(emulator: EmulatorHandle, recording_id: str = "r1") -> int:
@@ -89,11 +95,7 @@ def test_retrying_hours_later_still_reconciles_before_creating(
 def test_a_stale_transcript_event_after_a_retry_changes_nothing_the_transcript_does_not_say(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    emulator.recording("r1")
-    emulator.fault(target="transcript", action="fail", sub_code="provider_connection_failed")
-    job_id = harness.pipeline.submit("r1").job_id
-    harness.drain()
-    transcript_id = str(state(harness, job_id).transcript_id)
+    job_id, transcript_id = job_whose_transcript_fails(harness, emulator)
     event = transcript_event("transcript.failed", "r1", transcript_id, {"job_id": job_id}, "x")
     harness.pipeline.ingest(parse_event(event))
     assert state(harness, job_id).state == State.FAILED
@@ -197,6 +199,18 @@ def test_transcript_done_for_a_job_whose_create_answer_was_lost_is_acted_on_at_o
     assert emulator.stats()["calls"] == {"create": 1}
 
 
+def test_remediation_lists_once_when_nothing_changed_since_the_refusal(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    emulator.seed("r1", 10, "done")
+    assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
+    assert run(harness, Step.REMEDIATE, job_id) == Outcome.SLOT_FREED
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
+    calls = emulator.stats()["calls"]
+    assert (calls["list"], calls["delete"], calls["create"]) == (4, 1, 2)  # 4 pages: one listing
+
+
 def test_a_slot_freed_by_another_job_before_remediation_lists_lets_the_job_create(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
@@ -205,6 +219,7 @@ def test_a_slot_freed_by_another_job_before_remediation_lists_lets_the_job_creat
     assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
     assert emulator.state is not None
     emulator.state.transcripts[seeded[0]["id"]].status = "deleted"  # another job freed a slot
+    harness.pipeline.jobs.recording_changed("r1")  # as another job's delete does
     assert run(harness, Step.REMEDIATE, job_id) == Outcome.SLOT_FREE
     assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
     assert emulator.stats()["calls"].get("delete", 0) == 0

@@ -86,7 +86,8 @@ if command == 'move' then
   local old = current_in(ARGV[6])
   if not old then return false end
   -- A step's scratch (a reserved quota slot, a listing cut short) is for its next run only.
-  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at')
+  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at',
+             'listing_version')
   set_fields(ARGV[10])
   if ARGV[7] ~= '' then
     enter(old, ARGV[7], ARGV[8], tonumber(ARGV[9]))
@@ -103,13 +104,14 @@ if command == 'created' then
   local old = current_in(ARGV[6])
   if not old then return false end
   local transcript = ARGV[7]
-  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at')
+  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at',
+             'listing_version')
   redis.call('SET', KEYS[3], id)
   redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', ARGV[2],
              'polls', '0')
   local early = redis.call('HMGET', job, 'early_event', 'early_transcript_id', 'early_sub_code')
-  redis.call('HDEL', job, 'create_pending', 'create_key_at', 'free_slot_seen', 'refusal',
-             'early_event', 'early_transcript_id', 'early_sub_code')
+  redis.call('HDEL', job, 'create_pending', 'create_key_at', 'early_event', 'early_transcript_id',
+             'early_sub_code', 'refusal', 'refused_version')
   if early[2] == transcript and early[1] == 'done' then
     to_fetching(old, tonumber(ARGV[9]))
     return 'fetching'
