@@ -429,7 +429,8 @@ class JobStore:
         return self.leases.hold(keys.recording_lock(recording_id), LOCK_WAIT_S if wait else None)
 
     def recording_version(self, recording_id: str) -> int:
-        """Counts our creates and deletes on the recording (a listing is good while it holds)."""
+        """Counts our creates and deletes on the recording, each counted before its call (a
+        listing is good while the version holds)."""
         return int(cast(bytes | None, self.redis.get(keys.recording_version(recording_id))) or 0)
 
     def recording_changed(self, recording_id: str) -> None:

@@ -153,6 +153,7 @@ class Pipeline:
         """Create Async Transcript (the recording's lease held); None when the recording is at
         the limit (remediation queued)."""
         metadata = {"job_id": job.id, "idempotency_key": job.idempotency_key[:500]}
+        self.jobs.recording_changed(job.recording_id)  # before: a crash mid-call may have created
         try:
             transcript = self.recall.create_transcript(
                 job.recording_id, job.provider, metadata, job.create_key
@@ -167,7 +168,6 @@ class Pipeline:
             self.jobs.start_remediation(job.id, exc.message, version)
             self.enqueue(Step.REMEDIATE, job.id)
             return None
-        self.jobs.recording_changed(job.recording_id)
         return transcript.id
 
     def _replayable(self, job: JobRecord) -> bool:
@@ -204,8 +204,8 @@ class Pipeline:
                 )
             if victim.status.code == "done":
                 self._archive(job.id, victim)
+            self.jobs.recording_changed(job.recording_id)  # before: a crash mid-call may delete
             self.recall.delete_transcript(victim.id)
-            self.jobs.recording_changed(job.recording_id)
             log.info("job %s: limit remediation deleted %s", job.id, victim.id)
         self.jobs.end_remediation(job.id)
         self.enqueue(Step.CREATE, job.id)
