@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("job_id", nargs="?")
     jobs.add_argument("--state", default=None, choices=[state.value for state in State])
     jobs.add_argument("--recording-id", default=None)
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--limit", type=int, default=20, help="list: rows per page")
+    jobs.add_argument("--offset", type=int, default=0, help="list: rows to skip")
     jobs.add_argument("--failed", action="store_true", help="retry: every failed job that matches")
     jobs.add_argument(
         "--code", default=None, help="retry --failed: only jobs failed with this code"
@@ -221,11 +222,7 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
 def _jobs(args: argparse.Namespace, _: list[str]) -> int:
     jobs, enqueue = _job_tools(load_settings())
     if args.action == "list":
-        state = State(args.state) if args.state else None
-        for job in jobs.page(recording_id=args.recording_id, state=state, limit=args.limit):
-            error = f" {job.error.code}" if job.error else ""
-            print(f"{job.id}  {job.state:<9} {job.recording_id}  {job.transcript_id or '-'}{error}")
-        return 0
+        return _list_jobs(jobs, args)
     if args.action == "retry" and args.failed:
         return _retry_failed(jobs, args)
     if not args.job_id:
@@ -242,6 +239,25 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
     print(json.dumps(shown.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _list_jobs(jobs: JobStore, args: argparse.Namespace) -> int:
+    """A page of jobs under a header, and how to see the next page when there is one."""
+    state = State(args.state) if args.state else None
+    limit, offset = max(1, args.limit), max(0, args.offset)
+    page = jobs.page(recording_id=args.recording_id, state=state, offset=offset, limit=limit + 1)
+    print(f"{'JOB':<36}  {'STATE':<9} {'RECORDING':<36}  {'TRANSCRIPT':<36}  ERROR")
+    for job in page[:limit]:
+        error = job.error.code if job.error else ""
+        print(
+            f"{job.id:<36}  {job.state:<9} {job.recording_id:<36}  "
+            f"{job.transcript_id or '-':<36}  {error}".rstrip()
+        )
+    if len(page) > limit:
+        print(f"(more: --offset {offset + limit})")
+    elif not page:
+        print("(no jobs)")
     return 0
 
 

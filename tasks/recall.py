@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from pydantic import BaseModel, ConfigDict, PrivateAttr
@@ -41,6 +42,7 @@ from tasks.outcomes import ErrorCode
 from tasks.settings import Settings
 
 USER_AGENT = "recall-transcribe/0.1"
+MAX_REDIRECTS = 5
 INLINE_WAIT_S = 0.25  # a quota slot this close is waited for in place; a later one reschedules
 _QUERY = re.compile(r"\?\S*")
 
@@ -385,6 +387,8 @@ class RecallClient:
             answer = self._call("GET", url, "list transcripts", Family.LIST, params=params)
             page = self._json(answer, "list transcripts")
             url, params = page.get("next"), None
+            if url and not _same_origin(url, self._base):  # it would carry our API key there
+                raise Rejected("list transcripts: a next link to another host; not followed")
             yield list(page.get("results", [])), url
 
     def delete_transcript(self, transcript_id: str) -> None:
@@ -400,12 +404,31 @@ class RecallClient:
             return
 
     def download(self, url: str) -> bytes:
-        """Fetch transcript data from a pre-signed URL, capped in size and time."""
-        if self._require_https and not url.startswith("https://"):
-            raise DownloadRefused("download: refusing a download_url that is not https")
+        """Fetch transcript data from a pre-signed URL, capped in size and time; redirects are
+        followed only to https (plain http too in development), a few at most."""
         deadline = time.monotonic() + 4 * self._timeout[1]
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_download_url(url)
+            try:
+                data = self._download_once(url, deadline)
+            except _Redirect as redirect:
+                url = urljoin(url, redirect.location)
+                continue
+            return data
+        raise DownloadRefused(f"download: more than {MAX_REDIRECTS} redirects")
+
+    def _check_download_url(self, url: str) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme != "https" and (self._require_https or scheme != "http"):
+            raise DownloadRefused("download: refusing a URL that is not https")
+
+    def _download_once(self, url: str, deadline: float) -> bytes:
         try:
-            with self._session().get(url, stream=True, timeout=self._timeout) as response:
+            with self._session().get(
+                url, stream=True, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                if response.is_redirect:
+                    raise _Redirect(response.headers["Location"])
                 if response.status_code in (401, 403):
                     raise DownloadExpired(f"download: HTTP {response.status_code} (URL expired?)")
                 if response.status_code >= 400:
@@ -422,6 +445,19 @@ class RecallClient:
                 return b"".join(chunks)
         except requests.RequestException as exc:
             raise Unavailable(f"download: {type(exc).__name__}") from None
+
+
+class _Redirect(Exception):
+    """A redirect answer: control flow inside `download`, never raised out of it."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+def _same_origin(url: str, base: str) -> bool:
+    one, other = urlsplit(url), urlsplit(base)
+    return (one.scheme, one.netloc) == (other.scheme, other.netloc)
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:

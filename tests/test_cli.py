@@ -100,3 +100,20 @@ def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> 
     assert [jobs.get(j).state for j in (unavailable, limited)] == ["queued", "failed"]  # type: ignore[union-attr]
     bad = run(["jobs", "retry", "--failed", "--created-after", "yesterday"], env)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+
+
+def test_jobs_list_pages_under_a_header_and_says_how_to_see_more(redis_url: str) -> None:
+    import redis
+
+    from tasks.jobs import JobStore
+
+    jobs = JobStore(redis.Redis.from_url(redis_url), 10)
+    made = [jobs.submit(f"rec-{i}", {"recallai_async": {}})[0] for i in range(5)]
+    env = {**os.environ, "REDIS_URL": redis_url}
+    first = run(["jobs", "list", "--limit", "3"], env).stdout.splitlines()
+    assert first[0].split() == ["JOB", "STATE", "RECORDING", "TRANSCRIPT", "ERROR"]
+    assert len(first) == 5 and first[-1] == "(more: --offset 3)"
+    rest = run(["jobs", "list", "--limit", "3", "--offset", "3"], env).stdout.splitlines()
+    assert len(rest) == 3 and "more" not in rest[-1]
+    listed = {line.split()[0] for line in first[1:4] + rest[1:]}
+    assert listed == set(made)

@@ -174,3 +174,9 @@ def test_bulk_retry_reruns_the_failed_jobs_that_match_and_says_how_many(
     assert client.post("/api/v1/jobs/retry", json=later, headers=AUTH).json == {"retried": 0}
     for bad in ({"state": "done"}, {"state": "failed", "error_code": "nope"}, {}):
         assert client.post("/api/v1/jobs/retry", json=bad, headers=AUTH).status_code == 400
+
+
+@pytest.mark.parametrize("token", ["tökén", "token-1\u0000", "token-1 extra"])
+def test_a_malformed_bearer_token_is_401_never_500(client: FlaskClient, token: str) -> None:
+    header = f"Bearer {token}".encode().decode("latin-1")
+    assert client.get("/api/v1/jobs", headers={"Authorization": header}).status_code == 401

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import pytest
+from werkzeug.serving import make_server
 
 from tasks.recall import (
+    MAX_REDIRECTS,
     BadRequest,
     DownloadExpired,
     DownloadRefused,
@@ -19,7 +26,7 @@ from tasks.recall import (
 )
 from tasks.settings import Settings
 from tests.conftest import EmulatorHandle
-from tests.helpers import reconfigure
+from tests.helpers import free_port, reconfigure
 
 PROVIDER = {"recallai_async": {"language_code": "en"}}
 
@@ -159,3 +166,62 @@ def test_download_over_the_size_cap_is_refused(
     assert url is not None
     with pytest.raises(DownloadRefused):
         client.download(url)
+
+
+@pytest.fixture
+def fake_recall() -> Iterator[tuple[str, list[str]]]:
+    """A server answering what a compromised or misconfigured upstream might: a List page whose
+    `next` names another host, and downloads that redirect. Returns its URL and the paths hit."""
+    hits: list[str] = []
+
+    def app(environ: dict[str, Any], start: Callable[..., Any]) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        hits.append(path)
+        port = environ["SERVER_PORT"]
+        if path == "/api/v1/transcript/":
+            body = {"next": f"http://127.0.0.2:{port}/api/v1/transcript/?cursor=x", "results": []}
+            start("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps(body).encode()]
+        if path.startswith("/redirect/"):
+            start("302 Found", [("Location", path.removeprefix("/redirect/").replace("|", "/"))])
+            return [b""]
+        start("200 OK", [("Content-Type", "application/json")])
+        return [b"[]"]
+
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", hits
+    server.shutdown()
+
+
+def test_a_list_next_link_to_another_host_is_not_followed_with_the_api_key(
+    settings: Settings, fake_recall: tuple[str, list[str]]
+) -> None:
+    url, hits = fake_recall
+    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL=url))
+    with pytest.raises(Rejected, match="another host"):
+        list(client.list_transcripts("r1"))
+    assert hits == ["/api/v1/transcript/"]
+
+
+def test_download_redirects_stay_on_http_schemes_and_are_few(
+    settings: Settings, fake_recall: tuple[str, list[str]]
+) -> None:
+    url, hits = fake_recall
+    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL=url))  # development: http
+    assert client.download(f"{url}/redirect/|data.json") == b"[]"
+    with pytest.raises(DownloadRefused, match="not https"):
+        client.download(f"{url}/redirect/file:||etc|passwd")
+    hits.clear()
+    with pytest.raises(DownloadRefused, match="redirects"):
+        client.download(f"{url}/redirect/|redirect|")  # redirects to itself
+    assert len(hits) == MAX_REDIRECTS + 1
+
+
+def test_outside_development_downloads_and_their_redirects_must_be_https(
+    settings: Settings,
+) -> None:
+    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL="https://127.0.0.1:9"))
+    for url in ("http://127.0.0.1:9/data", "ftp://127.0.0.1/data"):
+        with pytest.raises(DownloadRefused, match="not https"):
+            client.download(url)
