@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from typing import TYPE_CHECKING
 
+from tasks.logs import configure_logging
 from tasks.settings import ConfigError, Settings, load_settings
 from tasks.states import State
 
@@ -96,9 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(_log_format())
     parser = _parser()
     if argv and argv[0] == "worker":
         args, extra = parser.parse_args(argv[:1]), argv[1:]
@@ -111,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _log_format() -> str:
+    """LOG_FORMAT, or text while the settings are wrong (the command then says what is)."""
+    try:
+        return load_settings().LOG_FORMAT
+    except ConfigError:
+        return "text"
 
 
 def _receiver(args: argparse.Namespace, _: list[str]) -> int:

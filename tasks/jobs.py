@@ -415,6 +415,13 @@ class JobStore:
         flat = cast(list[bytes], self._run("claim", "", [], limit, self.lease_s, keys.job_lock("")))
         return [(flat[i].decode(), Step(flat[i + 1].decode())) for i in range(0, len(flat), 2)]
 
+    def prune_finished(self, retention_s: float, limit: int = 500) -> int:
+        """Forget finished jobs older than `retention_s` (their records and index entries; the
+        stored transcripts stay); returns how many."""
+        cutoff = time.time() - retention_s
+        recordings, owners = keys.recording(""), keys.transcript_owner("")
+        return int(self._run("prune", "", [keys.JOBS], cutoff, limit, recordings, owners))
+
     def nudge(self, job_id: str, delay_s: float) -> None:
         """Make the job due within `delay_s` (never later than it already is)."""
         self.redis.zadd(keys.DUE, {job_id: time.time() + delay_s}, xx=True, lt=True)
@@ -434,4 +441,7 @@ class JobStore:
         return int(cast(bytes | None, self.redis.get(keys.recording_version(recording_id))) or 0)
 
     def recording_changed(self, recording_id: str) -> None:
-        self.redis.incr(keys.recording_version(recording_id))
+        pipe = self.redis.pipeline()
+        pipe.incr(keys.recording_version(recording_id))
+        pipe.expire(keys.recording_version(recording_id), 86400)  # remediations take minutes
+        pipe.execute()

@@ -113,6 +113,14 @@ class Pipeline:
         job = self.jobs.record(job_id)
         if job is None or job.phase.step != step:
             return Result(Outcome.STALE, job_id)
+        result = self._outcome_of(step, job)
+        extra = _about(job, step=step, outcome=result.outcome, transcript_id=result.transcript_id)
+        log.info("%s step: %s", step, result, extra=extra)
+        return result
+
+    def _outcome_of(self, step: Step, job: JobRecord) -> Result:
+        """Run the step; every error becomes a retry or the job's failure."""
+        job_id = job.id
         try:
             with self.recall.redeeming(job.quota_ticket):
                 return self._STEPS[step](self, job)
@@ -124,7 +132,7 @@ class Pipeline:
         except redis.RedisError:
             raise  # nothing can be recorded; the due-set re-drives the job
         except Exception as exc:  # anything else is retried too; past the budget the job ends
-            log.exception("job %s: the %s step failed", job_id, step)
+            log.exception("job %s: the %s step failed", job_id, step, extra=_about(job, step=step))
             return self._retry_later(job, Unexpected(f"{step}: {type(exc).__name__}: {exc}"))
 
     # -- steps --------------------------------------------------------------------------------
@@ -179,7 +187,12 @@ class Pipeline:
         """A transcript this job created whose answer we never saw, matched by metadata."""
         for transcript in _live(self._listing(job)):
             if (transcript.metadata or {}).get("job_id") == job.id:
-                log.info("job %s: adopting transcript %s found by listing", job.id, transcript.id)
+                log.info(
+                    "job %s: adopting transcript %s found by listing",
+                    job.id,
+                    transcript.id,
+                    extra=_about(job, transcript_id=transcript.id),
+                )
                 return transcript.id
         return None
 
@@ -206,7 +219,12 @@ class Pipeline:
                 self._archive(job.id, victim)
             self.jobs.recording_changed(job.recording_id)  # before: a crash mid-call may delete
             self.recall.delete_transcript(victim.id)
-            log.info("job %s: limit remediation deleted %s", job.id, victim.id)
+            log.info(
+                "job %s: limit remediation deleted %s",
+                job.id,
+                victim.id,
+                extra=_about(job, step=Step.REMEDIATE),
+            )
         self.jobs.end_remediation(job.id)
         self.enqueue(Step.CREATE, job.id)
         return Result(
@@ -349,7 +367,14 @@ class Pipeline:
             exc.retry_after,
         )
         self.jobs.retry_later(job, delay, exc.code, exc.message)
-        log.info("job %s: %s; retry %d in %.1fs", job.id, exc.message, count + 1, delay)
+        log.info(
+            "job %s: %s; retry %d in %.1fs",
+            job.id,
+            exc.message,
+            count + 1,
+            delay,
+            extra=_about(job, step=job.step, outcome=Outcome.RETRY),
+        )
         return Result(Outcome.RETRY, job.id, detail=f"in {delay:.1f}s")
 
 
@@ -371,6 +396,11 @@ class Inconsistent(FinalError):
     """The job's record contradicts its phase (never expected)."""
 
     code = ErrorCode.INTERNAL
+
+
+def _about(job: JobRecord, **more: Any) -> dict[str, Any]:
+    """The fields a log line about `job` carries (LOG_FORMAT=json shows them)."""
+    return {"job_id": job.id, "recording_id": job.recording_id, **more}
 
 
 def _live(listing: list[dict[str, Any]]) -> list[Transcript]:

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     FLOWER_BASIC_AUTH: SecretStr | None = None
     LIMIT_POLICY: LimitPolicy = "archive-oldest"
     RECALL_RATE_LIMITS: str = ""
+    JOB_RETENTION_S: float = Field(30 * 24 * 3600.0, gt=0)
+    LOG_FORMAT: Literal["text", "json"] = "text"
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)

@@ -249,3 +249,21 @@ def test_a_dead_steps_lease_expires_and_the_sweeper_then_claims_the_job(
     assert due is not None and due <= time.time() + 0.6  # when that lock expires, not later
     time.sleep(0.6)
     assert jobs.claim_due() == [(job_id, QUEUED.step)]
+
+
+def test_finished_jobs_past_their_retention_leave_redis_with_their_index_entries(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    done_id, _ = jobs.submit("rec-1", PROVIDER)
+    SETUP[DONE](jobs, done_id)
+    failed_id, _ = jobs.submit("rec-2", PROVIDER)
+    jobs.fail(failed_id, ErrorCode.INTERNAL, "x")
+    active_id, _ = jobs.submit("rec-3", PROVIDER)
+    assert jobs.prune_finished(retention_s=3600) == 0  # not old enough yet
+    assert jobs.prune_finished(retention_s=0) == 2
+    assert jobs.record(done_id) is None and jobs.record(failed_id) is None
+    assert jobs.owner_of(T1) is None
+    assert {m.decode() for m in rclient.zrange(keys.JOBS, 0, -1)} == {active_id}
+    assert rclient.exists(keys.recording("rec-1"), keys.recording("rec-2")) == 0
+    assert rclient.zcard(keys.state("done")) == rclient.zcard(keys.state("failed")) == 0
+    assert record(jobs, active_id).state == State.QUEUED

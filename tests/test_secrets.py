@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import System
@@ -14,7 +16,10 @@ from tests.helpers import Process, free_port, http_ready, recording_done, signed
 from tests.test_faults import FAST_RECOVERY
 
 
-def test_no_secret_reaches_a_log_or_an_error_message(start_system: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_no_secret_reaches_a_log_or_an_error_message(
+    start_system: Any, tmp_path: Path, log_format: str
+) -> None:
     api_key = f"rk-{secrets.token_hex(16)}"
     webhook_key = base64.b64encode(secrets.token_bytes(24)).decode()
     api_token = secrets.token_hex(16)
@@ -24,6 +29,7 @@ def test_no_secret_reaches_a_log_or_an_error_message(start_system: Any, tmp_path
         RECALL_WEBHOOK_SECRET=f"whsec_{webhook_key}",
         API_TOKENS=api_token,
         FLOWER_BASIC_AUTH=f"admin:{flower_password}",
+        LOG_FORMAT=log_format,
         **FAST_RECOVERY,
     )
     flower_port = free_port()
@@ -75,3 +81,11 @@ def test_no_secret_reaches_a_log_or_an_error_message(start_system: Any, tmp_path
     for name, text in texts.items():
         for secret in hidden:
             assert secret not in text, f"a secret appears in {name}"
+    if log_format == "json":  # one object per line, the pipeline's with the job they are about
+        lines = [
+            json.loads(line) for line in texts["worker-w1.log"].splitlines() if line[:1] == "{"
+        ]
+        steps = [line for line in lines if line.get("logger") == "tasks.pipeline"]
+        assert steps and all({"job_id", "recording_id", "step", "outcome"} <= set(s) for s in steps)
+        persisted = [s for s in steps if s["outcome"] == "persisted"]
+        assert persisted and all(s.get("transcript_id") for s in persisted)

@@ -74,5 +74,7 @@ def create_worker_app(settings: Settings) -> Celery:
     recall = RecallClient(settings, limiter)
     pipeline = Pipeline(settings, jobs, recall, LocalStore(settings.TRANSCRIPTS_STORE), enqueue)
     celery_tasks.register(app, pipeline, inbox)
-    app.steps["worker"].add(sweeper_step(jobs, enqueue, inbox, settings.SWEEP_INTERVAL_S))
+    app.steps["worker"].add(
+        sweeper_step(jobs, enqueue, inbox, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S)
+    )
     return app

@@ -25,9 +25,10 @@ def redrive_due(jobs: JobStore, enqueue: Enqueue) -> int:
 
 
 def sweeper_step(
-    jobs: JobStore, enqueue: Enqueue, inbox: Inbox, interval: float
+    jobs: JobStore, enqueue: Enqueue, inbox: Inbox, interval: float, retention_s: float
 ) -> type[bootsteps.StartStopStep]:
-    """A bootstep re-driving due jobs and re-sending unapplied events every `interval` seconds."""
+    """A bootstep re-driving due jobs, re-sending unapplied events and forgetting finished jobs
+    past their retention, every `interval` seconds."""
 
     class Sweeper(bootsteps.StartStopStep):
         requires = ("celery.worker.components:Pool",)
@@ -47,6 +48,7 @@ def sweeper_step(
                 try:
                     redrive_due(jobs, enqueue)
                     inbox.resend_due()
+                    jobs.prune_finished(retention_s)
                 except redis.RedisError as exc:  # Redis away: keep trying, the due-sets are durable
                     log.warning("sweeper: %s", exc)
                 except Exception:  # a bug must not stop the thread that re-drives every job

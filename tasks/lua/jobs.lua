@@ -188,4 +188,29 @@ if command == 'claim' then
   return out
 end
 
+-- prune: finished jobs past their retention leave Redis with their index entries (the state
+-- sets are scored by when a job entered its state). KEYS[3] every job. ARGV[6] cutoff, ARGV[7]
+-- limit, ARGV[8] recording-set prefix, ARGV[9] transcript-owner prefix. Returns how many.
+if command == 'prune' then
+  local pruned = 0
+  for _, state in ipairs({'done', 'failed'}) do
+    local ids = redis.call('ZRANGEBYSCORE', state_prefix .. state, '-inf', ARGV[6], 'LIMIT', 0,
+                           tonumber(ARGV[7]))
+    for _, each in ipairs(ids) do
+      local hash = job_prefix .. each
+      local fields = redis.call('HMGET', hash, 'recording_id', 'transcript_id')
+      if fields[1] then redis.call('SREM', ARGV[8] .. fields[1], each) end
+      if fields[2] and redis.call('GET', ARGV[9] .. fields[2]) == each then
+        redis.call('DEL', ARGV[9] .. fields[2])
+      end
+      redis.call('DEL', hash)
+      redis.call('ZREM', KEYS[3], each)
+      redis.call('ZREM', state_prefix .. state, each)
+      redis.call('ZREM', due, each)
+      pruned = pruned + 1
+    end
+  end
+  return pruned
+end
+
 return redis.error_reply('jobs.lua: unknown command ' .. tostring(command))
