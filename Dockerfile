@@ -6,6 +6,7 @@ COPY tasks tasks
 COPY receiver receiver
 COPY emulator emulator
 COPY recall_transcribe recall_transcribe
-RUN pip install --no-cache-dir . && useradd --create-home app && mkdir -p /data && chown app /data
+RUN pip install --no-cache-dir . && useradd --create-home app \
+    && mkdir -p /data/transcripts && chown -R app /data
 USER app
 ENTRYPOINT ["recall-transcribe"]

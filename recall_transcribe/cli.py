@@ -140,9 +140,12 @@ def _flower(args: argparse.Namespace, _: list[str]) -> int:
 
     settings = load_settings()
     argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
+    loopback = ("127.0.0.1", "localhost", "::1")
     if settings.FLOWER_BASIC_AUTH:
         argv.append(f"--basic-auth={settings.FLOWER_BASIC_AUTH.get_secret_value()}")
-    elif urlparse(settings.REDIS_URL).hostname not in ("127.0.0.1", "localhost", "::1"):
+    elif args.address not in loopback:
+        raise ConfigError("FLOWER_BASIC_AUTH is required when Flower listens beyond loopback")
+    elif urlparse(settings.REDIS_URL).hostname not in loopback:
         raise ConfigError("FLOWER_BASIC_AUTH is required when the broker is not on loopback")
     create_celery(settings).start(argv)
     return 0

@@ -36,6 +36,7 @@ def run(
             {"REDIS_URL": "redis://redis.example:6379/0"},
             "FLOWER_BASIC_AUTH is required",
         ),
+        (["flower", "--address", "0.0.0.0"], {}, "FLOWER_BASIC_AUTH is required when Flower"),
     ],
 )
 def test_misconfiguration_stops_with_one_readable_line(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,63 @@ def test_workers_scale_and_the_emulator_sits_behind_a_profile(compose: dict[str,
 
 def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
     assert "FLOWER_BASIC_AUTH" in compose["services"]["flower"]["environment"]
+
+
+_VARIABLE = re.compile(r"\$\{([A-Z_]+)(?::([-?])([^}]*))?\}")
+
+
+def render(text: str, env: dict[str, str]) -> dict[str, Any]:
+    """docker compose's interpolation of the forms the file uses: ${X}, ${X:-default} and
+    ${X:?error}, which refuses to render (and compose to start) when X is unset or empty."""
+
+    def value(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if env.get(name):
+            return env[name]
+        if kind == "?":
+            raise LookupError(f"{name}: {rest}")
+        return rest if kind == "-" else ""
+
+    rendered: dict[str, Any] = yaml.safe_load(_VARIABLE.sub(value, text))
+    return rendered
+
+
+def env_file(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+@pytest.mark.parametrize(
+    "missing", ["RECALL_API_KEY", "RECALL_WEBHOOK_SECRET", "FLOWER_BASIC_AUTH"]
+)
+def test_compose_refuses_to_start_without_a_secret_it_needs(missing: str) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    env = {
+        "RECALL_API_KEY": "k",
+        "RECALL_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+        "FLOWER_BASIC_AUTH": "a:b",
+    }
+    render(text, env)
+    with pytest.raises(LookupError, match=missing):
+        render(text, {k: v for k, v in env.items() if k != missing})
+    assert not re.search(r"whsec_[A-Za-z0-9+/=]{8,}", text)  # no default secret in the file
+
+
+def test_the_emulator_profile_runs_without_recall_and_every_setting_comes_from_env() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    dev = env_file(ROOT / "emulator.env")
+    assert dev["COMPOSE_PROFILES"] == "emulator"
+    services = render(text, {**dev, "FLOWER_BASIC_AUTH": "a:b"})["services"]
+    assert services["worker"]["environment"]["RECALL_API_BASE_URL"] == "http://emulator:8500"
+    mine = {"REDIS_URL": "redis://elsewhere:6379/1", "TRANSCRIPTS_STORE": "/mnt/t"}
+    services = render(text, {**dev, **mine, "FLOWER_BASIC_AUTH": "a:b"})["services"]
+    for name in ("receiver", "worker", "flower"):
+        environment = services[name]["environment"]
+        assert {k: environment[k] for k in mine} == mine
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+
+
+def test_the_image_gives_its_user_the_transcripts_volume() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "mkdir -p /data/transcripts" in dockerfile and "chown -R app /data" in dockerfile
+    assert "USER app" in dockerfile
