@@ -63,6 +63,17 @@ def start_redis(
     return proc, url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def clean_working_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests and the processes they start run in an empty directory, so a developer's `.env`
+    (read from the working directory) never changes what they check."""
+    before = Path.cwd()
+    clean = tmp_path_factory.mktemp("cwd")
+    os.chdir(clean)
+    yield clean
+    os.chdir(before)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, url = start_redis(tmp_path_factory.mktemp("redis"))

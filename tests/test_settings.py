@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -69,3 +70,15 @@ def test_the_readme_lists_every_error_code() -> None:
     section = readme.split("| code | meaning |", 1)[1].split("\n\n", 1)[0]
     listed = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
     assert listed == {code.value for code in ErrorCode}
+
+
+def test_a_developers_env_file_is_not_read_by_the_tests(tmp_path: Path) -> None:
+    assert not Path(".env").exists() and Path.cwd() != Path(__file__).resolve().parent.parent
+    (tmp_path / ".env").write_text("RECALL_POLL_MAX_S=5\n")  # .env is read from the working dir
+    here = Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        assert load_settings().RECALL_POLL_MAX_S == 5
+    finally:
+        os.chdir(here)
+    assert load_settings().RECALL_POLL_MAX_S == 900
