@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -15,6 +16,7 @@ from tasks.connection import redis_client
 from tasks.enqueue import Enqueuer
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
+from tasks.metrics import Metrics, RedisCollector
 from tasks.settings import ConfigError, Settings
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -37,9 +39,12 @@ def create_app(settings: Settings) -> Flask:
         settings.TRANSCRIPT_PROVIDER,
         settings.api_tokens,
     )
+    app.extensions["metrics"] = Metrics(client)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(jobs_api.bp)
     document = openapi_document()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(client))
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -53,6 +58,15 @@ def create_app(settings: Settings) -> Flask:
             return jsonify(status="redis unavailable"), 503
         return jsonify(status="ready"), 200
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text: the whole fleet's, read from Redis."""
+        try:
+            text = generate_latest(registry)
+        except redis.RedisError:
+            return Response("Redis unavailable\n", status=503, mimetype="text/plain")
+        return Response(text, mimetype=CONTENT_TYPE_LATEST)
+
     @app.get("/openapi.json")
     def openapi() -> Response:
         return jsonify(document)
@@ -62,6 +76,8 @@ def create_app(settings: Settings) -> Flask:
         """Every HTTP error as `{"error": ...}` JSON, its headers (Allow on a 405) kept."""
         response = exc.get_response()
         message = f"body over {MAX_BODY_BYTES} bytes" if exc.code == 413 else exc.description
+        if exc.code == 413 and request.path == "/webhooks/recall":
+            app.extensions["metrics"].webhook("too_large")
         response.set_data(json.dumps({"error": message}))
         response.content_type = "application/json"
         return response

@@ -133,6 +133,16 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {k: {"description": v} for k, v in webhook_answers.items()},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus text format, the whole fleet's (read from Redis)",
+                    "responses": {
+                        "200": {"description": "the metrics", "content": {"text/plain": {}}},
+                        "503": {"description": "Redis unavailable"},
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",

@@ -12,6 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tasks.events import InvalidEvent, parse_event_json
 from tasks.inbox import Inbox
+from tasks.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,19 @@ def _error(status: int, message: str) -> tuple[Response, int]:
 def receive() -> tuple[Response, int]:
     verifier: Verifier = current_app.extensions["verifier"]
     inbox: Inbox = current_app.extensions["inbox"]
+    metrics: Metrics = current_app.extensions["metrics"]
     body = request.get_data(cache=False)
     headers = webhook_headers(request.headers)
     try:
         verifier.verify(body, headers)
     except SignatureError as exc:
+        metrics.webhook("unauthorized")
         return _error(401, str(exc))
     try:
         event = parse_event_json(body)
         text = body.decode()  # kept as sent (pydantic-core has checked it is UTF-8 JSON)
     except (ValueError, InvalidEvent) as exc:
+        metrics.webhook("malformed")
         return _error(400, f"malformed event: {exc}")
     webhook_id = headers.get("webhook-id") or hashlib.sha256(body).hexdigest()
     try:
@@ -82,6 +86,7 @@ def receive() -> tuple[Response, int]:
         added = inbox.put(webhook_id, text)
     except redis.RedisError as exc:
         log.error("webhook %s not enqueued, answering 503: %s", webhook_id, type(exc).__name__)
+        metrics.webhook("unavailable")  # counted only if Redis is back by then
         return _error(503, "queue unavailable, retry later")
     return _status("enqueued" if added else "duplicate"), 200
 

@@ -40,7 +40,13 @@ class Inbox:
         event_id = event_id_for(webhook_id)
         now = time.time()
         added = self._script(
-            keys=[keys.INBOX, keys.INBOX_DUE, keys.webhook_seen(event_id), EVENTS_QUEUE],
+            keys=[
+                keys.INBOX,
+                keys.INBOX_DUE,
+                keys.webhook_seen(event_id),
+                EVENTS_QUEUE,
+                keys.METRIC_WEBHOOKS,
+            ],
             args=[
                 "put",
                 now,
@@ -54,7 +60,10 @@ class Inbox:
         return bool(added)
 
     def count_ignored(self, event_type: str) -> None:
-        self._redis.hincrby(keys.EVENTS_IGNORED, event_type[:100], 1)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hincrby(keys.EVENTS_IGNORED, event_type[:100], 1)
+        pipe.hincrby(keys.METRIC_WEBHOOKS, "ignored", 1)
+        pipe.execute()
 
     def applied(self, event_id: str) -> None:
         """The event's effects are in Redis: forget it."""

@@ -24,6 +24,9 @@ DUE = f"{PREFIX}due"
 INBOX = f"{PREFIX}inbox"
 INBOX_DUE = f"{PREFIX}inbox:due"
 EVENTS_IGNORED = f"{PREFIX}stats:events_ignored"
+METRIC_WEBHOOKS = f"{PREFIX}stats:webhooks"
+METRIC_RECALL = f"{PREFIX}stats:recall_requests"
+METRIC_RATE_LIMITED = f"{PREFIX}stats:rate_limited_seconds"
 
 
 def job(job_id: str) -> str:
@@ -64,3 +67,7 @@ def rate_pause(family: str, scope: str = "") -> str:
 
 def recording_version(recording_id: str) -> str:
     return f"{PREFIX}recording:{recording_id}:version"
+
+
+def metric_step(step: str) -> str:
+    return f"{PREFIX}stats:step:{step}"

@@ -18,6 +18,7 @@ import redis
 
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
 from tasks.jobs import JobRecord, JobStore
+from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall import (
     BadRequest,
@@ -53,12 +54,14 @@ class Pipeline:
         recall: RecallClient,
         store: LocalStore,
         enqueue: Enqueue,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.recall = recall
         self.store = store
         self.enqueue = enqueue
+        self.metrics = metrics
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -113,7 +116,10 @@ class Pipeline:
         job = self.jobs.record(job_id)
         if job is None or job.phase.step != step:
             return Result(Outcome.STALE, job_id)
+        started = time.monotonic()
         result = self._outcome_of(step, job)
+        if self.metrics is not None:
+            self.metrics.step(step, time.monotonic() - started)
         extra = _about(job, step=step, outcome=result.outcome, transcript_id=result.transcript_id)
         log.info("%s step: %s", step, result, extra=extra)
         return result

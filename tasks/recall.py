@@ -38,6 +38,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.util import Retry
 
 from tasks.limiter import Family, Limiter
+from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode
 from tasks.settings import Settings
 
@@ -237,7 +238,9 @@ def _idempotent_retries() -> Retry:
 class RecallClient:
     """Calls Recall's API with one `requests.Session` per thread, auth and timeouts set once."""
 
-    def __init__(self, settings: Settings, limiter: Limiter | None = None) -> None:
+    def __init__(
+        self, settings: Settings, limiter: Limiter | None = None, metrics: Metrics | None = None
+    ) -> None:
         key = settings.RECALL_API_KEY.get_secret_value() if settings.RECALL_API_KEY else ""
         self._auth = f"Token {key}"
         self._base = settings.RECALL_API_BASE_URL
@@ -246,6 +249,7 @@ class RecallClient:
         self._require_https = not settings.development
         self._local = threading.local()
         self._limiter = limiter
+        self._metrics = metrics
         urllib3_log = logging.getLogger("urllib3.connectionpool")
         if _REDACT not in urllib3_log.filters:
             urllib3_log.addFilter(_REDACT)
@@ -292,6 +296,8 @@ class RecallClient:
                 raise Throttled(f"{family}: paused by Recall's 429", slot.wait, None)
             at = time.time() + slot.wait
         wait = at - time.time()
+        if wait > 0 and self._metrics is not None:
+            self._metrics.rate_limited(family, wait)
         if wait > INLINE_WAIT_S:
             raise Throttled(f"{family}: quota slot in {wait:.1f}s", wait, f"{mine}{at:.3f}")
         if wait > 0:
@@ -316,20 +322,20 @@ class RecallClient:
             response = self._session().request(
                 method, url, json=json, headers=all_headers, params=params, timeout=self._timeout
             )
-        except requests.ConnectionError as exc:
-            if method != "POST" or _never_sent(exc):
-                raise Unavailable(f"{what}: cannot connect to Recall") from None
-            raise OutcomeUnknown(f"{what}: connection lost before Recall answered") from None
-        except requests.Timeout:
-            raise OutcomeUnknown(f"{what}: Recall did not answer in time") from None
         except requests.RequestException as exc:
-            raise OutcomeUnknown(f"{what}: {type(exc).__name__}") from None
+            self._count(family, "error")
+            raise _error_for_exception(exc, method, what) from None
+        self._count(family, response.status_code)
         if response.status_code >= 400:
             error = _error_for(response, what)
             if isinstance(error, RateLimited) and self._limiter is not None:
                 self._limiter.pause(family, scope, error.retry_after or 1.0)
             raise error
         return response
+
+    def _count(self, family: Family, status: int | str) -> None:
+        if self._metrics is not None:
+            self._metrics.recall_request(family, status)
 
     def _json(self, response: requests.Response, what: str) -> Any:
         """The answer's JSON; anything else (a proxy's error page) is worth another try."""
@@ -458,6 +464,19 @@ class _Redirect(Exception):
 def _same_origin(url: str, base: str) -> bool:
     one, other = urlsplit(url), urlsplit(base)
     return (one.scheme, one.netloc) == (other.scheme, other.netloc)
+
+
+def _error_for_exception(exc: requests.RequestException, method: str, what: str) -> RecallError:
+    """Map a failed call (no answer) to the typed error tree: was it sent?"""
+    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ConnectTimeout):
+        if method != "POST" or _never_sent(exc):
+            return Unavailable(f"{what}: cannot connect to Recall")
+        return OutcomeUnknown(f"{what}: connection lost before Recall answered")
+    if isinstance(exc, requests.ConnectTimeout):
+        return Unavailable(f"{what}: cannot connect to Recall")
+    if isinstance(exc, requests.Timeout):
+        return OutcomeUnknown(f"{what}: Recall did not answer in time")
+    return OutcomeUnknown(f"{what}: {type(exc).__name__}")
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:

@@ -12,6 +12,7 @@ from tasks.enqueue import Enqueuer
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
 from tasks.limiter import Limiter
+from tasks.metrics import Metrics
 from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
 from tasks.recall import RecallClient
@@ -71,8 +72,10 @@ def create_worker_app(settings: Settings) -> Celery:
     inbox = Inbox(client, settings.INBOX_RESEND_S, settings.WEBHOOK_DEDUPE_TTL_S)
     rates = settings.rate_limits
     limiter = Limiter(client, rates) if rates else None
-    recall = RecallClient(settings, limiter)
-    pipeline = Pipeline(settings, jobs, recall, LocalStore(settings.TRANSCRIPTS_STORE), enqueue)
+    metrics = Metrics(client)
+    recall = RecallClient(settings, limiter, metrics)
+    store = LocalStore(settings.TRANSCRIPTS_STORE)
+    pipeline = Pipeline(settings, jobs, recall, store, enqueue, metrics)
     celery_tasks.register(app, pipeline, inbox)
     app.steps["worker"].add(
         sweeper_step(jobs, enqueue, inbox, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S)

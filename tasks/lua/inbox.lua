@@ -4,14 +4,19 @@
 
 local inbox, inbox_due, command, now = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 
--- put: KEYS[3] the event's seen mark, KEYS[4] the events queue. ARGV[3] the ingest message,
--- ARGV[4] the dedupe TTL, ARGV[5] event id, ARGV[6] event JSON, ARGV[7] re-send at.
--- The seen mark, the kept event and the message are written together or not at all; 1 if new.
+-- put: KEYS[3] the event's seen mark, KEYS[4] the events queue, KEYS[5] the webhook counters.
+-- ARGV[3] the ingest message, ARGV[4] the dedupe TTL, ARGV[5] event id, ARGV[6] event JSON,
+-- ARGV[7] re-send at. The seen mark, the kept event and the message are written together or not
+-- at all; 1 if new.
 if command == 'put' then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then
+    redis.call('HINCRBY', KEYS[5], 'duplicate', 1)
+    return 0
+  end
   redis.call('HSET', inbox, ARGV[5], ARGV[6])
   redis.call('ZADD', inbox_due, ARGV[7], ARGV[5])
   redis.call('LPUSH', KEYS[4], ARGV[3])
+  redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
   return 1
 end
 

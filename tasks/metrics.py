@@ -1,0 +1,143 @@
+"""Fleet-wide metrics: counters every process adds to in Redis, and the Prometheus collector the
+receiver's `/metrics` reads them with (one scrape target sees every worker)."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Iterator
+from typing import cast
+
+import redis
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from tasks import keys
+from tasks.states import State, Step
+
+log = logging.getLogger(__name__)
+
+PREFIX = "recall_transcribe"
+WEBHOOK_OUTCOMES = (
+    "enqueued",
+    "duplicate",
+    "ignored",
+    "unauthorized",
+    "malformed",
+    "too_large",
+    "unavailable",
+)
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    """Adds to the fleet's counters; a metric never fails what it measures."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def webhook(self, outcome: str) -> None:
+        self._add(lambda pipe: pipe.hincrby(keys.METRIC_WEBHOOKS, outcome, 1))
+
+    def recall_request(self, endpoint: str, status: int | str) -> None:
+        self._add(lambda pipe: pipe.hincrby(keys.METRIC_RECALL, f"{endpoint}|{status}", 1))
+
+    def rate_limited(self, endpoint: str, seconds: float) -> None:
+        self._add(lambda pipe: pipe.hincrbyfloat(keys.METRIC_RATE_LIMITED, endpoint, seconds))
+
+    def step(self, step: Step, seconds: float) -> None:
+        """One step's duration, into the step's histogram (bucket counts, sum, count)."""
+        index = bisect.bisect_left(STEP_BUCKETS, seconds)
+        bucket = str(STEP_BUCKETS[index]) if index < len(STEP_BUCKETS) else "+Inf"
+
+        def add(pipe: redis.client.Pipeline) -> None:
+            key = keys.metric_step(step)
+            pipe.hincrby(key, bucket, 1)
+            pipe.hincrbyfloat(key, "sum", seconds)
+            pipe.hincrby(key, "count", 1)
+
+        self._add(add)
+
+    def _add(self, write: Callable[[redis.client.Pipeline], object]) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            write(pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.debug("metric not recorded: %s", exc)
+
+
+class RedisCollector(Collector):
+    """Reads the fleet's state and counters from Redis at each scrape."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def collect(self) -> Iterator[Metric]:
+        pipe = self._redis.pipeline(transaction=False)
+        for state in State:
+            pipe.zcard(keys.state(state))
+        pipe.zcard(keys.DUE)
+        pipe.hlen(keys.INBOX)
+        pipe.hgetall(keys.METRIC_WEBHOOKS)
+        pipe.hgetall(keys.METRIC_RECALL)
+        pipe.hgetall(keys.METRIC_RATE_LIMITED)
+        for step in Step:
+            pipe.hgetall(keys.metric_step(step))
+        answers = pipe.execute()
+        states, rest = answers[: len(State)], answers[len(State) :]
+        due, inbox, webhooks, recall, limited = rest[:5]
+        steps = rest[5:]
+
+        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state", labels=["state"])
+        for state, count in zip(State, states, strict=True):
+            jobs.add_metric([state.value], count)
+        yield jobs
+        yield GaugeMetricFamily(f"{PREFIX}_due_jobs", "Unfinished jobs in the due-set", value=due)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_inbox_events", "Accepted webhooks no worker has applied yet", value=inbox
+        )
+        hooks = CounterMetricFamily(
+            f"{PREFIX}_webhooks", "Webhooks received, by outcome", labels=["outcome"]
+        )
+        counts = _decoded(webhooks)
+        for outcome in WEBHOOK_OUTCOMES:
+            hooks.add_metric([outcome], float(counts.get(outcome, 0)))
+        yield hooks
+        calls = CounterMetricFamily(
+            f"{PREFIX}_recall_requests",
+            "Calls to Recall's API, by endpoint family and HTTP status",
+            labels=["endpoint", "status"],
+        )
+        for label, count in sorted(_decoded(recall).items()):
+            endpoint, _, status = label.partition("|")
+            calls.add_metric([endpoint, status], float(count))
+        yield calls
+        waited = CounterMetricFamily(
+            f"{PREFIX}_rate_limited_seconds",
+            "Seconds jobs waited for Recall's quota, by endpoint family",
+            labels=["endpoint"],
+        )
+        for endpoint, seconds in sorted(_decoded(limited).items()):
+            waited.add_metric([endpoint], float(seconds))
+        yield waited
+        durations = HistogramMetricFamily(
+            f"{PREFIX}_step_duration_seconds", "How long each step ran", labels=["step"]
+        )
+        for step, raw in zip(Step, steps, strict=True):
+            fields = _decoded(raw)
+            cumulative, buckets = 0, []
+            for bound in [*(str(b) for b in STEP_BUCKETS), "+Inf"]:
+                cumulative += int(fields.get(bound, 0))
+                buckets.append((bound, float(cumulative)))
+            durations.add_metric([step.value], buckets, float(fields.get("sum", 0)))
+        yield durations
+
+
+def _decoded(raw: object) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], raw).items()}
