@@ -32,7 +32,7 @@ from tasks.recall import (
 from tasks.retry import compute_backoff
 from tasks.settings import Settings
 from tasks.states import State, Step
-from tasks.store import LocalStore
+from tasks.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Pipeline:
         settings: Settings,
         jobs: JobStore,
         recall: RecallClient,
-        store: LocalStore,
+        store: Store,
         enqueue: Enqueue,
         metrics: Metrics | None = None,
     ) -> None:

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"recallai_async": {"language_code": "en"}}
     )
     TRANSCRIPTS_STORE: str = "./data/transcripts"
+    S3_ENDPOINT_URL: str | None = None  # alias of boto3's AWS_ENDPOINT_URL
     API_TOKENS: SecretStr | None = None
     RECALL_HTTP_TIMEOUT_S: float = Field(30.0, gt=0)
     RECALL_POLL_INITIAL_S: float = Field(60.0, gt=0)
@@ -73,6 +74,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 'must be a JSON object with exactly one provider key, e.g. {"recallai_async": {}}'
             )
+        return value
+
+    @field_validator("TRANSCRIPTS_STORE")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if value.startswith("s3://") and not value.removeprefix("s3://").split("/")[0]:
+            raise ValueError("must be a directory or s3://bucket/prefix")
         return value
 
     @field_validator("RECALL_RATE_LIMITS")

@@ -17,7 +17,7 @@ from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
 from tasks.recall import RecallClient
 from tasks.settings import Settings
-from tasks.store import LocalStore
+from tasks.store import open_store
 from worker.sweeper import sweeper_step
 
 STEP_TIME_LIMIT_S = 1800
@@ -74,7 +74,7 @@ def create_worker_app(settings: Settings) -> Celery:
     limiter = Limiter(client, rates) if rates else None
     metrics = Metrics(client)
     recall = RecallClient(settings, limiter, metrics)
-    store = LocalStore(settings.TRANSCRIPTS_STORE)
+    store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
     pipeline = Pipeline(settings, jobs, recall, store, enqueue, metrics)
     celery_tasks.register(app, pipeline, inbox)
     app.steps["worker"].add(

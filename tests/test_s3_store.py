@@ -1,0 +1,110 @@
+"""The S3 store against moto's server mode: a real S3 HTTP API on loopback, started here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import redis
+import requests
+from moto.server import ThreadedMotoServer
+
+from tasks import keys
+from tasks.s3_store import S3Store, StoreUnavailable
+from tests.conftest import System
+from tests.helpers import free_port, recording_done, signed, wait_for
+
+AWS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3 endpoint on loopback with one bucket, `transcripts`; boto3's environment set."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    requests.post(
+        f"{endpoint}/moto-api/reset", timeout=5
+    ).raise_for_status()  # moto's state is global
+    for name, value in AWS.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="transcripts")
+    yield endpoint
+    server.stop()
+
+
+def objects(endpoint: str) -> dict[str, bytes]:
+    client = boto3.client("s3", endpoint_url=endpoint)
+    listed = client.list_objects_v2(Bucket="transcripts").get("Contents", [])
+    return {
+        o["Key"]: client.get_object(Bucket="transcripts", Key=o["Key"])["Body"].read()
+        for o in listed
+    }
+
+
+def test_the_s3_store_keeps_the_directory_layout_meta_after_data(s3: str) -> None:
+    store = S3Store("s3://transcripts/prod/eu", s3)
+    assert not store.has("r1", "t1")
+    store.save("r1", "t1", b'[{"words": []}]', {"id": "t1", "job_id": "j1"})
+    assert store.has("r1", "t1")
+    stored = objects(s3)
+    assert stored["prod/eu/r1/t1.json"] == b'[{"words": []}]'
+    assert b'"job_id": "j1"' in stored["prod/eu/r1/t1.meta.json"]
+
+
+def test_an_unreachable_or_missing_bucket_is_a_readable_error_and_nothing_is_there(
+    s3: str,
+) -> None:
+    missing = S3Store("s3://no-such-bucket/x", s3)
+    with pytest.raises(StoreUnavailable, match=r"no-such-bucket.*NoSuchBucket"):
+        missing.save("r1", "t1", b"[]", {})
+    unreachable = S3Store("s3://transcripts", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StoreUnavailable, match="s3://transcripts/r1/t1"):
+        unreachable.save("r1", "t1", b"[]", {})
+    assert objects(s3) == {}
+
+
+def test_workers_persist_to_s3_and_a_refusing_store_fails_the_job_readably(
+    start_system: Any, s3: str
+) -> None:
+    system: System = start_system(
+        workers=1,
+        TRANSCRIPTS_STORE="s3://transcripts/t",
+        S3_ENDPOINT_URL=s3,
+        MAX_STEP_RETRIES="2",
+        RETRY_BACKOFF_BASE_S="0.1",
+        RETRY_BACKOFF_MAX_S="0.2",
+        **AWS,
+    )
+    client = redis.Redis.from_url(system.env["REDIS_URL"], decode_responses=True)
+    url = f"{system.receiver_url}/webhooks/recall"
+    for recording_id in ("ok", "refused"):
+        system.emulator.recording(recording_id)
+    body, headers = signed(recording_done("ok"))
+    assert requests.post(url, data=body, headers=headers, timeout=5).status_code == 200
+    wait_for(lambda: client.zcard(keys.state("done")) == 1, 30, what="persisted to S3")
+    (transcript,) = system.emulator.transcripts("ok")
+    stored = objects(s3)
+    assert stored[f"t/ok/{transcript['id']}.json"] == system.emulator.data(transcript["id"])
+    assert f"t/ok/{transcript['id']}.meta.json" in stored
+
+    boto3.client("s3", endpoint_url=s3).delete_object(
+        Bucket="transcripts", Key=f"t/ok/{transcript['id']}.json"
+    )
+    boto3.client("s3", endpoint_url=s3).delete_object(
+        Bucket="transcripts", Key=f"t/ok/{transcript['id']}.meta.json"
+    )
+    boto3.client("s3", endpoint_url=s3).delete_bucket(Bucket="transcripts")  # now it refuses
+    body, headers = signed(recording_done("refused"))
+    assert requests.post(url, data=body, headers=headers, timeout=5).status_code == 200
+    wait_for(lambda: client.zcard(keys.state("failed")) == 1, 60, what="the job failed")
+    (job_id,) = client.zrange(keys.state("failed"), 0, -1)
+    error = client.hget(keys.job(job_id), "error") or ""
+    assert '"internal"' in error and "NoSuchBucket" in error and "s3://transcripts/t/" in error
