@@ -83,7 +83,9 @@ def receive() -> tuple[Response, int]:
         if not event.handled:
             inbox.count_ignored(event.event)
             return _status("ignored"), 200
-        added = inbox.put(webhook_id, text)
+        recording = event.data.recording
+        summary = repr([event.event, recording.id if recording else None])
+        added = inbox.put(webhook_id, text, summary)
     except redis.RedisError as exc:
         log.error("webhook %s not enqueued, answering 503: %s", webhook_id, type(exc).__name__)
         metrics.webhook("unavailable")  # counted only if Redis is back by then

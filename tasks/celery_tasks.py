@@ -9,41 +9,46 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, Task
 from celery.exceptions import Reject
 
 from tasks.events import parse_event
 from tasks.inbox import Inbox
+from tasks.messages import sent_from
 from tasks.names import INGEST_TASK, STEP_TASKS, SUBMIT_TASK
 from tasks.pipeline import Pipeline
 from tasks.states import Step
 
 
 def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
-    """Register ingest, submit and one task per step on `app`."""
+    """Register ingest, submit and one task per step on `app`. Messages a task sends are its
+    children in Flower (root and parent ids), so a job's chain shows there."""
 
     # These two have no job in the due-set yet: if Redis stays away, requeue rather than ack.
-    @app.task(name=INGEST_TASK)
-    def ingest_event(event: dict[str, Any], event_id: str | None = None) -> str:
+    @app.task(name=INGEST_TASK, bind=True)
+    def ingest_event(
+        self: Task[Any, Any], event: dict[str, Any], event_id: str | None = None
+    ) -> str:
         try:
-            result = pipeline.ingest(parse_event(event), run_now=True)
+            with sent_from(self.request.id, self.request.root_id):
+                result = pipeline.ingest(parse_event(event))
             if event_id:
                 inbox.applied(event_id)
         except redis.RedisError as exc:
             raise Reject(exc, requeue=True) from exc
         return str(result)
 
-    @app.task(name=SUBMIT_TASK)
+    @app.task(name=SUBMIT_TASK, bind=True)
     def submit_job(
+        self: Task[Any, Any],
         recording_id: str,
         provider: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> str:
         try:
-            result = pipeline.submit(
-                recording_id, provider, metadata, idempotency_key, run_now=True
-            )
+            with sent_from(self.request.id, self.request.root_id):
+                result = pipeline.submit(recording_id, provider, metadata, idempotency_key)
         except redis.RedisError as exc:
             raise Reject(exc, requeue=True) from exc
         return result.job_id
@@ -53,8 +58,10 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
 
 
 def _register_step(app: Celery, pipeline: Pipeline, step: Step, name: str) -> None:
-    def run(job_id: str) -> str:
-        return str(pipeline.run_step(step, job_id))
+    def run(self: Task[Any, Any], job_id: str, recording_id: str = "") -> str:
+        """One step of one job (`recording_id` is there for people reading Flower)."""
+        with sent_from(self.request.id, self.request.root_id):
+            return str(pipeline.run_step(step, job_id))
 
     run.__name__ = name.rsplit(".", 1)[-1]
-    app.task(name=name)(run)
+    app.task(name=name, bind=True)(run)

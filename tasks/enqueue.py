@@ -20,8 +20,8 @@ class Enqueuer:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def __call__(self, step: Step, job_id: str) -> None:
-        self._redis.lpush(PIPELINE_QUEUE, step_message(step, job_id))
+    def __call__(self, step: Step, job_id: str, recording_id: str) -> None:
+        self._redis.lpush(PIPELINE_QUEUE, step_message(step, job_id, recording_id))
 
 
 def submit(
@@ -35,7 +35,7 @@ def submit(
     """Start a job unless one exists for the key, and enqueue its create; (job id, created)."""
     job_id, created = jobs.submit(recording_id, provider, metadata, idempotency_key)
     if created:
-        enqueue(Step.CREATE, job_id)
+        enqueue(Step.CREATE, job_id, recording_id)
     return job_id, created
 
 
@@ -63,7 +63,8 @@ def retry(jobs: JobStore, enqueue: Enqueuer, job_id: str) -> bool:
     """Re-run a failed job from the furthest point known and enqueue that step; False when the
     job is not failed."""
     state = jobs.retry(job_id)
-    if state is None:
+    job = jobs.record(job_id)
+    if state is None or job is None:
         return False
-    enqueue(RESUME_STEP[state], job_id)
+    enqueue(RESUME_STEP[state], job_id, job.recording_id)
     return True

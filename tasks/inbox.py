@@ -35,8 +35,9 @@ class Inbox:
         script = resources.files("tasks").joinpath("lua/inbox.lua").read_text()
         self._script = client.register_script(script)
 
-    def put(self, webhook_id: str, event_json: str) -> bool:
-        """Keep and enqueue the event unless its webhook id was seen; True if it is new."""
+    def put(self, webhook_id: str, event_json: str, summary: str = "") -> bool:
+        """Keep and enqueue the event unless its webhook id was seen; True if it is new.
+        `summary` is what Flower shows as the ingest task's arguments."""
         event_id = event_id_for(webhook_id)
         now = time.time()
         added = self._script(
@@ -50,7 +51,7 @@ class Inbox:
             args=[
                 "put",
                 now,
-                ingest_message(event_json, event_id),
+                ingest_message(event_json, event_id, summary),
                 self._ttl,
                 event_id,
                 event_json,

@@ -409,11 +409,14 @@ class JobStore:
 
     # -- scheduling --------------------------------------------------------------------------------
 
-    def claim_due(self, limit: int = 200) -> list[tuple[str, Step]]:
+    def claim_due(self, limit: int = 200) -> list[tuple[str, Step, str]]:
         """Jobs whose time has come, each pushed one lease ahead so one sweeper takes it; a job
         whose step still runs (its lock held) is looked at again when its lock would expire."""
         flat = cast(list[bytes], self._run("claim", "", [], limit, self.lease_s, keys.job_lock("")))
-        return [(flat[i].decode(), Step(flat[i + 1].decode())) for i in range(0, len(flat), 2)]
+        return [
+            (flat[i].decode(), Step(flat[i + 1].decode()), flat[i + 2].decode())
+            for i in range(0, len(flat), 3)
+        ]
 
     def prune_finished(self, retention_s: float, limit: int = 500) -> int:
         """Forget finished jobs older than `retention_s` (their records and index entries; the

@@ -11,6 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
@@ -19,25 +23,49 @@ from tasks.states import Step
 _EMBED_JSON = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
-def step_message(step: Step, job_id: str) -> str:
-    """The message of `STEP_TASKS[step](job_id)` on the pipeline queue."""
-    return task_message(STEP_TASKS[step], [job_id], PIPELINE_QUEUE)
+@dataclass(frozen=True)
+class Lineage:
+    """The task sending a message (its parent) and the first task of its chain (its root)."""
+
+    root_id: str
+    parent_id: str
 
 
-def ingest_message(event_json: str, event_id: str) -> str:
+_sender: ContextVar[Lineage | None] = ContextVar("sender", default=None)
+
+
+@contextmanager
+def sent_from(task_id: str | None, root_id: str | None) -> Iterator[None]:
+    """Messages sent in this block are the children of task `task_id` (Flower links them)."""
+    token = _sender.set(Lineage(root_id or task_id, task_id) if task_id else None)
+    try:
+        yield
+    finally:
+        _sender.reset(token)
+
+
+def step_message(step: Step, job_id: str, recording_id: str) -> str:
+    """The message of `STEP_TASKS[step](job_id, recording_id)` on the pipeline queue; Flower
+    shows both ids as its arguments."""
+    return task_message(STEP_TASKS[step], [job_id, recording_id], PIPELINE_QUEUE)
+
+
+def ingest_message(event_json: str, event_id: str, summary: str = "") -> str:
     """The message of `ingest_event(event, event_id)`, the event's JSON text embedded as it came
-    (no parse and re-dump on the receiver's hot path)."""
-    return task_message_json(INGEST_TASK, f'[{event_json},"{event_id}"]', EVENTS_QUEUE)
+    (no parse and re-dump on the receiver's hot path); `summary` is what Flower shows of it."""
+    args_json = f'[{event_json},"{event_id}"]'
+    return task_message_json(INGEST_TASK, args_json, EVENTS_QUEUE, summary)
 
 
 def task_message(task_name: str, args: list[Any], queue: str) -> str:
     """The JSON string kombu's Redis transport LPUSHes onto `queue` for `task_name(*args)`."""
-    return task_message_json(task_name, json.dumps(args), queue)
+    return task_message_json(task_name, json.dumps(args), queue, repr(args))
 
 
-def task_message_json(task_name: str, args_json: str, queue: str) -> str:
+def task_message_json(task_name: str, args_json: str, queue: str, argsrepr: str = "") -> str:
     """`task_message` for arguments already serialised: `args_json` is a JSON array."""
     task_id = str(uuid.uuid4())
+    sender = _sender.get()
     body = f"[{args_json},{{}},{_EMBED_JSON}]".encode()
     return json.dumps(
         {
@@ -55,9 +83,9 @@ def task_message_json(task_name: str, args_json: str, queue: str) -> str:
                 "group_index": None,
                 "retries": 0,
                 "timelimit": [None, None],
-                "root_id": task_id,
-                "parent_id": None,
-                "argsrepr": "",
+                "root_id": sender.root_id if sender else task_id,
+                "parent_id": sender.parent_id if sender else None,
+                "argsrepr": argsrepr,
                 "kwargsrepr": "{}",
                 "origin": "recall-transcribe",
                 "ignore_result": True,

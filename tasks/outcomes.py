@@ -47,7 +47,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Result:
-    """One step's or event's outcome; `then` is the step it ran in place."""
+    """One step's or event's outcome."""
 
     outcome: Outcome
     job_id: str = ""
@@ -55,9 +55,7 @@ class Result:
     transcript_id: str = ""
     detail: str = ""  # an error code, a transcript status, a delay
     state: State | None = None  # the job's state after it, where that says more than `outcome`
-    then: Result | None = None
 
     def __str__(self) -> str:
         parts = (self.outcome, self.job_id, self.transcript_id, self.detail, self.state or "")
-        text = " ".join(str(part) for part in parts if part)
-        return f"{text}; {self.then}" if self.then else text
+        return " ".join(str(part) for part in parts if part)

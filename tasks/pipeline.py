@@ -41,7 +41,7 @@ TRANSCRIPT_LIMIT = 10
 # a create whose answer was lost is reconciled by sending it again with the same key (no List).
 REPLAY_WINDOW_S = 3000
 LISTING_FRESH_S = 60  # a listing cut short by the quota goes on from its cursor within this
-Enqueue = Callable[[Step, str], None]
+Enqueue = Callable[[Step, str, str], None]  # step, job id, recording id
 
 
 class Pipeline:
@@ -71,24 +71,20 @@ class Pipeline:
         provider: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
-        run_now: bool = False,
     ) -> Result:
-        """Start a job unless one exists for the key.
-
-        The create step is enqueued, or with `run_now` run here and now (by a worker already
-        handling the event: one task fewer per job; a crash is re-driven from the due-set).
-        """
+        """Start a job unless one exists for the key, and enqueue its create step."""
         provider = provider or self.settings.TRANSCRIPT_PROVIDER
         job_id, created = self.jobs.submit(recording_id, provider, metadata, idempotency_key)
         if not created:
             return Result(Outcome.JOB_EXISTS, job_id)
-        return Result(Outcome.JOB_CREATED, job_id, then=self._next(Step.CREATE, job_id, run_now))
+        self.enqueue(Step.CREATE, job_id, recording_id)
+        return Result(Outcome.JOB_CREATED, job_id)
 
-    def ingest(self, event: WebhookEvent, run_now: bool = False) -> Result:
-        """Act on one webhook event (running the step it makes due with `run_now`)."""
+    def ingest(self, event: WebhookEvent) -> Result:
+        """Act on one webhook event, enqueueing the step it makes due."""
         recording = event.data.recording
         if event.event == RECORDING_DONE and recording is not None:
-            return self.submit(recording.id, None, {"source": "recording.done"}, None, run_now)
+            return self.submit(recording.id, None, {"source": "recording.done"}, None)
         transcript = event.data.transcript
         if event.event in (TRANSCRIPT_DONE, TRANSCRIPT_FAILED) and transcript is not None:
             job_id = self.jobs.owner_of(transcript.id) or str(
@@ -100,7 +96,8 @@ class Pipeline:
                 "done" if event.event == TRANSCRIPT_DONE else "failed"
             )
             sub_code = event.data.data.sub_code if event.data.data else None
-            return self._transcript_finished(job_id, transcript.id, outcome, sub_code, run_now)
+            recording_id = recording.id if recording is not None else ""
+            return self._transcript_finished(job_id, recording_id, transcript.id, outcome, sub_code)
         return Result(Outcome.IGNORED, detail=event.event)
 
     def run_step(self, step: Step, job_id: str) -> Result:
@@ -160,7 +157,7 @@ class Pipeline:
                 return Result(Outcome.REMEDIATE, job.id)
         state = self.jobs.record_created(job.id, transcript_id, self.settings.RECALL_POLL_INITIAL_S)
         if state == State.FETCHING:
-            self.enqueue(Step.FETCH, job.id)
+            self.enqueue(Step.FETCH, job.id, job.recording_id)
         return Result(Outcome.CREATED, job.id, transcript_id=transcript_id, state=state)
 
     def _call_create(self, job: JobRecord) -> str | None:
@@ -180,7 +177,7 @@ class Pipeline:
             # the recording once and decides.
             version = self.jobs.recording_version(job.recording_id)
             self.jobs.start_remediation(job.id, exc.message, version)
-            self.enqueue(Step.REMEDIATE, job.id)
+            self.enqueue(Step.REMEDIATE, job.id, job.recording_id)
             return None
         return transcript.id
 
@@ -213,7 +210,7 @@ class Pipeline:
                     # Nothing of ours changed since the refusal: it was not the limit.
                     raise BadRequest(job.refusal or "create refused below the limit")
                 self.jobs.end_remediation(job.id)  # another job of ours freed a slot meanwhile
-                self.enqueue(Step.CREATE, job.id)
+                self.enqueue(Step.CREATE, job.id, job.recording_id)
                 return Result(Outcome.SLOT_FREE, job.id)
             victim = self._pick_victim(live)
             if victim is None:
@@ -232,7 +229,7 @@ class Pipeline:
                 extra=_about(job, step=Step.REMEDIATE),
             )
         self.jobs.end_remediation(job.id)
-        self.enqueue(Step.CREATE, job.id)
+        self.enqueue(Step.CREATE, job.id, job.recording_id)
         return Result(
             Outcome.SLOT_FREED, job.id, transcript_id=victim.id, detail=victim.status.code
         )
@@ -273,7 +270,9 @@ class Pipeline:
         if code in ("done", "failed", "deleted"):
             outcome: Literal["done", "failed"] = "done" if code == "done" else "failed"
             sub_code = transcript.status.sub_code or code
-            return self._transcript_finished(job.id, transcript.id, outcome, sub_code, False)
+            return self._transcript_finished(
+                job.id, job.recording_id, transcript.id, outcome, sub_code
+            )
         started = job.transcript_created_at or job.created_at
         left = started + self.settings.RECALL_TRANSCRIPT_TIMEOUT_S - time.time()
         if left <= 0:
@@ -311,25 +310,21 @@ class Pipeline:
     def _transcript_finished(
         self,
         job_id: str,
+        recording_id: str,
         transcript_id: str,
         outcome: Literal["done", "failed"],
         sub_code: str | None,
-        run_now: bool,
     ) -> Result:
         applied = self.jobs.transcript_finished(job_id, transcript_id, outcome, sub_code)
         if applied == "fetching":
-            return Result(Outcome.FETCH, job_id, then=self._next(Step.FETCH, job_id, run_now))
+            self.enqueue(Step.FETCH, job_id, recording_id)
+            return Result(Outcome.FETCH, job_id, transcript_id=transcript_id)
         if applied == "failed":
             return Result(Outcome.FAILED, job_id, detail=ErrorCode.TRANSCRIPT_FAILED)
         if applied == "kept":  # the job's create may wait on a backoff: let it adopt this now
-            return Result(Outcome.KEPT, job_id, then=self._next(Step.CREATE, job_id, run_now))
+            self.enqueue(Step.CREATE, job_id, recording_id)
+            return Result(Outcome.KEPT, job_id, transcript_id=transcript_id)
         return Result(Outcome.IGNORED, job_id)
-
-    def _next(self, step: Step, job_id: str, run_now: bool) -> Result | None:
-        if run_now:
-            return self.run_step(step, job_id)
-        self.enqueue(step, job_id)
-        return None
 
     def _listing(self, job: JobRecord) -> list[dict[str, Any]]:
         """Every transcript of the job's recording, as listed. A listing the quota cut short goes

@@ -204,7 +204,7 @@ def harness(settings: Settings) -> Harness:
         jobs,
         RecallClient(settings),
         LocalStore(settings.TRANSCRIPTS_STORE),
-        lambda step, job_id: enqueued.append((step, job_id)),
+        lambda step, job_id, recording_id: enqueued.append((step, job_id)),
     )
     return Harness(pipeline, enqueued)
 

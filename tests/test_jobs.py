@@ -214,7 +214,7 @@ def test_the_sweeper_claims_each_due_job_once_and_drops_finished_ones(
     finished, _ = jobs.submit("rec-2", PROVIDER)
     jobs.fail(finished, ErrorCode.INTERNAL, "x")
     rclient.zadd(keys.DUE, {waiting: 0, finished: 0})
-    assert jobs.claim_due() == [(waiting, QUEUED.step)]
+    assert jobs.claim_due() == [(waiting, QUEUED.step, "rec-1")]
     assert jobs.claim_due() == []
     assert rclient.zscore(keys.DUE, finished) is None
 
@@ -234,7 +234,7 @@ def test_a_running_step_keeps_its_lease_however_long_it_runs_and_is_never_claime
                 assert not second
     assert rclient.exists(keys.job_lock(job_id)) == 0
     rclient.zadd(keys.DUE, {job_id: 0})
-    assert jobs.claim_due() == [(job_id, QUEUED.step)]
+    assert jobs.claim_due() == [(job_id, QUEUED.step, "rec-1")]
 
 
 def test_a_dead_steps_lease_expires_and_the_sweeper_then_claims_the_job(
@@ -248,7 +248,7 @@ def test_a_dead_steps_lease_expires_and_the_sweeper_then_claims_the_job(
     due = rclient.zscore(keys.DUE, job_id)
     assert due is not None and due <= time.time() + 0.6  # when that lock expires, not later
     time.sleep(0.6)
-    assert jobs.claim_due() == [(job_id, QUEUED.step)]
+    assert jobs.claim_due() == [(job_id, QUEUED.step, "rec-1")]
 
 
 def test_finished_jobs_past_their_retention_leave_redis_with_their_index_entries(

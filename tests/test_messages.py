@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tasks.messages import ingest_message, step_message
+from tasks.messages import ingest_message, sent_from, step_message
 from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
 from tasks.settings import load_settings
 from tasks.states import Step
@@ -55,8 +55,20 @@ def assert_same_as_celery(
 
 @pytest.mark.parametrize("step", list(Step))
 def test_step_messages_are_what_celery_would_send(app: Celery, step: Step) -> None:
-    message = step_message(step, "job-1")
-    assert_same_as_celery(app, message, STEP_TASKS[step], ["job-1"], PIPELINE_QUEUE)
+    message = step_message(step, "job-1", "rec-1")
+    assert_same_as_celery(app, message, STEP_TASKS[step], ["job-1", "rec-1"], PIPELINE_QUEUE)
+    assert json.loads(message)["headers"]["argsrepr"] == "['job-1', 'rec-1']"  # Flower shows it
+
+
+def test_a_message_sent_by_a_task_is_its_child_in_the_jobs_chain() -> None:
+    with sent_from("task-2", "task-1"):
+        headers = json.loads(step_message(Step.FETCH, "job-1", "rec-1"))["headers"]
+    assert (headers["root_id"], headers["parent_id"]) == ("task-1", "task-2")
+    with sent_from("task-1", None):  # the first task of a chain is its own root
+        headers = json.loads(step_message(Step.CREATE, "job-1", "rec-1"))["headers"]
+    assert (headers["root_id"], headers["parent_id"]) == ("task-1", "task-1")
+    headers = json.loads(step_message(Step.CREATE, "job-1", "rec-1"))["headers"]
+    assert headers["root_id"] == headers["id"] and headers["parent_id"] is None
 
 
 def test_the_receivers_ingest_message_is_what_celery_would_send(app: Celery) -> None:

@@ -192,11 +192,14 @@ def test_transcript_done_for_a_job_whose_create_answer_was_lost_is_acted_on_at_o
     wait_transcript_done(emulator, "r1")
     (made,) = emulator.transcripts("r1")
     event = transcript_event("transcript.done", "r1", made["id"], {"job_id": job_id})
-    result = harness.pipeline.ingest(parse_event(event), run_now=True)
-    assert result.outcome == Outcome.KEPT and result.then == Result(
+    result = harness.pipeline.ingest(parse_event(event))
+    assert result.outcome == Outcome.KEPT
+    assert harness.enqueued == [(Step.CREATE, job_id)]  # at once, not after the backoff
+    assert harness.drain()[0] == Result(
         Outcome.CREATED, job_id, transcript_id=made["id"], state=State.FETCHING
     )
-    assert emulator.stats()["calls"] == {"create": 1}
+    calls = emulator.stats()["calls"]
+    assert calls["create"] == 1 and "list" not in calls  # adopted: no second create, no List
 
 
 def test_remediation_lists_once_when_nothing_changed_since_the_refusal(

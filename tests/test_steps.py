@@ -59,25 +59,23 @@ def test_second_recording_done_for_a_recording_creates_nothing(
     assert len(harness.enqueued) == 1
 
 
-def test_a_worker_handling_the_events_runs_the_steps_they_make_due_in_place(
+def test_each_step_the_events_make_due_is_its_own_task(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     emulator.recording("r1")
-    created = harness.pipeline.ingest(parse_event(recording_done("r1")), run_now=True)
+    created = harness.pipeline.ingest(parse_event(recording_done("r1")))
     job_id = created.job_id
-    assert created.then is not None and harness.enqueued == [], created
-    assert (created.then.outcome, created.then.state) == (Outcome.CREATED, State.AWAITING)
+    assert created.outcome == Outcome.JOB_CREATED
+    assert harness.enqueued == [(Step.CREATE, job_id)]
+    assert outcomes(harness.drain()) == [Outcome.CREATED]
     wait_transcript_done(emulator, "r1")
     transcript_id = state(harness, job_id).transcript_id
     assert transcript_id is not None
     event = transcript_event("transcript.done", "r1", transcript_id, {"job_id": job_id})
-    fetched = harness.pipeline.ingest(parse_event(event), run_now=True)
-    assert fetched == Result(
-        Outcome.FETCH,
-        job_id,
-        then=Result(Outcome.PERSISTED, job_id, transcript_id=transcript_id),
-    )
-    assert harness.enqueued == [] and state(harness, job_id).state == State.DONE
+    fetched = harness.pipeline.ingest(parse_event(event))
+    assert fetched == Result(Outcome.FETCH, job_id, transcript_id=transcript_id)
+    assert harness.drain() == [Result(Outcome.PERSISTED, job_id, transcript_id=transcript_id)]
+    assert state(harness, job_id).state == State.DONE
 
 
 def test_create_run_twice_creates_one_transcript(
@@ -123,7 +121,9 @@ def test_transcript_done_before_create_returned_is_kept_and_honoured(
     harness.enqueued.clear()
     (made,) = emulator.seed("r1", 1, "done", metadata={"job_id": job_id})
     event = transcript_event("transcript.done", "r1", made["id"], {"job_id": job_id})
-    assert harness.pipeline.ingest(parse_event(event)) == Result(Outcome.KEPT, job_id)
+    assert harness.pipeline.ingest(parse_event(event)) == Result(
+        Outcome.KEPT, job_id, transcript_id=made["id"]
+    )
     assert harness.enqueued == [(Step.CREATE, job_id)]  # acted on at once, not after a backoff
     assert harness.drain() == [
         Result(Outcome.CREATED, job_id, transcript_id=made["id"], state=State.FETCHING),
@@ -141,7 +141,9 @@ def test_webhook_drives_await_to_fetch_and_fetch_twice_is_harmless(
     transcript_id = state(harness, job_id).transcript_id
     assert transcript_id is not None
     event = transcript_event("transcript.done", "r1", transcript_id, {"job_id": job_id})
-    assert harness.pipeline.ingest(parse_event(event)) == Result(Outcome.FETCH, job_id)
+    assert harness.pipeline.ingest(parse_event(event)) == Result(
+        Outcome.FETCH, job_id, transcript_id=transcript_id
+    )
     assert harness.pipeline.ingest(parse_event(event)) == Result(Outcome.IGNORED, job_id)
     path = harness.pipeline.store.data_path("r1", transcript_id)
     # A crash after the write but before the job is marked done: running the fetch again is

@@ -70,8 +70,15 @@ def test_up_runs_the_whole_system_says_what_it_made_and_a_signal_stops_all_of_it
         assert data.read_bytes() == served
         assert (tmp_path / "data" / "redis").is_dir()  # up started its own Redis, with AOF
         # It said "ready" with what a user needs next: the API token, Flower's credentials.
-        said = (tmp_path / "up.log").read_text()
-        assert "recall-transcribe is ready" in said
+        said = wait_for(
+            lambda: (
+                (text := (tmp_path / "up.log").read_text())
+                and "recall-transcribe is ready" in text
+                and text
+            ),
+            30,
+            what="up to say it is ready",
+        )
         token = re.search(r"Authorization: Bearer (\S+)\)", said)
         assert token is not None
         auth = {"Authorization": f"Bearer {token[1]}"}

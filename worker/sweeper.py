@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 def redrive_due(jobs: JobStore, enqueue: Enqueue) -> int:
     """Enqueue the step of every job whose due time has come; returns how many."""
     due = jobs.claim_due()
-    for job_id, step in due:
-        enqueue(step, job_id)
+    for job_id, step, recording_id in due:
+        enqueue(step, job_id, recording_id)
     return len(due)
 
 

@@ -166,14 +166,14 @@ if command == 'retry' then
 end
 
 -- claim: the sweeper takes the due jobs, pushing each one lease ahead so one sweeper takes it.
--- ARGV[6] limit, ARGV[7] lease, ARGV[8] job-lock key prefix. Returns {id, step, id, step, ...};
+-- ARGV[6] limit, ARGV[7] lease, ARGV[8] job-lock key prefix. Returns {id, step, recording, ...};
 -- finished or vanished jobs leave the due-set; a job whose step still runs (its lock held, kept
 -- alive by a heartbeat) is looked at again when that lock would expire.
 if command == 'claim' then
   local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
   local out = {}
   for _, each in ipairs(ids) do
-    local fields = redis.call('HMGET', job_prefix .. each, 'state', 'step')
+    local fields = redis.call('HMGET', job_prefix .. each, 'state', 'step', 'recording_id')
     local held = redis.call('PTTL', ARGV[8] .. each)
     if not fields[1] or fields[1] == 'done' or fields[1] == 'failed' then
       redis.call('ZREM', due, each)
@@ -183,6 +183,7 @@ if command == 'claim' then
       redis.call('ZADD', due, now + tonumber(ARGV[7]), each)
       table.insert(out, each)
       table.insert(out, fields[2])
+      table.insert(out, fields[3])
     end
   end
   return out
