@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,39 @@ def test_the_image_gives_its_user_the_transcripts_volume() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "mkdir -p /data/transcripts" in dockerfile and "chown -R app /data" in dockerfile
     assert "USER app" in dockerfile
+
+
+def test_the_monitoring_profile_scrapes_the_receiver_and_charts_only_metrics_it_serves(
+    compose: dict[str, Any], rclient: Any
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tasks.metrics import Metrics, RedisCollector
+    from tasks.states import Step
+
+    for name in ("prometheus", "grafana"):
+        assert compose["services"][name]["profiles"] == ["monitoring"]
+        assert all(p.startswith("127.0.0.1:") for p in compose["services"][name]["ports"])
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"]
+    assert scrape[0]["metrics_path"] == "/metrics"
+    assert scrape[0]["static_configs"][0]["targets"] == ["receiver:8000"]
+    metrics = Metrics(rclient)  # one of each, so every family has samples to name
+    metrics.recall_request("create", 201)
+    metrics.rate_limited("list", 1.0)
+    metrics.step(Step.CREATE, 0.02)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(rclient))
+    served = {
+        sample.name
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/recall-transcribe.json").read_text())
+    charted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"recall_transcribe_[a-z_]+", target["expr"])
+    }
+    assert charted and charted <= served, charted - served
