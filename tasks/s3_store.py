@@ -32,7 +32,6 @@ class S3Store:
             raise StoreError(f"not an s3://bucket/prefix location: {location!r}")
         self.bucket = parts.netloc
         self.prefix = parts.path.strip("/")
-        self.location = location
         retries = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5)
         self._client = boto3.client("s3", endpoint_url=endpoint_url, config=retries)
 
