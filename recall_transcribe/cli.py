@@ -16,8 +16,6 @@ if TYPE_CHECKING:
     from tasks.enqueue import Enqueuer
     from tasks.jobs import JobStore
 
-SUBCOMMANDS = ("receiver", "worker", "flower", "emulator", "up", "enqueue", "jobs")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recall-transcribe", description=__doc__)

@@ -27,10 +27,6 @@ class Verifier:
     def __init__(self, secrets: list[str]) -> None:
         self._hooks = [Webhook(secret) for secret in secrets]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._hooks)
-
     def verify(self, body: bytes, headers: dict[str, str]) -> None:
         if not self._hooks:
             return

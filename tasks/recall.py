@@ -377,11 +377,6 @@ class RecallClient:
         )
         return Transcript.from_api(self._json(response, "retrieve transcript"))
 
-    def list_transcripts(self, recording_id: str) -> Iterator[Transcript]:
-        """All transcripts of a recording, following the `next` cursor to the end."""
-        for page, _ in self.list_pages(recording_id):
-            yield from (Transcript.from_api(raw) for raw in page)
-
     def list_pages(
         self, recording_id: str, cursor: str | None = None
     ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:

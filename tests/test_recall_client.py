@@ -21,6 +21,7 @@ from tasks.recall import (
     RecallClient,
     Rejected,
     RetryableError,
+    Transcript,
     Unauthorized,
     Unavailable,
 )
@@ -119,7 +120,9 @@ def test_refused_connection_is_unavailable_not_unknown(settings: Settings) -> No
 
 def test_list_follows_the_cursor_to_the_end(settings: Settings, emulator: EmulatorHandle) -> None:
     seeded = emulator.seed("r1", 8)  # the fixture's emulator pages by 3
-    listed = list(RecallClient(settings).list_transcripts("r1"))
+    pages = list(RecallClient(settings).list_pages("r1"))
+    listed = [Transcript.from_api(raw) for page, _ in pages for raw in page]
+    assert [cursor is None for _, cursor in pages] == [False] * (len(pages) - 1) + [True]
     assert [t.id for t in listed] == [t["id"] for t in seeded]
 
 
@@ -200,7 +203,7 @@ def test_a_list_next_link_to_another_host_is_not_followed_with_the_api_key(
     url, hits = fake_recall
     client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL=url))
     with pytest.raises(Rejected, match="another host"):
-        list(client.list_transcripts("r1"))
+        list(client.list_pages("r1"))
     assert hits == ["/api/v1/transcript/"]
 
 
