@@ -79,16 +79,18 @@ def env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
-@pytest.mark.parametrize(
-    "missing", ["RECALL_API_KEY", "RECALL_WEBHOOK_SECRET", "FLOWER_BASIC_AUTH"]
-)
+SECRETS = {
+    "RECALL_API_KEY": "k",
+    "RECALL_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+    "FLOWER_BASIC_AUTH": "a:b",
+    "METRICS_TOKEN": "m",
+}
+
+
+@pytest.mark.parametrize("missing", list(SECRETS))
 def test_compose_refuses_to_start_without_a_secret_it_needs(missing: str) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
-    env = {
-        "RECALL_API_KEY": "k",
-        "RECALL_WEBHOOK_SECRET": "whsec_c2VjcmV0",
-        "FLOWER_BASIC_AUTH": "a:b",
-    }
+    env = dict(SECRETS)
     render(text, env)
     with pytest.raises(LookupError, match=missing):
         render(text, {k: v for k, v in env.items() if k != missing})
@@ -99,10 +101,11 @@ def test_the_emulator_profile_runs_without_recall_and_every_setting_comes_from_e
     text = (ROOT / "docker-compose.yml").read_text()
     dev = env_file(ROOT / "emulator.env")
     assert dev["COMPOSE_PROFILES"] == "emulator"
-    services = render(text, {**dev, "FLOWER_BASIC_AUTH": "a:b"})["services"]
+    yours = {"FLOWER_BASIC_AUTH": "a:b", "METRICS_TOKEN": "m"}
+    services = render(text, {**dev, **yours})["services"]
     assert services["worker"]["environment"]["RECALL_API_BASE_URL"] == "http://emulator:8500"
     mine = {"REDIS_URL": "redis://elsewhere:6379/1", "TRANSCRIPTS_STORE": "/mnt/t"}
-    services = render(text, {**dev, **mine, "FLOWER_BASIC_AUTH": "a:b"})["services"]
+    services = render(text, {**dev, **mine, **yours})["services"]
     for name in ("receiver", "worker", "flower"):
         environment = services[name]["environment"]
         assert {k: environment[k] for k in mine} == mine
@@ -129,6 +132,10 @@ def test_the_monitoring_profile_scrapes_the_receiver_and_charts_only_metrics_it_
         assert all(p.startswith("127.0.0.1:") for p in compose["services"][name]["ports"])
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"]
     assert scrape[0]["metrics_path"] == "/metrics"
+    token_file = scrape[0]["authorization"]["credentials_file"]
+    (mounted,) = compose["services"]["prometheus"]["configs"]
+    assert mounted["target"] == token_file and mounted["source"] in compose["configs"]
+    assert "METRICS_TOKEN" in compose["configs"][mounted["source"]]["content"]
     assert scrape[0]["static_configs"][0]["targets"] == ["receiver:8000"]
     metrics = Metrics(rclient)  # one of each, so every family has samples to name
     metrics.recall_request("create", 201)
