@@ -21,7 +21,8 @@ import redis
 
 from bench.procs import start_redis
 from emulator.quotas import Quotas
-from tasks.limiter import Family, Limiter, Rate
+from tasks.recall.client import INLINE_WAIT_S
+from tasks.recall.limiter import Family, Limiter, Rate
 
 COUNT, WINDOW_S = 60, 2.0  # Recall's List quota, its minute scaled to 2 s
 JITTER_S = 0.05
@@ -31,7 +32,7 @@ Acquire = Callable[[], float]  # seconds to wait before calling (0: go); may be 
 
 
 def _ours(client: redis.Redis) -> tuple[Acquire, bool]:
-    limiter = Limiter(client, {Family.LIST: Rate(COUNT, WINDOW_S)})
+    limiter = Limiter(client, {Family.LIST: Rate(COUNT, WINDOW_S)}, INLINE_WAIT_S)
 
     def acquire() -> float:
         return limiter.acquire(Family.LIST).wait

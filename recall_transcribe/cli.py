@@ -1,4 +1,4 @@
-"""`recall-transcribe SUBCOMMAND`: receiver, worker, flower, emulator, up, enqueue, jobs."""
+"""`recall-transcribe SUBCOMMAND`: receiver, worker, flower, emulator, up, enqueue, jobs, events."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tasks.settings import ConfigError, Settings, load_settings
 from tasks.states import State
 
 if TYPE_CHECKING:
-    from tasks.enqueue import Enqueuer
+    from tasks.dispatch import Dispatcher
     from tasks.jobs import JobStore
 
 
@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     jobs.add_argument(
         "--created-after", default=None, help="retry --failed: only jobs created after (ISO 8601)"
+    )
+
+    events = sub.add_parser("events", help="webhook events no worker could apply")
+    events.add_argument("action", choices=("dead",))
+    events.add_argument(
+        "--replay", action="store_true", help="put them back in the inbox and apply them again"
     )
     return parser
 
@@ -184,22 +190,19 @@ def _up(args: argparse.Namespace, _: list[str]) -> int:
     return run_all(load_settings(), Ports(args.receiver_port, args.emulator_port, args.flower_port))
 
 
-def _job_tools(settings: Settings) -> tuple[JobStore, Enqueuer]:
+def _dispatcher(settings: Settings) -> Dispatcher:
     from tasks.connection import redis_client
-    from tasks.enqueue import Enqueuer
+    from tasks.dispatch import Dispatcher
     from tasks.jobs import JobStore
 
-    client = redis_client(settings)
-    return JobStore(client, settings.JOB_STEP_LEASE_S), Enqueuer(client)
+    jobs = JobStore(redis_client(settings), settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
+    return Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER)
 
 
 def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
-    from tasks.enqueue import submit
-
-    settings = load_settings()
-    jobs, enqueue = _job_tools(settings)
-    provider = args.provider or settings.TRANSCRIPT_PROVIDER
-    job_id, created = submit(jobs, enqueue, args.recording_id, provider, None, args.idempotency_key)
+    dispatch = _dispatcher(load_settings())
+    jobs = dispatch.jobs
+    job_id, created = dispatch.submit(args.recording_id, args.provider, None, args.idempotency_key)
     print(f"job {job_id} ({'queued' if created else 'already exists'})")
     if not args.wait:
         return 0
@@ -227,20 +230,18 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _jobs(args: argparse.Namespace, _: list[str]) -> int:
-    jobs, enqueue = _job_tools(load_settings())
+    dispatch = _dispatcher(load_settings())
+    jobs = dispatch.jobs
     if args.action == "list":
         return _list_jobs(jobs, args)
     if args.action == "retry" and args.failed:
-        return _retry_failed(jobs, args)
+        return _retry_failed(dispatch, args)
     if not args.job_id:
         print(f"recall-transcribe: jobs {args.action} needs a JOB_ID", file=sys.stderr)
         return 2
-    if args.action == "retry":
-        from tasks.enqueue import retry
-
-        if not retry(jobs, enqueue, args.job_id):
-            print(f"job {args.job_id} is not a failed job", file=sys.stderr)
-            return 1
+    if args.action == "retry" and not dispatch.retry(args.job_id):
+        print(f"job {args.job_id} is not a failed job", file=sys.stderr)
+        return 1
     shown = jobs.get(args.job_id)
     if shown is None:
         print(f"no job {args.job_id}", file=sys.stderr)
@@ -268,10 +269,8 @@ def _list_jobs(jobs: JobStore, args: argparse.Namespace) -> int:
     return 0
 
 
-def _retry_failed(jobs: JobStore, args: argparse.Namespace) -> int:
+def _retry_failed(dispatch: Dispatcher, args: argparse.Namespace) -> int:
     from datetime import datetime
-
-    from tasks.enqueue import retry_failed
 
     after = None
     if args.created_after:
@@ -282,11 +281,45 @@ def _retry_failed(jobs: JobStore, args: argparse.Namespace) -> int:
                 f"--created-after: not an ISO 8601 time: {args.created_after}"
             ) from None
         after = (when if when.tzinfo else when.astimezone()).timestamp()
-    retried = retry_failed(
-        jobs, error_code=args.code, recording_id=args.recording_id, created_after=after
+    retried = dispatch.retry_failed(
+        error_code=args.code, recording_id=args.recording_id, created_after=after
     )
     print(f"{retried} failed job(s) queued again")
     return 0
+
+
+def _events(args: argparse.Namespace, _: list[str]) -> int:
+    """List the dead letters (event id, type, recording), or replay them all."""
+    from tasks.connection import redis_client
+    from tasks.inbox import Inbox
+
+    settings = load_settings()
+    inbox = Inbox(
+        redis_client(settings),
+        settings.INBOX_RESEND_S,
+        settings.WEBHOOK_DEDUPE_TTL_S,
+        settings.INBOX_MAX_DELIVERIES,
+    )
+    if args.replay:
+        print(f"{inbox.replay_dead()} dead event(s) sent again")
+        return 0
+    dead = inbox.dead()
+    print(f"{'EVENT':<32}  {'TYPE':<18} RECORDING")
+    for event_id, event_json in sorted(dead.items()):
+        kind, recording = _summary(event_json)
+        print(f"{event_id:<32}  {kind:<18} {recording}".rstrip())
+    if not dead:
+        print("(no dead events)")
+    return 0
+
+
+def _summary(event_json: str) -> tuple[str, str]:
+    """An event's type and recording id, as far as its body says (it may be unreadable)."""
+    try:
+        event = json.loads(event_json)
+        return str(event.get("event", "?")), str(event["data"]["recording"]["id"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "?", "?"
 
 
 COMMANDS = {
@@ -297,4 +330,5 @@ COMMANDS = {
     "up": _up,
     "enqueue": _enqueue,
     "jobs": _jobs,
+    "events": _events,
 }

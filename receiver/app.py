@@ -11,9 +11,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from receiver import jobs_api, webhooks
+from receiver.auth import bearer_is_one_of
 from receiver.openapi import openapi_document
 from tasks.connection import redis_client
-from tasks.enqueue import Enqueuer
+from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
 from tasks.metrics import Metrics, RedisCollector
@@ -32,12 +33,15 @@ def create_app(settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     client = redis_client(settings)
     app.extensions["verifier"] = webhooks.Verifier(settings.webhook_secrets)
-    app.extensions["inbox"] = Inbox(client, settings.INBOX_RESEND_S, settings.WEBHOOK_DEDUPE_TTL_S)
+    app.extensions["inbox"] = Inbox(
+        client,
+        settings.INBOX_RESEND_S,
+        settings.WEBHOOK_DEDUPE_TTL_S,
+        settings.INBOX_MAX_DELIVERIES,
+    )
+    jobs = JobStore(client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
     app.extensions["jobs_api"] = jobs_api.JobsApi(
-        JobStore(client, settings.JOB_STEP_LEASE_S),
-        Enqueuer(client),
-        settings.TRANSCRIPT_PROVIDER,
-        settings.api_tokens,
+        Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER), settings.api_tokens
     )
     app.extensions["metrics"] = Metrics(client)
     app.register_blueprint(webhooks.bp)
@@ -58,9 +62,16 @@ def create_app(settings: Settings) -> Flask:
             return jsonify(status="redis unavailable"), 503
         return jsonify(status="ready"), 200
 
+    metrics_token = settings.METRICS_TOKEN.get_secret_value() if settings.METRICS_TOKEN else None
+
     @app.get("/metrics")
     def metrics() -> Response:
-        """Prometheus text: the whole fleet's, read from Redis."""
+        """Prometheus text: the whole fleet's, read from Redis (behind METRICS_TOKEN if set)."""
+        if metrics_token is not None and not bearer_is_one_of([metrics_token]):
+            response = jsonify(error="a valid bearer token is required")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
         try:
             text = generate_latest(registry)
         except redis.RedisError:

@@ -6,7 +6,6 @@ Requests are read into the pydantic models below, which also generate the OpenAP
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import re
@@ -27,8 +26,9 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from tasks.enqueue import Enqueuer, retry, retry_failed, submit
-from tasks.jobs import Job, JobStore
+from receiver.auth import bearer_is_one_of
+from tasks.dispatch import Dispatcher
+from tasks.jobs import Job
 from tasks.outcomes import ErrorCode
 from tasks.states import State
 
@@ -141,11 +141,9 @@ class BadInput(ValueError):
 
 @dataclass
 class JobsApi:
-    """What the jobs API works with: the job store and an enqueuer, never the worker."""
+    """What the jobs API works with: the dispatcher (and its job store), never the worker."""
 
-    jobs: JobStore
-    enqueue: Enqueuer
-    default_provider: dict[str, Any]
+    dispatch: Dispatcher
     tokens: list[str]
 
 
@@ -167,11 +165,7 @@ def _job(job: Job, status: int) -> tuple[Response, int]:
 
 @bp.before_request
 def _authenticate() -> tuple[Response, int] | None:
-    header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if not given or not any(
-        hmac.compare_digest(given.encode(), token.encode()) for token in _api().tokens
-    ):
+    if not bearer_is_one_of(_api().tokens):
         return _error(401, "a valid bearer token is required")
     return None
 
@@ -191,12 +185,12 @@ def create_job() -> tuple[Response, int]:
     body = _model(JobRequest, _json_body())
     header_key = _header_key()
     key = body.idempotency_key or header_key
-    api = _api()
-    provider = body.provider or api.default_provider
-    job_id, created = submit(api.jobs, api.enqueue, body.recording_id, provider, body.metadata, key)
-    job = api.jobs.get(job_id)
+    dispatch = _api().dispatch
+    job_id, created = dispatch.submit(body.recording_id, body.provider, body.metadata, key)
+    job = dispatch.jobs.get(job_id)
     if job is None:  # expired between the two calls
         return _error(503, "the job vanished while it was being created, retry")
+    provider = dispatch.provider(body.provider)
     if not created and key is not None and _differs(job, body.recording_id, provider, body):
         return _error(409, "this idempotency key was used with different parameters")
     return _job(job, 202)
@@ -205,7 +199,7 @@ def create_job() -> tuple[Response, int]:
 # Job ids are UUIDs (derived from idempotency keys): anything else is no job (404).
 @bp.get("/jobs/<uuid:job_id>")
 def get_job(job_id: UUID) -> tuple[Response, int]:
-    job = _api().jobs.get(str(job_id))
+    job = _api().dispatch.jobs.get(str(job_id))
     if job is None:
         return _error(404, f"no job {job_id}")
     return _job(job, 200)
@@ -214,7 +208,7 @@ def get_job(job_id: UUID) -> tuple[Response, int]:
 @bp.get("/jobs")
 def list_jobs() -> tuple[Response, int]:
     query = _model(JobListQuery, _query(("offset", "limit")))
-    jobs = _api().jobs.page(
+    jobs = _api().dispatch.jobs.page(
         recording_id=query.recording_id,
         state=query.state,
         offset=query.offset,
@@ -227,8 +221,7 @@ def list_jobs() -> tuple[Response, int]:
 @bp.post("/jobs/retry")
 def retry_jobs() -> tuple[Response, int]:
     body = _model(BulkRetry, _json_body())
-    retried = retry_failed(
-        _api().jobs,
+    retried = _api().dispatch.retry_failed(
         error_code=body.error_code,
         recording_id=body.recording_id,
         created_after=body.created_after.timestamp() if body.created_after else None,
@@ -238,13 +231,13 @@ def retry_jobs() -> tuple[Response, int]:
 
 @bp.post("/jobs/<uuid:job_id>/retry")
 def retry_job(job_id: UUID) -> tuple[Response, int]:
-    api, key = _api(), str(job_id)
-    job = api.jobs.get(key)
+    dispatch, key = _api().dispatch, str(job_id)
+    job = dispatch.jobs.get(key)
     if job is None:
         return _error(404, f"no job {key}")
-    if not retry(api.jobs, api.enqueue, key):
+    if not dispatch.retry(key):
         return _error(409, f"job {key} is {job.state}; only failed jobs can be retried")
-    retried = api.jobs.get(key)
+    retried = dispatch.jobs.get(key)
     return _job(retried or job, 202)
 
 

@@ -6,6 +6,7 @@ once per worker process. Names: tasks/names.py.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
@@ -26,12 +27,11 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
 
     # These two have no job in the due-set yet: if Redis stays away, requeue rather than ack.
     @app.task(name=INGEST_TASK, bind=True)
-    def ingest_event(
-        self: Task[Any, Any], event: dict[str, Any], event_id: str | None = None
-    ) -> str:
+    def ingest_event(self: Task[Any, Any], event_json: str, event_id: str | None = None) -> str:
+        """Apply one accepted webhook (its body as it came, a JSON string)."""
         try:
             with sent_from(self.request.id, self.request.root_id):
-                result = pipeline.ingest(parse_event(event))
+                result = pipeline.ingest(parse_event(json.loads(event_json)))
             if event_id:
                 inbox.applied(event_id)
         except redis.RedisError as exc:
@@ -48,10 +48,12 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
     ) -> str:
         try:
             with sent_from(self.request.id, self.request.root_id):
-                result = pipeline.submit(recording_id, provider, metadata, idempotency_key)
+                job_id, _ = pipeline.dispatch.submit(
+                    recording_id, provider, metadata, idempotency_key
+                )
         except redis.RedisError as exc:
             raise Reject(exc, requeue=True) from exc
-        return result.job_id
+        return job_id
 
     for step, name in STEP_TASKS.items():
         _register_step(app, pipeline, step, name)
@@ -59,9 +61,10 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
 
 def _register_step(app: Celery, pipeline: Pipeline, step: Step, name: str) -> None:
     def run(self: Task[Any, Any], job_id: str, recording_id: str = "") -> str:
-        """One step of one job (`recording_id` is there for people reading Flower)."""
+        """One step of one job (`recording_id` is there for people reading Flower); the task id
+        tells the job's current message from a stale copy."""
         with sent_from(self.request.id, self.request.root_id):
-            return str(pipeline.run_step(step, job_id))
+            return str(pipeline.run_step(step, job_id, str(self.request.id)))
 
     run.__name__ = name.rsplit(".", 1)[-1]
     app.task(name=name, bind=True)(run)

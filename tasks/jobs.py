@@ -4,17 +4,19 @@ A job id is derived from its idempotency key, so submitting the same key twice f
 Every transition of the table in tasks/states.py is one method here and one atomic Lua command
 (tasks/lua/jobs.lua): check the job's phase, write, move the job between the state sets and in
 the due-set. The due-set is the safety net: a message lost with a crashed worker or a restarted
-Redis is re-driven by the sweeper when its time comes. Key names: tasks/keys.py.
+Redis is re-driven by the sweeper when its time comes. Each step message sent is recorded on its
+job (`send`), so it is sent again only once taken by a worker or provably lost, and a stale copy
+is recognised (`consume`). Times are Redis's clock. Key names: tasks/keys.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal, cast
@@ -24,18 +26,35 @@ from pydantic import BaseModel, Field, field_validator
 
 from tasks import keys
 from tasks.leases import Leases
+from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode
-from tasks.recall import Listing
-from tasks.states import TRANSITIONS, Phase, State, Step, Transition, sources
+from tasks.states import (
+    ACTIVE,
+    AWAITING,
+    DONE,
+    FAILED,
+    FETCHING,
+    QUEUED,
+    TRANSITIONS,
+    Phase,
+    State,
+    Step,
+    Transition,
+    sources,
+    target,
+)
 
-_NAMESPACE = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")
+_DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook path derives
+_GIVEN = uuid.UUID("0c3f9a8e-52d1-4b7e-8e9f-4a6d2b1c7e55")  # keys clients give (API, CLI, Celery)
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 EarlyEvent = Literal["done", "failed"]
+Delay = float | Literal["keep", "never"]
 
 
-def job_id_for(idempotency_key: str) -> str:
-    """The job id is a function of the idempotency key: one key, one job."""
-    return str(uuid.uuid5(_NAMESPACE, idempotency_key))
+def job_id_for(idempotency_key: str, *, given: bool) -> str:
+    """One key, one job. Keys clients give and keys the webhook path derives are in different
+    namespaces: no key a client gives names a recording's job."""
+    return str(uuid.uuid5(_GIVEN if given else _DERIVED, idempotency_key))
 
 
 def default_idempotency_key(recording_id: str, provider: dict[str, Any]) -> str:
@@ -48,6 +67,16 @@ def _iso(value: float | None) -> str | None:
     if value is None:
         return None
     return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A recording's listing in progress: the transcripts seen and where it goes on."""
+
+    seen: list[dict[str, Any]]
+    cursor: str | None  # the next page's URL; None once complete
+    started_at: float
+    version: int  # the recording's version (our creates and deletes) when it began
 
 
 class JobError(BaseModel):
@@ -81,9 +110,10 @@ class JobRecord(BaseModel):
     provider: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
     state: State
-    step: Step
+    phase: Phase
     attempts: int = 1
     failures: dict[str, int] = Field(default_factory=dict)  # retryable errors by code, this phase
+    remediations: int = 0  # limit remediations since the last successful create
     polls: int = 0
     create_seq: int = 0  # bumped after a definite create error: the next create uses a new key
     create_pending: bool = False  # a create call may have happened whose answer we never saw
@@ -97,6 +127,7 @@ class JobRecord(BaseModel):
     refusal: str | None = None  # Recall's answer then
     transcript_id: str | None = None
     transcript_created_at: float | None = None
+    archived_transcript_id: str | None = None  # archived by another job's remediation
     early_event: EarlyEvent | None = None  # a transcript event that came before the create answer
     early_transcript_id: str | None = None
     early_sub_code: str | None = None
@@ -104,20 +135,32 @@ class JobRecord(BaseModel):
     last_error: str | None = None
     created_at: float
     updated_at: float
+    deadline_at: float
 
     @field_validator("provider", "metadata", "error", "failures", "listing", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
 
+    @field_validator("phase", mode="before")
+    @classmethod
+    def _phase(cls, value: Any) -> Any:
+        return Phase.parse(value) if isinstance(value, str) else value
+
     @property
-    def phase(self) -> Phase:
-        return Phase(self.state, self.step if self.state.active else None)
+    def step(self) -> Step | None:
+        return self.phase.step
 
     @property
     def create_key(self) -> str:
         """The Idempotency-Key of this job's next create call."""
         return f"{self.id}:{self.create_seq}"
+
+    @property
+    def listing_in_progress(self) -> Listing | None:
+        if self.listing_next is None or self.listing_at is None or self.listing_version is None:
+            return None
+        return Listing(self.listing, self.listing_next, self.listing_at, self.listing_version)
 
     def view(self) -> Job:
         return Job(
@@ -135,6 +178,25 @@ class JobRecord(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class Due:
+    """A job the sweeper must send its step for."""
+
+    job_id: str
+    step: Step
+    recording_id: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """A step message to send: its task id (also its delivery tag) and its body."""
+
+    job_id: str
+    step: Step
+    task_id: str
+    body: str
+
+
 def _decode(raw: dict[bytes, bytes]) -> JobRecord | None:
     return (
         JobRecord.model_validate({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
@@ -149,17 +211,31 @@ def _strings(fields: dict[str, Any]) -> str:
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, dict | BaseModel):
-        return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    if isinstance(value, dict | list):
+        return json.dumps(value)
     return str(value)
+
+
+def _delay(value: Delay) -> str:
+    return "" if value == "keep" else str(value)
+
+
+def _runs_in(step: Step) -> str:
+    """The phases in which `step` is the job's step, as the Lua script reads sources."""
+    return ",".join(sorted(str(phase) for phase in ACTIVE if phase.step == step))
 
 
 class JobStore:
     """Reads jobs and changes them, one method per transition of the table."""
 
-    def __init__(self, client: redis.Redis, lease_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, lease_s: float, deadline_s: float = 24 * 3600.0
+    ) -> None:
         self.redis = client
         self.lease_s = lease_s
+        self.deadline_s = deadline_s
         self.leases = Leases(client, lease_s)
         script = resources.files("tasks").joinpath("lua/jobs.lua").read_text()
         self._script = client.register_script(script)
@@ -168,30 +244,19 @@ class JobStore:
         job_key = keys.job(job_id) if job_id else ""
         return self._script(
             keys=[keys.DUE, job_key, *extra_keys],
-            args=[command, time.time(), keys.STATE_PREFIX, keys.JOB_PREFIX, job_id, *args],
+            args=[command, keys.STATE_PREFIX, keys.JOB_PREFIX, job_id, *args],
         )
 
     def _move(
-        self,
-        transition: Transition,
-        job_id: str,
-        *,
-        due_in: float | Literal["keep"] | None = "keep",
-        **fields: Any,
+        self, transition: Transition, job_id: str, *, due_in: Delay = "keep", **fields: Any
     ) -> bool:
-        """Apply a plain transition; `due_in` None leaves the due-set. False when refused."""
+        """Apply a transition whose target is one phase (or none); False when refused."""
         targets = TRANSITIONS[transition].target
-        target: Phase | None = next(iter(targets)) if len(targets) == 1 else None
-        due = "" if due_in == "keep" else -1 if due_in is None else time.time() + due_in
+        if len(targets) > 1:
+            raise ValueError(f"{transition} has several targets: it has its own command")
+        to = target(transition, next(iter(targets))) if targets else ["", ""]
         old = self._run(
-            "move",
-            job_id,
-            [],
-            sources(transition),
-            target.state if target else "",
-            (target.step or "") if target else "",
-            due,
-            _strings(fields),
+            "move", job_id, [], sources(transition), *to, _delay(due_in), _strings(fields)
         )
         return old is not None
 
@@ -266,9 +331,10 @@ class JobStore:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> tuple[str, bool]:
-        """Create the job for this key unless it exists; returns (job id, created)."""
+        """Create the job for this key unless it exists; returns (job id, created). Without a
+        key, the job is the recording's (the one its `recording.done` starts)."""
         key = idempotency_key or default_idempotency_key(recording_id, provider)
-        job_id = job_id_for(key)
+        job_id = job_id_for(key, given=idempotency_key is not None)
         fields = {
             "id": job_id,
             "recording_id": recording_id,
@@ -281,19 +347,21 @@ class JobStore:
             job_id,
             [keys.JOBS, keys.recording(recording_id)],
             _strings(fields),
-            time.time() + self.lease_s,
+            self.lease_s,
+            self.deadline_s,
+            *[str(QUEUED.state), str(QUEUED)],
         )
         return job_id, bool(created)
 
-    def start_create(self, job: JobRecord) -> bool:
-        """The create step begins: from here a create call may happen (with the job's key)."""
-        key_at = job.create_key_at if job.create_pending else time.time()
+    def start_create(self, job: JobRecord, key_at: float) -> bool:
+        """The create step begins: from here a create call may happen (with the job's key,
+        first sent at `key_at` if it is new)."""
         return self._move(
             Transition.START_CREATE,
             job.id,
             due_in=self.lease_s,
             create_pending=True,
-            create_key_at=key_at,
+            create_key_at=job.create_key_at if job.create_pending else key_at,
         )
 
     def create_refused(self, job: JobRecord) -> bool:
@@ -310,16 +378,17 @@ class JobStore:
             create_key_at=0 if job.create_pending else None,
         )
 
-    def start_remediation(self, job_id: str, refusal: str, version: int) -> bool:
-        """Create was refused, maybe at the limit: remediation looks next. `version` is the
-        recording's when refused: if it has not changed when remediation finds a free slot,
-        the refusal was not the limit."""
+    def start_remediation(self, job: JobRecord, refusal: str, version: int) -> bool:
+        """Create was refused, maybe at the limit: a remediation round begins. `version` is the
+        recording's when refused: if it has not changed when remediation finds a free slot, the
+        refusal was not the limit. Rounds count until a create succeeds."""
         return self._move(
             Transition.START_REMEDIATION,
-            job_id,
+            job.id,
             due_in=self.lease_s,
             refusal=refusal,
             refused_version=version,
+            remediations=job.remediations + 1,
         )
 
     def end_remediation(self, job_id: str) -> bool:
@@ -328,15 +397,18 @@ class JobStore:
 
     def record_created(self, job_id: str, transcript_id: str, first_poll_s: float) -> State | None:
         """Store the created transcript; returns the job's new state (None when refused)."""
-        now = time.time()
+        transition = Transition.RECORD_CREATED
         result = self._run(
             "created",
             job_id,
             [keys.transcript_owner(transcript_id)],
-            sources(Transition.RECORD_CREATED),
+            sources(transition),
             transcript_id,
-            now + first_poll_s,
+            first_poll_s,
             self.lease_s,
+            *target(transition, AWAITING),
+            *target(transition, FETCHING),
+            *target(transition, FAILED),
         )
         return State(cast(bytes, result).decode()) if result else None
 
@@ -356,6 +428,7 @@ class JobStore:
             outcome,
             sub_code or "unknown",
             self.lease_s,
+            *target(finish, FETCHING if outcome == "done" else FAILED),
         )
         return cast(Literal["fetching", "failed", "kept", "ignored"], cast(bytes, result).decode())
 
@@ -367,7 +440,7 @@ class JobStore:
 
     def finish(self, job_id: str) -> bool:
         """The transcript is persisted: the job is done."""
-        return self._move(Transition.FINISH, job_id, due_in=None)
+        return self._move(Transition.FINISH, job_id, due_in="never")
 
     def retry_later(
         self,
@@ -378,10 +451,12 @@ class JobStore:
         *,
         quota_ticket: str | None = None,
         listing: Listing | None = None,
+        count: bool = True,
     ) -> bool:
-        """The same step again after `delay_s`, counting one more failure of kind `code`; it
-        keeps for that run the quota slot reserved for it and the listing it had begun."""
-        failures = {**job.failures, code: job.failures.get(code, 0) + 1}
+        """The same step again after `delay_s`, counting one more failure of kind `code` (unless
+        it was only a wait for quota); it keeps for that run the quota slot reserved for it and
+        the listing it had begun."""
+        failures = {**job.failures, code: job.failures.get(code, 0) + 1} if count else None
         return self._move(
             Transition.RETRY_LATER,
             job.id,
@@ -389,7 +464,7 @@ class JobStore:
             failures=failures,
             last_error=why,
             quota_ticket=quota_ticket,
-            listing=json.dumps(listing.seen) if listing else None,
+            listing=listing.seen if listing else None,
             listing_next=listing.cursor if listing else None,
             listing_at=listing.started_at if listing else None,
             listing_version=listing.version if listing else None,
@@ -398,49 +473,124 @@ class JobStore:
     def fail(self, job_id: str, code: ErrorCode, message: str, **extra: Any) -> bool:
         """Fail an unfinished job with a readable error."""
         error = {"code": code, "message": message, **extra}
-        return self._move(Transition.FAIL, job_id, due_in=None, error=error)
+        return self._move(Transition.FAIL, job_id, due_in="never", error=error)
 
-    def retry(self, job_id: str) -> State | None:
-        """Re-run a failed job from the furthest point known, due now: a known transcript is
-        awaited again, else create runs (reconciling first when a create may have happened).
-        Never a second transcript. Returns the new state, None when the job is not failed."""
-        result = self._run("retry", job_id, [], sources(Transition.RETRY))
-        return State(cast(bytes, result).decode()) if result else None
+    def record_archive(self, job_id: str, transcript_id: str) -> bool:
+        """Another job's remediation archived this finished job's transcript, and deletes it at
+        Recall only if this answers True: a retry of the job then finishes from the archive.
+        False while the job is active again (its transcript must stay)."""
+        transition = Transition.RECORD_ARCHIVE
+        return self._run("archive", job_id, [], sources(transition), transcript_id) is not None
 
-    # -- scheduling --------------------------------------------------------------------------------
+    def retry(self, job_id: str) -> Phase | None:
+        """Re-run a failed job from the furthest point known, due now: done from the archive,
+        a known transcript awaited again, else create (reconciling first when a create may have
+        happened). Never a second transcript. Returns the new phase, None when not failed."""
+        transition = Transition.RETRY
+        result = self._run(
+            "retry",
+            job_id,
+            [],
+            sources(transition),
+            *target(transition, QUEUED),
+            *target(transition, AWAITING),
+            *target(transition, DONE),
+            self.deadline_s,
+        )
+        return Phase.parse(cast(bytes, result).decode()) if result else None
 
-    def claim_due(self, limit: int = 200) -> list[tuple[str, Step, str]]:
-        """Jobs whose time has come, each pushed one lease ahead so one sweeper takes it; a job
-        whose step still runs (its lock held) is looked at again when its lock would expire."""
-        flat = cast(list[bytes], self._run("claim", "", [], limit, self.lease_s, keys.job_lock("")))
-        return [
-            (flat[i].decode(), Step(flat[i + 1].decode()), flat[i + 2].decode())
-            for i in range(0, len(flat), 3)
+    # -- sending steps and scheduling --------------------------------------------------------------
+
+    def send(self, messages: list[Message], *, redrive: bool = False) -> list[str]:
+        """Queue step messages, each recorded on its job; a job no longer at that step gets
+        none, nor (unless `redrive`: the sweeper checked) a job whose message for the step is
+        still queued or held by a worker. Returns the task ids sent."""
+        args: list[str] = []
+        for message in messages:
+            args += [
+                message.job_id,
+                message.step,
+                _runs_in(message.step),
+                message.task_id,
+                message.body,
+            ]
+        sent = self._run(
+            "send",
+            "",
+            [PIPELINE_QUEUE, keys.SENT_SEQ, keys.KOMBU_UNACKED, keys.SENT_CONSUMED],
+            "redrive" if redrive else "new",
+            *args,
+        )
+        return [task_id.decode() for task_id in cast(list[bytes], sent)]
+
+    def consume(self, job_id: str, task_id: str) -> bool:
+        """A worker took the step message `task_id`: True if it is the job's current message
+        (now taken), False for a stale copy (which must do nothing)."""
+        return bool(self._run("consume", job_id, [keys.SENT_CONSUMED], task_id))
+
+    def claim_due(self, limit: int = 200) -> tuple[list[Due], float | None]:
+        """Jobs whose time has come and whose step must be sent, each pushed one lease ahead so
+        one sweeper takes it, and the seconds until the next due job (None: none). A job past
+        its deadline fails here; one whose step still runs, or whose message is still queued,
+        is looked at again later."""
+        deadline = {
+            "code": ErrorCode.DEADLINE_EXCEEDED,
+            "message": f"not finished {self.deadline_s:g}s after it started (JOB_DEADLINE_S)",
+        }
+        flat = cast(
+            list[bytes | int],
+            self._run(
+                "claim",
+                "",
+                [PIPELINE_QUEUE, keys.KOMBU_UNACKED, keys.SENT_CONSUMED],
+                limit,
+                self.lease_s,
+                keys.LOCK_PREFIX,
+                sources(Transition.FAIL),
+                *target(Transition.FAIL, FAILED),
+                json.dumps(deadline),
+            ),
+        )
+        head, rest = flat[0], cast(list[bytes], flat[1:])
+        next_due = None if head == -1 else float(cast(bytes, head))
+        due = [
+            Due(rest[i].decode(), _step_of(rest[i + 1].decode()), rest[i + 2].decode())
+            for i in range(0, len(rest), 3)
         ]
+        return due, next_due
 
     def prune_finished(self, retention_s: float, limit: int = 500) -> int:
         """Forget finished jobs older than `retention_s` (their records and index entries; the
         stored transcripts stay); returns how many."""
-        cutoff = time.time() - retention_s
-        recordings, owners = keys.recording(""), keys.transcript_owner("")
-        return int(self._run("prune", "", [keys.JOBS], cutoff, limit, recordings, owners))
+        return int(
+            self._run(
+                "prune",
+                "",
+                [keys.JOBS],
+                retention_s,
+                limit,
+                keys.RECORDING_PREFIX,
+                keys.OWNER_PREFIX,
+                *(state for state in State if not state.active),
+            )
+        )
 
     def nudge(self, job_id: str, delay_s: float) -> None:
         """Make the job due within `delay_s` (never later than it already is)."""
-        self.redis.zadd(keys.DUE, {job_id: time.time() + delay_s}, xx=True, lt=True)
+        self._run("nudge", job_id, [], delay_s)
 
     def running(self, job_id: str) -> AbstractContextManager[bool]:
         """Hold the job's lease while one of its steps runs (waiting up to LOCK_WAIT_S for the
         previous step to end); yields False when another step still holds it."""
         return self.leases.hold(keys.job_lock(job_id), LOCK_WAIT_S)
 
-    def recording(self, recording_id: str, wait: bool) -> AbstractContextManager[bool]:
+    def recording_lease(self, recording_id: str, wait: bool) -> AbstractContextManager[bool]:
         """Hold the recording's lease while a job creates on it or remediates its limit."""
         return self.leases.hold(keys.recording_lock(recording_id), LOCK_WAIT_S if wait else None)
 
     def recording_version(self, recording_id: str) -> int:
-        """Counts our creates and deletes on the recording, each counted before its call (a
-        listing is good while the version holds)."""
+        """Counts our creates and deletes on the recording that reached Recall and may have
+        changed what it holds (a listing is good while the version holds)."""
         return int(cast(bytes | None, self.redis.get(keys.recording_version(recording_id))) or 0)
 
     def recording_changed(self, recording_id: str) -> None:
@@ -448,3 +598,10 @@ class JobStore:
         pipe.incr(keys.recording_version(recording_id))
         pipe.expire(keys.recording_version(recording_id), 86400)  # remediations take minutes
         pipe.execute()
+
+
+def _step_of(phase: str) -> Step:
+    step = Phase.parse(phase).step
+    if step is None:
+        raise ValueError(f"a due job in phase {phase} has no step")
+    return step

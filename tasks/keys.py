@@ -1,17 +1,28 @@
-"""Every Redis key the system uses, built in one place (all under `rt:`).
+"""Every Redis key name the system uses, all under `rt:` (kombu's own keys aside).
 
-rt:job:{id}              hash: one job's record (tasks/jobs.py)
-rt:jobs                  zset: every job id, by creation time
-rt:state:{state}         zset: the job ids in that state, by last change
-rt:recording:{rid}       set: the recording's job ids
-rt:transcript:{tid}      string: the id of the job that owns a transcript
-rt:due                   zset: unfinished job ids, by when a worker must next look at them
-rt:lock:{id}             lock held while one step of a job runs
-rt:lock:recording:{rid}  lock held while a recording's limit is remediated
-rt:webhook:{event id}    a webhook already accepted (kept for the dedupe TTL)
-rt:inbox                 hash: accepted events not yet applied, by event id (tasks/inbox.py)
-rt:inbox:due             zset: when to re-send each of those events
-rt:stats:events_ignored  hash: count of ignored event types
+Python builds keys from the functions here; the Lua scripts take whole keys as KEYS, and, where
+one command walks many jobs (claim, prune), the prefixes below as arguments.
+
+rt:job:{id}                 hash: one job's record (tasks/jobs.py)
+rt:jobs                     zset: every job id, by creation time
+rt:state:{state}            zset: the job ids in that state, by last change
+rt:recording:{rid}          set: the recording's job ids
+rt:recording:{rid}:version  counter: our creates and deletes on the recording that reached Recall
+rt:transcript:{tid}         string: the id of the job that owns a transcript
+rt:due                      zset: unfinished job ids, by when a worker must next look at them
+rt:sent:seq                 counter: numbers every step message sent, in the order it was queued
+rt:sent:consumed            the highest such number a worker has taken from the queue
+rt:lock:{id}                lease held while one step of a job runs
+rt:lock:recording:{rid}     lease held while a job creates on, or remediates, a recording
+rt:webhook:{event id}       a webhook already accepted (kept for the dedupe TTL)
+rt:inbox                    hash: accepted events not yet applied, by event id (tasks/inbox.py)
+rt:inbox:due                zset: when to re-send each of those events
+rt:inbox:deliveries         hash: how many times each of those events was sent
+rt:inbox:dead               hash: events that could not be applied, by event id (dead letters)
+rt:rate:{family}:{scope}    zset: Recall calls made and reserved (tasks/limiter.py), with
+                            `:pause` (a 429's Retry-After) and `:seq` beside it
+rt:stats:...                the fleet's metrics counters (tasks/metrics.py)
+unacked                     kombu's hash of delivered, unacknowledged messages, by delivery tag
 """
 
 from __future__ import annotations
@@ -19,14 +30,22 @@ from __future__ import annotations
 PREFIX = "rt:"
 JOB_PREFIX = f"{PREFIX}job:"
 STATE_PREFIX = f"{PREFIX}state:"
+LOCK_PREFIX = f"{PREFIX}lock:"
+RECORDING_PREFIX = f"{PREFIX}recording:"
+OWNER_PREFIX = f"{PREFIX}transcript:"
 JOBS = f"{PREFIX}jobs"
 DUE = f"{PREFIX}due"
+SENT_SEQ = f"{PREFIX}sent:seq"
+SENT_CONSUMED = f"{PREFIX}sent:consumed"
 INBOX = f"{PREFIX}inbox"
 INBOX_DUE = f"{PREFIX}inbox:due"
+INBOX_DELIVERIES = f"{PREFIX}inbox:deliveries"
+INBOX_DEAD = f"{PREFIX}inbox:dead"
 EVENTS_IGNORED = f"{PREFIX}stats:events_ignored"
 METRIC_WEBHOOKS = f"{PREFIX}stats:webhooks"
 METRIC_RECALL = f"{PREFIX}stats:recall_requests"
 METRIC_RATE_LIMITED = f"{PREFIX}stats:rate_limited_seconds"
+KOMBU_UNACKED = "unacked"  # kombu's Redis transport default (`unacked_key`); we set no prefix
 
 
 def job(job_id: str) -> str:
@@ -38,19 +57,23 @@ def state(name: str) -> str:
 
 
 def recording(recording_id: str) -> str:
-    return f"{PREFIX}recording:{recording_id}"
+    return f"{RECORDING_PREFIX}{recording_id}"
+
+
+def recording_version(recording_id: str) -> str:
+    return f"{RECORDING_PREFIX}{recording_id}:version"
 
 
 def transcript_owner(transcript_id: str) -> str:
-    return f"{PREFIX}transcript:{transcript_id}"
+    return f"{OWNER_PREFIX}{transcript_id}"
 
 
 def job_lock(job_id: str) -> str:
-    return f"{PREFIX}lock:{job_id}"
+    return f"{LOCK_PREFIX}{job_id}"
 
 
 def recording_lock(recording_id: str) -> str:
-    return f"{PREFIX}lock:recording:{recording_id}"
+    return f"{LOCK_PREFIX}recording:{recording_id}"
 
 
 def webhook_seen(event_id: str) -> str:
@@ -62,11 +85,11 @@ def rate(family: str, scope: str = "") -> str:
 
 
 def rate_pause(family: str, scope: str = "") -> str:
-    return f"{PREFIX}rate:{family}:{scope}:pause"
+    return f"{rate(family, scope)}:pause"
 
 
-def recording_version(recording_id: str) -> str:
-    return f"{PREFIX}recording:{recording_id}:version"
+def rate_seq(family: str, scope: str = "") -> str:
+    return f"{rate(family, scope)}:seq"
 
 
 def metric_step(step: str) -> str:

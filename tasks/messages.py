@@ -1,8 +1,12 @@
 """Celery task messages (protocol 2, kombu's Redis envelope) built without a producer.
 
 The receiver pushes these itself inside one Lua command (dedupe + keep + push), which is atomic and
-cheaper than `apply_async` in a hot HTTP handler (BENCHMARKS.md); the pipeline's steps LPUSH them
-too, skipping kombu's producer. `tests/test_messages.py` checks them against Celery's own
+cheaper than `apply_async` in a hot HTTP handler (BENCHMARKS.md); the pipeline's steps are sent by
+a Lua command too (tasks/jobs.py `send`), which records each message on its job. A message's task
+id is also its delivery tag, the key kombu keeps it under while a worker holds it unacknowledged.
+No user data is ever a JSON object in a message: kombu's decoder would read an object whose keys
+are exactly `__type__` and `__value__` as a type tag (and refuse the message), so a webhook's body
+travels as a JSON string. `tests/test_messages.py` checks the messages against Celery's own
 `app.amqp.as_task_v2` for the same calls.
 """
 
@@ -44,30 +48,33 @@ def sent_from(task_id: str | None, root_id: str | None) -> Iterator[None]:
         _sender.reset(token)
 
 
-def step_message(step: Step, job_id: str, recording_id: str) -> str:
-    """The message of `STEP_TASKS[step](job_id, recording_id)` on the pipeline queue; Flower
-    shows both ids as its arguments."""
+def step_message(step: Step, job_id: str, recording_id: str) -> tuple[str, str]:
+    """The message of `STEP_TASKS[step](job_id, recording_id)` on the pipeline queue, and its
+    task id; Flower shows both ids as its arguments."""
     return task_message(STEP_TASKS[step], [job_id, recording_id], PIPELINE_QUEUE)
 
 
 def ingest_message(event_json: str, event_id: str, summary: str = "") -> str:
-    """The message of `ingest_event(event, event_id)`, the event's JSON text embedded as it came
-    (no parse and re-dump on the receiver's hot path); `summary` is what Flower shows of it."""
-    args_json = f'[{event_json},"{event_id}"]'
-    return task_message_json(INGEST_TASK, args_json, EVENTS_QUEUE, summary)
+    """The message of `ingest_event(event_json, event_id)`: the event's JSON text as it came,
+    as a string (never decoded by kombu); `summary` is what Flower shows of it."""
+    args_json = f'[{json.dumps(event_json)},"{event_id}"]'
+    return task_message_json(INGEST_TASK, args_json, EVENTS_QUEUE, summary)[0]
 
 
-def task_message(task_name: str, args: list[Any], queue: str) -> str:
-    """The JSON string kombu's Redis transport LPUSHes onto `queue` for `task_name(*args)`."""
+def task_message(task_name: str, args: list[Any], queue: str) -> tuple[str, str]:
+    """The JSON string kombu's Redis transport LPUSHes onto `queue` for `task_name(*args)`,
+    and its task id."""
     return task_message_json(task_name, json.dumps(args), queue, repr(args))
 
 
-def task_message_json(task_name: str, args_json: str, queue: str, argsrepr: str = "") -> str:
+def task_message_json(
+    task_name: str, args_json: str, queue: str, argsrepr: str = ""
+) -> tuple[str, str]:
     """`task_message` for arguments already serialised: `args_json` is a JSON array."""
     task_id = str(uuid.uuid4())
     sender = _sender.get()
     body = f"[{args_json},{{}},{_EMBED_JSON}]".encode()
-    return json.dumps(
+    message = json.dumps(
         {
             "body": base64.b64encode(body).decode(),
             "content-encoding": "utf-8",
@@ -96,7 +103,8 @@ def task_message_json(task_name: str, args_json: str, queue: str, argsrepr: str 
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": 0,
                 "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": task_id,
             },
         }
     )
+    return message, task_id

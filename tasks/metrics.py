@@ -84,6 +84,7 @@ class RedisCollector(Collector):
             pipe.zcard(keys.state(state))
         pipe.zcard(keys.DUE)
         pipe.hlen(keys.INBOX)
+        pipe.hlen(keys.INBOX_DEAD)
         pipe.hgetall(keys.METRIC_WEBHOOKS)
         pipe.hgetall(keys.METRIC_RECALL)
         pipe.hgetall(keys.METRIC_RATE_LIMITED)
@@ -91,8 +92,8 @@ class RedisCollector(Collector):
             pipe.hgetall(keys.metric_step(step))
         answers = pipe.execute()
         states, rest = answers[: len(State)], answers[len(State) :]
-        due, inbox, webhooks, recall, limited = rest[:5]
-        steps = rest[5:]
+        due, inbox, dead, webhooks, recall, limited = rest[:6]
+        steps = rest[6:]
 
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state", labels=["state"])
         for state, count in zip(State, states, strict=True):
@@ -101,6 +102,11 @@ class RedisCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_due_jobs", "Unfinished jobs in the due-set", value=due)
         yield GaugeMetricFamily(
             f"{PREFIX}_inbox_events", "Accepted webhooks no worker has applied yet", value=inbox
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_inbox_dead_events",
+            "Accepted webhooks set aside after INBOX_MAX_DELIVERIES deliveries",
+            value=dead,
         )
         hooks = CounterMetricFamily(
             f"{PREFIX}_webhooks", "Webhooks received, by outcome", labels=["outcome"]

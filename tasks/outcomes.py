@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     RECALL_UNREACHABLE = "recall_unreachable"  # timeouts or resets after sending, past the budget
     DOWNLOAD_EXPIRED = "download_expired"  # the pre-signed URL kept being refused
     NOT_READY = "not_ready"  # a done transcript kept coming without its data
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # still unfinished JOB_DEADLINE_S after it (re)started
+    DOWNLOAD_TIMEOUT = "download_timeout"  # downloads kept taking over RECALL_DOWNLOAD_TIMEOUT_S
     INTERNAL = "internal"  # the pipeline met something it cannot handle (the message says what)
 
 

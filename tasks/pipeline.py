@@ -1,38 +1,44 @@
 """The pipeline's steps as plain functions over a job; Celery-free and testable directly.
 
-Each step reads the job's record under the job's lock, checks that its phase still calls for this
-step (a late or duplicated message does nothing), does its work, and records the outcome with one
-transition (tasks/states.py). The next step is enqueued and is also due in the due-set, so a lost
-message costs a delay, never the job.
+A step runs only for its job's current message (a stale copy does nothing), under the job's
+lease; it reads the job's record, checks that its phase still calls for this step, does its work,
+and records the outcome with one transition (tasks/states.py). The next step is sent and is also
+due in the due-set, so a lost message costs a delay, never the job. Every call a step makes to
+Recall takes its quota through the step's `Quota`: the slot reserved for it on an earlier run is
+redeemed by the call it was reserved for, and given back if the step ends before that call.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import redis
 
+from tasks.dispatch import Dispatcher
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
-from tasks.jobs import JobRecord, JobStore
+from tasks.jobs import JobRecord, JobStore, Listing
 from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode, Outcome, Result
-from tasks.recall import (
+from tasks.recall.client import RecallClient
+from tasks.recall.errors import (
     BadRequest,
     FinalError,
-    Listing,
-    RecallClient,
+    RecallError,
     RetryableError,
     Throttled,
-    Transcript,
+    may_have_changed,
 )
+from tasks.recall.limiter import Quota, Ticket
+from tasks.recall.models import Transcript
 from tasks.retry import compute_backoff
 from tasks.settings import Settings
 from tasks.states import State, Step
-from tasks.store import Store
+from tasks.store import Store, UnsafeName
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,13 @@ TRANSCRIPT_LIMIT = 10
 # a create whose answer was lost is reconciled by sending it again with the same key (no List).
 REPLAY_WINDOW_S = 3000
 LISTING_FRESH_S = 60  # a listing cut short by the quota goes on from its cursor within this
-Enqueue = Callable[[Step, str, str], None]  # step, job id, recording id
+
+
+class CutShort(NamedTuple):
+    """A listing the quota interrupted: what was seen, and the wait before it can go on."""
+
+    listing: Listing
+    until: Throttled
 
 
 class Pipeline:
@@ -53,38 +65,24 @@ class Pipeline:
         jobs: JobStore,
         recall: RecallClient,
         store: Store,
-        enqueue: Enqueue,
+        dispatch: Dispatcher,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.recall = recall
         self.store = store
-        self.enqueue = enqueue
+        self.dispatch = dispatch
         self.metrics = metrics
 
     # -- entry points -----------------------------------------------------------------------
 
-    def submit(
-        self,
-        recording_id: str,
-        provider: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> Result:
-        """Start a job unless one exists for the key, and enqueue its create step."""
-        provider = provider or self.settings.TRANSCRIPT_PROVIDER
-        job_id, created = self.jobs.submit(recording_id, provider, metadata, idempotency_key)
-        if not created:
-            return Result(Outcome.JOB_EXISTS, job_id)
-        self.enqueue(Step.CREATE, job_id, recording_id)
-        return Result(Outcome.JOB_CREATED, job_id)
-
     def ingest(self, event: WebhookEvent) -> Result:
-        """Act on one webhook event, enqueueing the step it makes due."""
+        """Act on one webhook event, sending the step it makes due."""
         recording = event.data.recording
         if event.event == RECORDING_DONE and recording is not None:
-            return self.submit(recording.id, None, {"source": "recording.done"}, None)
+            job_id, created = self.dispatch.submit(recording.id, metadata={"source": event.event})
+            return Result(Outcome.JOB_CREATED if created else Outcome.JOB_EXISTS, job_id)
         transcript = event.data.transcript
         if event.event in (TRANSCRIPT_DONE, TRANSCRIPT_FAILED) and transcript is not None:
             job_id = self.jobs.owner_of(transcript.id) or str(
@@ -100,8 +98,11 @@ class Pipeline:
             return self._transcript_finished(job_id, recording_id, transcript.id, outcome, sub_code)
         return Result(Outcome.IGNORED, detail=event.event)
 
-    def run_step(self, step: Step, job_id: str) -> Result:
-        """Run `step` for the job if it is still the job's step; never raises a Recall error."""
+    def run_step(self, step: Step, job_id: str, task_id: str) -> Result:
+        """Run `step` for the job if `task_id` is the job's current message for it and the step
+        is still the job's; never raises a Recall error."""
+        if not self.jobs.consume(job_id, task_id):
+            return Result(Outcome.STALE, job_id, detail="a copy of a message already taken")
         with self.jobs.running(job_id) as held:
             if not held:  # another step of the job is still running: look again soon
                 self.jobs.nudge(job_id, 1.0)
@@ -111,7 +112,7 @@ class Pipeline:
     def _run_held(self, step: Step, job_id: str) -> Result:
         """`run_step` with the job's lease held."""
         job = self.jobs.record(job_id)
-        if job is None or job.phase.step != step:
+        if job is None or job.step != step:
             return Result(Outcome.STALE, job_id)
         started = time.monotonic()
         result = self._outcome_of(step, job)
@@ -123,52 +124,69 @@ class Pipeline:
 
     def _outcome_of(self, step: Step, job: JobRecord) -> Result:
         """Run the step; every error becomes a retry or the job's failure."""
-        job_id = job.id
+        quota = Quota(Ticket.load(job.quota_ticket) if job.quota_ticket else None)
         try:
-            with self.recall.redeeming(job.quota_ticket):
-                return self._STEPS[step](self, job)
+            return self._STEPS[step](self, job, quota)
+        except Throttled as exc:
+            return self._wait_for_quota(job, exc)
         except RetryableError as exc:
             return self._retry_later(job, exc)
         except FinalError as exc:
-            self.jobs.fail(job_id, exc.code, exc.message)
-            return Result(Outcome.FAILED, job_id, detail=exc.code)
+            return self._fail(job, exc.code, exc.message)
+        except UnsafeName as exc:
+            return self._fail(job, ErrorCode.INTERNAL, str(exc))
         except redis.RedisError:
             raise  # nothing can be recorded; the due-set re-drives the job
         except Exception as exc:  # anything else is retried too; past the budget the job ends
-            log.exception("job %s: the %s step failed", job_id, step, extra=_about(job, step=step))
+            log.exception("job %s: the %s step failed", job.id, step, extra=_about(job, step=step))
             return self._retry_later(job, Unexpected(f"{step}: {type(exc).__name__}: {exc}"))
+        finally:
+            self._give_back(quota)
+
+    def _give_back(self, quota: Quota) -> None:
+        """The slot reserved for this run and not used goes back to the family's window."""
+        try:
+            self.recall.release(quota)
+        except redis.RedisError as exc:  # it leaves the window with time anyway
+            log.warning("a quota slot was not given back: %s", exc)
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _create(self, job: JobRecord) -> Result:
-        self.jobs.start_create(job)
+    def _create(self, job: JobRecord, quota: Quota) -> Result:
+        self.jobs.start_create(job, time.time())
         transcript_id = job.early_transcript_id
         if transcript_id is None and job.create_pending and not self._replayable(job):
-            transcript_id = self._find_ours(job)
+            listing = self._listing(job, quota)
+            if isinstance(listing, CutShort):
+                return self._wait_for_quota(job, listing.until, listing.listing)
+            transcript_id = self._ours(job, listing.seen)
         if transcript_id is None:
             # Our creates and deletes on a recording take turns, so a refusal at the limit is
             # judged on a listing no job of ours changes meanwhile.
-            with self.jobs.recording(job.recording_id, wait=True) as held:
+            with self.jobs.recording_lease(job.recording_id, wait=True) as held:
                 if not held:
                     self.jobs.nudge(job.id, 1.0)
                     return Result(Outcome.RECORDING_BUSY, job.id)
-                transcript_id = self._call_create(job)
+                transcript_id = self._call_create(job, quota)
             if transcript_id is None:
                 return Result(Outcome.REMEDIATE, job.id)
+        return self._created(job, transcript_id)
+
+    def _created(self, job: JobRecord, transcript_id: str) -> Result:
         state = self.jobs.record_created(job.id, transcript_id, self.settings.RECALL_POLL_INITIAL_S)
         if state == State.FETCHING:
-            self.enqueue(Step.FETCH, job.id, job.recording_id)
+            self.dispatch(Step.FETCH, job.id, job.recording_id)
         return Result(Outcome.CREATED, job.id, transcript_id=transcript_id, state=state)
 
-    def _call_create(self, job: JobRecord) -> str | None:
-        """Create Async Transcript (the recording's lease held); None when the recording is at
-        the limit (remediation queued)."""
+    def _call_create(self, job: JobRecord, quota: Quota) -> str | None:
+        """Create Async Transcript (the recording's lease held); None when it was refused and
+        remediation must look (it is sent)."""
         metadata = {"job_id": job.id, "idempotency_key": job.idempotency_key[:500]}
-        self.jobs.recording_changed(job.recording_id)  # before: a crash mid-call may have created
         try:
-            transcript = self.recall.create_transcript(
-                job.recording_id, job.provider, metadata, job.create_key
-            )
+            with self._changing(job.recording_id):
+                transcript = self.recall.create_transcript(
+                    job.recording_id, job.provider, metadata, job.create_key, quota
+                )
         except FinalError as exc:
             self.jobs.create_refused(job)  # a definite answer, replayed for this key: use a new one
             if not isinstance(exc, BadRequest):
@@ -176,20 +194,34 @@ class Pipeline:
             # Maybe the 10-transcripts limit (its answer is not documented): remediation lists
             # the recording once and decides.
             version = self.jobs.recording_version(job.recording_id)
-            self.jobs.start_remediation(job.id, exc.message, version)
-            self.enqueue(Step.REMEDIATE, job.id, job.recording_id)
+            self.jobs.start_remediation(job, exc.message, version)
+            self.dispatch(Step.REMEDIATE, job.id, job.recording_id)
             return None
         return transcript.id
+
+    @contextmanager
+    def _changing(self, recording_id: str) -> Iterator[None]:
+        """Around a create: once it may have changed what Recall holds for the recording (it
+        reached Recall and was not refused), the recording's version moves. Never for a
+        refusal, or a call our pacing held back: only real change tells another job a slot
+        may have freed."""
+        try:
+            yield
+        except RecallError as exc:
+            if may_have_changed(exc):
+                self.jobs.recording_changed(recording_id)
+            raise
+        self.jobs.recording_changed(recording_id)
 
     def _replayable(self, job: JobRecord) -> bool:
         """True while Recall still replays the answer to the job's pending create key."""
         sent = job.create_key_at or 0.0
         return time.time() - sent < REPLAY_WINDOW_S
 
-    def _find_ours(self, job: JobRecord) -> str | None:
+    def _ours(self, job: JobRecord, listing: list[dict[str, Any]]) -> str | None:
         """A transcript this job created whose answer we never saw, matched by metadata."""
-        for transcript in _live(self._listing(job)):
-            if (transcript.metadata or {}).get("job_id") == job.id:
+        for transcript in _live(listing):
+            if transcript.job_id == job.id:
                 log.info(
                     "job %s: adopting transcript %s found by listing",
                     job.id,
@@ -199,29 +231,46 @@ class Pipeline:
                 return transcript.id
         return None
 
-    def _remediate(self, job: JobRecord) -> Result:
-        with self.jobs.recording(job.recording_id, wait=False) as held:
+    def _remediate(self, job: JobRecord, quota: Quota) -> Result:
+        with self.jobs.recording_lease(job.recording_id, wait=False) as held:
             if not held:
                 self.jobs.nudge(job.id, 1.0)
                 return Result(Outcome.RECORDING_BUSY, job.id)
-            live = _live(self._listing(job))
+            listing = self._listing(job, quota)
+            if isinstance(listing, CutShort):
+                return self._wait_for_quota(job, listing.until, listing.listing)
+            mine = self._ours(job, listing.seen)  # an earlier create whose answer was lost
+            if mine is not None:
+                return self._created(job, mine)
+            live = _live(listing.seen)
+            rounds = job.remediations
+            spent = rounds > self.settings.MAX_STEP_RETRIES
             if len(live) < TRANSCRIPT_LIMIT:
                 if job.refused_version == self.jobs.recording_version(job.recording_id):
                     # Nothing of ours changed since the refusal: it was not the limit.
                     raise BadRequest(job.refusal or "create refused below the limit")
+                if spent:
+                    raise BadRequest(f"{job.refusal} (refused {rounds} times)")
                 self.jobs.end_remediation(job.id)  # another job of ours freed a slot meanwhile
-                self.enqueue(Step.CREATE, job.id, job.recording_id)
+                self.dispatch(Step.CREATE, job.id, job.recording_id)
                 return Result(Outcome.SLOT_FREE, job.id)
-            victim = self._pick_victim(live)
+            victim = None if spent else self._pick_victim(live)
             if victim is None:
                 raise LimitReached(
-                    f"recording {job.recording_id} has {len(live)} transcripts and policy "
-                    f"{self.settings.LIMIT_POLICY} allows deleting none of them"
+                    f"recording {job.recording_id} has {len(live)} transcripts and "
+                    + (
+                        f"every slot freed in {rounds} rounds was taken by another job"
+                        if spent
+                        else f"policy {self.settings.LIMIT_POLICY} allows deleting none of them"
+                    )
                 )
-            if victim.status.code == "done":
-                self._archive(job.id, victim)
-            self.jobs.recording_changed(job.recording_id)  # before: a crash mid-call may delete
-            self.recall.delete_transcript(victim.id)
+            if victim.status.code == "done" and not self._archive(job, victim, quota):
+                self.jobs.nudge(job.id, 1.0)  # its job was retried meanwhile: look again
+                return Result(Outcome.RECORDING_BUSY, job.id, transcript_id=victim.id)
+            # Counted as it is sent: a worker that dies mid-call may have deleted.
+            self.recall.delete_transcript(
+                victim.id, quota, lambda: self.jobs.recording_changed(job.recording_id)
+            )
             log.info(
                 "job %s: limit remediation deleted %s",
                 job.id,
@@ -229,7 +278,7 @@ class Pipeline:
                 extra=_about(job, step=Step.REMEDIATE),
             )
         self.jobs.end_remediation(job.id)
-        self.enqueue(Step.CREATE, job.id, job.recording_id)
+        self.dispatch(Step.CREATE, job.id, job.recording_id)
         return Result(
             Outcome.SLOT_FREED, job.id, transcript_id=victim.id, detail=victim.status.code
         )
@@ -250,22 +299,35 @@ class Pipeline:
 
     def _in_use(self, transcript: Transcript) -> bool:
         """True when an unfinished job of ours waits on this transcript."""
-        owners = {self.jobs.owner_of(transcript.id), (transcript.metadata or {}).get("job_id")}
-        return any(owner and self.jobs.is_active(str(owner)) for owner in owners)
+        owners = {self.jobs.owner_of(transcript.id), transcript.job_id}
+        return any(owner and self.jobs.is_active(owner) for owner in owners)
 
-    def _archive(self, job_id: str, transcript: Transcript) -> None:
-        """Persist a done transcript before it is deleted; skipped if already stored."""
-        recording_id = transcript.recording.id if transcript.recording else ""
-        if self.store.has(recording_id, transcript.id):
-            return
-        fresh = self.recall.retrieve_transcript(transcript.id)
-        data = self.recall.download(_download_url(fresh))
-        owner = self.jobs.owner_of(transcript.id) or (fresh.metadata or {}).get("job_id")
-        meta = {**fresh.raw, "job_id": owner, "archived_by_job_id": job_id}
-        self.store.save(recording_id, transcript.id, data, meta)
+    def _archive(self, job: JobRecord, transcript: Transcript, quota: Quota) -> bool:
+        """Persist a done transcript before it is deleted (skipped if already stored), and
+        record it on the job of ours it belongs to, whose retry then finishes from the archive.
+        False when that job is active again: the transcript must not be deleted."""
+        recording_id = transcript.recording.id if transcript.recording else job.recording_id
+        owner = self.jobs.owner_of(transcript.id) or transcript.job_id
+        if not self.store.has(recording_id, transcript.id):
+            fresh = self.recall.retrieve_transcript(transcript.id, quota)
+            with self.store.staging() as staged:
+                self.recall.download(_download_url(fresh), staged)
+                meta = {**fresh.raw, "job_id": owner, "archived_by_job_id": job.id}
+                self.store.save(recording_id, transcript.id, staged, meta)
+        if owner is None or self.jobs.record(owner) is None:
+            return True
+        return self.jobs.record_archive(owner, transcript.id)
 
-    def _await(self, job: JobRecord) -> Result:
-        transcript = self.recall.retrieve_transcript(_transcript_id(job))
+    def _await(self, job: JobRecord, quota: Quota) -> Result:
+        transcript_id = _transcript_id(job)
+        started = job.transcript_created_at or job.created_at
+        left = started + self.settings.RECALL_TRANSCRIPT_TIMEOUT_S - time.time()
+        try:
+            transcript = self.recall.retrieve_transcript(transcript_id, quota)
+        except RetryableError as exc:
+            if left <= 0:  # the poll failed, and the wait is over anyway
+                return self._timed_out(job, transcript_id, f"unknown ({exc.message})")
+            raise
         code = transcript.status.code
         if code in ("done", "failed", "deleted"):
             outcome: Literal["done", "failed"] = "done" if code == "done" else "failed"
@@ -273,15 +335,8 @@ class Pipeline:
             return self._transcript_finished(
                 job.id, job.recording_id, transcript.id, outcome, sub_code
             )
-        started = job.transcript_created_at or job.created_at
-        left = started + self.settings.RECALL_TRANSCRIPT_TIMEOUT_S - time.time()
         if left <= 0:
-            self.jobs.fail(
-                job.id,
-                ErrorCode.TIMEOUT,
-                f"transcript {transcript.id} still {code} after the timeout",
-            )
-            return Result(Outcome.FAILED, job.id, detail=ErrorCode.TIMEOUT)
+            return self._timed_out(job, transcript_id, code)
         gap = min(
             self.settings.RECALL_POLL_INITIAL_S * 2 ** (job.polls + 1),
             self.settings.RECALL_POLL_MAX_S,
@@ -289,16 +344,22 @@ class Pipeline:
         self.jobs.poll_later(job, min(gap, left + 0.01))
         return Result(Outcome.PROCESSING, job.id, transcript_id=transcript.id, detail=code)
 
-    def _fetch(self, job: JobRecord) -> Result:
-        transcript = self.recall.retrieve_transcript(_transcript_id(job))
+    def _timed_out(self, job: JobRecord, transcript_id: str, status: str) -> Result:
+        message = f"transcript {transcript_id} still {status} after the timeout"
+        return self._fail(job, ErrorCode.TIMEOUT, message)
+
+    def _fetch(self, job: JobRecord, quota: Quota) -> Result:
+        transcript = self.recall.retrieve_transcript(_transcript_id(job), quota)
         if transcript.status.code != "done":
             raise NotReady(f"transcript {transcript.id} is {transcript.status.code}, not done")
-        data = self.recall.download(_download_url(transcript))
-        self.store.save(job.recording_id, transcript.id, data, {**transcript.raw, "job_id": job.id})
+        with self.store.staging() as staged:
+            self.recall.download(_download_url(transcript), staged)
+            meta = {**transcript.raw, "job_id": job.id}
+            self.store.save(job.recording_id, transcript.id, staged, meta)
         self.jobs.finish(job.id)
         return Result(Outcome.PERSISTED, job.id, transcript_id=transcript.id)
 
-    _STEPS: ClassVar[dict[Step, Callable[[Pipeline, JobRecord], Result]]] = {
+    _STEPS: ClassVar[dict[Step, Callable[[Pipeline, JobRecord, Quota], Result]]] = {
         Step.CREATE: _create,
         Step.REMEDIATE: _remediate,
         Step.AWAIT: _await,
@@ -317,50 +378,62 @@ class Pipeline:
     ) -> Result:
         applied = self.jobs.transcript_finished(job_id, transcript_id, outcome, sub_code)
         if applied == "fetching":
-            self.enqueue(Step.FETCH, job_id, recording_id)
+            self.dispatch(Step.FETCH, job_id, recording_id)
             return Result(Outcome.FETCH, job_id, transcript_id=transcript_id)
         if applied == "failed":
             return Result(Outcome.FAILED, job_id, detail=ErrorCode.TRANSCRIPT_FAILED)
         if applied == "kept":  # the job's create may wait on a backoff: let it adopt this now
-            self.enqueue(Step.CREATE, job_id, recording_id)
+            self.dispatch(Step.CREATE, job_id, recording_id)
             return Result(Outcome.KEPT, job_id, transcript_id=transcript_id)
         return Result(Outcome.IGNORED, job_id)
 
-    def _listing(self, job: JobRecord) -> list[dict[str, Any]]:
-        """Every transcript of the job's recording, as listed. A listing the quota cut short goes
-        on from its cursor when the job comes back (if it began under a minute ago)."""
+    def _listing(self, job: JobRecord, quota: Quota) -> Listing | CutShort:
+        """Every transcript of the job's recording, as listed, or what was seen when the quota
+        cut it short. A listing cut short goes on from its cursor when the job comes back (if it
+        began under a minute ago and no job of ours changed the recording since)."""
+        version = self.jobs.recording_version(job.recording_id)
         seen: list[dict[str, Any]] = []
         cursor, started = None, time.time()
-        version = self.jobs.recording_version(job.recording_id)
+        resumed = job.listing_in_progress
         if (
-            job.listing_next
-            and job.listing_version == version  # no job of ours created or deleted since
-            and job.listing_at
-            and started - job.listing_at < LISTING_FRESH_S
+            resumed is not None
+            and resumed.version == version
+            and started - resumed.started_at < LISTING_FRESH_S
         ):
-            seen, cursor, started = list(job.listing), job.listing_next, job.listing_at
+            seen, cursor, started = list(resumed.seen), resumed.cursor, resumed.started_at
         try:
-            for page, next_page in self.recall.list_pages(job.recording_id, cursor):
+            for page, next_page in self.recall.list_pages(job.recording_id, cursor, quota):
                 seen, cursor = seen + page, next_page
         except Throttled as exc:
             if cursor:
-                exc.listing = Listing(seen, cursor, started, version)
+                return CutShort(Listing(seen, cursor, started, version), exc)
             raise
-        return seen
+        return Listing(seen, None, started, version)
+
+    def _wait_for_quota(
+        self, job: JobRecord, throttled: Throttled, listing: Listing | None = None
+    ) -> Result:
+        """Our own pacing: come back exactly when the slot is due, holding it. Not an error:
+        no budget is spent."""
+        wait = throttled.retry_after or 0.0
+        ticket = throttled.ticket.dump() if throttled.ticket else None
+        self.jobs.retry_later(
+            job,
+            wait,
+            throttled.code,
+            throttled.message,
+            quota_ticket=ticket,
+            listing=listing,
+            count=False,
+        )
+        return Result(Outcome.RETRY, job.id, detail=f"quota: in {wait:.1f}s")
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
         """The same step after a backoff. Each kind of error has its own budget in a phase;
-        waiting for Recall's quota (429) never spends one."""
+        a 429 from Recall never spends one."""
         count = job.failures.get(exc.code, 0)
-        if isinstance(exc, Throttled):  # our own pacing: come back exactly when the slot is due
-            wait = exc.retry_after or 0.0
-            self.jobs.retry_later(
-                job, wait, exc.code, exc.message, quota_ticket=exc.ticket, listing=exc.listing
-            )
-            return Result(Outcome.RETRY, job.id, detail=f"quota: in {wait:.1f}s")
         if exc.code != ErrorCode.RATE_LIMITED and count >= self.settings.MAX_STEP_RETRIES:
-            self.jobs.fail(job.id, exc.code, f"gave up after {count} retries: {exc.message}")
-            return Result(Outcome.FAILED, job.id, detail=exc.code)
+            return self._fail(job, exc.code, f"gave up after {count} retries: {exc.message}")
         delay = compute_backoff(
             count,
             self.settings.RETRY_BACKOFF_BASE_S,
@@ -377,6 +450,10 @@ class Pipeline:
             extra=_about(job, step=job.step, outcome=Outcome.RETRY),
         )
         return Result(Outcome.RETRY, job.id, detail=f"in {delay:.1f}s")
+
+    def _fail(self, job: JobRecord, code: ErrorCode, message: str) -> Result:
+        self.jobs.fail(job.id, code, message)
+        return Result(Outcome.FAILED, job.id, detail=code)
 
 
 class LimitReached(FinalError):

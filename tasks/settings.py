@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tasks.limiter import Family, Rate, parse_rates
+from tasks.recall.limiter import Family, Rate, parse_rates
 
 LimitPolicy = Literal["fail", "delete-failed", "archive-oldest"]
 
@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     RECALL_RATE_LIMITS: str = ""
     JOB_RETENTION_S: float = Field(30 * 24 * 3600.0, gt=0)
     LOG_FORMAT: Literal["text", "json"] = "text"
+    JOB_DEADLINE_S: float = Field(24 * 3600.0, gt=0)
+    RECALL_DOWNLOAD_TIMEOUT_S: float = Field(300.0, gt=0)
+    INBOX_MAX_DELIVERIES: int = Field(10, ge=1)
+    METRICS_TOKEN: SecretStr | None = None
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)

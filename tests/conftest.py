@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
@@ -9,27 +11,55 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 import requests
+from hypothesis import settings as hypothesis_settings
 from werkzeug.serving import make_server
 
 from emulator.config import EmulatorConfig
 from emulator.quotas import RECALL_QUOTAS, scaled
 from emulator.server import KeepAliveHandler, create_emulator
 from emulator.state import EmulatorState
-from tasks.jobs import JobStore
+from tasks.dispatch import Dispatcher
+from tasks.jobs import JobStore, Message
+from tasks.messages import step_message
+from tasks.names import PIPELINE_QUEUE, STEP_TASKS
 from tasks.outcomes import Result
 from tasks.pipeline import Pipeline
-from tasks.recall import RecallClient
+from tasks.recall.client import RecallClient
 from tasks.settings import Settings, load_settings
 from tasks.states import Step
-from tasks.store import LocalStore
+from tasks.store.local import LocalStore
 from tests.helpers import SECRET, Process, free_port, http_ready, redis_answers, wait_for
 
+hypothesis_settings.register_profile("full", max_examples=150)
+hypothesis_settings.register_profile("fast", max_examples=25)  # `make test-fast`
+hypothesis_settings.load_profile("full")
+
 API_KEY = "test-key"
+TIERS = ("unit", "redis", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by tier: `system` (real processes: it starts the system, or its module
+    says so), `redis` (a real Redis, steps called directly, the emulator in-process), `unit`.
+    `make test-fast` runs all but `system`."""
+    for item in items:
+        marked = {mark.name for mark in item.iter_markers()} & set(TIERS)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if marked:
+            continue
+        if "start_system" in fixtures:
+            item.add_marker(pytest.mark.system)
+        elif "redis_server" in fixtures:
+            item.add_marker(pytest.mark.redis)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 QUOTA_SCALE = 0.1  # Recall's quotas, every window a tenth as long: a minute becomes 6 s
 
 
@@ -180,33 +210,72 @@ def settings(redis_url: str, emulator: EmulatorHandle, tmp_path: Path) -> Settin
 
 @dataclass
 class Harness:
-    """The pipeline with its enqueued steps recorded instead of sent to a broker."""
+    """The pipeline with a real dispatcher on the tests' Redis: steps are sent as real messages
+    onto the pipeline queue, and run by hand, as a worker would."""
 
     pipeline: Pipeline
-    enqueued: list[tuple[Step, str]]
+    redis: redis.Redis
+
+    def queued(self) -> list[tuple[Step, str, str]]:
+        """The step messages in the queue, oldest first: (step, job id, task id)."""
+        raw = cast(list[bytes], self.redis.lrange(PIPELINE_QUEUE, 0, -1))
+        return [_parsed(message) for message in reversed(raw)]
+
+    @property
+    def enqueued(self) -> list[tuple[Step, str]]:
+        return [(step, job_id) for step, job_id, _ in self.queued()]
+
+    def clear(self) -> None:
+        """Lose every queued message (a crash, a purge)."""
+        self.redis.delete(PIPELINE_QUEUE)
 
     def drain(self, limit: int = 50) -> list[Result]:
-        """Run enqueued steps in order, as a worker would; returns their results."""
+        """Take queued messages in order and run them, as a worker would; their results."""
         results = []
-        while self.enqueued and limit:
-            step, job_id = self.enqueued.pop(0)
-            results.append(self.pipeline.run_step(step, job_id))
+        while limit:
+            message = cast(bytes | None, self.redis.rpop(PIPELINE_QUEUE))
+            if message is None:
+                break
+            step, job_id, task_id = _parsed(message)
+            results.append(self.pipeline.run_step(step, job_id, task_id))
             limit -= 1
         return results
+
+    def submit(
+        self, recording_id: str, provider: dict[str, Any] | None = None, key: str | None = None
+    ) -> str:
+        """Start a job (its create is queued); its id."""
+        job_id, created = self.pipeline.dispatch.submit(recording_id, provider, None, key)
+        assert created
+        return job_id
+
+    def run(self, step: Step, job_id: str) -> Result:
+        """Send `step` for the job as the sweeper would, and run it at once."""
+        body, task_id = step_message(step, job_id, "")
+        sent = self.pipeline.jobs.send([Message(job_id, step, task_id, body)], redrive=True)
+        self.redis.lrem(PIPELINE_QUEUE, 1, body)
+        return self.pipeline.run_step(step, job_id, task_id if sent else "never-sent")
+
+
+def _parsed(message: bytes) -> tuple[Step, str, str]:
+    envelope = json.loads(message)
+    args = json.loads(base64.b64decode(envelope["body"]))[0]
+    step = next(s for s, name in STEP_TASKS.items() if name == envelope["headers"]["task"])
+    return step, args[0], envelope["headers"]["id"]
 
 
 @pytest.fixture
 def harness(settings: Settings) -> Harness:
-    enqueued: list[tuple[Step, str]] = []
-    jobs = JobStore(redis.Redis.from_url(settings.REDIS_URL), settings.JOB_STEP_LEASE_S)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    jobs = JobStore(client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
     pipeline = Pipeline(
         settings,
         jobs,
         RecallClient(settings),
         LocalStore(settings.TRANSCRIPTS_STORE),
-        lambda step, job_id, recording_id: enqueued.append((step, job_id)),
+        Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER),
     )
-    return Harness(pipeline, enqueued)
+    return Harness(pipeline, client)
 
 
 @dataclass

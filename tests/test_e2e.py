@@ -119,3 +119,19 @@ def test_dropped_transcript_webhook_is_caught_by_polling(start_system: Any) -> N
     assert (
         system.store / "quiet" / f"{transcript['id']}.json"
     ).read_bytes() == system.emulator.data(transcript["id"])
+
+
+def test_a_recording_whose_metadata_looks_like_a_kombu_type_tag_is_transcribed(
+    start_system: Any,
+) -> None:
+    """Recall passes bot metadata through: it is the user's, whatever its keys."""
+    system: System = start_system()
+    system.emulator.recording("tagged")
+    event = recording_done("tagged")
+    event["data"]["recording"]["metadata"] = {"__type__": "unknown", "__value__": 1}
+    event["data"]["bot"]["metadata"] = {"__type__": "bytes", "__value__": "x"}
+    body, headers = signed(event)
+    assert post_webhook(system, body, headers).status_code == 200
+    wait_for(lambda: jobs_in(system, "done") == 1, 30, what="the job done")
+    client = redis.Redis.from_url(system.env["REDIS_URL"])
+    assert client.hlen(keys.INBOX) == 0 and client.hlen(keys.INBOX_DEAD) == 0

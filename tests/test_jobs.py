@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
 
@@ -9,7 +11,9 @@ import pytest
 import redis
 
 from tasks import keys
-from tasks.jobs import JobRecord, JobStore
+from tasks.dispatch import Dispatcher
+from tasks.jobs import Due, JobRecord, JobStore
+from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode
 from tasks.states import (
     AWAITING,
@@ -23,7 +27,9 @@ from tasks.states import (
     TRANSITIONS,
     Phase,
     State,
+    Step,
     Transition,
+    target,
 )
 
 T1, T_OTHER = "t-1", "t-other"
@@ -35,6 +41,10 @@ def jobs(rclient: redis.Redis) -> JobStore:
     return JobStore(rclient, lease_s=30)
 
 
+def claimed(jobs: JobStore) -> list[Due]:
+    return jobs.claim_due()[0]
+
+
 def record(jobs: JobStore, job_id: str) -> JobRecord:
     found = jobs.record(job_id)
     assert found is not None
@@ -44,13 +54,13 @@ def record(jobs: JobStore, job_id: str) -> JobRecord:
 # How to bring a fresh job to each phase, by transitions of the table only.
 SETUP: dict[Phase, Callable[[JobStore, str], object]] = {
     QUEUED: lambda jobs, job_id: None,
-    CREATING: lambda jobs, job_id: jobs.start_create(record(jobs, job_id)),
+    CREATING: lambda jobs, job_id: jobs.start_create(record(jobs, job_id), time.time()),
     REMEDIATING: lambda jobs, job_id: (
-        jobs.start_create(record(jobs, job_id)),
-        jobs.start_remediation(job_id, "HTTP 400", 0),
+        jobs.start_create(record(jobs, job_id), time.time()),
+        jobs.start_remediation(record(jobs, job_id), "HTTP 400", 0),
     ),
     AWAITING: lambda jobs, job_id: (
-        jobs.start_create(record(jobs, job_id)),
+        jobs.start_create(record(jobs, job_id), time.time()),
         jobs.record_created(job_id, T1, 60),
     ),
     FETCHING: lambda jobs, job_id: (
@@ -76,13 +86,13 @@ def _if(applied: object, transition: Transition) -> Transition | None:
 # Each transition through its JobStore method; returns the transition that happened, if any.
 APPLY: dict[Transition, Callable[[JobStore, str], Transition | None]] = {
     Transition.START_CREATE: lambda jobs, j: _if(
-        jobs.start_create(record(jobs, j)), Transition.START_CREATE
+        jobs.start_create(record(jobs, j), time.time()), Transition.START_CREATE
     ),
     Transition.CREATE_REFUSED: lambda jobs, j: _if(
         jobs.create_refused(record(jobs, j)), Transition.CREATE_REFUSED
     ),
     Transition.START_REMEDIATION: lambda jobs, j: _if(
-        jobs.start_remediation(j, "HTTP 400", 0),
+        jobs.start_remediation(record(jobs, j), "HTTP 400", 0),
         Transition.START_REMEDIATION,
     ),
     Transition.END_REMEDIATION: lambda jobs, j: _if(
@@ -110,6 +120,9 @@ APPLY: dict[Transition, Callable[[JobStore, str], Transition | None]] = {
     ),
     Transition.FAIL: lambda jobs, j: _if(
         jobs.fail(j, ErrorCode.RECALL_REJECTED, "HTTP 400"), Transition.FAIL
+    ),
+    Transition.RECORD_ARCHIVE: lambda jobs, j: _if(
+        jobs.record_archive(j, T1), Transition.RECORD_ARCHIVE
     ),
     Transition.RETRY: lambda jobs, j: _if(jobs.retry(j), Transition.RETRY),
 }
@@ -187,7 +200,7 @@ def test_transcript_news_before_the_create_answer_is_honoured_once_created(
     jobs: JobStore, news: str, sub_code: str | None, phase: Phase
 ) -> None:
     job_id, _ = jobs.submit("rec-1", PROVIDER)
-    jobs.start_create(record(jobs, job_id))
+    jobs.start_create(record(jobs, job_id), time.time())
     assert jobs.transcript_finished(job_id, T1, news, sub_code) == "kept"  # type: ignore[arg-type]
     jobs.record_created(job_id, T1, 60)
     job = record(jobs, job_id)
@@ -201,7 +214,7 @@ def test_transcript_news_before_the_create_answer_is_honoured_once_created(
 
 def test_news_of_another_transcript_is_not_honoured(jobs: JobStore) -> None:
     job_id, _ = jobs.submit("rec-1", PROVIDER)
-    jobs.start_create(record(jobs, job_id))
+    jobs.start_create(record(jobs, job_id), time.time())
     jobs.transcript_finished(job_id, T_OTHER, "done", None)
     jobs.record_created(job_id, T1, 60)
     assert record(jobs, job_id).phase == AWAITING
@@ -214,8 +227,8 @@ def test_the_sweeper_claims_each_due_job_once_and_drops_finished_ones(
     finished, _ = jobs.submit("rec-2", PROVIDER)
     jobs.fail(finished, ErrorCode.INTERNAL, "x")
     rclient.zadd(keys.DUE, {waiting: 0, finished: 0})
-    assert jobs.claim_due() == [(waiting, QUEUED.step, "rec-1")]
-    assert jobs.claim_due() == []
+    assert claimed(jobs) == [Due(waiting, Step.CREATE, "rec-1")]
+    assert claimed(jobs) == []
     assert rclient.zscore(keys.DUE, finished) is None
 
 
@@ -229,12 +242,12 @@ def test_a_running_step_keeps_its_lease_however_long_it_runs_and_is_never_claime
         assert held
         for _ in range(4):  # three leases in all
             time.sleep(0.45)
-            assert jobs.claim_due() == []
+            assert claimed(jobs) == []
             with jobs.leases.hold(keys.job_lock(job_id), None) as second:
                 assert not second
     assert rclient.exists(keys.job_lock(job_id)) == 0
     rclient.zadd(keys.DUE, {job_id: 0})
-    assert jobs.claim_due() == [(job_id, QUEUED.step, "rec-1")]
+    assert claimed(jobs) == [Due(job_id, Step.CREATE, "rec-1")]
 
 
 def test_a_dead_steps_lease_expires_and_the_sweeper_then_claims_the_job(
@@ -244,11 +257,11 @@ def test_a_dead_steps_lease_expires_and_the_sweeper_then_claims_the_job(
     job_id, _ = jobs.submit("rec-1", PROVIDER)
     rclient.set(keys.job_lock(job_id), "a dead worker's token", px=500)
     rclient.zadd(keys.DUE, {job_id: 0})
-    assert jobs.claim_due() == []
+    assert claimed(jobs) == []
     due = rclient.zscore(keys.DUE, job_id)
     assert due is not None and due <= time.time() + 0.6  # when that lock expires, not later
     time.sleep(0.6)
-    assert jobs.claim_due() == [(job_id, QUEUED.step, "rec-1")]
+    assert claimed(jobs) == [Due(job_id, Step.CREATE, "rec-1")]
 
 
 def test_finished_jobs_past_their_retention_leave_redis_with_their_index_entries(
@@ -267,3 +280,67 @@ def test_finished_jobs_past_their_retention_leave_redis_with_their_index_entries
     assert rclient.exists(keys.recording("rec-1"), keys.recording("rec-2")) == 0
     assert rclient.zcard(keys.state("done")) == rclient.zcard(keys.state("failed")) == 0
     assert record(jobs, active_id).state == State.QUEUED
+
+
+def test_a_step_waiting_in_the_queue_is_not_sent_again_until_provably_lost(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    """The sweeper looks at a due job whose step message is still on its way: in the queue, or
+    held by a worker (kombu's unacked hash), it is left alone; once the queue is empty or a
+    message sent after it was taken, and no worker holds it, it is lost and sent again."""
+    dispatch = Dispatcher(jobs, PROVIDER)
+    job_id, _ = dispatch.submit("rec-1")
+    ((_, _, task_id),) = queued(rclient)
+    rclient.zadd(keys.DUE, {job_id: 0})
+    assert claimed(jobs) == []  # in the queue
+    raw = rclient.rpop(PIPELINE_QUEUE)  # a worker took it and holds it, unacknowledged
+    rclient.hset(keys.KOMBU_UNACKED, task_id, raw)  # type: ignore[arg-type]
+    rclient.zadd(keys.DUE, {job_id: 0})
+    assert claimed(jobs) == []  # held by a worker
+    rclient.hdel(keys.KOMBU_UNACKED, task_id)  # the worker died between its pop and its record
+    rclient.zadd(keys.DUE, {job_id: 0})
+    assert claimed(jobs) == [Due(job_id, Step.CREATE, "rec-1")]  # the queue is empty: lost
+
+    # Lost behind a busy queue: a message sent after it has been taken.
+    dispatch.redrive([Due(job_id, Step.CREATE, "rec-1")])
+    later_id, _ = dispatch.submit("rec-2")
+    dispatch.submit("rec-3")  # keeps the queue from being empty
+    later = queued(rclient)[1][2]
+    rclient.zadd(keys.DUE, {job_id: 0})
+    assert claimed(jobs) == []  # still in the queue
+    rclient.lrem(PIPELINE_QUEUE, 1, rclient.lindex(PIPELINE_QUEUE, -1))  # ours vanishes ...
+    assert jobs.consume(later_id, later)  # ... and a message sent after it is taken
+    rclient.zadd(keys.DUE, {job_id: 0})
+    assert claimed(jobs) == [Due(job_id, Step.CREATE, "rec-1")]
+
+
+def test_a_copy_of_a_step_message_is_recognised_and_the_step_is_sent_once(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    dispatch = Dispatcher(jobs, PROVIDER)
+    job_id, _ = dispatch.submit("rec-1")
+    dispatch(Step.CREATE, job_id, "rec-1")  # already on its way: not sent again
+    ((_, _, task_id),) = queued(rclient)
+    assert not jobs.consume(job_id, "a-copy-the-sweeper-sent-before")
+    assert jobs.consume(job_id, task_id)
+    assert not jobs.consume(job_id, task_id)  # a redelivered copy of the same message
+
+
+def queued(client: redis.Redis) -> list[tuple[str, str, str]]:
+    """The pipeline queue, newest first: (task name, job id, task id)."""
+    out = []
+    for raw in client.lrange(PIPELINE_QUEUE, 0, -1):
+        envelope = json.loads(raw)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        out.append((envelope["headers"]["task"], args[0], envelope["headers"]["id"]))
+    return out
+
+
+def test_a_transition_with_several_targets_cannot_be_applied_as_a_plain_move(
+    jobs: JobStore,
+) -> None:
+    job_id, _ = jobs.submit("rec-1", PROVIDER)
+    with pytest.raises(ValueError, match="several targets"):
+        jobs._move(Transition.RECORD_CREATED, job_id)
+    with pytest.raises(ValueError, match="never leads"):
+        target(Transition.FINISH, FAILED)

@@ -6,11 +6,13 @@ import pytest
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
+from tasks.events import parse_event
+from tasks.jobs import default_idempotency_key
 from tasks.names import PIPELINE_QUEUE
-from tasks.outcomes import ErrorCode
+from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
-from tests.conftest import EmulatorHandle
-from tests.helpers import reconfigure
+from tests.conftest import EmulatorHandle, Harness
+from tests.helpers import reconfigure, recording_done
 
 AUTH = {"Authorization": "Bearer token-1"}
 
@@ -57,6 +59,24 @@ def test_idempotency_key_header_and_default_key(client: FlaskClient) -> None:
     assert default.json["id"] == default_again.json["id"] != by_header.json["id"]
 
 
+def test_a_client_cannot_take_a_recordings_job_by_naming_its_derived_key(
+    client: FlaskClient, harness: Harness, settings: Settings
+) -> None:
+    """The key the webhook path derives for recording Z, given to the API for recording Y,
+    names another job: Z's recording.done still starts Z's own job."""
+    z_key = default_idempotency_key("Z", settings.TRANSCRIPT_PROVIDER)
+    body = {"recording_id": "Y", "idempotency_key": z_key}
+    taken = client.post("/api/v1/jobs", json=body, headers=AUTH)
+    assert taken.status_code == 202 and taken.json["recording_id"] == "Y"
+    result = harness.pipeline.ingest(parse_event(recording_done("Z")))
+    assert result.outcome == Outcome.JOB_CREATED and result.job_id != taken.json["id"]
+    job = harness.pipeline.jobs.get(result.job_id)
+    assert job is not None and job.recording_id == "Z"
+    # Without a key, a client's job for Z is Z's own (one transcript for one recording).
+    keyless = client.post("/api/v1/jobs", json={"recording_id": "Z"}, headers=AUTH)
+    assert keyless.json["id"] == result.job_id
+
+
 @pytest.mark.parametrize(
     "body",
     [{}, {"recording_id": "../etc"}, {"recording_id": "r1", "provider": {"a": {}, "b": {}}}, [1]],
@@ -96,7 +116,7 @@ def test_retry_only_reruns_failed_jobs(
     job = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=AUTH).json
     assert client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH).status_code == 409
     app = client.application
-    app.extensions["jobs_api"].jobs.fail(job["id"], ErrorCode.RECALL_REJECTED, "test")
+    app.extensions["jobs_api"].dispatch.jobs.fail(job["id"], ErrorCode.RECALL_REJECTED, "test")
     retried = client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH)
     assert retried.status_code == 202
     assert (
@@ -153,7 +173,7 @@ def test_a_non_ascii_idempotency_key_header_is_refused(client: FlaskClient) -> N
 def test_bulk_retry_reruns_the_failed_jobs_that_match_and_says_how_many(
     client: FlaskClient,
 ) -> None:
-    jobs = client.application.extensions["jobs_api"].jobs
+    jobs = client.application.extensions["jobs_api"].dispatch.jobs
     made = {
         rid: client.post("/api/v1/jobs", json={"recording_id": rid}, headers=AUTH).json["id"]
         for rid in ("a", "b", "c", "d")

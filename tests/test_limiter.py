@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -9,7 +10,21 @@ import pytest
 import redis
 
 from emulator.quotas import Quotas
-from tasks.limiter import DEFAULT_RATES, Family, Limiter, Rate, Slot, parse_rates
+from tasks import keys
+from tasks.recall.limiter import (
+    DEFAULT_RATES,
+    Family,
+    Limiter,
+    Rate,
+    Ticket,
+    parse_rates,
+)
+
+INLINE_S = 0.25
+
+
+def limiter(client: redis.Redis, rates: dict[Family, Rate] | None = None) -> Limiter:
+    return Limiter(client, rates or dict(DEFAULT_RATES), INLINE_S)
 
 
 def test_rates_parse_any_subset_and_keep_recalls_for_the_rest() -> None:
@@ -34,10 +49,10 @@ def test_processes_sharing_a_family_never_exceed_its_window_and_each_get_a_slot(
     lock = threading.Lock()
 
     def worker() -> None:
-        limiter = Limiter(redis.Redis(connection_pool=rclient.connection_pool), {Family.LIST: rate})
+        mine = limiter(redis.Redis(connection_pool=rclient.connection_pool), {Family.LIST: rate})
         for _ in range(15):
-            slot = limiter.acquire(Family.LIST)
-            assert slot.reserved
+            slot = mine.acquire(Family.LIST)
+            assert slot.ticket is not None
             time.sleep(slot.wait)
             with lock:
                 admitted.append(recall.admit("list") is None)
@@ -53,20 +68,91 @@ def test_processes_sharing_a_family_never_exceed_its_window_and_each_get_a_slot(
     assert elapsed >= 2.0  # 60 calls at 20 per second, after a burst of 2: no faster
 
 
+def test_calls_whose_jobs_come_back_late_still_fit_recalls_window(rclient: redis.Redis) -> None:
+    """Jobs holding tickets come back up to 0.3 s after their slot (a sweeper's tick, a queue):
+    each slot is counted when its call really goes, so Recall admits every call."""
+    rate = Rate(5, 0.5)
+    recall = Quotas({"retrieve": (rate.count, rate.seconds)})
+    pacing = limiter(rclient, {Family.RETRIEVE: rate})
+    rng = random.Random(7)
+    refused, lock = [], threading.Lock()
+
+    def job() -> None:
+        slot = pacing.acquire(Family.RETRIEVE)
+        while slot.wait > INLINE_S:  # rescheduled; back late
+            assert slot.ticket is not None
+            time.sleep(slot.wait + rng.uniform(0, 0.3))
+            slot = pacing.redeem(slot.ticket)
+        time.sleep(slot.wait)
+        with lock:
+            refused.append(recall.admit("retrieve"))
+
+    threads = [threading.Thread(target=job) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join(60)
+    assert len(refused) == 40 and refused == [None] * 40
+
+
 def test_a_429_pauses_the_family_for_everyone_until_its_retry_after(
     rclient: redis.Redis,
 ) -> None:
-    one, other = (Limiter(rclient, dict(DEFAULT_RATES)) for _ in range(2))
+    one, other = limiter(rclient), limiter(rclient)
     one.pause(Family.RETRIEVE, "", 0.3)
     slot = other.acquire(Family.RETRIEVE)
-    assert not slot.reserved and 0.2 < slot.wait <= 0.3
-    assert other.acquire(Family.LIST).reserved  # other families go on
+    assert slot.ticket is None and 0.2 < slot.wait <= 0.3
+    assert other.acquire(Family.LIST).ticket is not None  # other families go on
     time.sleep(0.31)
-    assert other.acquire(Family.RETRIEVE) == Slot(0.0, True)
+    slot = other.acquire(Family.RETRIEVE)
+    assert slot.wait == 0 and slot.ticket is not None
+
+
+def test_a_ticket_holder_waits_out_a_pause_and_gives_its_slot_back(rclient: redis.Redis) -> None:
+    pacing = limiter(rclient, {Family.LIST: Rate(1, 0.2)})
+    assert pacing.acquire(Family.LIST).wait == 0
+    later = pacing.acquire(Family.LIST)
+    assert later.ticket is not None and later.wait > 0.15
+    pacing.pause(Family.LIST, "", 30)  # another worker got a 429
+    time.sleep(later.wait)
+    slot = pacing.redeem(later.ticket)
+    assert slot.ticket is None and slot.wait > 29  # no call into the pause
+    assert rclient.zscore(keys.rate(Family.LIST), later.ticket.member) is None
+
+
+def test_a_shorter_retry_after_never_cuts_a_longer_pause(rclient: redis.Redis) -> None:
+    one, other = limiter(rclient), limiter(rclient)
+    one.pause(Family.LIST, "", 58)
+    other.pause(Family.LIST, "", 1)
+    assert one.acquire(Family.LIST).wait > 57
+
+
+def test_tickets_are_judged_on_redis_clock_not_the_hosts(
+    rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pacing = limiter(rclient, {Family.LIST: Rate(1, 2.0)})
+    pacing.acquire(Family.LIST)
+    slot = pacing.acquire(Family.LIST)
+    assert slot.ticket is not None and slot.wait > 1.9
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # a host whose clock runs ahead
+    again = pacing.redeem(slot.ticket)
+    assert again.ticket == slot.ticket and again.wait > 1.8  # still not its time
+
+
+def test_a_slot_no_call_used_is_given_back(rclient: redis.Redis) -> None:
+    pacing = limiter(rclient, {Family.CREATE: Rate(1, 60)})
+    pacing.acquire(Family.CREATE, "r1")
+    reserved = pacing.acquire(Family.CREATE, "r1")
+    assert reserved.ticket is not None and reserved.wait > 59
+    pacing.release(reserved.ticket)
+    assert pacing.acquire(Family.CREATE, "r1").wait == pytest.approx(reserved.wait, abs=0.5)
+    assert Ticket.load(reserved.ticket.dump()) == reserved.ticket
 
 
 def test_create_is_paced_per_recording(rclient: redis.Redis) -> None:
-    limiter = Limiter(rclient, {Family.CREATE: Rate(1, 60)})
-    assert limiter.acquire(Family.CREATE, "r1").wait == 0
-    assert limiter.acquire(Family.CREATE, "r2").wait == 0
-    assert limiter.acquire(Family.CREATE, "r1").wait > 59
+    pacing = limiter(rclient, {Family.CREATE: Rate(1, 60)})
+    assert pacing.acquire(Family.CREATE, "r1").wait == 0
+    assert pacing.acquire(Family.CREATE, "r2").wait == 0
+    assert pacing.acquire(Family.CREATE, "r1").wait > 59

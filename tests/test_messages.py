@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu.utils import json as kombu_json
 
 from tasks.messages import ingest_message, sent_from, step_message
 from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
@@ -55,23 +56,38 @@ def assert_same_as_celery(
 
 @pytest.mark.parametrize("step", list(Step))
 def test_step_messages_are_what_celery_would_send(app: Celery, step: Step) -> None:
-    message = step_message(step, "job-1", "rec-1")
+    message, task_id = step_message(step, "job-1", "rec-1")
+    envelope = json.loads(message)
+    assert task_id == envelope["headers"]["id"] == envelope["properties"]["delivery_tag"]
     assert_same_as_celery(app, message, STEP_TASKS[step], ["job-1", "rec-1"], PIPELINE_QUEUE)
     assert json.loads(message)["headers"]["argsrepr"] == "['job-1', 'rec-1']"  # Flower shows it
 
 
 def test_a_message_sent_by_a_task_is_its_child_in_the_jobs_chain() -> None:
     with sent_from("task-2", "task-1"):
-        headers = json.loads(step_message(Step.FETCH, "job-1", "rec-1"))["headers"]
+        headers = json.loads(step_message(Step.FETCH, "job-1", "rec-1")[0])["headers"]
     assert (headers["root_id"], headers["parent_id"]) == ("task-1", "task-2")
     with sent_from("task-1", None):  # the first task of a chain is its own root
-        headers = json.loads(step_message(Step.CREATE, "job-1", "rec-1"))["headers"]
+        headers = json.loads(step_message(Step.CREATE, "job-1", "rec-1")[0])["headers"]
     assert (headers["root_id"], headers["parent_id"]) == ("task-1", "task-1")
-    headers = json.loads(step_message(Step.CREATE, "job-1", "rec-1"))["headers"]
+    headers = json.loads(step_message(Step.CREATE, "job-1", "rec-1")[0])["headers"]
     assert headers["root_id"] == headers["id"] and headers["parent_id"] is None
 
 
 def test_the_receivers_ingest_message_is_what_celery_would_send(app: Celery) -> None:
-    event = recording_done("rec-1")
-    message = ingest_message(json.dumps(event), "event-1")
+    event = json.dumps(recording_done("rec-1"))
+    message = ingest_message(event, "event-1")
     assert_same_as_celery(app, message, INGEST_TASK, [event, "event-1"], EVENTS_QUEUE)
+
+
+def test_no_user_data_in_a_message_can_be_read_as_a_kombu_type_tag() -> None:
+    """Recall passes bot metadata through; an object whose keys are exactly `__type__` and
+    `__value__` would be decoded by kombu as a type tag (and refused). The event travels as a
+    JSON string, so kombu decodes it back to the same text."""
+    event = recording_done("rec-1")
+    event["data"]["recording"]["metadata"] = {"__type__": "nope", "__value__": "x"}
+    event["data"]["bot"]["metadata"] = {"__type__": "bytes", "__value__": "x"}
+    text = json.dumps(event)
+    body = base64.b64decode(json.loads(ingest_message(text, "event-1"))["body"])
+    args, _, _ = kombu_json.loads(body)
+    assert args == [text, "event-1"]

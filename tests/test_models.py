@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.events import InvalidEvent, parse_event
-from tasks.recall import Transcript
+from tasks.recall.models import Transcript
 
 DOCUMENTED_TRANSCRIPT = {
     "id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import io
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
 
-from tasks.recall import (
-    MAX_REDIRECTS,
+from tasks.recall.client import RecallClient
+from tasks.recall.download import MAX_REDIRECTS
+from tasks.recall.errors import (
     BadRequest,
     DownloadExpired,
     DownloadRefused,
+    DownloadTimeout,
     NotFound,
     OutcomeUnknown,
     RateLimited,
-    RecallClient,
     Rejected,
     RetryableError,
-    Transcript,
     Unauthorized,
     Unavailable,
 )
+from tasks.recall.limiter import Quota
+from tasks.recall.models import Transcript
 from tasks.settings import Settings
 from tests.conftest import EmulatorHandle
 from tests.helpers import free_port, reconfigure
@@ -32,8 +37,15 @@ from tests.helpers import free_port, reconfigure
 PROVIDER = {"recallai_async": {"language_code": "en"}}
 
 
-def create(client: RecallClient, recording_id: str = "r1", key: str = "k1"):  # type: ignore[no-untyped-def]
-    return client.create_transcript(recording_id, PROVIDER, {"job_id": "j"}, key)
+def create(client: RecallClient, recording_id: str = "r1", key: str = "k1") -> Transcript:
+    return client.create_transcript(recording_id, PROVIDER, {"job_id": "j"}, key, Quota())
+
+
+def download(client: RecallClient, url: str) -> bytes:
+    into = io.BytesIO()
+    size = client.download(url, into)
+    assert size == len(into.getvalue())
+    return into.getvalue()
 
 
 def test_create_returns_a_processing_transcript_tagged_with_metadata(
@@ -120,16 +132,21 @@ def test_refused_connection_is_unavailable_not_unknown(settings: Settings) -> No
 
 def test_list_follows_the_cursor_to_the_end(settings: Settings, emulator: EmulatorHandle) -> None:
     seeded = emulator.seed("r1", 8)  # the fixture's emulator pages by 3
-    pages = list(RecallClient(settings).list_pages("r1"))
+    pages = list(RecallClient(settings).list_pages("r1", None, Quota()))
     listed = [Transcript.from_api(raw) for page, _ in pages for raw in page]
     assert [cursor is None for _, cursor in pages] == [False] * (len(pages) - 1) + [True]
     assert [t.id for t in listed] == [t["id"] for t in seeded]
 
 
-def test_reads_retry_a_passing_gateway_error(settings: Settings, emulator: EmulatorHandle) -> None:
+def test_a_read_that_reached_recall_is_not_repeated_inside_the_call(
+    settings: Settings, emulator: EmulatorHandle
+) -> None:
+    """Each attempt takes a quota slot of its own, in the step's retry: never two calls for one."""
     (seeded,) = emulator.seed("r1", 1)
     emulator.fault(target="retrieve", action="status", status=503)
-    assert RecallClient(settings).retrieve_transcript(seeded["id"]).status.code == "done"
+    with pytest.raises(Unavailable):
+        RecallClient(settings).retrieve_transcript(seeded["id"], Quota())
+    assert emulator.stats()["calls"]["retrieve"] == 1
 
 
 def test_delete_of_a_deleted_transcript_counts_as_deleted(
@@ -137,8 +154,8 @@ def test_delete_of_a_deleted_transcript_counts_as_deleted(
 ) -> None:
     (seeded,) = emulator.seed("r1", 1)
     client = RecallClient(settings)
-    client.delete_transcript(seeded["id"])
-    client.delete_transcript(seeded["id"])
+    client.delete_transcript(seeded["id"], Quota())
+    client.delete_transcript(seeded["id"], Quota())
     assert emulator.transcripts("r1")[0]["status"]["code"] == "deleted"
 
 
@@ -147,17 +164,17 @@ def test_download_returns_the_exact_bytes_and_403_is_expired(
 ) -> None:
     (seeded,) = emulator.seed("r1", 1)
     client = RecallClient(settings)
-    url = client.retrieve_transcript(seeded["id"]).download_url
+    url = client.retrieve_transcript(seeded["id"], Quota()).download_url
     assert url is not None
-    assert client.download(url) == emulator.data(seeded["id"])
+    assert download(client, url) == emulator.data(seeded["id"])
     with pytest.raises(DownloadExpired):
-        client.download(url.replace("sig=", "sig=0"))
+        download(client, url.replace("sig=", "sig=0"))
 
 
 def test_plain_http_download_is_refused_outside_development(settings: Settings) -> None:
     production = reconfigure(settings, RECALL_API_BASE_URL="https://us-west-2.recall.ai")
     with pytest.raises(DownloadRefused):
-        RecallClient(production).download("http://example.invalid/data.json")
+        download(RecallClient(production), "http://example.invalid/data.json")
 
 
 def test_download_over_the_size_cap_is_refused(
@@ -165,10 +182,10 @@ def test_download_over_the_size_cap_is_refused(
 ) -> None:
     (seeded,) = emulator.seed("r1", 1)
     client = RecallClient(reconfigure(settings, DOWNLOAD_MAX_BYTES=10))
-    url = client.retrieve_transcript(seeded["id"]).download_url
+    url = client.retrieve_transcript(seeded["id"], Quota()).download_url
     assert url is not None
     with pytest.raises(DownloadRefused):
-        client.download(url)
+        download(client, url)
 
 
 @pytest.fixture
@@ -203,7 +220,7 @@ def test_a_list_next_link_to_another_host_is_not_followed_with_the_api_key(
     url, hits = fake_recall
     client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL=url))
     with pytest.raises(Rejected, match="another host"):
-        list(client.list_pages("r1"))
+        list(client.list_pages("r1", None, Quota()))
     assert hits == ["/api/v1/transcript/"]
 
 
@@ -212,12 +229,12 @@ def test_download_redirects_stay_on_http_schemes_and_are_few(
 ) -> None:
     url, hits = fake_recall
     client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL=url))  # development: http
-    assert client.download(f"{url}/redirect/|data.json") == b"[]"
+    assert download(client, f"{url}/redirect/|data.json") == b"[]"
     with pytest.raises(DownloadRefused, match="not https"):
-        client.download(f"{url}/redirect/file:||etc|passwd")
+        download(client, f"{url}/redirect/file:||etc|passwd")
     hits.clear()
     with pytest.raises(DownloadRefused, match="redirects"):
-        client.download(f"{url}/redirect/|redirect|")  # redirects to itself
+        download(client, f"{url}/redirect/|redirect|")  # redirects to itself
     assert len(hits) == MAX_REDIRECTS + 1
 
 
@@ -227,4 +244,53 @@ def test_outside_development_downloads_and_their_redirects_must_be_https(
     client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL="https://127.0.0.1:9"))
     for url in ("http://127.0.0.1:9/data", "ftp://127.0.0.1/data"):
         with pytest.raises(DownloadRefused, match="not https"):
-            client.download(url)
+            download(client, url)
+
+
+@pytest.fixture
+def trickler() -> Iterator[str]:
+    """A host that sends a byte every 0.1 s: the status line and headers first (`/body`), or
+    never getting past them (`/headers`). Returns its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            path = conn.recv(4096).split(b" ")[1]
+            if path == b"/body":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                slowly = b"x" * 1000000
+            else:
+                slowly = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60000
+            for byte in slowly:
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+@pytest.mark.parametrize("path", ["/body", "/headers"])
+def test_a_download_trickling_a_byte_at_a_time_is_abandoned_at_its_deadline(
+    settings: Settings, trickler: str, path: str
+) -> None:
+    """Each byte comes well within the socket timeout; the whole download's deadline cuts it."""
+    client = RecallClient(reconfigure(settings, RECALL_DOWNLOAD_TIMEOUT_S=1))
+    started = time.monotonic()
+    with pytest.raises(DownloadTimeout, match="not finished within 1s"):
+        download(client, f"{trickler}{path}")
+    assert time.monotonic() - started < 5

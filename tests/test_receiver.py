@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -27,7 +28,7 @@ def client(settings: Settings) -> FlaskClient:
 def queued_events(rclient: redis.Redis) -> list[dict[str, object]]:
     """The events waiting in the ingest queue, decoded from their Celery messages."""
     messages = [json.loads(raw) for raw in rclient.lrange(EVENTS_QUEUE, 0, -1)]
-    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+    return [json.loads(json.loads(base64.b64decode(m["body"]))[0][0]) for m in messages]
 
 
 def test_signed_event_is_enqueued_once_per_webhook_id(
@@ -184,3 +185,41 @@ def test_an_event_whose_message_was_lost_is_sent_again_until_applied(
     inbox.applied(event_id.decode())
     rclient.zadd(keys.INBOX_DUE, {event_id: 0}, xx=True)  # nothing left to push ahead
     assert inbox.resend_due() == 0
+
+
+def test_an_event_no_worker_applies_becomes_a_dead_letter_and_can_be_replayed(
+    client: FlaskClient, rclient: redis.Redis, settings: Settings
+) -> None:
+    from tasks.inbox import Inbox
+
+    event = recording_done("r1")
+    body, headers = signed(event)
+    assert client.post(URL, data=body, headers=headers).status_code == 200
+    inbox = Inbox(rclient, 0.01, settings.WEBHOOK_DEDUPE_TTL_S, max_deliveries=3)
+    rclient.zadd(keys.INBOX_DUE, {rclient.zrange(keys.INBOX_DUE, 0, 0)[0]: 0})
+    sent = []
+    for _ in range(5):  # each time, no worker applied it
+        time.sleep(0.02)
+        sent.append(inbox.resend_due())
+    assert sent == [1, 1, 0, 0, 0]  # delivered 3 times in all (the first by the receiver)
+    (event_id,) = inbox.dead()
+    assert json.loads(inbox.dead()[event_id]) == event
+    assert rclient.hlen(keys.INBOX) == 0 and rclient.zcard(keys.INBOX_DUE) == 0
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "recall_transcribe_inbox_dead_events 1.0" in metrics
+
+    rclient.delete(EVENTS_QUEUE)
+    assert inbox.replay_dead() == 1
+    assert queued_events(rclient) == [event] and inbox.dead() == {}
+    inbox.applied(event_id)
+    assert rclient.hlen(keys.INBOX) == 0 and rclient.hlen(keys.INBOX_DELIVERIES) == 0
+
+
+def test_metrics_want_the_metrics_token_when_one_is_set(settings: Settings) -> None:
+    assert create_app(settings).test_client().get("/metrics").status_code == 200
+    guarded = create_app(reconfigure(settings, METRICS_TOKEN="s3cret")).test_client()
+    assert guarded.get("/metrics").status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert guarded.get("/metrics", headers=wrong).status_code == 401
+    right = guarded.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert right.status_code == 200 and "recall_transcribe_jobs" in right.get_data(as_text=True)

@@ -14,9 +14,8 @@ from tasks.settings import Settings
 from tests.helpers import signed
 from tests.test_receiver import URL, queued_events
 
-PROPERTY = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# Examples per property: the profile's (conftest.py: 150, or 25 under `make test-fast`).
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 header_names = st.sampled_from(
     [
         "webhook-id",

@@ -12,7 +12,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from tasks import keys
-from tasks.s3_store import S3Store, StoreUnavailable
+from tasks.store.s3 import S3Store, StoreUnavailable
 from tests.conftest import System
 from tests.helpers import free_port, recording_done, signed, wait_for
 
@@ -49,10 +49,16 @@ def objects(endpoint: str) -> dict[str, bytes]:
     }
 
 
+def save(store: S3Store, recording_id: str, transcript_id: str, data: bytes) -> None:
+    with store.staging() as staged:
+        staged.write(data)
+        store.save(recording_id, transcript_id, staged, {"id": transcript_id, "job_id": "j1"})
+
+
 def test_the_s3_store_keeps_the_directory_layout_meta_after_data(s3: str) -> None:
     store = S3Store("s3://transcripts/prod/eu", s3)
     assert not store.has("r1", "t1")
-    store.save("r1", "t1", b'[{"words": []}]', {"id": "t1", "job_id": "j1"})
+    save(store, "r1", "t1", b'[{"words": []}]')
     assert store.has("r1", "t1")
     stored = objects(s3)
     assert stored["prod/eu/r1/t1.json"] == b'[{"words": []}]'
@@ -64,10 +70,10 @@ def test_an_unreachable_or_missing_bucket_is_a_readable_error_and_nothing_is_the
 ) -> None:
     missing = S3Store("s3://no-such-bucket/x", s3)
     with pytest.raises(StoreUnavailable, match=r"no-such-bucket.*NoSuchBucket"):
-        missing.save("r1", "t1", b"[]", {})
+        save(missing, "r1", "t1", b"[]")
     unreachable = S3Store("s3://transcripts", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(StoreUnavailable, match="s3://transcripts/r1/t1"):
-        unreachable.save("r1", "t1", b"[]", {})
+        save(unreachable, "r1", "t1", b"[]")
     assert objects(s3) == {}
 
 

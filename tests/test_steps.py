@@ -11,6 +11,7 @@ import redis
 from tasks import keys
 from tasks.events import parse_event
 from tasks.jobs import JobRecord
+from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.settings import Settings
 from tasks.states import State, Step
@@ -21,9 +22,7 @@ from worker.sweeper import redrive_due
 
 def start(harness: Harness, emulator: EmulatorHandle, recording_id: str = "r1") -> str:
     emulator.recording(recording_id)
-    result = harness.pipeline.submit(recording_id)
-    assert result.outcome == Outcome.JOB_CREATED
-    return result.job_id
+    return harness.submit(recording_id)
 
 
 def state(harness: Harness, job_id: str) -> JobRecord:
@@ -33,7 +32,8 @@ def state(harness: Harness, job_id: str) -> JobRecord:
 
 
 def run(harness: Harness, step: Step, job_id: str) -> Outcome:
-    return harness.pipeline.run_step(step, job_id).outcome
+    """Send `step` for the job as the sweeper would, run it as a worker would: its outcome."""
+    return harness.run(step, job_id).outcome
 
 
 def outcomes(results: list[Result]) -> list[Outcome]:
@@ -95,7 +95,7 @@ def test_create_whose_answer_was_lost_is_reconciled_by_replaying_its_key_within_
     emulator.fault(target="create", action="lose_response")
     assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
     assert state(harness, job_id).create_pending
-    harness.pipeline.run_step(Step.CREATE, job_id)
+    harness.run(Step.CREATE, job_id)
     (transcript,) = emulator.transcripts("r1")
     assert state(harness, job_id).transcript_id == transcript["id"]
     assert emulator.stats()["calls"] == {"create": 2}  # the second one replayed; no List
@@ -108,7 +108,7 @@ def test_create_whose_answer_was_lost_over_an_hour_ago_is_reconciled_by_listing(
     emulator.fault(target="create", action="lose_response")
     assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
     rclient.hset(keys.job(job_id), "create_key_at", time.time() - 3700)  # past Recall's replay
-    harness.pipeline.run_step(Step.CREATE, job_id)
+    harness.run(Step.CREATE, job_id)
     (transcript,) = emulator.transcripts("r1")
     assert state(harness, job_id).transcript_id == transcript["id"]
     assert emulator.stats()["calls"] == {"create": 1, "list": 1}
@@ -118,7 +118,7 @@ def test_transcript_done_before_create_returned_is_kept_and_honoured(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     job_id = start(harness, emulator)
-    harness.enqueued.clear()
+    harness.clear()
     (made,) = emulator.seed("r1", 1, "done", metadata={"job_id": job_id})
     event = transcript_event("transcript.done", "r1", made["id"], {"job_id": job_id})
     assert harness.pipeline.ingest(parse_event(event)) == Result(
@@ -155,9 +155,9 @@ def test_webhook_drives_await_to_fetch_and_fetch_twice_is_harmless(
     assert path.read_bytes() == emulator.data(transcript_id)
     monkeypatch.undo()
     persisted = Result(Outcome.PERSISTED, job_id, transcript_id=transcript_id)
-    assert harness.pipeline.run_step(Step.FETCH, job_id) == persisted
+    assert harness.run(Step.FETCH, job_id) == persisted
     assert path.read_bytes() == emulator.data(transcript_id)
-    assert harness.pipeline.run_step(Step.FETCH, job_id).outcome == Outcome.STALE
+    assert harness.run(Step.FETCH, job_id).outcome == Outcome.STALE
 
 
 def test_await_polls_until_done_without_a_webhook(
@@ -176,7 +176,7 @@ def job_whose_transcript_fails(harness: Harness, emulator: EmulatorHandle) -> tu
     """A job on r1 whose transcript Recall fails (provider_connection_failed): (job, transcript)."""
     emulator.recording("r1")
     emulator.fault(target="transcript", action="fail", sub_code="provider_connection_failed")
-    job_id = harness.pipeline.submit("r1").job_id
+    job_id = harness.submit("r1")
     harness.drain()
     transcript_id = state(harness, job_id).transcript_id
     assert transcript_id is not None
@@ -216,7 +216,7 @@ def test_processing_past_the_timeout_fails_the_job(
     harness.pipeline.settings = reconfigure(settings, RECALL_TRANSCRIPT_TIMEOUT_S=0.001)
     emulator.state.transcripts[str(state(harness, job_id).transcript_id)].status = "processing"
     time.sleep(0.01)
-    assert harness.pipeline.run_step(Step.AWAIT, job_id) == Result(
+    assert harness.run(Step.AWAIT, job_id) == Result(
         Outcome.FAILED, job_id, detail=ErrorCode.TIMEOUT
     )
     job = harness.pipeline.jobs.get(job_id)
@@ -243,7 +243,7 @@ def test_retryable_errors_give_up_after_the_limit(
     limit = harness.pipeline.settings.MAX_STEP_RETRIES
     for _ in range(limit):
         assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
-    assert harness.pipeline.run_step(Step.CREATE, job_id) == Result(
+    assert harness.run(Step.CREATE, job_id) == Result(
         Outcome.FAILED, job_id, detail=ErrorCode.RECALL_UNAVAILABLE
     )
 
@@ -252,13 +252,13 @@ def test_sweeper_redrives_a_job_whose_message_was_lost(
     harness: Harness, emulator: EmulatorHandle, rclient: redis.Redis
 ) -> None:
     job_id = start(harness, emulator)
-    harness.enqueued.clear()  # the create message is lost
-    jobs, enqueue = harness.pipeline.jobs, harness.pipeline.enqueue
-    assert redrive_due(jobs, enqueue) == 0  # not due yet: a lease has to pass
+    harness.clear()  # the create message is lost
+    dispatch = harness.pipeline.dispatch
+    assert redrive_due(dispatch)[0] == 0  # not due yet: a lease has to pass
     rclient.zadd(keys.DUE, {job_id: time.time() - 1})
-    assert redrive_due(jobs, enqueue) == 1
+    assert redrive_due(dispatch)[0] == 1  # the queue is empty: the message is provably lost
     assert harness.enqueued == [(Step.CREATE, job_id)]
-    assert redrive_due(jobs, enqueue) == 0  # claimed: pushed one lease ahead
+    assert redrive_due(dispatch)[0] == 0  # claimed: pushed one lease ahead
 
 
 def test_a_step_waits_for_the_previous_step_to_release_the_job(
@@ -298,7 +298,7 @@ def test_limit_remediation_deletes_a_failed_transcript_first(
     emulator.seed("r1", 9, "done")
     (failed,) = emulator.seed("r1", 1, "failed")
     assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
-    assert harness.pipeline.run_step(Step.REMEDIATE, job_id) == Result(
+    assert harness.run(Step.REMEDIATE, job_id) == Result(
         Outcome.SLOT_FREED, job_id, transcript_id=failed["id"], detail="failed"
     )
     assert run(harness, Step.REMEDIATE, job_id) == Outcome.STALE
@@ -311,12 +311,12 @@ def test_archive_oldest_never_deletes_a_transcript_an_active_job_waits_on(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     emulator.recording("r1")
-    busy_job = harness.pipeline.submit("r1", {"assembly_ai_async": {}}).job_id
+    busy_job = harness.submit("r1", {"assembly_ai_async": {}})
     (oldest,) = emulator.seed("r1", 1, "done", metadata={"job_id": busy_job})
     emulator.seed("r1", 9, "done")
-    job_id = harness.pipeline.submit("r1").job_id
+    job_id = harness.submit("r1")
     assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
-    result = harness.pipeline.run_step(Step.REMEDIATE, job_id)
+    result = harness.run(Step.REMEDIATE, job_id)
     assert (result.outcome, result.detail) == (Outcome.SLOT_FREED, "done")
     assert result.transcript_id != oldest["id"]
     assert harness.pipeline.store.has("r1", result.transcript_id)
@@ -346,8 +346,25 @@ def test_retry_reruns_a_failed_job_with_a_new_create(
     assert job.state == State.FAILED and job.error is not None
     assert job.error.code == ErrorCode.RECALL_REJECTED and "injected 400" in job.error.message
     assert emulator.stats()["calls"] == {"create": 1, "list": 1}  # below the limit: not it
-    assert harness.pipeline.jobs.retry(job_id)
-    assert not harness.pipeline.jobs.retry(job_id)
-    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
+    assert harness.pipeline.dispatch.retry(job_id)
+    assert not harness.pipeline.dispatch.retry(job_id)
+    assert outcomes(harness.drain()) == [Outcome.CREATED]
     job = harness.pipeline.jobs.get(job_id)
     assert job is not None and job.attempts == 2 and job.error is None
+
+
+def test_copies_of_an_await_message_call_recall_once(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    """A message redelivered (kombu's visibility timeout) or re-sent while the first waited in
+    a backlog: only the job's current message runs; a copy neither polls nor counts a poll."""
+    job_id = start(harness, emulator)
+    harness.drain()
+    assert emulator.state is not None
+    emulator.state.transcripts[str(state(harness, job_id).transcript_id)].status = "processing"
+    harness.pipeline.dispatch(Step.AWAIT, job_id, "r1")
+    (message,) = harness.redis.lrange(PIPELINE_QUEUE, 0, -1)
+    harness.redis.lpush(PIPELINE_QUEUE, message, message)  # two copies behind it
+    assert outcomes(harness.drain()) == [Outcome.PROCESSING, Outcome.STALE, Outcome.STALE]
+    assert emulator.stats()["calls"]["retrieve"] == 1
+    assert state(harness, job_id).polls == 1

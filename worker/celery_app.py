@@ -8,14 +8,14 @@ from kombu import Queue
 
 from tasks import celery_tasks
 from tasks.connection import redis_client
-from tasks.enqueue import Enqueuer
+from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
-from tasks.limiter import Limiter
 from tasks.metrics import Metrics
 from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
-from tasks.recall import RecallClient
+from tasks.recall.client import INLINE_WAIT_S, RecallClient
+from tasks.recall.limiter import Limiter
 from tasks.settings import Settings
 from tasks.store import open_store
 from worker.sweeper import sweeper_step
@@ -67,17 +67,22 @@ def create_worker_app(settings: Settings) -> Celery:
     once for the process."""
     app = create_celery(settings)
     client = redis_client(settings, patient=True)
-    jobs = JobStore(client, settings.JOB_STEP_LEASE_S)
-    enqueue = Enqueuer(client)
-    inbox = Inbox(client, settings.INBOX_RESEND_S, settings.WEBHOOK_DEDUPE_TTL_S)
+    jobs = JobStore(client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
+    dispatch = Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER)
+    inbox = Inbox(
+        client,
+        settings.INBOX_RESEND_S,
+        settings.WEBHOOK_DEDUPE_TTL_S,
+        settings.INBOX_MAX_DELIVERIES,
+    )
     rates = settings.rate_limits
-    limiter = Limiter(client, rates) if rates else None
+    limiter = Limiter(client, rates, INLINE_WAIT_S) if rates else None
     metrics = Metrics(client)
     recall = RecallClient(settings, limiter, metrics)
     store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
-    pipeline = Pipeline(settings, jobs, recall, store, enqueue, metrics)
+    pipeline = Pipeline(settings, jobs, recall, store, dispatch, metrics)
     celery_tasks.register(app, pipeline, inbox)
     app.steps["worker"].add(
-        sweeper_step(jobs, enqueue, inbox, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S)
+        sweeper_step(dispatch, inbox, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S)
     )
     return app

@@ -1,5 +1,17 @@
 """`recall-transcribe worker`: run a Celery worker on the pipeline's queues, restarting itself
-when Celery gives up on an unrecoverable error."""
+when Celery gives up on an unrecoverable error.
+
+Why a restart in place and not a supervising parent (as rq's `WorkerPool` and dramatiq's CLI
+have): kombu can fail for good while Redis restarts, Celery then logs "Unrecoverable error" and
+its shutdown can hang on the broken connection. Whatever supervises the process (compose's
+`restart: unless-stopped`, systemd, `recall-transcribe up`) only sees an exit, and a hung
+shutdown never exits. So the worker watches its own log for that one line
+(`RestartOnUnrecoverable`, a logging handler because Celery reports it nowhere else) and
+`exec`s itself afresh: same PID, same arguments, nothing to forward signals through. What it
+held is not lost: late acks, the due-set and the inbox re-drive it. A worker stopped by a
+signal just stops. A parent process would add a second process per worker and a signal relay
+for Celery's warm and cold shutdowns, to do what the exec does in one call.
+"""
 
 from __future__ import annotations
 

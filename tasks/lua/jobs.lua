@@ -1,27 +1,36 @@
 -- The job state machine's writes: one atomic command per transition (tasks/states.py has the table,
--- tasks/jobs.py calls these). Each command checks the job's phase against the transition's source
--- phases, which the caller passes from that table, and refuses (returns false) otherwise.
+-- tasks/jobs.py calls these), plus sending steps and the sweeper's claim. A transition checks the
+-- job's phase against its source phases and moves it to a target phase, both passed by the caller
+-- from that table, and refuses (returns false) otherwise. Phases are compared as the strings the
+-- caller passes; this script never spells one out. Every time is Redis's clock (TIME), in seconds.
 --
--- KEYS[1]  the due-set            KEYS[2]  the job's hash ('' for claim)   KEYS[3]  per command
--- ARGV[1]  command                ARGV[2]  now (epoch seconds)
--- ARGV[3]  state-set key prefix   ARGV[4]  job-hash key prefix            ARGV[5]  job id
--- ARGV[6..] per command, below.
--- The state sets (prefix .. state) are written directly: one Redis primary is assumed.
+-- KEYS[1]  the due-set            KEYS[2]  the job's hash ('' for claim and prune)
+-- KEYS[3..] per command
+-- ARGV[1]  command                ARGV[2]  state-set key prefix    ARGV[3]  job-hash key prefix
+-- ARGV[4]  job id                 ARGV[5..] per command, below. A target is two arguments: the
+-- state, then the phase. A delay is seconds from now; '' keeps the due time, 'never' leaves.
+-- The state sets (prefix .. state) and, in claim and prune, the jobs walked are reached through
+-- the prefixes: one Redis primary is assumed.
 
 local due, job = KEYS[1], KEYS[2]
-local command, now, state_prefix, job_prefix, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local command, state_prefix, job_prefix, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 
-local function phase(state, step)
-  if state == 'done' or state == 'failed' then return state end
-  return state .. ':' .. (step or '')
-end
+-- A step's scratch: for its next run only; every transition clears it.
+local SCRATCH = {'quota_ticket', 'listing', 'listing_next', 'listing_at', 'listing_version'}
+-- A transcript event that came before the create answer.
+local EARLY = {'early_event', 'early_transcript_id', 'early_sub_code'}
+-- The step message sent and not yet taken by a worker.
+local SENT = {'sent_seq', 'sent_id', 'sent_step'}
 
--- The job's current phase if it is one of `sources` (comma-separated), else nil.
+local function hdel(key, fields) redis.call('HDEL', key, unpack(fields)) end
+
+-- The job's state if its phase is one of `sources` (comma-separated), else nil.
 local function current_in(sources)
-  local fields = redis.call('HMGET', job, 'state', 'step')
+  local fields = redis.call('HMGET', job, 'state', 'phase')
   if not fields[1] then return nil end
-  local now_phase = phase(fields[1], fields[2])
-  if string.find(',' .. sources .. ',', ',' .. now_phase .. ',', 1, true) then return fields[1] end
+  if string.find(',' .. sources .. ',', ',' .. fields[2] .. ',', 1, true) then return fields[1] end
   return nil
 end
 
@@ -32,28 +41,31 @@ local function set_fields(json)
   end
 end
 
--- Schedule the next look at the job: a time, < 0 to leave the due-set (finished jobs), nil keeps.
-local function schedule(at)
-  if at == nil then return end
-  if at < 0 then redis.call('ZREM', due, id) else redis.call('ZADD', due, at, id) end
+-- When the job is next looked at: `delay` seconds from now, never after its deadline.
+local function schedule(delay)
+  if delay == nil or delay == '' then return end
+  if delay == 'never' then redis.call('ZREM', due, id) return end
+  local at = now + tonumber(delay)
+  local deadline = tonumber(redis.call('HGET', job, 'deadline_at'))
+  if deadline and at > deadline then at = deadline end
+  redis.call('ZADD', due, at, id)
 end
 
--- Enter a state (and step: '' keeps it), moving the job between the state sets. A new phase is
--- progress: the retry budgets start again.
-local function enter(old, state, step, due_at)
-  if state ~= old or (step ~= '' and step ~= redis.call('HGET', job, 'step')) then
-    redis.call('HDEL', job, 'failures')
+-- Enter a phase, moving the job between the state sets. A new phase is progress: the retry
+-- budgets start again, and a step message still on its way is for the old phase (stale).
+local function enter(old, state, phase, delay)
+  if phase ~= redis.call('HGET', job, 'phase') then
+    redis.call('HDEL', job, 'failures', unpack(SENT))
   end
-  redis.call('HSET', job, 'state', state, 'updated_at', ARGV[2])
-  if step ~= '' then redis.call('HSET', job, 'step', step) end
+  redis.call('HSET', job, 'state', state, 'phase', phase, 'updated_at', now)
   redis.call('ZREM', state_prefix .. old, id)
   redis.call('ZADD', state_prefix .. state, now, id)
-  schedule(due_at)
+  schedule(delay)
 end
 
-local function fail(old, error_json)
+local function fail(old, state, phase, error_json)
   redis.call('HSET', job, 'error', error_json)
-  enter(old, 'failed', '', -1)
+  enter(old, state, phase, 'never')
 end
 
 local function transcript_failed(sub_code)
@@ -61,152 +73,223 @@ local function transcript_failed(sub_code)
     message = 'Recall reported the transcript failed (sub_code: ' .. sub_code .. ')'})
 end
 
--- A done transcript: fetch it.
-local function to_fetching(old, lease)
-  enter(old, 'fetching', 'fetch', now + lease)
+-- True when a step message is provably gone: no worker holds it (kombu's unacked hash, by its
+-- delivery tag) and it is not in the queue, because the queue is empty or a message sent after
+-- it has been taken (a Redis list is first in, first out).
+local function lost(seq, task_id, queue, unacked, consumed)
+  if redis.call('HEXISTS', unacked, task_id) == 1 then return false end
+  if (tonumber(redis.call('GET', consumed)) or 0) > tonumber(seq) then return true end
+  return redis.call('LLEN', queue) == 0
 end
 
--- submit. KEYS[3] every job, KEYS[4] the recording's jobs. ARGV[6] fields (JSON), ARGV[7] due at.
--- Returns 1 when created, 0 when the job already exists.
+-- submit. KEYS[3] every job, KEYS[4] the recording's jobs. ARGV[5] fields (JSON), ARGV[6] delay,
+-- ARGV[7] deadline (seconds), ARGV[8..9] target. Returns 1 when created, 0 when it exists.
 if command == 'submit' then
   if redis.call('EXISTS', job) == 1 then return 0 end
-  set_fields(ARGV[6])
-  redis.call('HSET', job, 'state', 'queued', 'step', 'create', 'attempts', '1',
-             'created_at', ARGV[2], 'updated_at', ARGV[2])
+  set_fields(ARGV[5])
+  redis.call('HSET', job, 'attempts', '1', 'created_at', now, 'deadline_at', now + tonumber(ARGV[7]))
   redis.call('ZADD', KEYS[3], now, id)
-  redis.call('ZADD', state_prefix .. 'queued', now, id)
   redis.call('SADD', KEYS[4], id)
-  schedule(tonumber(ARGV[7]))
+  enter(ARGV[8], ARGV[8], ARGV[9], ARGV[6])
   return 1
 end
 
--- move: the plain transitions. ARGV[6] sources, ARGV[7] state ('' stays), ARGV[8] step ('' keeps),
--- ARGV[9] due at ('' keeps, < 0 leaves the due-set), ARGV[10] fields (JSON). Returns the old state.
+-- move: the plain transitions. ARGV[5] sources, ARGV[6..7] target ('' stays), ARGV[8] delay,
+-- ARGV[9] fields (JSON). Returns the old state.
 if command == 'move' then
-  local old = current_in(ARGV[6])
+  local old = current_in(ARGV[5])
   if not old then return false end
-  -- A step's scratch (a reserved quota slot, a listing cut short) is for its next run only.
-  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at',
-             'listing_version')
-  set_fields(ARGV[10])
-  if ARGV[7] ~= '' then
-    enter(old, ARGV[7], ARGV[8], tonumber(ARGV[9]))
-  else
-    schedule(tonumber(ARGV[9]))
-  end
+  hdel(job, SCRATCH)
+  set_fields(ARGV[9])
+  if ARGV[6] ~= '' then enter(old, ARGV[6], ARGV[7], ARGV[8]) else schedule(ARGV[8]) end
   return old
 end
 
 -- created: the create call answered (or a listing found our transcript). KEYS[3] the transcript's
--- owner key. ARGV[6] sources, ARGV[7] transcript id, ARGV[8] first poll at, ARGV[9] lease.
--- Honours a transcript event kept before the answer. Returns the new state.
+-- owner key. ARGV[5] sources, ARGV[6] transcript id, ARGV[7] first poll (delay), ARGV[8] lease,
+-- ARGV[9..10] awaiting, ARGV[11..12] fetching, ARGV[13..14] failed. Honours a transcript event
+-- kept before the answer. Returns the new state.
 if command == 'created' then
-  local old = current_in(ARGV[6])
+  local old = current_in(ARGV[5])
   if not old then return false end
-  local transcript = ARGV[7]
-  redis.call('HDEL', job, 'quota_ticket', 'listing', 'listing_next', 'listing_at',
-             'listing_version')
+  local transcript = ARGV[6]
+  hdel(job, SCRATCH)
   redis.call('SET', KEYS[3], id)
-  redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', ARGV[2],
-             'polls', '0')
-  local early = redis.call('HMGET', job, 'early_event', 'early_transcript_id', 'early_sub_code')
-  redis.call('HDEL', job, 'create_pending', 'create_key_at', 'early_event', 'early_transcript_id',
-             'early_sub_code', 'refusal', 'refused_version')
+  redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', now, 'polls', '0')
+  local early = redis.call('HMGET', job, unpack(EARLY))
+  hdel(job, EARLY)
+  redis.call('HDEL', job, 'create_pending', 'create_key_at', 'refusal', 'refused_version',
+             'remediations')
   if early[2] == transcript and early[1] == 'done' then
-    to_fetching(old, tonumber(ARGV[9]))
-    return 'fetching'
+    enter(old, ARGV[11], ARGV[12], ARGV[8])
+    return ARGV[11]
   end
   if early[2] == transcript and early[1] == 'failed' then
-    fail(old, transcript_failed(early[3]))
-    return 'failed'
+    fail(old, ARGV[13], ARGV[14], transcript_failed(early[3]))
+    return ARGV[13]
   end
-  enter(old, 'awaiting', 'await', tonumber(ARGV[8]))
-  return 'awaiting'
+  enter(old, ARGV[9], ARGV[10], ARGV[7])
+  return ARGV[9]
 end
 
--- transcript: Recall says a transcript finished (webhook or poll). ARGV[6] sources when it is the
--- job's transcript, ARGV[7] sources for keeping it until the create answer, ARGV[8] transcript id,
--- ARGV[9] 'done' or 'failed', ARGV[10] sub_code, ARGV[11] lease.
+-- transcript: Recall says a transcript finished (webhook or poll). ARGV[5] sources when it is the
+-- job's transcript, ARGV[6] sources for keeping it until the create answer, ARGV[7] transcript
+-- id, ARGV[8] 'done' or 'failed', ARGV[9] sub_code, ARGV[10] lease, ARGV[11..12] target.
 -- Returns 'fetching', 'failed', 'kept' or 'ignored'.
 if command == 'transcript' then
-  local transcript = ARGV[8]
+  local transcript = ARGV[7]
   local owned = redis.call('HGET', job, 'transcript_id')
-  local old = current_in(ARGV[6])
+  local old = current_in(ARGV[5])
   if old and owned == transcript then
-    if ARGV[9] == 'done' then
-      to_fetching(old, tonumber(ARGV[11]))
-      return 'fetching'
+    if ARGV[8] == 'done' then
+      enter(old, ARGV[11], ARGV[12], ARGV[10])
+    else
+      fail(old, ARGV[11], ARGV[12], transcript_failed(ARGV[9]))
     end
-    fail(old, transcript_failed(ARGV[10]))
-    return 'failed'
+    return ARGV[11]
   end
-  if current_in(ARGV[7]) and (not owned or owned == transcript) then
-    redis.call('HSET', job, 'early_event', ARGV[9], 'early_transcript_id', transcript,
-               'early_sub_code', ARGV[10])
+  if current_in(ARGV[6]) and (not owned or owned == transcript) then
+    redis.call('HSET', job, EARLY[1], ARGV[8], EARLY[2], transcript, EARLY[3], ARGV[9])
     return 'kept'
   end
   return 'ignored'
 end
 
--- retry: an operator re-runs a failed job from the furthest point known: a known transcript is
--- awaited (or fetched) again, else the create step runs, reconciling first if a create may have
--- happened (create_pending and the create key are kept). ARGV[6] sources. Returns the new state.
-if command == 'retry' then
-  local old = current_in(ARGV[6])
-  if not old then return false end
-  redis.call('HDEL', job, 'error', 'failures', 'last_error', 'quota_ticket')
-  redis.call('HINCRBY', job, 'attempts', 1)
-  redis.call('HSET', job, 'polls', '0')
-  if redis.call('HEXISTS', job, 'transcript_id') == 1 then
-    enter(old, 'awaiting', 'await', now)
-    return 'awaiting'
-  end
-  enter(old, 'queued', 'create', now)
-  return 'queued'
+-- archive: another job's remediation archived this finished job's transcript and will delete it
+-- at Recall. ARGV[5] sources, ARGV[6] transcript id. Returns 1, or false (the job is active again:
+-- the transcript must not be deleted).
+if command == 'archive' then
+  if not current_in(ARGV[5]) then return false end
+  redis.call('HSET', job, 'archived_transcript_id', ARGV[6], 'updated_at', now)
+  return 1
 end
 
--- claim: the sweeper takes the due jobs, pushing each one lease ahead so one sweeper takes it.
--- ARGV[6] limit, ARGV[7] lease, ARGV[8] job-lock key prefix. Returns {id, step, recording, ...};
--- finished or vanished jobs leave the due-set; a job whose step still runs (its lock held, kept
--- alive by a heartbeat) is looked at again when that lock would expire.
-if command == 'claim' then
-  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
+-- retry: an operator re-runs a failed job from the furthest point known: finished from the
+-- archive when another job's remediation archived its transcript, else a known transcript is
+-- awaited (or fetched) again, else the create step runs, reconciling first if a create may have
+-- happened (create_pending and the create key are kept). ARGV[5] sources, ARGV[6..7] queued,
+-- ARGV[8..9] awaiting, ARGV[10..11] done, ARGV[12] deadline (seconds). Returns the new phase.
+if command == 'retry' then
+  local old = current_in(ARGV[5])
+  if not old then return false end
+  hdel(job, SCRATCH)
+  redis.call('HDEL', job, 'error', 'failures', 'last_error', 'remediations')
+  redis.call('HINCRBY', job, 'attempts', 1)
+  redis.call('HSET', job, 'polls', '0', 'deadline_at', now + tonumber(ARGV[12]))
+  local archived = redis.call('HGET', job, 'archived_transcript_id')
+  if archived then
+    redis.call('HSET', job, 'transcript_id', archived)
+    enter(old, ARGV[10], ARGV[11], 'never')
+    return ARGV[11]
+  end
+  if redis.call('HEXISTS', job, 'transcript_id') == 1 then
+    enter(old, ARGV[8], ARGV[9], 0)
+    return ARGV[9]
+  end
+  enter(old, ARGV[6], ARGV[7], 0)
+  return ARGV[7]
+end
+
+-- send: queue step messages, recording each on its job so that it is sent once. KEYS[3] the
+-- queue, KEYS[4] the message counter, KEYS[5] kombu's unacked hash, KEYS[6] the highest number
+-- taken. ARGV[5] 'new' (skip a job whose message for this step is still on its way) or 'redrive'
+-- (the claim checked), then for each message: job id, step, the phases it runs in, task id (also
+-- its delivery tag), message. A job no longer in one of those phases gets nothing. Returns the
+-- task ids sent.
+if command == 'send' then
   local out = {}
-  for _, each in ipairs(ids) do
-    local fields = redis.call('HMGET', job_prefix .. each, 'state', 'step', 'recording_id')
-    local held = redis.call('PTTL', ARGV[8] .. each)
-    if not fields[1] or fields[1] == 'done' or fields[1] == 'failed' then
-      redis.call('ZREM', due, each)
-    elseif held > 0 then
-      redis.call('ZADD', due, now + held / 1000, each)
-    else
-      redis.call('ZADD', due, now + tonumber(ARGV[7]), each)
-      table.insert(out, each)
-      table.insert(out, fields[2])
-      table.insert(out, fields[3])
+  for i = 6, #ARGV, 5 do
+    job = job_prefix .. ARGV[i]
+    local step, task_id = ARGV[i + 1], ARGV[i + 3]
+    if current_in(ARGV[i + 2]) then
+      local sent = redis.call('HMGET', job, unpack(SENT))
+      local on_its_way = ARGV[5] == 'new' and sent[3] == step
+        and not lost(sent[1], sent[2], KEYS[3], KEYS[5], KEYS[6])
+      if not on_its_way then
+        redis.call('HSET', job, SENT[1], redis.call('INCR', KEYS[4]), SENT[2], task_id, SENT[3], step)
+        redis.call('LPUSH', KEYS[3], ARGV[i + 4])
+        table.insert(out, task_id)
+      end
     end
   end
   return out
 end
 
+-- consume: a worker took a step message. KEYS[3] the highest number taken. ARGV[5] its task id.
+-- Returns 1 when it is the job's current message (now taken), 0 for a stale copy.
+if command == 'consume' then
+  local sent = redis.call('HMGET', job, unpack(SENT))
+  if sent[2] ~= ARGV[5] then return 0 end
+  hdel(job, SENT)
+  if tonumber(sent[1]) > (tonumber(redis.call('GET', KEYS[3])) or 0) then
+    redis.call('SET', KEYS[3], sent[1])
+  end
+  return 1
+end
+
+-- nudge: make the job due within ARGV[5] seconds (never later than it already is).
+if command == 'nudge' then
+  redis.call('ZADD', due, 'XX', 'LT', now + tonumber(ARGV[5]), id)
+  return 1
+end
+
+-- claim: the sweeper takes the due jobs, pushing each one lease ahead so one sweeper takes it.
+-- KEYS[3] the queue, KEYS[4] kombu's unacked hash, KEYS[5] the highest message number taken.
+-- ARGV[5] limit, ARGV[6] lease, ARGV[7] job-lock key prefix, ARGV[8] sources of a failure,
+-- ARGV[9..10] failed, ARGV[11] the deadline's error (JSON).
+-- Returns {seconds until the next due job (-1: none), id, phase, recording, ...}: the jobs whose
+-- step must be sent. A finished or vanished job leaves the due-set; a job past its deadline
+-- fails; a job whose step still runs (its lock held, kept alive by a heartbeat) is looked at
+-- again when that lock would expire; a job whose message is still queued or held by a worker is
+-- not sent again until that message is taken or provably lost.
+if command == 'claim' then
+  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+  local lease = tonumber(ARGV[6])
+  local out = {-1}
+  for _, each in ipairs(ids) do
+    id, job = each, job_prefix .. each
+    local f = redis.call('HMGET', job, 'state', 'phase', 'recording_id', 'deadline_at', unpack(SENT))
+    local held = f[1] and redis.call('PTTL', ARGV[7] .. each) or 0
+    if not current_in(ARGV[8]) then
+      redis.call('ZREM', due, each)
+    elseif held > 0 then
+      redis.call('ZADD', due, now + held / 1000, each)
+    elseif f[4] and now >= tonumber(f[4]) then
+      fail(f[1], ARGV[9], ARGV[10], ARGV[11])
+    elseif f[5] and not lost(f[5], f[6], KEYS[3], KEYS[4], KEYS[5]) then
+      redis.call('ZADD', due, now + lease, each)
+    else
+      redis.call('ZADD', due, now + lease, each)
+      table.insert(out, each)
+      table.insert(out, f[2])
+      table.insert(out, f[3])
+    end
+  end
+  local next_due = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+  if next_due[2] then out[1] = tostring(math.max(0, tonumber(next_due[2]) - now)) end
+  return out
+end
+
 -- prune: finished jobs past their retention leave Redis with their index entries (the state
--- sets are scored by when a job entered its state). KEYS[3] every job. ARGV[6] cutoff, ARGV[7]
--- limit, ARGV[8] recording-set prefix, ARGV[9] transcript-owner prefix. Returns how many.
+-- sets are scored by when a job entered its state). KEYS[3] every job. ARGV[5] age (seconds),
+-- ARGV[6] limit, ARGV[7] recording-set prefix, ARGV[8] transcript-owner prefix, ARGV[9..] the
+-- finished states. Returns how many.
 if command == 'prune' then
   local pruned = 0
-  for _, state in ipairs({'done', 'failed'}) do
-    local ids = redis.call('ZRANGEBYSCORE', state_prefix .. state, '-inf', ARGV[6], 'LIMIT', 0,
-                           tonumber(ARGV[7]))
+  for i = 9, #ARGV do
+    local set = state_prefix .. ARGV[i]
+    local ids = redis.call('ZRANGEBYSCORE', set, '-inf', now - tonumber(ARGV[5]), 'LIMIT', 0,
+                           tonumber(ARGV[6]))
     for _, each in ipairs(ids) do
       local hash = job_prefix .. each
       local fields = redis.call('HMGET', hash, 'recording_id', 'transcript_id')
-      if fields[1] then redis.call('SREM', ARGV[8] .. fields[1], each) end
-      if fields[2] and redis.call('GET', ARGV[9] .. fields[2]) == each then
-        redis.call('DEL', ARGV[9] .. fields[2])
+      if fields[1] then redis.call('SREM', ARGV[7] .. fields[1], each) end
+      if fields[2] and redis.call('GET', ARGV[8] .. fields[2]) == each then
+        redis.call('DEL', ARGV[8] .. fields[2])
       end
       redis.call('DEL', hash)
       redis.call('ZREM', KEYS[3], each)
-      redis.call('ZREM', state_prefix .. state, each)
+      redis.call('ZREM', set, each)
       redis.call('ZREM', due, each)
       pruned = pruned + 1
     end

@@ -2,21 +2,25 @@
 
 Credentials, region and endpoint come from boto3's standard environment (`AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`); `S3_ENDPOINT_URL` is an alias
-of the last. A PUT is atomic, and the meta object is written after the data, so `has` (a HEAD of
-the meta) is true only once both are in place. A store that cannot be reached or refuses raises
-`StoreUnavailable` with what S3 said: the step retries, and past its budget the job fails.
+of the last. A PUT is atomic and durable once answered, and the meta object is written after the
+data, so `has` (a HEAD of the meta) is true only once both are in place. A store that cannot be
+reached or refuses raises `StoreUnavailable` with what S3 said: the step retries, and past its
+budget the job fails.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.store import StoreError, meta_bytes, object_name
+from tasks.store.layout import DATA, META, StoreError, meta_bytes, object_name
 
 
 class StoreUnavailable(StoreError):
@@ -39,15 +43,23 @@ class S3Store:
         name = object_name(recording_id, transcript_id, suffix)
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def save(self, recording_id: str, transcript_id: str, data: bytes, meta: dict[str, Any]) -> str:
-        """PUT the data exactly as downloaded, then its meta; returns the data's key."""
-        data_key = self.key(recording_id, transcript_id, ".json")
-        self._put(data_key, data)
-        self._put(self.key(recording_id, transcript_id, ".meta.json"), meta_bytes(meta))
-        return data_key
+    @contextmanager
+    def staging(self) -> Iterator[IO[bytes]]:
+        """An anonymous temporary file: the data is uploaded from it, never held in memory."""
+        with tempfile.TemporaryFile() as handle:
+            yield handle
+
+    def save(
+        self, recording_id: str, transcript_id: str, data: IO[bytes], meta: dict[str, Any]
+    ) -> None:
+        """PUT the data exactly as downloaded, then its meta."""
+        data.flush()
+        data.seek(0)
+        self._put(self.key(recording_id, transcript_id, DATA), data)
+        self._put(self.key(recording_id, transcript_id, META), meta_bytes(meta))
 
     def has(self, recording_id: str, transcript_id: str) -> bool:
-        meta_key = self.key(recording_id, transcript_id, ".meta.json")
+        meta_key = self.key(recording_id, transcript_id, META)
         try:
             self._client.head_object(Bucket=self.bucket, Key=meta_key)
         except ClientError as exc:
@@ -58,7 +70,7 @@ class S3Store:
             raise self._unavailable("HEAD", meta_key, exc) from None
         return True
 
-    def _put(self, key: str, body: bytes) -> None:
+    def _put(self, key: str, body: bytes | IO[bytes]) -> None:
         try:
             self._client.put_object(
                 Bucket=self.bucket, Key=key, Body=body, ContentType="application/json"

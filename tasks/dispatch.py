@@ -1,0 +1,87 @@
+"""Starting jobs and sending their steps: the one way in for the pipeline, the receiver, the CLI
+and other services' Celery messages.
+
+A step is sent as a hand-built Celery message (tasks/messages.py) by one Lua command that records
+it on its job (tasks/jobs.py `send`): a job gets one message per step on its way, never a second
+copy while the first waits in the queue, however long the backlog.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.jobs import Due, JobStore, Message
+from tasks.messages import step_message
+from tasks.states import State, Step
+
+
+class Dispatcher:
+    """Submits jobs (filling in the default provider) and sends the steps they are due for."""
+
+    def __init__(self, jobs: JobStore, default_provider: dict[str, Any]) -> None:
+        self.jobs = jobs
+        self.default_provider = default_provider
+
+    def __call__(self, step: Step, job_id: str, recording_id: str) -> None:
+        """Send `step` for the job, unless its message for that step is already on its way."""
+        self.jobs.send([_message(step, job_id, recording_id)])
+
+    def redrive(self, due: list[Due]) -> int:
+        """Send the steps the sweeper found due (it checked that none is on its way)."""
+        messages = [_message(d.step, d.job_id, d.recording_id) for d in due]
+        return len(self.jobs.send(messages, redrive=True)) if messages else 0
+
+    def provider(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """The provider configuration a job uses: the one given, else TRANSCRIPT_PROVIDER."""
+        return given or self.default_provider
+
+    def submit(
+        self,
+        recording_id: str,
+        provider: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Start a job unless one exists for the key, and send its create; (job id, created).
+        Without a key the job is the recording's, the one its `recording.done` starts."""
+        job_id, created = self.jobs.submit(
+            recording_id, self.provider(provider), metadata, idempotency_key
+        )
+        if created:
+            self(Step.CREATE, job_id, recording_id)
+        return job_id, created
+
+    def retry(self, job_id: str) -> bool:
+        """Re-run a failed job from the furthest point known and send that step; False when
+        the job is not failed."""
+        phase = self.jobs.retry(job_id)
+        job = self.jobs.record(job_id)
+        if phase is None or job is None:
+            return False
+        if phase.step is not None:
+            self(phase.step, job_id, job.recording_id)
+        return True
+
+    def retry_failed(
+        self,
+        *,
+        error_code: str | None = None,
+        recording_id: str | None = None,
+        created_after: float | None = None,
+    ) -> int:
+        """Re-run every failed job that matches, each from the furthest point known; returns how
+        many. They become due at once and the sweepers send them on: a large replay is paced by
+        Recall's quotas like any burst, and creates no transcript twice."""
+        retried = 0
+        for job in self.jobs.records(State.FAILED, recording_id):
+            if error_code is not None and (job.error is None or job.error.code != error_code):
+                continue
+            if created_after is not None and job.created_at < created_after:
+                continue
+            retried += self.jobs.retry(job.id) is not None
+        return retried
+
+
+def _message(step: Step, job_id: str, recording_id: str) -> Message:
+    body, task_id = step_message(step, job_id, recording_id)
+    return Message(job_id, step, task_id, body)

@@ -1,0 +1,169 @@
+"""Every way a call to Recall can fail, typed, translated from HTTP at one boundary.
+
+RecallError
+ +-- RetryableError           try again later (a create keeps its Idempotency-Key)
+ |    +-- RateLimited         429, carries Retry-After: wait, never a failure
+ |    |    +-- Throttled      our own pacing, no call made: a slot later (a ticket), or paused
+ |    +-- Unavailable         409 (same key still running), 5xx, no connection
+ |    +-- OutcomeUnknown      timeout or reset after sending: the call may have happened
+ |    +-- DownloadExpired     the pre-signed URL was refused (403): retrieve again for a new one
+ |    +-- DownloadTimeout     the whole download took longer than RECALL_DOWNLOAD_TIMEOUT_S
+ +-- FinalError               trying again will not help
+      +-- BadRequest          400 (the body says why; may be the 10-transcripts limit)
+      +-- Unauthorized        401
+      +-- Rejected            402 (credit), 403 (firewall), other 4xx
+      +-- NotFound            404
+      +-- DownloadRefused     a download_url not allowed (plain http) or too large
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+from tasks.outcomes import ErrorCode
+from tasks.recall.limiter import Ticket
+
+
+class RecallError(Exception):
+    """Any failed call to Recall; `code` is what a user reads in the job's error."""
+
+    code = ErrorCode.RECALL_UNAVAILABLE
+
+    def __init__(self, message: str, status: int | None = None, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.sent = sent  # False: the request never reached Recall
+
+
+class RetryableError(RecallError):
+    """The call may succeed later."""
+
+    code = ErrorCode.RECALL_UNAVAILABLE
+    retry_after: float | None = None
+
+
+class RateLimited(RetryableError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
+class Throttled(RateLimited):
+    """No call was made: the family's next slot is `retry_after` away (reserved: `ticket`)."""
+
+    def __init__(self, message: str, retry_after: float, ticket: Ticket | None) -> None:
+        super().__init__(message, retry_after)
+        self.status, self.sent = None, False
+        self.ticket = ticket
+
+
+class Unavailable(RetryableError):
+    code = ErrorCode.RECALL_UNAVAILABLE
+
+
+class OutcomeUnknown(RetryableError):
+    code = ErrorCode.RECALL_UNREACHABLE
+
+
+class DownloadExpired(RetryableError):
+    code = ErrorCode.DOWNLOAD_EXPIRED
+
+
+class DownloadTimeout(RetryableError):
+    code = ErrorCode.DOWNLOAD_TIMEOUT
+
+
+class FinalError(RecallError):
+    """Trying again with the same request will not help."""
+
+    code = ErrorCode.RECALL_REJECTED
+
+
+class BadRequest(FinalError):
+    code = ErrorCode.RECALL_REJECTED
+
+
+class Unauthorized(FinalError):
+    code = ErrorCode.RECALL_UNAUTHORIZED
+
+
+class Rejected(FinalError):
+    code = ErrorCode.RECALL_REJECTED
+
+
+class NotFound(FinalError):
+    code = ErrorCode.NOT_FOUND
+
+
+class DownloadRefused(FinalError):
+    code = ErrorCode.DOWNLOAD_REFUSED
+
+
+def may_have_changed(error: RecallError) -> bool:
+    """True unless the error proves the call changed nothing at Recall: it was never sent (our
+    pacing, no connection), or Recall answered a definite 4xx or 429."""
+    return error.sent and not isinstance(error, RateLimited | FinalError)
+
+
+def retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def error_for(response: requests.Response, what: str) -> RecallError:
+    """Map an HTTP error answer to the typed error tree."""
+    status = response.status_code
+    detail = response.text[:300].strip() or response.reason
+    message = f"{what}: HTTP {status}: {detail}"
+    if status == 429:
+        return RateLimited(message, retry_after(response))
+    if status == 409 or status >= 500:
+        error = Unavailable(message, status)
+        error.retry_after = retry_after(response)
+        return error
+    if status == 400:
+        return BadRequest(message, status)
+    if status == 401:
+        return Unauthorized(f"{what}: HTTP 401: Recall refused the API key", status)
+    if status == 404:
+        return NotFound(message, status)
+    return Rejected(message, status)
+
+
+def error_for_exception(exc: requests.RequestException, method: str, what: str) -> RecallError:
+    """Map a failed call (no answer) to the typed error tree: was it sent?"""
+    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ConnectTimeout):
+        if _never_sent(exc):
+            return Unavailable(f"{what}: cannot connect to Recall", sent=False)
+        if method != "POST":
+            return Unavailable(f"{what}: connection lost before Recall answered")
+        return OutcomeUnknown(f"{what}: connection lost before Recall answered")
+    if isinstance(exc, requests.ConnectTimeout):
+        return Unavailable(f"{what}: cannot connect to Recall", sent=False)
+    if isinstance(exc, requests.Timeout):
+        return OutcomeUnknown(f"{what}: Recall did not answer in time")
+    return OutcomeUnknown(f"{what}: {type(exc).__name__}")
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """True when the connection failed before the request could reach Recall."""
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    # NameResolutionError is a NewConnectionError: no connection, nothing sent.
+    return isinstance(cause, NewConnectionError | ConnectTimeoutError)

@@ -1,0 +1,167 @@
+"""Fleet-wide pacing of Recall's API, shared by every worker through Redis.
+
+Recall's quotas are sliding windows per endpoint family (List 60/min per workspace, Retrieve
+300/min, Create 5/min per bot, ...): they, not our CPU, bound the pipeline. Each family keeps
+Recall's own window on our side (limiter.lua), on Redis's clock, a small margin wider so that
+calls reaching Recall a little out of step still fit. A caller always gets a slot: now, or a
+reservation later that it redeems when it comes back (a `Ticket`), so waiting jobs queue instead
+of stampeding. A redeemed slot is counted when the call really goes (a job may come back late),
+and a ticket never outlives a pause: a 429 pauses its family for the whole fleet until the
+latest Retry-After any worker was given. Why this and not a library: `bench/limiter.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from typing import cast
+
+import redis
+
+from tasks import keys
+
+
+class Family(StrEnum):
+    CREATE = "create"  # per recording (Recall: per bot; a bot records one recording)
+    RETRIEVE = "retrieve"
+    LIST = "list"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` calls in any window of `seconds`."""
+
+    count: int
+    seconds: float
+
+    @property
+    def margin(self) -> float:
+        """How much wider our window is than Recall's: room for calls that arrive out of step."""
+        return min(0.5, self.seconds * 0.05)
+
+
+# Recall's documented quotas (list, retrieve, create); delete is not documented: as list.
+DEFAULT_RATES = {
+    Family.CREATE: Rate(5, 60),
+    Family.RETRIEVE: Rate(300, 60),
+    Family.LIST: Rate(60, 60),
+    Family.DELETE: Rate(60, 60),
+}
+_RATE = re.compile(r"^\s*(create|retrieve|list|delete)\s*=\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def parse_rates(text: str) -> dict[Family, Rate] | None:
+    """`create=N/SECONDS,retrieve=...` (any subset; the rest keep Recall's), or `none` for no
+    pacing at all (an emulator without quotas). Raises ValueError with a readable reason."""
+    if text.strip().lower() == "none":
+        return None
+    rates = dict(DEFAULT_RATES)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = _RATE.match(part)
+        if match is None:
+            raise ValueError(
+                f"{part!r} is not FAMILY=COUNT/SECONDS (families: create, retrieve, list, delete)"
+            )
+        count, seconds = int(match[2]), float(match[3])
+        if count < 1 or seconds <= 0:
+            raise ValueError(f"{part!r}: the count and the seconds must be positive")
+        rates[Family(match[1])] = Rate(count, seconds)
+    return rates
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A slot reserved in a family's window, for a call on a later run."""
+
+    family: Family
+    scope: str
+    member: str
+
+    def dump(self) -> str:
+        return json.dumps([self.family, self.scope, self.member])
+
+    @classmethod
+    def load(cls, text: str) -> Ticket:
+        family, scope, member = json.loads(text)
+        return cls(Family(family), scope, member)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """When a call may go: after `wait` seconds, in the slot `ticket` holds; no ticket means
+    the family is paused (a 429) for `wait` seconds and nothing was reserved."""
+
+    wait: float
+    ticket: Ticket | None
+
+
+@dataclass
+class Quota:
+    """What one run of a step holds of the quotas: the slot reserved for it on an earlier run,
+    until the call it was reserved for takes it. Passed to every call the step makes."""
+
+    ticket: Ticket | None = None
+
+    def take(self, family: Family, scope: str) -> Ticket | None:
+        ticket = self.ticket
+        if ticket is None or (ticket.family, ticket.scope) != (family, scope):
+            return None
+        self.ticket = None
+        return ticket
+
+
+class Limiter:
+    """Paces each family fleet-wide; one per process."""
+
+    def __init__(self, client: redis.Redis, rates: dict[Family, Rate], inline_s: float) -> None:
+        self._redis = client
+        self._rates = rates
+        self._inline_ms = round(inline_s * 1000)
+        script = resources.files("tasks.recall").joinpath("limiter.lua").read_text()
+        self._script = client.register_script(script)
+
+    def acquire(self, family: Family, scope: str = "") -> Slot:
+        """Take the family's next slot (now or later)."""
+        return self._slot(family, scope, self._run("acquire", family, scope))
+
+    def redeem(self, ticket: Ticket) -> Slot:
+        """The slot `ticket` reserved: still ahead, moved to the earliest moment the call fits
+        now that it is due, or, while the family is paused, given back."""
+        answer = self._run("redeem", ticket.family, ticket.scope, ticket.member, self._inline_ms)
+        return self._slot(ticket.family, ticket.scope, answer)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back a slot no call used."""
+        self._run("release", ticket.family, ticket.scope, ticket.member)
+
+    def pause(self, family: Family, scope: str, seconds: float) -> None:
+        """Recall said 429: no one calls this family until `seconds` have passed (or until a
+        longer pause already set ends)."""
+        self._run("pause", family, scope, max(1, round(seconds * 1000)))
+
+    def _run(self, command: str, family: Family, scope: str, *args: str | int) -> object:
+        rate = self._rates[family]
+        return self._script(
+            keys=[
+                keys.rate(family, scope),
+                keys.rate_pause(family, scope),
+                keys.rate_seq(family, scope),
+            ],
+            args=[
+                command,
+                rate.count,
+                round(rate.seconds * 1000),
+                round(rate.margin * 1000),
+                *args,
+            ],
+        )
+
+    @staticmethod
+    def _slot(family: Family, scope: str, answer: object) -> Slot:
+        wait_ms, member = cast(tuple[int, bytes], answer)
+        name = member.decode()
+        return Slot(wait_ms / 1000, Ticket(family, scope, name) if name else None)

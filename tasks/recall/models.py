@@ -1,0 +1,59 @@
+"""The objects Recall answers with, parsed with pydantic at the edge; unknown fields are kept
+(Recall adds fields over time)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+
+class TranscriptStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+    sub_code: str | None = None
+
+
+class TranscriptData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    download_url: str | None = None
+
+
+class RecordingRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+
+
+class Transcript(BaseModel):
+    """The transcript object, kept verbatim (`raw`) for persisting."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    recording: RecordingRef | None = None
+    created_at: datetime | None = None
+    status: TranscriptStatus
+    data: TranscriptData | None = None
+    metadata: dict[str, Any] | None = None
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> Transcript:
+        """Parse an API answer and keep it verbatim for persisting."""
+        transcript = cls.model_validate(raw)
+        transcript._raw = raw
+        return transcript
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return self._raw
+
+    @property
+    def download_url(self) -> str | None:
+        return self.data.download_url if self.data else None
+
+    @property
+    def job_id(self) -> str | None:
+        """The job of ours this transcript is tagged with (its metadata), if any."""
+        owner = (self.metadata or {}).get("job_id")
+        return str(owner) if owner else None

@@ -1,0 +1,44 @@
+"""The store's layout, shared by every kind: `{recording_id}/{transcript_id}{suffix}`.
+
+Ids become file and object names, so only safe ones are accepted: a letter or digit, then up to
+127 letters, digits, `_`, `.` or `-`, never `..`, and never ending in `.meta` (the data of
+`x.meta` would be `x`'s meta file).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+DATA = ".json"
+META = ".meta.json"
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class StoreError(Exception):
+    """The store could not take a transcript (the message says why)."""
+
+
+class UnsafeName(StoreError):
+    """An id that cannot name a file or object safely: retrying will not help."""
+
+
+def safe(value: str) -> str:
+    """`value` if it is safe as (part of) a name in any store, else `UnsafeName`."""
+    if (
+        not _SAFE_ID.fullmatch(value)
+        or ".." in value
+        or value.lower().endswith(META.removesuffix(DATA))
+    ):
+        raise UnsafeName(f"unsafe id for a file name: {value!r}")
+    return value
+
+
+def object_name(recording_id: str, transcript_id: str, suffix: str) -> str:
+    """`{recording_id}/{transcript_id}{suffix}`, both ids checked safe."""
+    return f"{safe(recording_id)}/{safe(transcript_id)}{suffix}"
+
+
+def meta_bytes(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, indent=2, sort_keys=True).encode()
