@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench bench-smoke
+.PHONY: install run test test-fast lint bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+test-fast: install  # the unit and Redis tiers: the loop to live in (under a minute)
+	$(BIN)/pytest -m "not system" -q --hypothesis-profile fast
 
 lint: install
 	$(BIN)/ruff check .

@@ -30,6 +30,8 @@ SIZES = {
         "limiter_calls": 600,
         "quota_recordings": 1000,
         "crash_runs": 3,
+        "faulty_burst": 102,
+        "backlog": 150,
     },
     "smoke": {
         "ingest_s": 1,
@@ -41,9 +43,21 @@ SIZES = {
         "limiter_calls": 80,
         "quota_recordings": 30,
         "crash_runs": 1,
+        "faulty_burst": 20,
+        "backlog": 20,
     },
 }
-BENCHES = ("ingest", "throughput", "awaiting", "scaling", "latency", "limiter", "quotas")
+BENCHES = (
+    "ingest",
+    "throughput",
+    "awaiting",
+    "scaling",
+    "latency",
+    "limiter",
+    "quotas",
+    "faulty_burst",
+    "backlog",
+)
 
 
 def main() -> int:
@@ -170,6 +184,14 @@ def _quotas(work: Path, size: dict[str, Any], profile: bool) -> Any:
     }
 
 
+def _faulty_burst(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return quotas.faulty_burst(work, size["faulty_burst"], 1 / 10)
+
+
+def _backlog(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return quotas.backlog(work, size["backlog"])
+
+
 RUNNERS = {
     "ingest": _ingest,
     "throughput": _throughput,
@@ -178,6 +200,8 @@ RUNNERS = {
     "latency": _latency,
     "limiter": _limiter,
     "quotas": _quotas,
+    "faulty_burst": _faulty_burst,
+    "backlog": _backlog,
 }
 
 if __name__ == "__main__":

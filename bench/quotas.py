@@ -69,3 +69,89 @@ def _crash_once(workdir: Path, recording_id: str) -> float:
         return round(time.monotonic() - killed, 1)
     finally:
         system.stop()
+
+
+TIGHT = "create=5/60,retrieve=40/60,list=12/60,delete=12/60"
+
+
+def faulty_burst(workdir: Path, recordings: int, scale: float) -> dict[str, Any]:
+    """The outside review's burst: `recordings` at once on two workers, the quotas known to the
+    fleet (a workspace tight enough that Retrieve binds: 40/min, x `scale`), a fifth of the
+    transcript webhooks dropped (those jobs poll) and a tenth of the create answers lost. How
+    many calls Recall refused (429), by family."""
+    system = start_system(
+        workdir,
+        workers=2,
+        quotas=TIGHT,
+        quota_scale=scale,
+        RECALL_POLL_INITIAL_S=str(max(1.0, 60 * scale / 2)),
+        RECALL_POLL_MAX_S=str(max(2.0, 60 * scale)),
+    )
+    try:
+        ids = [f"fb-{index}" for index in range(recordings)]
+        system.add_recordings(ids)
+        system.fault({"target": "webhook", "action": "drop", "probability": 0.2, "times": -1})
+        system.fault(
+            {"target": "create", "action": "lose_response", "probability": 0.1, "times": -1}
+        )
+        started = time.monotonic()
+        post_recording_done(system, ids)
+        wait_for(lambda: system.count("done") >= recordings, 300 + recordings, "all persisted")
+        seconds = time.monotonic() - started
+        stats = system.emulator_stats()
+    finally:
+        system.stop()
+    calls = {f: stats["calls"].get(f, 0) for f in FAMILIES}
+    throttled = {f: stats["throttled"].get(f, 0) for f in FAMILIES}
+    return {
+        "recordings": recordings,
+        "seconds to all persisted": round(seconds, 1),
+        "calls": {f: n for f, n in calls.items() if n},
+        "refused (429)": {f: n for f, n in throttled.items() if n},
+        "refused share": round(sum(throttled.values()) / max(1, sum(calls.values())), 4),
+        "retrieve refused share": round(throttled["retrieve"] / max(1, calls["retrieve"]), 4),
+    }
+
+
+def backlog(workdir: Path, jobs: int) -> dict[str, Any]:
+    """Item 6 of issue 13: `jobs` jobs submitted at once on one worker with 2 threads, every
+    Recall call taking 250 ms, so the queue waits far longer than a lease (15 s): Recall calls
+    and the deepest pipeline queue, per job."""
+    from tasks.names import PIPELINE_QUEUE
+
+    system = start_system(workdir, concurrency=2, latency_s=0.25, RECALL_POLL_INITIAL_S="600")
+    try:
+        ids = [f"bl-{index}" for index in range(jobs)]
+        system.add_recordings(ids)
+        client, deepest = system.redis, 0
+        started = time.monotonic()
+        for index in range(0, jobs, 50):
+            for recording_id in ids[index : index + 50]:
+                _submit(system, recording_id)
+        while system.count("done") < jobs:
+            if time.monotonic() - started > 120 + 5 * jobs:
+                raise TimeoutError("the backlog did not drain")
+            deepest = max(deepest, int(client.llen(PIPELINE_QUEUE)))
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        calls = system.emulator_stats()["calls"]
+    finally:
+        system.stop()
+    return {
+        "jobs": jobs,
+        "seconds to all persisted": round(seconds, 1),
+        "creates per job": round(calls.get("create", 0) / jobs, 3),
+        "retrieves per job": round(calls.get("retrieve", 0) / jobs, 3),
+        "deepest queue per job": round(deepest / jobs, 3),
+    }
+
+
+def _submit(system: Any, recording_id: str) -> None:
+    import requests
+
+    requests.post(
+        f"{system.receiver_url}/api/v1/jobs",
+        json={"recording_id": recording_id},
+        headers={"Authorization": "Bearer bench-token"},
+        timeout=10,
+    ).raise_for_status()

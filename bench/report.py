@@ -163,6 +163,25 @@ def render(results: dict[str, Any]) -> str:
         out += ["", "A worker SIGKILLed mid-download, a fresh one started at once:", ""]
         out += [f"- {k}: {v}" for k, v in results["quotas"]["crash"].items()]
         out += [""]
+    if "faulty_burst" in results:
+        out += ["### 8. A burst with faults, quotas known to the fleet", ""]
+        out += [
+            "Two workers; a workspace whose Retrieve quota binds (40/min, windows x 0.1); a fifth",
+            "of the transcript webhooks dropped (those jobs poll), a tenth of the create answers",
+            "lost. What Recall refused (429):",
+            "",
+        ]
+        out += [f"- {k}: {v}" for k, v in results["faulty_burst"].items()]
+        out += [""]
+    if "backlog" in results:
+        out += ["### 9. A backlog longer than a lease", ""]
+        out += [
+            "Jobs submitted at once to one worker with 2 threads, every Recall call 250 ms: the",
+            "queue waits many leases (15 s). Each step must be sent once:",
+            "",
+        ]
+        out += table({"backlog": results["backlog"]}, "")
+        out += [""]
     return "\n".join(out)
 
 

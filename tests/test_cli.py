@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import System
 
+pytestmark = pytest.mark.system  # every test here runs `recall-transcribe` as a process
+
 
 def run(
     args: list[str], env: dict[str, str], timeout: float = 60

@@ -15,6 +15,8 @@ import requests
 
 from tests.helpers import free_port, http_ready, wait_for
 
+pytestmark = pytest.mark.system  # every test here runs `recall-transcribe` as a process
+
 
 def ignoring_sigint() -> None:
     """As a shell script's background job starts: SIGINT ignored from the start."""
