@@ -47,7 +47,7 @@ def test_a_burst_of_recordings_under_recalls_quotas_is_paced_not_failed(
         if index % 20 == 0:  # at the limit: remediation lists and deletes
             emulator.seed(recording_id, 10, "done")
     emulator.fault(target="create", action="lose_response", probability=0.1, times=-1)
-    emulator.fault(target="webhook", action="drop", probability=0.1, times=-1)
+    emulator.fault(target="webhook", action="drop", probability=0.2, times=-1)
 
     url = f"{system.receiver_url}/webhooks/recall"
 
@@ -71,4 +71,4 @@ def test_a_burst_of_recordings_under_recalls_quotas_is_paced_not_failed(
     calls = sum(stats["calls"].get(family, 0) for family in api)
     throttled = sum(stats["throttled"].values())
     print(json.dumps({"calls": stats["calls"], "throttled": stats["throttled"]}))
-    assert throttled <= 0.05 * calls
+    assert throttled <= 0.01 * calls  # Recall refuses almost nothing: we pace within its window
