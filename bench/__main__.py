@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, limiter, pipeline, quotas
+from bench import callbacks, ingest, limiter, pipeline, quotas
 from bench.report import render, write_section
 
 SIZES = {
@@ -32,6 +32,9 @@ SIZES = {
         "crash_runs": 3,
         "faulty_burst": 102,
         "backlog": 150,
+        "callback_latency": 100,
+        "callback_deliveries": 2000,
+        "callback_down": (1000, 30.0),
     },
     "smoke": {
         "ingest_s": 1,
@@ -45,6 +48,9 @@ SIZES = {
         "crash_runs": 1,
         "faulty_burst": 20,
         "backlog": 20,
+        "callback_latency": 5,
+        "callback_deliveries": 50,
+        "callback_down": (20, 2.0),
     },
 }
 BENCHES = (
@@ -57,6 +63,7 @@ BENCHES = (
     "quotas",
     "faulty_burst",
     "backlog",
+    "callbacks",
 )
 
 
@@ -192,6 +199,15 @@ def _backlog(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return quotas.backlog(work, size["backlog"])
 
 
+def _callbacks(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    jobs, down_s = size["callback_down"]
+    return {
+        "latency": callbacks.latency(work / "latency", size["callback_latency"]),
+        "throughput": callbacks.throughput(work / "throughput", size["callback_deliveries"]),
+        "receiver down": callbacks.receiver_down(work / "down", jobs, down_s),
+    }
+
+
 RUNNERS = {
     "ingest": _ingest,
     "throughput": _throughput,
@@ -202,6 +218,7 @@ RUNNERS = {
     "quotas": _quotas,
     "faulty_burst": _faulty_burst,
     "backlog": _backlog,
+    "callbacks": _callbacks,
 }
 
 if __name__ == "__main__":

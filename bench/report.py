@@ -182,6 +182,16 @@ def render(results: dict[str, Any]) -> str:
         ]
         out += table({"backlog": results["backlog"]}, "")
         out += [""]
+    if "callbacks" in results:
+        cb = results["callbacks"]
+        out += ["### 10. Callbacks", ""]
+        out += ["One job at a time, its callback to a receiver on loopback:", ""]
+        out += table({"latency": cb["latency"]}, "")
+        out += ["", "Deliveries due at once, one worker process, one receiver:", ""]
+        out += table({"throughput": cb["throughput"]}, "")
+        out += ["", "A receiver down while the jobs finish, then back:", ""]
+        out += [f"- {k}: {v}" for k, v in cb["receiver down"].items()]
+        out += [""]
     return "\n".join(out)
 
 

@@ -1,4 +1,5 @@
-"""`recall-transcribe SUBCOMMAND`: receiver, worker, flower, emulator, up, enqueue, jobs, events."""
+"""`recall-transcribe SUBCOMMAND`: receiver, worker, flower, emulator, up, enqueue, jobs, events,
+callbacks."""
 
 from __future__ import annotations
 
@@ -75,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish")
     enqueue.add_argument("--timeout", type=float, default=None, help="give up waiting after (s)")
 
-    jobs = sub.add_parser("jobs", help="list, show or retry jobs")
-    jobs.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
+    jobs = sub.add_parser("jobs", help="list, show or retry jobs, or print a job's transcript")
+    jobs.add_argument(
+        "action", nargs="?", choices=("list", "show", "retry", "transcript"), default="list"
+    )
     jobs.add_argument("job_id", nargs="?")
     jobs.add_argument("--state", default=None, choices=[state.value for state in State])
     jobs.add_argument("--recording-id", default=None)
@@ -88,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     jobs.add_argument(
         "--created-after", default=None, help="retry --failed: only jobs created after (ISO 8601)"
+    )
+    jobs.add_argument(
+        "--format", default="json", choices=("json", "text", "srt", "vtt"), help="transcript"
+    )
+
+    callbacks = sub.add_parser("callbacks", help="callbacks whose every attempt failed")
+    callbacks.add_argument("action", choices=("retry",))
+    callbacks.add_argument(
+        "--failed", action="store_true", required=True, help="every delivery that gave up"
     )
 
     events = sub.add_parser("events", help="webhook events no worker could apply")
@@ -239,6 +251,8 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
     if not args.job_id:
         print(f"recall-transcribe: jobs {args.action} needs a JOB_ID", file=sys.stderr)
         return 2
+    if args.action == "transcript":
+        return _transcript(jobs, args.job_id, args.format)
     if args.action == "retry" and not dispatch.retry(args.job_id):
         print(f"job {args.job_id} is not a failed job", file=sys.stderr)
         return 1
@@ -288,18 +302,52 @@ def _retry_failed(dispatch: Dispatcher, args: argparse.Namespace) -> int:
     return 0
 
 
+def _transcript(jobs: JobStore, job_id: str, fmt: str) -> int:
+    """Print the job's persisted transcript in `fmt`."""
+    from tasks.formats import Format, UnreadableTranscript, render
+    from tasks.states import State
+    from tasks.store import open_store
+
+    job = jobs.get(job_id)
+    if job is None:
+        print(f"no job {job_id}", file=sys.stderr)
+        return 1
+    if job.state != State.DONE or job.transcript_id is None:
+        print(f"job {job_id} is {job.state}: no transcript persisted", file=sys.stderr)
+        return 1
+    settings = load_settings()
+    store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
+    try:
+        text = render(store.read(job.recording_id, job.transcript_id), Format(fmt))
+    except FileNotFoundError:
+        print(f"transcript {job.transcript_id} is not in the store", file=sys.stderr)
+        return 1
+    except UnreadableTranscript as exc:
+        print(f"transcript {job.transcript_id}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(text)
+    sys.stdout.flush()
+    return 0
+
+
+def _callbacks(_: argparse.Namespace, __: list[str]) -> int:
+    """Start again the deliveries whose every attempt failed."""
+    from tasks.callbacks.deliveries import Deliveries
+    from tasks.connection import redis_client
+
+    settings = load_settings()
+    deliveries = Deliveries.from_settings(redis_client(settings), settings)
+    print(f"{deliveries.retry_failed()} failed callback(s) will be sent again")
+    return 0
+
+
 def _events(args: argparse.Namespace, _: list[str]) -> int:
     """List the dead letters (event id, type, recording), or replay them all."""
     from tasks.connection import redis_client
     from tasks.inbox import Inbox
 
     settings = load_settings()
-    inbox = Inbox(
-        redis_client(settings),
-        settings.INBOX_RESEND_S,
-        settings.WEBHOOK_DEDUPE_TTL_S,
-        settings.INBOX_MAX_DELIVERIES,
-    )
+    inbox = Inbox.from_settings(redis_client(settings), settings)
     if args.replay:
         print(f"{inbox.replay_dead()} dead event(s) sent again")
         return 0
@@ -331,4 +379,5 @@ COMMANDS = {
     "enqueue": _enqueue,
     "jobs": _jobs,
     "events": _events,
+    "callbacks": _callbacks,
 }

@@ -141,6 +141,9 @@ def _development_values(settings: Settings, ports: Ports, env: dict[str, str]) -
     if settings.FLOWER_BASIC_AUTH is None:
         env["FLOWER_BASIC_AUTH"] = f"dev:{secrets.token_hex(8)}"
         generated.add("FLOWER_BASIC_AUTH")
+    if settings.CALLBACK_SECRET is None:
+        env["CALLBACK_SECRET"] = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+        generated.add("CALLBACK_SECRET")
     return generated
 
 
@@ -189,6 +192,10 @@ def _banner(settings: Settings, ports: Ports, env: dict[str, str], generated: se
     ]
     if "RECALL_WEBHOOK_SECRET" in generated:
         lines.append(f"  webhook secret (generated) {env['RECALL_WEBHOOK_SECRET']}")
+    if "CALLBACK_SECRET" in generated:
+        lines.append(
+            f"  callback secret (generated; callbacks are signed with it) {env['CALLBACK_SECRET']}"
+        )
     if generated:
         names = ", ".join(sorted(generated))
         lines.append(f"  generated for this run only: {names} (set them in .env to keep them)")

@@ -13,12 +13,14 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from receiver import jobs_api, webhooks
 from receiver.auth import bearer_is_one_of
 from receiver.openapi import openapi_document
+from tasks.callbacks.guard import Guard
 from tasks.connection import redis_client
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
 from tasks.metrics import Metrics, RedisCollector
 from tasks.settings import ConfigError, Settings
+from tasks.store import open_store
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -33,15 +35,14 @@ def create_app(settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     client = redis_client(settings)
     app.extensions["verifier"] = webhooks.Verifier(settings.webhook_secrets)
-    app.extensions["inbox"] = Inbox(
-        client,
-        settings.INBOX_RESEND_S,
-        settings.WEBHOOK_DEDUPE_TTL_S,
-        settings.INBOX_MAX_DELIVERIES,
-    )
+    app.extensions["inbox"] = Inbox.from_settings(client, settings)
     jobs = JobStore(client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
+    guard = Guard(settings.callback_networks) if settings.CALLBACK_SECRET else None
     app.extensions["jobs_api"] = jobs_api.JobsApi(
-        Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER), settings.api_tokens
+        Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER),
+        settings.api_tokens,
+        open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL),
+        guard,
     )
     app.extensions["metrics"] = Metrics(client)
     app.register_blueprint(webhooks.bp)

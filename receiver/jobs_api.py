@@ -22,15 +22,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     WithJsonSchema,
 )
 
 from receiver.auth import bearer_is_one_of
+from tasks.callbacks.guard import Guard, Refused
 from tasks.dispatch import Dispatcher
+from tasks.formats import Format, UnreadableTranscript, render
 from tasks.jobs import Job
 from tasks.outcomes import ErrorCode
 from tasks.states import State
+from tasks.store import Store
 
 RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # Text without control characters (tab, newline and carriage return allowed in values).
@@ -39,6 +43,14 @@ KEY = r"^[^\x00-\x1f\x7f]+$"
 HEADER_KEY = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, as headers carry
 DIGITS = re.compile(r"[0-9]{1,9}")
 MAX_KEY = 200
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME = rf"(?:{_LABEL}\.)*{_LABEL}"  # a host name, or an IPv4 address
+_PORTS = r"6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}"
+_PORT = rf"(?::(?:{_PORTS}))?"  # 1 to 65535
+_PATH = r"(?:[/?#][\x21-\x7e]*)?"  # printable ASCII, no spaces
+URL = rf"^https?://(?:{_NAME}|\[[0-9A-Fa-f:.]{{2,45}}\]){_PORT}{_PATH}$"  # no credentials
+DOCUMENTED_URL = rf"^https://{_NAME}{_PORT}{_PATH}$"  # what no further check refuses
+MAX_URL = 2000
 
 JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
 JSON_VALUE_SCHEMA = {
@@ -77,6 +89,22 @@ Provider = Annotated[
     WithJsonSchema({**_OBJECT, "minProperties": 1, "maxProperties": 1}),
 ]
 Metadata = Annotated[dict[str, Any], WithJsonSchema(_OBJECT)]
+# The document names https only: plain http is taken too, but only to an address inside
+# CALLBACK_ALLOWED_NETWORKS, which no schema can say.
+CallbackUrl = Annotated[
+    str,
+    StringConstraints(max_length=MAX_URL, pattern=URL),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": MAX_URL,
+            "pattern": DOCUMENTED_URL,
+            "description": "where this job's job.done / job.failed is sent too (besides "
+            "CALLBACK_URLS); plain http is accepted only to an address inside "
+            "CALLBACK_ALLOWED_NETWORKS",
+        }
+    ),
+]
 
 
 class JobRequest(BaseModel):
@@ -95,6 +123,13 @@ class JobRequest(BaseModel):
         pattern=KEY,
         description="the same key returns the same job (default: recording and provider)",
     )
+    callback_url: CallbackUrl | None = None
+
+
+class TranscriptQuery(BaseModel):
+    """Query of `GET /api/v1/jobs/{job_id}/transcript`."""
+
+    format: Format = Format.JSON
 
 
 class JobListQuery(BaseModel):
@@ -141,10 +176,13 @@ class BadInput(ValueError):
 
 @dataclass
 class JobsApi:
-    """What the jobs API works with: the dispatcher (and its job store), never the worker."""
+    """What the jobs API works with: the dispatcher (and its job store), where transcripts are,
+    and the guard of callback URLs (None: callbacks are not signed, so none is taken)."""
 
     dispatch: Dispatcher
     tokens: list[str]
+    store: Store
+    guard: Guard | None
 
 
 bp = Blueprint("jobs_api", __name__, url_prefix="/api/v1")
@@ -185,8 +223,13 @@ def create_job() -> tuple[Response, int]:
     body = _model(JobRequest, _json_body())
     header_key = _header_key()
     key = body.idempotency_key or header_key
-    dispatch = _api().dispatch
-    job_id, created = dispatch.submit(body.recording_id, body.provider, body.metadata, key)
+    api = _api()
+    if body.callback_url is not None:
+        _check_callback(api, body.callback_url)
+    dispatch = api.dispatch
+    job_id, created = dispatch.submit(
+        body.recording_id, body.provider, body.metadata, key, body.callback_url
+    )
     job = dispatch.jobs.get(job_id)
     if job is None:  # expired between the two calls
         return _error(503, "the job vanished while it was being created, retry")
@@ -196,6 +239,15 @@ def create_job() -> tuple[Response, int]:
     return _job(job, 202)
 
 
+def _check_callback(api: JobsApi, url: str) -> None:
+    if api.guard is None:
+        raise BadInput("callback_url: callbacks are off here (no CALLBACK_SECRET to sign them)")
+    try:
+        api.guard.check(url)
+    except Refused as exc:
+        raise BadInput(f"callback_url: {exc}") from None
+
+
 # Job ids are UUIDs (derived from idempotency keys): anything else is no job (404).
 @bp.get("/jobs/<uuid:job_id>")
 def get_job(job_id: UUID) -> tuple[Response, int]:
@@ -203,6 +255,27 @@ def get_job(job_id: UUID) -> tuple[Response, int]:
     if job is None:
         return _error(404, f"no job {job_id}")
     return _job(job, 200)
+
+
+@bp.get("/jobs/<uuid:job_id>/transcript")
+def get_transcript(job_id: UUID) -> tuple[Response, int]:
+    """The job's persisted transcript, as stored or rendered for people."""
+    query = _model(TranscriptQuery, _query(()))
+    api = _api()
+    job = api.dispatch.jobs.get(str(job_id))
+    if job is None:
+        return _error(404, f"no job {job_id}")
+    if job.state != State.DONE or job.transcript_id is None:
+        return _error(409, f"job {job_id} is {job.state}: no transcript persisted")
+    try:
+        data = api.store.read(job.recording_id, job.transcript_id)
+    except FileNotFoundError:
+        return _error(404, f"transcript {job.transcript_id} is not in the store")
+    try:
+        body = render(data, query.format)
+    except UnreadableTranscript as exc:
+        return _error(409, f"transcript {job.transcript_id}: {exc}")
+    return Response(body, mimetype=query.format.media_type), 200
 
 
 @bp.get("/jobs")
@@ -311,8 +384,9 @@ def _query(integers: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _differs(job: Job, recording_id: str, provider: dict[str, Any], body: JobRequest) -> bool:
-    return (job.recording_id, job.provider, job.metadata) != (
+    return (job.recording_id, job.provider, job.metadata, job.callback_url) != (
         recording_id,
         provider,
         body.metadata or {},
+        body.callback_url,
     )

@@ -18,10 +18,18 @@ from receiver.jobs_api import (
     JobListQuery,
     JobPage,
     JobRequest,
+    TranscriptQuery,
 )
+from tasks.formats import Format
 from tasks.jobs import Job
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_TRANSCRIPT = {
+    Format.JSON: {"type": "array", "description": "Recall's data: participants and their words"},
+    Format.TEXT: {"type": "string"},
+    Format.SRT: {"type": "string"},
+    Format.VTT: {"type": "string"},
+}
 
 
 def _ref(model: type[BaseModel] | str) -> dict[str, str]:
@@ -70,11 +78,21 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {"JsonValue": JSON_VALUE_SCHEMA}
-    for model in (JobRequest, Job, JobPage, ErrorBody, JobListQuery, BulkRetry, BulkRetried):
+    models: tuple[type[BaseModel], ...] = (
+        JobRequest,
+        Job,
+        JobPage,
+        ErrorBody,
+        JobListQuery,
+        TranscriptQuery,
+        BulkRetry,
+        BulkRetried,
+    )
+    for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    del schemas["JobListQuery"]  # its fields are query parameters
+    del schemas["JobListQuery"], schemas["TranscriptQuery"]  # their fields are query parameters
     with_refs: dict[str, Any] = _with_refs(schemas)
     return with_refs
 
@@ -103,6 +121,10 @@ def openapi_document() -> dict[str, Any]:
     job_links = {
         "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
         "RetryJob": {"operationId": "retryJob", "parameters": {"job_id": "$response.body#/id"}},
+        "GetTranscript": {
+            "operationId": "getTranscript",
+            "parameters": {"job_id": "$response.body#/id"},
+        },
     }
     idempotency_header = {
         "name": "Idempotency-Key",
@@ -139,6 +161,10 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Prometheus text format, the whole fleet's (read from Redis)",
                     "responses": {
                         "200": {"description": "the metrics", "content": {"text/plain": {}}},
+                        "401": {
+                            "description": "METRICS_TOKEN is set and the bearer token is not it",
+                            **_content(ErrorBody),
+                        },
                         "503": {"description": "Redis unavailable"},
                     },
                 }
@@ -204,6 +230,33 @@ def openapi_document() -> dict[str, Any]:
                     "security": BEARER,
                     "parameters": job_id,
                     "responses": _answers(("200", Job, "the job"), "401", "404", "503"),
+                }
+            },
+            "/api/v1/jobs/{job_id}/transcript": {
+                "get": {
+                    "operationId": "getTranscript",
+                    "summary": "the job's persisted transcript: as stored (json), or for people",
+                    "security": BEARER,
+                    "parameters": job_id + _query_parameters(TranscriptQuery),
+                    "responses": {
+                        "200": {
+                            "description": "the transcript in the format asked for",
+                            "content": {
+                                fmt.media_type.split(";")[0]: {"schema": _TRANSCRIPT[fmt]}
+                                for fmt in Format
+                            },
+                        },
+                        **{
+                            code: {"description": text, **_content(ErrorBody)}
+                            for code, text in {
+                                "400": "an unknown format",
+                                "401": "no valid bearer token",
+                                "404": "no such job, or its transcript is not in the store",
+                                "409": "the job has no persisted transcript (yet)",
+                                "503": "Redis unavailable; retry later",
+                            }.items()
+                        },
+                    },
                 }
             },
             "/api/v1/jobs/{job_id}/retry": {

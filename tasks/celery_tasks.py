@@ -7,6 +7,7 @@ once per worker process. Names: tasks/names.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -17,25 +18,37 @@ from tasks.events import parse_event
 from tasks.inbox import Inbox
 from tasks.messages import sent_from
 from tasks.names import INGEST_TASK, STEP_TASKS, SUBMIT_TASK
+from tasks.outcomes import Outcome
 from tasks.pipeline import Pipeline
 from tasks.states import Step
 
+FINISHING = (Outcome.PERSISTED, Outcome.FAILED)
 
-def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
+
+def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[], None]) -> None:
     """Register ingest, submit and one task per step on `app`. Messages a task sends are its
-    children in Flower (root and parent ids), so a job's chain shows there."""
+    children in Flower (root and parent ids), so a job's chain shows there. `finished` is told
+    when a task finished a job (its callbacks go out at once)."""
 
     # These two have no job in the due-set yet: if Redis stays away, requeue rather than ack.
     @app.task(name=INGEST_TASK, bind=True)
-    def ingest_event(self: Task[Any, Any], event_json: str, event_id: str | None = None) -> str:
-        """Apply one accepted webhook (its body as it came, a JSON string)."""
+    def ingest_event(
+        self: Task[Any, Any], event_json: str | dict[str, Any], event_id: str | None = None
+    ) -> str:
+        """Apply one accepted webhook (its body as it came, a JSON string; an object in messages
+        from before this release)."""
         try:
+            if event_id:
+                inbox.taken(event_id, str(self.request.id))
+            event = json.loads(event_json) if isinstance(event_json, str) else event_json
             with sent_from(self.request.id, self.request.root_id):
-                result = pipeline.ingest(parse_event(json.loads(event_json)))
+                result = pipeline.ingest(parse_event(event))
             if event_id:
                 inbox.applied(event_id)
         except redis.RedisError as exc:
             raise Reject(exc, requeue=True) from exc
+        if result.outcome in FINISHING:
+            finished()
         return str(result)
 
     @app.task(name=SUBMIT_TASK, bind=True)
@@ -56,15 +69,20 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox) -> None:
         return job_id
 
     for step, name in STEP_TASKS.items():
-        _register_step(app, pipeline, step, name)
+        _register_step(app, pipeline, step, name, finished)
 
 
-def _register_step(app: Celery, pipeline: Pipeline, step: Step, name: str) -> None:
+def _register_step(
+    app: Celery, pipeline: Pipeline, step: Step, name: str, finished: Callable[[], None]
+) -> None:
     def run(self: Task[Any, Any], job_id: str, recording_id: str = "") -> str:
         """One step of one job (`recording_id` is there for people reading Flower); the task id
         tells the job's current message from a stale copy."""
         with sent_from(self.request.id, self.request.root_id):
-            return str(pipeline.run_step(step, job_id, str(self.request.id)))
+            result = pipeline.run_step(step, job_id, str(self.request.id))
+        if result.outcome in FINISHING:
+            finished()
+        return str(result)
 
     run.__name__ = name.rsplit(".", 1)[-1]
     app.task(name=name, bind=True)(run)

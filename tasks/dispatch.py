@@ -41,11 +41,12 @@ class Dispatcher:
         provider: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> tuple[str, bool]:
         """Start a job unless one exists for the key, and send its create; (job id, created).
         Without a key the job is the recording's, the one its `recording.done` starts."""
         job_id, created = self.jobs.submit(
-            recording_id, self.provider(provider), metadata, idempotency_key
+            recording_id, self.provider(provider), metadata, idempotency_key, callback_url
         )
         if created:
             self(Step.CREATE, job_id, recording_id)

@@ -3,8 +3,10 @@
 The receiver stores each new event here and pushes its ingest message in the same Lua command
 (tasks/lua/inbox.lua). The message alone is not enough: kombu's Redis transport pops a message
 before it records it as unacknowledged, so a Redis crash between the two loses it. A worker deletes
-the event once applied; the sweeper re-sends any event still here after INBOX_RESEND_S. An event
-sent INBOX_MAX_DELIVERIES times and never applied (a bug, or a body no worker can read) becomes a
+the event once applied; the sweeper looks at any event still here after INBOX_RESEND_S, and sends
+it again if its message is provably lost (as steps are: tasks/jobs.py) or was taken by a worker
+and not applied. A message waiting in a backlog is never copied. An event sent
+INBOX_MAX_DELIVERIES times and never applied (a bug, or a body no worker can read) becomes a
 dead letter: kept, counted by `recall_transcribe_inbox_dead_events`, listed and replayed by
 `recall-transcribe events dead [--replay]`, never re-sent for ever.
 """
@@ -20,8 +22,19 @@ import redis
 from tasks import keys
 from tasks.messages import ingest_message
 from tasks.names import EVENTS_QUEUE
+from tasks.settings import Settings
 
-INBOX_KEYS = [keys.INBOX, keys.INBOX_DUE, keys.INBOX_DELIVERIES, keys.INBOX_DEAD]
+INBOX_KEYS = [
+    keys.INBOX,
+    keys.INBOX_DUE,
+    keys.INBOX_DELIVERIES,
+    keys.INBOX_DEAD,
+    keys.INBOX_SENT,
+    keys.INBOX_SEQ,
+    keys.INBOX_TAKEN,
+    EVENTS_QUEUE,
+    keys.KOMBU_UNACKED,
+]
 
 
 def event_id_for(webhook_id: str) -> str:
@@ -42,6 +55,15 @@ class Inbox:
         script = resources.files("tasks").joinpath("lua/inbox.lua").read_text()
         self._script = client.register_script(script)
 
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> Inbox:
+        return cls(
+            client,
+            settings.INBOX_RESEND_S,
+            settings.WEBHOOK_DEDUPE_TTL_S,
+            settings.INBOX_MAX_DELIVERIES,
+        )
+
     def _run(self, command: str, extra_keys: list[str], *args: str | float) -> object:
         return self._script(keys=[*INBOX_KEYS, *extra_keys], args=[command, self._resend_s, *args])
 
@@ -49,13 +71,15 @@ class Inbox:
         """Keep and enqueue the event unless its webhook id was seen; True if it is new.
         `summary` is what Flower shows as the ingest task's arguments."""
         event_id = event_id_for(webhook_id)
+        message, task_id = ingest_message(event_json, event_id, summary)
         added = self._run(
             "put",
-            [keys.webhook_seen(event_id), EVENTS_QUEUE, keys.METRIC_WEBHOOKS],
-            ingest_message(event_json, event_id, summary),
+            [keys.webhook_seen(event_id), keys.METRIC_WEBHOOKS],
+            message,
             self._ttl,
             event_id,
             event_json,
+            task_id,
         )
         return bool(added)
 
@@ -65,20 +89,25 @@ class Inbox:
         pipe.hincrby(keys.METRIC_WEBHOOKS, "ignored", 1)
         pipe.execute()
 
+    def taken(self, event_id: str, task_id: str) -> None:
+        """A worker took the event's message (it is no longer on its way)."""
+        self._run("taken", [], event_id, task_id)
+
     def applied(self, event_id: str) -> None:
         """The event's effects are in Redis: forget it."""
         self._run("applied", [], event_id)
 
     def resend_due(self, limit: int = 200) -> int:
-        """Send again the events still not applied an interval after they were last sent
-        (those sent too often become dead letters instead); returns how many were sent."""
+        """Send again the events not applied whose message is provably lost, or was taken and
+        not applied within an interval (those sent too often become dead letters instead); a
+        message still queued, however long the backlog, is left alone. Returns how many."""
         flat = cast(list[bytes], self._run("claim", [], limit, self._max_deliveries))
-        messages = [
-            ingest_message(flat[i + 1].decode(), flat[i].decode()) for i in range(0, len(flat), 2)
-        ]
-        if messages:
-            self._redis.lpush(EVENTS_QUEUE, *messages)
-        return len(messages)
+        triples: list[str] = []
+        for i in range(0, len(flat), 2):
+            event_id = flat[i].decode()
+            message, task_id = ingest_message(flat[i + 1].decode(), event_id)
+            triples += [event_id, task_id, message]
+        return int(cast(int, self._run("sent", [], *triples))) if triples else 0
 
     def dead(self) -> dict[str, str]:
         """The dead letters: event JSON by event id."""
@@ -88,7 +117,8 @@ class Inbox:
     def replay_dead(self) -> int:
         """Put every dead letter back in the inbox, with a fresh count, and send it; returns how
         many."""
-        pairs: list[str] = []
+        triples: list[str] = []
         for event_id, event_json in self.dead().items():
-            pairs += [event_id, ingest_message(event_json, event_id)]
-        return int(cast(int, self._run("replay", [EVENTS_QUEUE], *pairs))) if pairs else 0
+            message, task_id = ingest_message(event_json, event_id)
+            triples += [event_id, task_id, message]
+        return int(cast(int, self._run("replay", [], *triples))) if triples else 0

@@ -25,6 +25,8 @@ import redis
 from pydantic import BaseModel, Field, field_validator
 
 from tasks import keys
+from tasks.callbacks.deliveries import views
+from tasks.callbacks.model import Callback
 from tasks.leases import Leases
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode
@@ -46,6 +48,7 @@ from tasks.states import (
 
 _DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook path derives
 _GIVEN = uuid.UUID("0c3f9a8e-52d1-4b7e-8e9f-4a6d2b1c7e55")  # keys clients give (API, CLI, Celery)
+SCHEMA = "2"  # jobs with a phase and a deadline (1: state and step)
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 EarlyEvent = Literal["done", "failed"]
 Delay = float | Literal["keep", "never"]
@@ -97,6 +100,8 @@ class Job(BaseModel):
     idempotency_key: str
     provider: dict[str, Any]
     metadata: dict[str, Any]
+    callback_url: str | None = None
+    callbacks: list[Callback] = Field(default_factory=list)
     created_at: str | None
     updated_at: str | None
 
@@ -109,6 +114,8 @@ class JobRecord(BaseModel):
     idempotency_key: str
     provider: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = None  # the job's own callback destination (jobs API)
+    callbacks: list[str] = Field(default_factory=list)  # deliveries of its latest finish
     state: State
     phase: Phase
     attempts: int = 1
@@ -137,7 +144,9 @@ class JobRecord(BaseModel):
     updated_at: float
     deadline_at: float
 
-    @field_validator("provider", "metadata", "error", "failures", "listing", mode="before")
+    @field_validator(
+        "provider", "metadata", "error", "failures", "listing", "callbacks", mode="before"
+    )
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -162,7 +171,7 @@ class JobRecord(BaseModel):
             return None
         return Listing(self.listing, self.listing_next, self.listing_at, self.listing_version)
 
-    def view(self) -> Job:
+    def view(self, callbacks: list[Callback] | None = None) -> Job:
         return Job(
             id=self.id,
             recording_id=self.recording_id,
@@ -173,6 +182,8 @@ class JobRecord(BaseModel):
             idempotency_key=self.idempotency_key,
             provider=self.provider,
             metadata=self.metadata,
+            callback_url=self.callback_url,
+            callbacks=callbacks or [],
             created_at=_iso(self.created_at),
             updated_at=_iso(self.updated_at),
         )
@@ -243,7 +254,7 @@ class JobStore:
     def _run(self, command: str, job_id: str, extra_keys: list[str], *args: Any) -> Any:
         job_key = keys.job(job_id) if job_id else ""
         return self._script(
-            keys=[keys.DUE, job_key, *extra_keys],
+            keys=[keys.DUE, job_key, keys.OUTBOX, keys.UNUSED_TICKETS, *extra_keys],
             args=[command, keys.STATE_PREFIX, keys.JOB_PREFIX, job_id, *args],
         )
 
@@ -267,7 +278,20 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         record = self.record(job_id)
-        return record.view() if record else None
+        return self.views([record])[0] if record else None
+
+    def views(self, records: list[JobRecord]) -> list[Job]:
+        """Jobs as users see them, with the state of their callbacks (one round trip)."""
+        deliveries = views(self.redis, [record.callbacks for record in records])
+        return [
+            record.view([d.view() for d in found])
+            for record, found in zip(records, deliveries, strict=True)
+        ]
+
+    def now(self) -> float:
+        """Redis's clock: the one every time in the job store is on."""
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1_000_000
 
     def owner_of(self, transcript_id: str) -> str | None:
         """The job that owns a transcript, if one of ours does."""
@@ -318,7 +342,7 @@ class JobStore:
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
         records = [_decode(raw) for raw in cast(list[dict[bytes, bytes]], pipe.execute())]
-        jobs = [r.view() for r in records if r and (state is None or r.state == state)]
+        jobs = self.views([r for r in records if r and (state is None or r.state == state)])
         jobs.sort(key=lambda job: job.created_at or "", reverse=True)
         return jobs[offset : offset + limit]
 
@@ -330,6 +354,7 @@ class JobStore:
         provider: dict[str, Any],
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> tuple[str, bool]:
         """Create the job for this key unless it exists; returns (job id, created). Without a
         key, the job is the recording's (the one its `recording.done` starts)."""
@@ -341,6 +366,7 @@ class JobStore:
             "idempotency_key": key,
             "provider": provider,
             "metadata": metadata or {},
+            "callback_url": callback_url,
         }
         created = self._run(
             "submit",
@@ -355,7 +381,7 @@ class JobStore:
 
     def start_create(self, job: JobRecord, key_at: float) -> bool:
         """The create step begins: from here a create call may happen (with the job's key,
-        first sent at `key_at` if it is new)."""
+        first sent at `key_at`, on Redis's clock, if it is new)."""
         return self._move(
             Transition.START_CREATE,
             job.id,
@@ -482,6 +508,10 @@ class JobStore:
         transition = Transition.RECORD_ARCHIVE
         return self._run("archive", job_id, [], sources(transition), transcript_id) is not None
 
+    def record_callbacks(self, job_id: str, delivery_ids: list[str]) -> None:
+        """The deliveries of the job's latest finish, for its view (not a transition)."""
+        self.redis.hset(keys.job(job_id), "callbacks", json.dumps(delivery_ids))
+
     def retry(self, job_id: str) -> Phase | None:
         """Re-run a failed job from the furthest point known, due now: done from the archive,
         a known transcript awaited again, else create (reconciling first when a create may have
@@ -558,6 +588,33 @@ class JobStore:
             for i in range(0, len(rest), 3)
         ]
         return due, next_due
+
+    def upgrade(self) -> int:
+        """Give jobs written before this release what it reads: their phase (state and step
+        then) and a deadline. Idempotent, and done once per Redis; how many were upgraded."""
+        if self.redis.get(keys.SCHEMA) == SCHEMA.encode():
+            return 0
+        ids = [m.decode() for m in cast(list[bytes], self.redis.zrange(keys.JOBS, 0, -1))]
+        upgraded = 0
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in batch:
+                pipe.hmget(keys.job(job_id), "state", "step", "phase", "created_at")
+            writes = self.redis.pipeline(transaction=False)
+            for job_id, (state, step, phase, created) in zip(batch, pipe.execute(), strict=True):
+                if state is None or phase is not None:
+                    continue
+                current = State(state.decode())
+                kept = Step(step.decode()) if current.active and step else None
+                deadline = float(created or 0) + self.deadline_s
+                key = keys.job(job_id)
+                writes.hset(key, mapping={"phase": str(Phase(current, kept))})
+                writes.hsetnx(key, "deadline_at", deadline)
+                upgraded += 1
+            writes.execute()
+        self.redis.set(keys.SCHEMA, SCHEMA)
+        return upgraded
 
     def prune_finished(self, retention_s: float, limit: int = 500) -> int:
         """Forget finished jobs older than `retention_s` (their records and index entries; the

@@ -5,11 +5,17 @@ one command walks many jobs (claim, prune), the prefixes below as arguments.
 
 rt:job:{id}                 hash: one job's record (tasks/jobs.py)
 rt:jobs                     zset: every job id, by creation time
+rt:schema                   how the job hashes are written (JobStore.upgrade)
 rt:state:{state}            zset: the job ids in that state, by last change
 rt:recording:{rid}          set: the recording's job ids
 rt:recording:{rid}:version  counter: our creates and deletes on the recording that reached Recall
 rt:transcript:{tid}         string: the id of the job that owns a transcript
 rt:due                      zset: unfinished job ids, by when a worker must next look at them
+rt:outbox                   zset: `job id:attempt` of finished jobs whose news is not sent on yet
+rt:callback:{id}            hash: one callback delivery (tasks/callbacks/)
+rt:callbacks:due            zset: pending callback deliveries, by their next attempt
+rt:callbacks:busy:{dest}    zset: deliveries being attempted to one destination, by lease end
+rt:callbacks:failed         zset: deliveries whose every attempt failed
 rt:sent:seq                 counter: numbers every step message sent, in the order it was queued
 rt:sent:consumed            the highest such number a worker has taken from the queue
 rt:lock:{id}                lease held while one step of a job runs
@@ -19,7 +25,11 @@ rt:inbox                    hash: accepted events not yet applied, by event id (
 rt:inbox:due                zset: when to re-send each of those events
 rt:inbox:deliveries         hash: how many times each of those events was sent
 rt:inbox:dead               hash: events that could not be applied, by event id (dead letters)
-rt:rate:{family}:{scope}    zset: Recall calls made and reserved (tasks/limiter.py), with
+rt:inbox:sent               hash: an event's message on its way ('seq task-id'), until taken
+rt:inbox:seq                counter: numbers every ingest message sent, in the order queued
+rt:inbox:taken              the highest such number a worker has taken
+rt:tickets:unused           list: quota tickets of steps that will not run, to give back
+rt:rate:{family}:{scope}    zset: Recall calls made and reserved (tasks/recall/limiter.py), with
                             `:pause` (a 429's Retry-After) and `:seq` beside it
 rt:stats:...                the fleet's metrics counters (tasks/metrics.py)
 unacked                     kombu's hash of delivered, unacknowledged messages, by delivery tag
@@ -34,13 +44,24 @@ LOCK_PREFIX = f"{PREFIX}lock:"
 RECORDING_PREFIX = f"{PREFIX}recording:"
 OWNER_PREFIX = f"{PREFIX}transcript:"
 JOBS = f"{PREFIX}jobs"
+SCHEMA = f"{PREFIX}schema"
 DUE = f"{PREFIX}due"
+OUTBOX = f"{PREFIX}outbox"
+UNUSED_TICKETS = f"{PREFIX}tickets:unused"
+CALLBACK_PREFIX = f"{PREFIX}callback:"
+CALLBACKS_DUE = f"{PREFIX}callbacks:due"
+CALLBACKS_BUSY_PREFIX = f"{PREFIX}callbacks:busy:"
+CALLBACKS_FAILED = f"{PREFIX}callbacks:failed"
+METRIC_CALLBACKS = f"{PREFIX}stats:callbacks"
 SENT_SEQ = f"{PREFIX}sent:seq"
 SENT_CONSUMED = f"{PREFIX}sent:consumed"
 INBOX = f"{PREFIX}inbox"
 INBOX_DUE = f"{PREFIX}inbox:due"
 INBOX_DELIVERIES = f"{PREFIX}inbox:deliveries"
 INBOX_DEAD = f"{PREFIX}inbox:dead"
+INBOX_SENT = f"{PREFIX}inbox:sent"
+INBOX_SEQ = f"{PREFIX}inbox:seq"
+INBOX_TAKEN = f"{PREFIX}inbox:taken"
 EVENTS_IGNORED = f"{PREFIX}stats:events_ignored"
 METRIC_WEBHOOKS = f"{PREFIX}stats:webhooks"
 METRIC_RECALL = f"{PREFIX}stats:recall_requests"
@@ -94,3 +115,7 @@ def rate_seq(family: str, scope: str = "") -> str:
 
 def metric_step(step: str) -> str:
     return f"{PREFIX}stats:step:{step}"
+
+
+def callback(delivery_id: str) -> str:
+    return f"{CALLBACK_PREFIX}{delivery_id}"

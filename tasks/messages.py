@@ -54,24 +54,30 @@ def step_message(step: Step, job_id: str, recording_id: str) -> tuple[str, str]:
     return task_message(STEP_TASKS[step], [job_id, recording_id], PIPELINE_QUEUE)
 
 
-def ingest_message(event_json: str, event_id: str, summary: str = "") -> str:
-    """The message of `ingest_event(event_json, event_id)`: the event's JSON text as it came,
-    as a string (never decoded by kombu); `summary` is what Flower shows of it."""
+def ingest_message(event_json: str, event_id: str, summary: str = "") -> tuple[str, str]:
+    """The message of `ingest_event(event_json, event_id)` (the event's JSON text as it came,
+    as a string: never decoded by kombu) and its task id; `summary` is what Flower shows."""
     args_json = f'[{json.dumps(event_json)},"{event_id}"]'
-    return task_message_json(INGEST_TASK, args_json, EVENTS_QUEUE, summary)[0]
+    return task_message_json(INGEST_TASK, args_json, EVENTS_QUEUE, summary)
 
 
-def task_message(task_name: str, args: list[Any], queue: str) -> tuple[str, str]:
+def task_message(
+    task_name: str, args: list[Any], queue: str, task_id: str | None = None
+) -> tuple[str, str]:
     """The JSON string kombu's Redis transport LPUSHes onto `queue` for `task_name(*args)`,
-    and its task id."""
-    return task_message_json(task_name, json.dumps(args), queue, repr(args))
+    and its task id (a fresh one unless given)."""
+    return task_message_json(task_name, json.dumps(args), queue, repr(args)[:200], task_id)
 
 
 def task_message_json(
-    task_name: str, args_json: str, queue: str, argsrepr: str = ""
+    task_name: str,
+    args_json: str,
+    queue: str,
+    argsrepr: str = "",
+    task_id: str | None = None,
 ) -> tuple[str, str]:
     """`task_message` for arguments already serialised: `args_json` is a JSON array."""
-    task_id = str(uuid.uuid4())
+    task_id = task_id or str(uuid.uuid4())
     sender = _sender.get()
     body = f"[{args_json},{{}},{_EMBED_JSON}]".encode()
     message = json.dumps(

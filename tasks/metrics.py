@@ -32,6 +32,7 @@ WEBHOOK_OUTCOMES = (
     "too_large",
     "unavailable",
 )
+CALLBACK_OUTCOMES = ("delivered", "retried", "refused", "failed")
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -46,6 +47,9 @@ class Metrics:
 
     def recall_request(self, endpoint: str, status: int | str) -> None:
         self._add(lambda pipe: pipe.hincrby(keys.METRIC_RECALL, f"{endpoint}|{status}", 1))
+
+    def callback(self, outcome: str) -> None:
+        self._add(lambda pipe: pipe.hincrby(keys.METRIC_CALLBACKS, outcome, 1))
 
     def rate_limited(self, endpoint: str, seconds: float) -> None:
         self._add(lambda pipe: pipe.hincrbyfloat(keys.METRIC_RATE_LIMITED, endpoint, seconds))
@@ -88,12 +92,13 @@ class RedisCollector(Collector):
         pipe.hgetall(keys.METRIC_WEBHOOKS)
         pipe.hgetall(keys.METRIC_RECALL)
         pipe.hgetall(keys.METRIC_RATE_LIMITED)
+        pipe.hgetall(keys.METRIC_CALLBACKS)
         for step in Step:
             pipe.hgetall(keys.metric_step(step))
         answers = pipe.execute()
         states, rest = answers[: len(State)], answers[len(State) :]
-        due, inbox, dead, webhooks, recall, limited = rest[:6]
-        steps = rest[6:]
+        due, inbox, dead, webhooks, recall, limited, callbacks = rest[:7]
+        steps = rest[7:]
 
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state", labels=["state"])
         for state, count in zip(State, states, strict=True):
@@ -132,6 +137,16 @@ class RedisCollector(Collector):
         for endpoint, seconds in sorted(_decoded(limited).items()):
             waited.add_metric([endpoint], float(seconds))
         yield waited
+        sent = CounterMetricFamily(
+            f"{PREFIX}_callbacks",
+            "Callback attempts, by outcome (retried: failed, another attempt to come; "
+            "refused: the address is not one callbacks may reach; failed: the last attempt)",
+            labels=["outcome"],
+        )
+        counted = _decoded(callbacks)
+        for outcome in CALLBACK_OUTCOMES:
+            sent.add_metric([outcome], float(counted.get(outcome, 0)))
+        yield sent
         durations = HistogramMetricFamily(
             f"{PREFIX}_step_duration_seconds", "How long each step ran", labels=["step"]
         )

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -21,6 +22,7 @@ import redis
 
 from tasks.dispatch import Dispatcher
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
+from tasks.formats import beside
 from tasks.jobs import JobRecord, JobStore, Listing
 from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode, Outcome, Result
@@ -47,6 +49,15 @@ TRANSCRIPT_LIMIT = 10
 # a create whose answer was lost is reconciled by sending it again with the same key (no List).
 REPLAY_WINDOW_S = 3000
 LISTING_FRESH_S = 60  # a listing cut short by the quota goes on from its cursor within this
+
+
+@dataclass
+class Run:
+    """One run of a step, passed to everything the step does: when it began, on Redis's clock
+    (every worker compares times on that clock), and what it holds of Recall's quotas."""
+
+    now: float
+    quota: Quota
 
 
 class CutShort(NamedTuple):
@@ -126,7 +137,7 @@ class Pipeline:
         """Run the step; every error becomes a retry or the job's failure."""
         quota = Quota(Ticket.load(job.quota_ticket) if job.quota_ticket else None)
         try:
-            return self._STEPS[step](self, job, quota)
+            return self._STEPS[step](self, job, Run(self.jobs.now(), quota))
         except Throttled as exc:
             return self._wait_for_quota(job, exc)
         except RetryableError as exc:
@@ -152,11 +163,11 @@ class Pipeline:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _create(self, job: JobRecord, quota: Quota) -> Result:
-        self.jobs.start_create(job, time.time())
+    def _create(self, job: JobRecord, run: Run) -> Result:
+        self.jobs.start_create(job, run.now)
         transcript_id = job.early_transcript_id
-        if transcript_id is None and job.create_pending and not self._replayable(job):
-            listing = self._listing(job, quota)
+        if transcript_id is None and job.create_pending and not self._replayable(job, run):
+            listing = self._listing(job, run)
             if isinstance(listing, CutShort):
                 return self._wait_for_quota(job, listing.until, listing.listing)
             transcript_id = self._ours(job, listing.seen)
@@ -167,7 +178,7 @@ class Pipeline:
                 if not held:
                     self.jobs.nudge(job.id, 1.0)
                     return Result(Outcome.RECORDING_BUSY, job.id)
-                transcript_id = self._call_create(job, quota)
+                transcript_id = self._call_create(job, run.quota)
             if transcript_id is None:
                 return Result(Outcome.REMEDIATE, job.id)
         return self._created(job, transcript_id)
@@ -213,10 +224,10 @@ class Pipeline:
             raise
         self.jobs.recording_changed(recording_id)
 
-    def _replayable(self, job: JobRecord) -> bool:
+    def _replayable(self, job: JobRecord, run: Run) -> bool:
         """True while Recall still replays the answer to the job's pending create key."""
         sent = job.create_key_at or 0.0
-        return time.time() - sent < REPLAY_WINDOW_S
+        return run.now - sent < REPLAY_WINDOW_S
 
     def _ours(self, job: JobRecord, listing: list[dict[str, Any]]) -> str | None:
         """A transcript this job created whose answer we never saw, matched by metadata."""
@@ -231,12 +242,12 @@ class Pipeline:
                 return transcript.id
         return None
 
-    def _remediate(self, job: JobRecord, quota: Quota) -> Result:
+    def _remediate(self, job: JobRecord, run: Run) -> Result:
         with self.jobs.recording_lease(job.recording_id, wait=False) as held:
             if not held:
                 self.jobs.nudge(job.id, 1.0)
                 return Result(Outcome.RECORDING_BUSY, job.id)
-            listing = self._listing(job, quota)
+            listing = self._listing(job, run)
             if isinstance(listing, CutShort):
                 return self._wait_for_quota(job, listing.until, listing.listing)
             mine = self._ours(job, listing.seen)  # an earlier create whose answer was lost
@@ -264,12 +275,12 @@ class Pipeline:
                         else f"policy {self.settings.LIMIT_POLICY} allows deleting none of them"
                     )
                 )
-            if victim.status.code == "done" and not self._archive(job, victim, quota):
+            if victim.status.code == "done" and not self._archive(job, victim, run.quota):
                 self.jobs.nudge(job.id, 1.0)  # its job was retried meanwhile: look again
                 return Result(Outcome.RECORDING_BUSY, job.id, transcript_id=victim.id)
             # Counted as it is sent: a worker that dies mid-call may have deleted.
             self.recall.delete_transcript(
-                victim.id, quota, lambda: self.jobs.recording_changed(job.recording_id)
+                victim.id, run.quota, lambda: self.jobs.recording_changed(job.recording_id)
             )
             log.info(
                 "job %s: limit remediation deleted %s",
@@ -313,17 +324,18 @@ class Pipeline:
             with self.store.staging() as staged:
                 self.recall.download(_download_url(fresh), staged)
                 meta = {**fresh.raw, "job_id": owner, "archived_by_job_id": job.id}
-                self.store.save(recording_id, transcript.id, staged, meta)
+                formats = beside(staged, self.settings.transcript_formats)
+                self.store.save(recording_id, transcript.id, staged, meta, formats)
         if owner is None or self.jobs.record(owner) is None:
             return True
         return self.jobs.record_archive(owner, transcript.id)
 
-    def _await(self, job: JobRecord, quota: Quota) -> Result:
+    def _await(self, job: JobRecord, run: Run) -> Result:
         transcript_id = _transcript_id(job)
         started = job.transcript_created_at or job.created_at
-        left = started + self.settings.RECALL_TRANSCRIPT_TIMEOUT_S - time.time()
+        left = started + self.settings.RECALL_TRANSCRIPT_TIMEOUT_S - run.now
         try:
-            transcript = self.recall.retrieve_transcript(transcript_id, quota)
+            transcript = self.recall.retrieve_transcript(transcript_id, run.quota)
         except RetryableError as exc:
             if left <= 0:  # the poll failed, and the wait is over anyway
                 return self._timed_out(job, transcript_id, f"unknown ({exc.message})")
@@ -348,18 +360,19 @@ class Pipeline:
         message = f"transcript {transcript_id} still {status} after the timeout"
         return self._fail(job, ErrorCode.TIMEOUT, message)
 
-    def _fetch(self, job: JobRecord, quota: Quota) -> Result:
-        transcript = self.recall.retrieve_transcript(_transcript_id(job), quota)
+    def _fetch(self, job: JobRecord, run: Run) -> Result:
+        transcript = self.recall.retrieve_transcript(_transcript_id(job), run.quota)
         if transcript.status.code != "done":
             raise NotReady(f"transcript {transcript.id} is {transcript.status.code}, not done")
         with self.store.staging() as staged:
             self.recall.download(_download_url(transcript), staged)
             meta = {**transcript.raw, "job_id": job.id}
-            self.store.save(job.recording_id, transcript.id, staged, meta)
+            formats = beside(staged, self.settings.transcript_formats)
+            self.store.save(job.recording_id, transcript.id, staged, meta, formats)
         self.jobs.finish(job.id)
         return Result(Outcome.PERSISTED, job.id, transcript_id=transcript.id)
 
-    _STEPS: ClassVar[dict[Step, Callable[[Pipeline, JobRecord, Quota], Result]]] = {
+    _STEPS: ClassVar[dict[Step, Callable[[Pipeline, JobRecord, Run], Result]]] = {
         Step.CREATE: _create,
         Step.REMEDIATE: _remediate,
         Step.AWAIT: _await,
@@ -387,13 +400,13 @@ class Pipeline:
             return Result(Outcome.KEPT, job_id, transcript_id=transcript_id)
         return Result(Outcome.IGNORED, job_id)
 
-    def _listing(self, job: JobRecord, quota: Quota) -> Listing | CutShort:
+    def _listing(self, job: JobRecord, run: Run) -> Listing | CutShort:
         """Every transcript of the job's recording, as listed, or what was seen when the quota
         cut it short. A listing cut short goes on from its cursor when the job comes back (if it
         began under a minute ago and no job of ours changed the recording since)."""
         version = self.jobs.recording_version(job.recording_id)
         seen: list[dict[str, Any]] = []
-        cursor, started = None, time.time()
+        cursor, started = None, run.now
         resumed = job.listing_in_progress
         if (
             resumed is not None
@@ -402,7 +415,7 @@ class Pipeline:
         ):
             seen, cursor, started = list(resumed.seen), resumed.cursor, resumed.started_at
         try:
-            for page, next_page in self.recall.list_pages(job.recording_id, cursor, quota):
+            for page, next_page in self.recall.list_pages(job.recording_id, cursor, run.quota):
                 seen, cursor = seen + page, next_page
         except Throttled as exc:
             if cursor:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tasks.recall.limiter import Family, Rate, parse_rates
@@ -54,6 +56,12 @@ class Settings(BaseSettings):
     RECALL_DOWNLOAD_TIMEOUT_S: float = Field(300.0, gt=0)
     INBOX_MAX_DELIVERIES: int = Field(10, ge=1)
     METRICS_TOKEN: SecretStr | None = None
+    CALLBACK_URLS: SecretStr | None = None  # URLs may carry a token
+    CALLBACK_SECRET: SecretStr | None = None
+    CALLBACK_ALLOWED_NETWORKS: str = ""
+    CALLBACK_TASK: str | None = None
+    CALLBACK_QUEUE: str = "recall.callbacks"
+    TRANSCRIPT_FORMATS: str = "json"
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)
@@ -65,6 +73,9 @@ class Settings(BaseSettings):
     DOWNLOAD_MAX_BYTES: int = Field(200 * 1024 * 1024, gt=0)
     WEBHOOK_DEDUPE_TTL_S: int = Field(7 * 24 * 3600, gt=0)
     CELERY_VISIBILITY_TIMEOUT_S: int = Field(300, gt=0)
+    CALLBACK_RETRY_SCHEDULE_S: str = "0,5,300,1800,7200,18000,36000,36000"  # Svix's
+    CALLBACK_THREADS: int = Field(8, ge=1)
+    CALLBACK_PER_DESTINATION: int = Field(4, ge=1)
 
     @field_validator("TRANSCRIPT_PROVIDER", mode="before")
     @classmethod
@@ -110,6 +121,61 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("CALLBACK_SECRET")
+    @classmethod
+    def _callback_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                base64.b64decode(value.get_secret_value().removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                raise ValueError("must be whsec_ followed by base64") from None
+        return value
+
+    @field_validator("CALLBACK_URLS")
+    @classmethod
+    def _callback_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        for url in _split(value):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("each must be an http(s):// URL with a host")
+        return value
+
+    @field_validator("CALLBACK_ALLOWED_NETWORKS")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not a CIDR such as 10.0.0.0/8") from None
+        return value
+
+    @field_validator("TRANSCRIPT_FORMATS")
+    @classmethod
+    def _formats(cls, value: str) -> str:
+        known = {"json", "text", "srt", "vtt"}
+        chosen = {part.strip() for part in value.split(",") if part.strip()}
+        if not chosen <= known:
+            raise ValueError(f"unknown format(s) {sorted(chosen - known)}; any of {sorted(known)}")
+        return value
+
+    @field_validator("CALLBACK_RETRY_SCHEDULE_S")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError("must be seconds, comma-separated") from None
+        if not delays or any(delay < 0 for delay in delays):
+            raise ValueError("must be at least one delay, none negative")
+        return value
+
+    @model_validator(mode="after")
+    def _callbacks_are_signed(self) -> Settings:
+        if (self.callback_urls or self.CALLBACK_TASK) and self.CALLBACK_SECRET is None:
+            raise ValueError("CALLBACK_SECRET is required when callbacks are configured")
+        return self
+
     @field_validator("FLOWER_BASIC_AUTH")
     @classmethod
     def _basic_auth(cls, value: SecretStr | None) -> SecretStr | None:
@@ -133,6 +199,26 @@ class Settings(BaseSettings):
         return parse_rates(self.RECALL_RATE_LIMITS)
 
     @property
+    def callback_urls(self) -> list[str]:
+        """Where every finished job's callback goes."""
+        return _split(self.CALLBACK_URLS)
+
+    @property
+    def callback_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """Networks callbacks may reach besides public addresses (plain http only there)."""
+        parts = (p.strip() for p in self.CALLBACK_ALLOWED_NETWORKS.split(","))
+        return [ipaddress.ip_network(part, strict=False) for part in parts if part]
+
+    @property
+    def callback_schedule(self) -> list[float]:
+        """The delay before each attempt of a callback, the first included."""
+        return [float(part) for part in self.CALLBACK_RETRY_SCHEDULE_S.split(",")]
+
+    @property
+    def transcript_formats(self) -> list[str]:
+        return [part.strip() for part in self.TRANSCRIPT_FORMATS.split(",") if part.strip()]
+
+    @property
     def development(self) -> bool:
         """Talking to a local emulator over plain http: plain-http download URLs are accepted."""
         return self.RECALL_API_BASE_URL.startswith("http://")
@@ -144,5 +230,6 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or "settings"
-        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        name = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"invalid setting {name}: {message}" if name else message) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -9,7 +10,9 @@ import sys
 from typing import Any
 
 import pytest
+import srt
 
+from tasks.formats import words
 from tests.conftest import System
 
 pytestmark = pytest.mark.system  # every test here runs `recall-transcribe` as a process
@@ -64,6 +67,13 @@ def test_enqueue_waits_for_the_transcript_and_jobs_shows_it(start_system: Any) -
     assert '"state": "done"' in shown.stdout
     again = run(["enqueue", "cli-rec"], system.env)
     assert f"job {job_id} (already exists)" in again.stdout
+    transcript_id = json.loads(shown.stdout)["transcript_id"]
+    subtitles = run(["jobs", "transcript", job_id, "--format", "srt"], system.env)
+    cues = list(srt.parse(subtitles.stdout))
+    spoken = [w.text for w in words(system.emulator.data(transcript_id))]
+    assert cues and " ".join(c.content.split(": ", 1)[1] for c in cues).split() == spoken
+    stored = run(["jobs", "transcript", job_id], system.env)
+    assert stored.stdout.encode() == system.emulator.data(transcript_id)
 
 
 def test_worker_restarts_in_place_on_celerys_unrecoverable_error(

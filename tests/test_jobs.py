@@ -344,3 +344,35 @@ def test_a_transition_with_several_targets_cannot_be_applied_as_a_plain_move(
         jobs._move(Transition.RECORD_CREATED, job_id)
     with pytest.raises(ValueError, match="never leads"):
         target(Transition.FINISH, FAILED)
+
+
+def test_jobs_written_by_the_previous_release_are_upgraded_and_never_stop_the_sweeper(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    """The release before phases wrote `state` and `step`; such a job must neither break the
+    sweeper's claim for the others nor be dropped: the worker upgrades it at start."""
+    rclient.hset(
+        keys.job("old"),
+        mapping={
+            "id": "old",
+            "recording_id": "rec-old",
+            "idempotency_key": "k",
+            "provider": "{}",
+            "state": "queued",
+            "step": "create",
+            "attempts": "1",
+            "created_at": time.time(),
+            "updated_at": time.time(),
+        },
+    )
+    rclient.zadd(keys.JOBS, {"old": time.time()})
+    rclient.zadd(keys.state("queued"), {"old": time.time()})
+    new_id, _ = jobs.submit("rec-new", PROVIDER)
+    rclient.zadd(keys.DUE, {"old": 0, new_id: 0})
+    assert claimed(jobs) == [Due(new_id, Step.CREATE, "rec-new")]  # the old one waits
+    assert rclient.zscore(keys.DUE, "old") is not None  # ... still due, not dropped
+    assert jobs.upgrade() == 1 and jobs.upgrade() == 0
+    old = record(jobs, "old")
+    assert old.phase == QUEUED and old.deadline_at > time.time()
+    rclient.zadd(keys.DUE, {"old": 0})
+    assert claimed(jobs) == [Due("old", Step.CREATE, "rec-old")]

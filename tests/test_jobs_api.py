@@ -7,12 +7,14 @@ from flask.testing import FlaskClient
 
 from receiver.app import create_app
 from tasks.events import parse_event
+from tasks.formats import Format, render
 from tasks.jobs import default_idempotency_key
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
+from tasks.states import Step
 from tests.conftest import EmulatorHandle, Harness
-from tests.helpers import reconfigure, recording_done
+from tests.helpers import reconfigure, recording_done, wait_for
 
 AUTH = {"Authorization": "Bearer token-1"}
 
@@ -200,3 +202,61 @@ def test_bulk_retry_reruns_the_failed_jobs_that_match_and_says_how_many(
 def test_a_malformed_bearer_token_is_401_never_500(client: FlaskClient, token: str) -> None:
     header = f"Bearer {token}".encode().decode("latin-1")
     assert client.get("/api/v1/jobs", headers={"Authorization": header}).status_code == 401
+
+
+SIGNED = {"CALLBACK_SECRET": "whsec_dGVzdA==", "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8"}
+
+
+def test_a_callback_url_is_taken_only_where_callbacks_can_go(settings: Settings) -> None:
+    off = create_app(reconfigure(settings, API_TOKENS="token-1")).test_client()
+    body = {"recording_id": "r1", "callback_url": "https://hooks.example/done"}
+    refused = off.post("/api/v1/jobs", json=body, headers=AUTH)
+    assert refused.status_code == 400 and "CALLBACK_SECRET" in refused.json["error"]
+
+    on = create_app(reconfigure(settings, API_TOKENS="token-1", **SIGNED)).test_client()
+    taken = on.post("/api/v1/jobs", json=body, headers=AUTH)
+    assert taken.status_code == 202
+    assert (taken.json["callback_url"], taken.json["callbacks"]) == (body["callback_url"], [])
+    for url in ("http://8.8.8.8/hook", "https://user:pw@hooks.example/", "ftp://hooks.example/"):
+        answer = on.post(
+            "/api/v1/jobs", json={"recording_id": "r2", "callback_url": url}, headers=AUTH
+        )
+        assert answer.status_code == 400, url
+    inside = {"recording_id": "r3", "callback_url": "http://127.0.0.1:9/hook"}
+    assert on.post("/api/v1/jobs", json=inside, headers=AUTH).status_code == 202
+    again = {**body, "idempotency_key": "k"}
+    assert on.post("/api/v1/jobs", json=again, headers=AUTH).status_code == 202
+    other = {**again, "callback_url": "https://elsewhere.example/"}
+    assert on.post("/api/v1/jobs", json=other, headers=AUTH).status_code == 409
+
+
+def test_the_transcript_route_serves_each_format_once_the_job_is_done(
+    client: FlaskClient, harness: Harness, emulator: EmulatorHandle
+) -> None:
+    emulator.recording("r1")
+    job_id = harness.submit("r1")
+    url = f"/api/v1/jobs/{job_id}/transcript"
+    assert client.get(url, headers=AUTH).status_code == 409  # nothing persisted yet
+    harness.drain()
+    wait_for(lambda: all(t["status"]["code"] == "done" for t in emulator.transcripts("r1")), 10)
+    harness.run(Step.AWAIT, job_id)
+    harness.drain()
+    (transcript,) = emulator.transcripts("r1")
+    data = emulator.data(transcript["id"])
+    as_json = client.get(url, headers=AUTH)
+    assert (as_json.status_code, as_json.data) == (200, data)
+    for fmt, media in (
+        ("text", "text/plain"),
+        ("srt", "application/x-subrip"),
+        ("vtt", "text/vtt"),
+    ):
+        answer = client.get(f"{url}?format={fmt}", headers=AUTH)
+        assert answer.status_code == 200 and answer.mimetype == media
+        assert answer.data == render(data, Format(fmt))
+    assert client.get(f"{url}?format=pdf", headers=AUTH).status_code == 400
+    assert (
+        client.get(
+            "/api/v1/jobs/00000000-0000-0000-0000-000000000000/transcript", headers=AUTH
+        ).status_code
+        == 404
+    )

@@ -13,6 +13,7 @@ from openapi_spec_validator import validate
 
 from tests.conftest import System
 
+CALLBACK_SECRET = "whsec_dGVzdC1jYWxsYmFjay1zZWNyZXQ="
 SCHEMATHESIS_EXAMPLES = 150  # per operation and phase: ~2,000 cases, about 15 s
 
 
@@ -30,6 +31,7 @@ def test_the_document_is_valid_openapi_3_1(start_system: Callable[..., System]) 
         ("GET", "/api/v1/jobs/{job_id}"),
         ("POST", "/api/v1/jobs/{job_id}/retry"),
         ("POST", "/webhooks/recall"),
+        ("GET", "/api/v1/jobs/{job_id}/transcript"),
     }
 
 
@@ -37,8 +39,8 @@ def test_schemathesis_with_every_check_finds_no_failure(
     start_system: Callable[..., System], tmp_path: Path
 ) -> None:
     """Every phase (examples, coverage, fuzzing, stateful through the document's links) and
-    every check, against the real receiver, authenticated as a client would be."""
-    system = start_system(workers=0)
+    every check, against the real receiver, authenticated as a client would be, callbacks on."""
+    system = start_system(workers=0, CALLBACK_SECRET=CALLBACK_SECRET)
     run = subprocess.run(
         [
             sys.executable,

@@ -294,3 +294,19 @@ def test_a_download_trickling_a_byte_at_a_time_is_abandoned_at_its_deadline(
     with pytest.raises(DownloadTimeout, match="not finished within 1s"):
         download(client, f"{trickler}{path}")
     assert time.monotonic() - started < 5
+
+
+def test_an_api_answer_trickling_a_byte_at_a_time_ends_with_the_call_timeout(
+    settings: Settings, trickler: str
+) -> None:
+    """Not only downloads: a call to Recall's API is bounded as a whole, so a step cannot hold
+    its job (and its lease) past the job's deadline."""
+    client = RecallClient(
+        reconfigure(settings, RECALL_API_BASE_URL=trickler, RECALL_HTTP_TIMEOUT_S=1)
+    )
+    started = time.monotonic()
+    with pytest.raises(RetryableError):
+        client.retrieve_transcript("body", Quota())
+    with pytest.raises(OutcomeUnknown):
+        client.create_transcript("body", PROVIDER, {}, "k", Quota())
+    assert time.monotonic() - started < 6

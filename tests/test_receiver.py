@@ -196,23 +196,48 @@ def test_an_event_no_worker_applies_becomes_a_dead_letter_and_can_be_replayed(
     body, headers = signed(event)
     assert client.post(URL, data=body, headers=headers).status_code == 200
     inbox = Inbox(rclient, 0.01, settings.WEBHOOK_DEDUPE_TTL_S, max_deliveries=3)
-    rclient.zadd(keys.INBOX_DUE, {rclient.zrange(keys.INBOX_DUE, 0, 0)[0]: 0})
+    (event_id,) = (member.decode() for member in rclient.zrange(keys.INBOX_DUE, 0, 0))
+    rclient.zadd(keys.INBOX_DUE, {event_id: 0})
     sent = []
-    for _ in range(5):  # each time, no worker applied it
+    for _ in range(3):  # each time a worker takes the event and fails to apply it
+        take_one(rclient, inbox, event_id)
         time.sleep(0.02)
         sent.append(inbox.resend_due())
-    assert sent == [1, 1, 0, 0, 0]  # delivered 3 times in all (the first by the receiver)
-    (event_id,) = inbox.dead()
+    assert sent == [1, 1, 0]  # delivered 3 times in all (the first by the receiver), then dead
+    assert rclient.llen(EVENTS_QUEUE) == 0
     assert json.loads(inbox.dead()[event_id]) == event
     assert rclient.hlen(keys.INBOX) == 0 and rclient.zcard(keys.INBOX_DUE) == 0
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "recall_transcribe_inbox_dead_events 1.0" in metrics
 
-    rclient.delete(EVENTS_QUEUE)
     assert inbox.replay_dead() == 1
     assert queued_events(rclient) == [event] and inbox.dead() == {}
     inbox.applied(event_id)
     assert rclient.hlen(keys.INBOX) == 0 and rclient.hlen(keys.INBOX_DELIVERIES) == 0
+
+
+def test_events_waiting_in_a_backlog_are_never_copied_nor_dead_lettered(
+    rclient: redis.Redis, settings: Settings
+) -> None:
+    """No worker takes anything for many intervals: every event's message still waits in the
+    queue, so none is sent again and none counts as a delivery."""
+    from tasks.inbox import Inbox
+
+    inbox = Inbox(rclient, 0.01, settings.WEBHOOK_DEDUPE_TTL_S, max_deliveries=3)
+    for index in range(50):
+        assert inbox.put(f"wh-{index}", json.dumps(recording_done(f"r{index}")))
+    for _ in range(12):
+        time.sleep(0.02)
+        assert inbox.resend_due() == 0
+    assert rclient.llen(EVENTS_QUEUE) == 50 and inbox.dead() == {}
+    assert rclient.hlen(keys.INBOX) == 50
+
+
+def take_one(client: redis.Redis, inbox: object, event_id: str) -> None:
+    """What a worker does first with an ingest message: take it off the queue, say so."""
+    raw = client.rpop(EVENTS_QUEUE)
+    assert raw is not None
+    inbox.taken(event_id, json.loads(raw)["headers"]["id"])  # type: ignore[attr-defined]
 
 
 def test_metrics_want_the_metrics_token_when_one_is_set(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 from typing import Any
 
 import pytest
@@ -424,3 +425,70 @@ def test_the_await_timeout_holds_even_when_the_poll_fails(
     time.sleep(0.01)
     assert run(harness, Step.AWAIT, job_id) == Outcome.FAILED
     assert state(harness, job_id).error.code == ErrorCode.TIMEOUT  # type: ignore[union-attr]
+
+
+def test_a_worker_whose_clock_is_off_judges_every_wait_on_redis_clock(
+    harness: Harness,
+    emulator: EmulatorHandle,
+    rclient: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """62 minutes after a lost create answer (Recall no longer replays its key), the next run
+    lands on a worker whose clock is 15 minutes slow: it still lists before creating."""
+    job_id = start(harness, emulator)
+    harness.clear()
+    emulator.fault(target="create", action="lose_response")
+    assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    key_at = float(rclient.hget(keys.job(job_id), "create_key_at") or 0)
+    rclient.hset(keys.job(job_id), "create_key_at", key_at - 3720)
+    assert emulator.state is not None
+    for scope, (started, status, body) in list(emulator.state.idempotency.items()):
+        emulator.state.idempotency[scope] = (started - 3720, status, body)
+    real = time.time
+
+    def worker_clock(skew: float) -> None:  # the pipeline's own clock, not the emulator's
+        clock = types.SimpleNamespace(time=lambda: real() + skew, monotonic=time.monotonic)
+        monkeypatch.setattr("tasks.pipeline.time", clock)
+
+    worker_clock(-900)
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
+    assert len(emulator.transcripts("r1")) == 1  # adopted, not made again
+    worker_clock(3600)  # a clock an hour ahead
+    emulator.state.transcripts[str(state(harness, job_id).transcript_id)].status = "processing"
+    assert run(harness, Step.AWAIT, job_id) == Outcome.PROCESSING  # not a timeout
+
+
+def test_a_job_that_ends_while_holding_a_quota_slot_gives_it_back(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings, rclient: redis.Redis
+) -> None:
+    """Its transcript.failed webhook ends the job between two polls, the second one holding a
+    reserved slot: the slot goes back, so the next job does not wait an extra window."""
+    limiter = Limiter(rclient, {**DEFAULT_RATES, Family.RETRIEVE: Rate(1, 60)}, INLINE_WAIT_S)
+    harness.pipeline.recall = RecallClient(settings, limiter)
+    job_id = start(harness, emulator)
+    harness.drain()
+    assert emulator.state is not None
+    transcript_id = str(state(harness, job_id).transcript_id)
+    emulator.state.transcripts[transcript_id].status = "processing"
+    assert run(harness, Step.AWAIT, job_id) == Outcome.PROCESSING
+    assert run(harness, Step.AWAIT, job_id) == Outcome.RETRY  # its slot a minute away
+    event = transcript_event("transcript.failed", "r1", transcript_id, {"job_id": job_id}, "x")
+    harness.pipeline.ingest(parse_event(event))
+    assert state(harness, job_id).state == State.FAILED
+    assert limiter.release_unused() == 1
+    assert limiter.acquire(Family.RETRIEVE).wait < 61  # one window, not two
+
+
+def test_a_retry_hours_later_waits_a_whole_transcript_timeout_again(
+    harness: Harness, emulator: EmulatorHandle, rclient: redis.Redis
+) -> None:
+    job_id = start(harness, emulator)
+    harness.drain()
+    harness.pipeline.jobs.fail(job_id, ErrorCode.RECALL_UNAVAILABLE, "gave up")
+    rclient.hset(keys.job(job_id), "transcript_created_at", time.time() - 7 * 3600)
+    wait_transcript_done(emulator, "r1")
+    retry(harness, job_id)
+    harness.clear()
+    emulator.fault(target="retrieve", action="status", status=503)
+    assert run(harness, Step.AWAIT, job_id) == Outcome.RETRY  # a blip, not a timeout
+    assert run(harness, Step.AWAIT, job_id) == Outcome.FETCH

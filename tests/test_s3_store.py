@@ -49,20 +49,28 @@ def objects(endpoint: str) -> dict[str, bytes]:
     }
 
 
-def save(store: S3Store, recording_id: str, transcript_id: str, data: bytes) -> None:
+def save(
+    store: S3Store, recording_id: str, transcript_id: str, data: bytes, **beside: bytes
+) -> None:
     with store.staging() as staged:
         staged.write(data)
-        store.save(recording_id, transcript_id, staged, {"id": transcript_id, "job_id": "j1"})
+        meta = {"id": transcript_id, "job_id": "j1"}
+        store.save(
+            recording_id, transcript_id, staged, meta, {f".{k}": v for k, v in beside.items()}
+        )
 
 
 def test_the_s3_store_keeps_the_directory_layout_meta_after_data(s3: str) -> None:
     store = S3Store("s3://transcripts/prod/eu", s3)
     assert not store.has("r1", "t1")
-    save(store, "r1", "t1", b'[{"words": []}]')
+    save(store, "r1", "t1", b'[{"words": []}]', srt=b"1\n")
     assert store.has("r1", "t1")
     stored = objects(s3)
     assert stored["prod/eu/r1/t1.json"] == b'[{"words": []}]'
     assert b'"job_id": "j1"' in stored["prod/eu/r1/t1.meta.json"]
+    assert stored["prod/eu/r1/t1.srt"] == b"1\n" and store.read("r1", "t1") == b'[{"words": []}]'
+    with pytest.raises(FileNotFoundError):
+        store.read("r1", "missing")
 
 
 def test_an_unreachable_or_missing_bucket_is_a_readable_error_and_nothing_is_there(

@@ -10,6 +10,7 @@ import redis
 
 from tasks import keys
 from tasks.events import parse_event
+from tasks.formats import Format, render
 from tasks.jobs import JobRecord
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome, Result
@@ -368,3 +369,23 @@ def test_copies_of_an_await_message_call_recall_once(
     assert outcomes(harness.drain()) == [Outcome.PROCESSING, Outcome.STALE, Outcome.STALE]
     assert emulator.stats()["calls"]["retrieve"] == 1
     assert state(harness, job_id).polls == 1
+
+
+def test_the_chosen_formats_are_written_beside_the_data_when_it_is_persisted(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings
+) -> None:
+    harness.pipeline.settings = reconfigure(settings, TRANSCRIPT_FORMATS="json,text,srt,vtt")
+    job_id = start(harness, emulator)
+    harness.drain()
+    wait_transcript_done(emulator, "r1")
+    run(harness, Step.AWAIT, job_id)
+    assert outcomes(harness.drain()) == [Outcome.PERSISTED]
+    transcript_id = str(state(harness, job_id).transcript_id)
+    folder = harness.pipeline.store.data_path("r1", transcript_id).parent  # type: ignore[attr-defined]
+    data = emulator.data(transcript_id)
+    for fmt in (Format.TEXT, Format.SRT, Format.VTT):
+        assert (folder / f"{transcript_id}{fmt.suffix}").read_bytes() == render(data, fmt)
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == sorted(
+        f"{transcript_id}{s}" for s in (".json", ".meta.json", ".txt", ".srt", ".vtt")
+    )

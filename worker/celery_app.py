@@ -7,6 +7,10 @@ from celery import Celery
 from kombu import Queue
 
 from tasks import celery_tasks
+from tasks.callbacks.deliveries import Deliveries
+from tasks.callbacks.guard import Guard
+from tasks.callbacks.outbox import Outbox
+from tasks.callbacks.send import Sender
 from tasks.connection import redis_client
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
@@ -18,7 +22,8 @@ from tasks.recall.client import INLINE_WAIT_S, RecallClient
 from tasks.recall.limiter import Limiter
 from tasks.settings import Settings
 from tasks.store import open_store
-from worker.sweeper import sweeper_step
+from worker.deliveries import DeliveryPool
+from worker.sweeper import Sweep, sweeper_step
 
 STEP_TIME_LIMIT_S = 1800
 
@@ -69,20 +74,26 @@ def create_worker_app(settings: Settings) -> Celery:
     client = redis_client(settings, patient=True)
     jobs = JobStore(client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
     dispatch = Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER)
-    inbox = Inbox(
-        client,
-        settings.INBOX_RESEND_S,
-        settings.WEBHOOK_DEDUPE_TTL_S,
-        settings.INBOX_MAX_DELIVERIES,
-    )
+    inbox = Inbox.from_settings(client, settings)
     rates = settings.rate_limits
     limiter = Limiter(client, rates, INLINE_WAIT_S) if rates else None
     metrics = Metrics(client)
     recall = RecallClient(settings, limiter, metrics)
     store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
     pipeline = Pipeline(settings, jobs, recall, store, dispatch, metrics)
-    celery_tasks.register(app, pipeline, inbox)
-    app.steps["worker"].add(
-        sweeper_step(dispatch, inbox, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S)
+    deliveries = Deliveries.from_settings(client, settings)
+    outbox = Outbox(
+        jobs, deliveries, settings.callback_urls, settings.CALLBACK_TASK, settings.CALLBACK_QUEUE
     )
+    pool = None
+    if settings.CALLBACK_SECRET is not None:
+        sender = Sender(
+            settings.CALLBACK_SECRET.get_secret_value(), Guard(settings.callback_networks)
+        )
+        pool = DeliveryPool(deliveries, sender, metrics, settings.CALLBACK_THREADS)
+    sweep = Sweep(
+        dispatch, inbox, outbox, pool, limiter, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S
+    )
+    celery_tasks.register(app, pipeline, inbox, sweep.wake)
+    app.steps["worker"].add(sweeper_step(sweep))
     return app

@@ -5,14 +5,16 @@
 -- caller passes; this script never spells one out. Every time is Redis's clock (TIME), in seconds.
 --
 -- KEYS[1]  the due-set            KEYS[2]  the job's hash ('' for claim and prune)
--- KEYS[3..] per command
+-- KEYS[3]  the outbox: `job id:attempt` of every job that finished, until its news is sent on
+-- KEYS[4]  quota tickets to give back: reserved for a step that will not run (tasks/recall/)
+-- KEYS[5..] per command
 -- ARGV[1]  command                ARGV[2]  state-set key prefix    ARGV[3]  job-hash key prefix
 -- ARGV[4]  job id                 ARGV[5..] per command, below. A target is two arguments: the
 -- state, then the phase. A delay is seconds from now; '' keeps the due time, 'never' leaves.
 -- The state sets (prefix .. state) and, in claim and prune, the jobs walked are reached through
 -- the prefixes: one Redis primary is assumed.
 
-local due, job = KEYS[1], KEYS[2]
+local due, job, outbox, unused = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local command, state_prefix, job_prefix, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -26,10 +28,19 @@ local SENT = {'sent_seq', 'sent_id', 'sent_step'}
 
 local function hdel(key, fields) redis.call('HDEL', key, unpack(fields)) end
 
+-- A quota slot reserved for the job's next step run, which will not come: give it back.
+local function drop_ticket()
+  local ticket = redis.call('HGET', job, 'quota_ticket')
+  if ticket then
+    redis.call('RPUSH', unused, ticket)
+    redis.call('HDEL', job, 'quota_ticket')
+  end
+end
+
 -- The job's state if its phase is one of `sources` (comma-separated), else nil.
 local function current_in(sources)
   local fields = redis.call('HMGET', job, 'state', 'phase')
-  if not fields[1] then return nil end
+  if not fields[1] or not fields[2] then return nil end  -- gone, or not upgraded yet
   if string.find(',' .. sources .. ',', ',' .. fields[2] .. ',', 1, true) then return fields[1] end
   return nil
 end
@@ -44,7 +55,12 @@ end
 -- When the job is next looked at: `delay` seconds from now, never after its deadline.
 local function schedule(delay)
   if delay == nil or delay == '' then return end
-  if delay == 'never' then redis.call('ZREM', due, id) return end
+  if delay == 'never' then  -- finished: it leaves the due-set, and its news the outbox
+    drop_ticket()
+    redis.call('ZREM', due, id)
+    redis.call('ZADD', outbox, now, id .. ':' .. redis.call('HGET', job, 'attempts'))
+    return
+  end
   local at = now + tonumber(delay)
   local deadline = tonumber(redis.call('HGET', job, 'deadline_at'))
   if deadline and at > deadline then at = deadline end
@@ -82,14 +98,14 @@ local function lost(seq, task_id, queue, unacked, consumed)
   return redis.call('LLEN', queue) == 0
 end
 
--- submit. KEYS[3] every job, KEYS[4] the recording's jobs. ARGV[5] fields (JSON), ARGV[6] delay,
+-- submit. KEYS[5] every job, KEYS[6] the recording's jobs. ARGV[5] fields (JSON), ARGV[6] delay,
 -- ARGV[7] deadline (seconds), ARGV[8..9] target. Returns 1 when created, 0 when it exists.
 if command == 'submit' then
   if redis.call('EXISTS', job) == 1 then return 0 end
   set_fields(ARGV[5])
   redis.call('HSET', job, 'attempts', '1', 'created_at', now, 'deadline_at', now + tonumber(ARGV[7]))
-  redis.call('ZADD', KEYS[3], now, id)
-  redis.call('SADD', KEYS[4], id)
+  redis.call('ZADD', KEYS[5], now, id)
+  redis.call('SADD', KEYS[6], id)
   enter(ARGV[8], ARGV[8], ARGV[9], ARGV[6])
   return 1
 end
@@ -105,7 +121,7 @@ if command == 'move' then
   return old
 end
 
--- created: the create call answered (or a listing found our transcript). KEYS[3] the transcript's
+-- created: the create call answered (or a listing found our transcript). KEYS[5] the transcript's
 -- owner key. ARGV[5] sources, ARGV[6] transcript id, ARGV[7] first poll (delay), ARGV[8] lease,
 -- ARGV[9..10] awaiting, ARGV[11..12] fetching, ARGV[13..14] failed. Honours a transcript event
 -- kept before the answer. Returns the new state.
@@ -114,7 +130,7 @@ if command == 'created' then
   if not old then return false end
   local transcript = ARGV[6]
   hdel(job, SCRATCH)
-  redis.call('SET', KEYS[3], id)
+  redis.call('SET', KEYS[5], id)
   redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', now, 'polls', '0')
   local early = redis.call('HMGET', job, unpack(EARLY))
   hdel(job, EARLY)
@@ -172,6 +188,7 @@ end
 if command == 'retry' then
   local old = current_in(ARGV[5])
   if not old then return false end
+  drop_ticket()
   hdel(job, SCRATCH)
   redis.call('HDEL', job, 'error', 'failures', 'last_error', 'remediations')
   redis.call('HINCRBY', job, 'attempts', 1)
@@ -183,6 +200,7 @@ if command == 'retry' then
     return ARGV[11]
   end
   if redis.call('HEXISTS', job, 'transcript_id') == 1 then
+    redis.call('HSET', job, 'transcript_created_at', now)  -- the wait for it starts again
     enter(old, ARGV[8], ARGV[9], 0)
     return ARGV[9]
   end
@@ -190,8 +208,8 @@ if command == 'retry' then
   return ARGV[7]
 end
 
--- send: queue step messages, recording each on its job so that it is sent once. KEYS[3] the
--- queue, KEYS[4] the message counter, KEYS[5] kombu's unacked hash, KEYS[6] the highest number
+-- send: queue step messages, recording each on its job so that it is sent once. KEYS[5] the
+-- queue, KEYS[6] the message counter, KEYS[7] kombu's unacked hash, KEYS[8] the highest number
 -- taken. ARGV[5] 'new' (skip a job whose message for this step is still on its way) or 'redrive'
 -- (the claim checked), then for each message: job id, step, the phases it runs in, task id (also
 -- its delivery tag), message. A job no longer in one of those phases gets nothing. Returns the
@@ -204,10 +222,10 @@ if command == 'send' then
     if current_in(ARGV[i + 2]) then
       local sent = redis.call('HMGET', job, unpack(SENT))
       local on_its_way = ARGV[5] == 'new' and sent[3] == step
-        and not lost(sent[1], sent[2], KEYS[3], KEYS[5], KEYS[6])
+        and not lost(sent[1], sent[2], KEYS[5], KEYS[7], KEYS[8])
       if not on_its_way then
-        redis.call('HSET', job, SENT[1], redis.call('INCR', KEYS[4]), SENT[2], task_id, SENT[3], step)
-        redis.call('LPUSH', KEYS[3], ARGV[i + 4])
+        redis.call('HSET', job, SENT[1], redis.call('INCR', KEYS[6]), SENT[2], task_id, SENT[3], step)
+        redis.call('LPUSH', KEYS[5], ARGV[i + 4])
         table.insert(out, task_id)
       end
     end
@@ -215,14 +233,14 @@ if command == 'send' then
   return out
 end
 
--- consume: a worker took a step message. KEYS[3] the highest number taken. ARGV[5] its task id.
+-- consume: a worker took a step message. KEYS[5] the highest number taken. ARGV[5] its task id.
 -- Returns 1 when it is the job's current message (now taken), 0 for a stale copy.
 if command == 'consume' then
   local sent = redis.call('HMGET', job, unpack(SENT))
   if sent[2] ~= ARGV[5] then return 0 end
   hdel(job, SENT)
-  if tonumber(sent[1]) > (tonumber(redis.call('GET', KEYS[3])) or 0) then
-    redis.call('SET', KEYS[3], sent[1])
+  if tonumber(sent[1]) > (tonumber(redis.call('GET', KEYS[5])) or 0) then
+    redis.call('SET', KEYS[5], sent[1])
   end
   return 1
 end
@@ -234,7 +252,7 @@ if command == 'nudge' then
 end
 
 -- claim: the sweeper takes the due jobs, pushing each one lease ahead so one sweeper takes it.
--- KEYS[3] the queue, KEYS[4] kombu's unacked hash, KEYS[5] the highest message number taken.
+-- KEYS[5] the queue, KEYS[6] kombu's unacked hash, KEYS[7] the highest message number taken.
 -- ARGV[5] limit, ARGV[6] lease, ARGV[7] job-lock key prefix, ARGV[8] sources of a failure,
 -- ARGV[9..10] failed, ARGV[11] the deadline's error (JSON).
 -- Returns {seconds until the next due job (-1: none), id, phase, recording, ...}: the jobs whose
@@ -250,13 +268,15 @@ if command == 'claim' then
     id, job = each, job_prefix .. each
     local f = redis.call('HMGET', job, 'state', 'phase', 'recording_id', 'deadline_at', unpack(SENT))
     local held = f[1] and redis.call('PTTL', ARGV[7] .. each) or 0
-    if not current_in(ARGV[8]) then
+    if f[1] and not f[2] then  -- written before phases: looked at once JobStore.upgrade ran
+      redis.call('ZADD', due, now + lease, each)
+    elseif not current_in(ARGV[8]) then
       redis.call('ZREM', due, each)
     elseif held > 0 then
       redis.call('ZADD', due, now + held / 1000, each)
     elseif f[4] and now >= tonumber(f[4]) then
       fail(f[1], ARGV[9], ARGV[10], ARGV[11])
-    elseif f[5] and not lost(f[5], f[6], KEYS[3], KEYS[4], KEYS[5]) then
+    elseif f[5] and not lost(f[5], f[6], KEYS[5], KEYS[6], KEYS[7]) then
       redis.call('ZADD', due, now + lease, each)
     else
       redis.call('ZADD', due, now + lease, each)
@@ -271,7 +291,7 @@ if command == 'claim' then
 end
 
 -- prune: finished jobs past their retention leave Redis with their index entries (the state
--- sets are scored by when a job entered its state). KEYS[3] every job. ARGV[5] age (seconds),
+-- sets are scored by when a job entered its state). KEYS[5] every job. ARGV[5] age (seconds),
 -- ARGV[6] limit, ARGV[7] recording-set prefix, ARGV[8] transcript-owner prefix, ARGV[9..] the
 -- finished states. Returns how many.
 if command == 'prune' then
@@ -288,7 +308,7 @@ if command == 'prune' then
         redis.call('DEL', ARGV[8] .. fields[2])
       end
       redis.call('DEL', hash)
-      redis.call('ZREM', KEYS[3], each)
+      redis.call('ZREM', KEYS[5], each)
       redis.call('ZREM', set, each)
       redis.call('ZREM', due, each)
       pruned = pruned + 1

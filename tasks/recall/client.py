@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
+from tasks.deadlines import WatchedAdapter, deadline
 from tasks.metrics import Metrics
 from tasks.recall.download import USER_AGENT, Downloader, trust_environment_once
 from tasks.recall.errors import (
@@ -84,7 +84,7 @@ class RecallClient:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
-            adapter = HTTPAdapter(max_retries=_connect_retries())
+            adapter = WatchedAdapter(max_retries=_connect_retries())
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             trust_environment_once(session)
@@ -137,11 +137,20 @@ class RecallClient:
         all_headers = {"Authorization": self._auth, "Accept": "application/json"}
         all_headers.update(headers or {})
         try:
-            response = self._session().request(
-                method, url, json=json, headers=all_headers, params=params, timeout=self._timeout
-            )
+            # The whole call, however slowly an answer trickles in, within the timeout.
+            with deadline(self._timeout[1]) as cut:
+                response = self._session().request(
+                    method,
+                    url,
+                    json=json,
+                    headers=all_headers,
+                    params=params,
+                    timeout=self._timeout,
+                )
         except requests.RequestException as exc:
             self._count(family, "error")
+            if cut.passed:
+                raise error_for_exception(requests.Timeout(), method, what) from None
             raise error_for_exception(exc, method, what) from None
         self._count(family, response.status_code)
         if response.status_code >= 400:

@@ -85,9 +85,14 @@ class Ticket:
         return json.dumps([self.family, self.scope, self.member])
 
     @classmethod
-    def load(cls, text: str) -> Ticket:
-        family, scope, member = json.loads(text)
-        return cls(Family(family), scope, member)
+    def load(cls, text: str) -> Ticket | None:
+        """The ticket `dump` wrote; None for anything else (a release before this one wrote
+        tickets another way: the slot it held leaves the window with time)."""
+        try:
+            family, scope, member = json.loads(text)
+            return cls(Family(family), str(scope), str(member))
+        except (ValueError, TypeError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,16 @@ class Limiter:
     def release(self, ticket: Ticket) -> None:
         """Give back a slot no call used."""
         self._run("release", ticket.family, ticket.scope, ticket.member)
+
+    def release_unused(self, limit: int = 500) -> int:
+        """Give back the slots of tickets whose jobs ended, or were retried, before using them
+        (tasks/lua/jobs.lua lists them); how many."""
+        raw = cast(list[bytes] | None, self._redis.lpop(keys.UNUSED_TICKETS, limit)) or []
+        tickets = [Ticket.load(each.decode()) for each in raw]
+        for ticket in tickets:
+            if ticket is not None and ticket.family in self._rates:
+                self.release(ticket)
+        return len(raw)
 
     def pause(self, family: Family, scope: str, seconds: float) -> None:
         """Recall said 429: no one calls this family until `seconds` have passed (or until a

@@ -19,13 +19,21 @@ class Store(Protocol):
         """A temporary file to download into; removed at the end of the block unless saved."""
 
     def save(
-        self, recording_id: str, transcript_id: str, data: IO[bytes], meta: dict[str, Any]
+        self,
+        recording_id: str,
+        transcript_id: str,
+        data: IO[bytes],
+        meta: dict[str, Any],
+        beside: dict[str, bytes] | None = None,
     ) -> None:
-        """Persist `data` (a file from `staging`) exactly, then its meta; rewriting is harmless.
-        Durable when it returns."""
+        """Persist `data` (a file from `staging`) exactly, then the files `beside` it (by
+        suffix: `.srt`, ...), then its meta; rewriting is harmless. Durable when it returns."""
 
     def has(self, recording_id: str, transcript_id: str) -> bool:
         """True once both objects of a transcript are in place."""
+
+    def read(self, recording_id: str, transcript_id: str) -> bytes:
+        """The data as persisted; FileNotFoundError when it is not there."""
 
 
 def open_store(location: str, s3_endpoint_url: str | None = None) -> Store:

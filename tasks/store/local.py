@@ -40,16 +40,27 @@ class LocalStore:
                 Path(handle.name).unlink(missing_ok=True)  # gone already once saved
 
     def save(
-        self, recording_id: str, transcript_id: str, data: IO[bytes], meta: dict[str, Any]
+        self,
+        recording_id: str,
+        transcript_id: str,
+        data: IO[bytes],
+        meta: dict[str, Any],
+        beside: dict[str, bytes] | None = None,
     ) -> None:
-        """Rename the staged data into place, then write its meta; both durable on return."""
+        """Rename the staged data into place, write the files beside it, then its meta; all
+        durable on return."""
         data_path = self.data_path(recording_id, transcript_id)
         meta_path = self.meta_path(recording_id, transcript_id)
         make_dirs(data_path.parent)
         data.flush()
         os.fsync(data.fileno())
         os.replace(data.name, data_path)
-        write_file(meta_path, meta_bytes(meta))  # fsyncs the directory: both renames durable
+        for suffix, content in (beside or {}).items():
+            write_file(self.root / object_name(recording_id, transcript_id, suffix), content)
+        write_file(meta_path, meta_bytes(meta))  # fsyncs the directory: every rename durable
+
+    def read(self, recording_id: str, transcript_id: str) -> bytes:
+        return self.data_path(recording_id, transcript_id).read_bytes()
 
     def has(self, recording_id: str, transcript_id: str) -> bool:
         """True once both files of a transcript are in place."""

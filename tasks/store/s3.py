@@ -20,6 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tasks.formats import Format
 from tasks.store.layout import DATA, META, StoreError, meta_bytes, object_name
 
 
@@ -50,13 +51,33 @@ class S3Store:
             yield handle
 
     def save(
-        self, recording_id: str, transcript_id: str, data: IO[bytes], meta: dict[str, Any]
+        self,
+        recording_id: str,
+        transcript_id: str,
+        data: IO[bytes],
+        meta: dict[str, Any],
+        beside: dict[str, bytes] | None = None,
     ) -> None:
-        """PUT the data exactly as downloaded, then its meta."""
+        """PUT the data exactly as downloaded, then the objects beside it, then its meta."""
         data.flush()
         data.seek(0)
         self._put(self.key(recording_id, transcript_id, DATA), data)
+        for suffix, content in (beside or {}).items():
+            self._put(self.key(recording_id, transcript_id, suffix), content)
         self._put(self.key(recording_id, transcript_id, META), meta_bytes(meta))
+
+    def read(self, recording_id: str, transcript_id: str) -> bytes:
+        key = self.key(recording_id, transcript_id, DATA)
+        try:
+            answer = self._client.get_object(Bucket=self.bucket, Key=key)
+            body: bytes = answer["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(key) from None
+            raise self._unavailable("GET", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._unavailable("GET", key, exc) from None
+        return body
 
     def has(self, recording_id: str, transcript_id: str) -> bool:
         meta_key = self.key(recording_id, transcript_id, META)
@@ -73,10 +94,17 @@ class S3Store:
     def _put(self, key: str, body: bytes | IO[bytes]) -> None:
         try:
             self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json"
+                Bucket=self.bucket, Key=key, Body=body, ContentType=_content_type(key)
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._unavailable("PUT", key, exc) from None
 
     def _unavailable(self, what: str, key: str, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"{what} s3://{self.bucket}/{key}: {exc}")
+
+
+def _content_type(key: str) -> str:
+    for fmt in Format:
+        if key.endswith(fmt.suffix) and fmt is not Format.JSON:
+            return fmt.media_type
+    return "application/json"

@@ -1,0 +1,68 @@
+"""The news of finished jobs, sent on: one event per finish, a delivery per destination, and the
+Celery callback. Working on an entry twice (a sweeper that died half way) makes nothing twice:
+deliveries are keyed by event and destination, and the Celery message's task id by the event."""
+
+from __future__ import annotations
+
+import json
+
+from tasks.callbacks.deliveries import Deliveries
+from tasks.callbacks.model import Delivery, delivery_id, destination, event_id, iso, task_id
+from tasks.jobs import JobRecord, JobStore
+from tasks.messages import task_message
+
+
+class Outbox:
+    """Turns every finished job into its callbacks."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        deliveries: Deliveries,
+        urls: list[str],
+        callback_task: str | None,
+        callback_queue: str,
+    ) -> None:
+        self._jobs = jobs
+        self._deliveries = deliveries
+        self._urls = urls
+        self._task = callback_task
+        self._queue = callback_queue
+
+    def send_on(self, limit: int = 100) -> int:
+        """Send on the news of the jobs that finished since; how many."""
+        taken = self._deliveries.take_outbox(limit)
+        for job_id, attempt in taken:
+            record = self._jobs.record(job_id)
+            # Retried since (a later finish will have its own news), or forgotten: nothing to say.
+            if record is not None and not record.state.active and record.attempts == attempt:
+                self._send(record)
+            self._deliveries.sent_on(job_id, attempt)
+        return len(taken)
+
+    def _send(self, record: JobRecord) -> None:
+        event = event_id(record.id, record.attempts, record.state)
+        # The job as the jobs API shows it, but for its callbacks: the destinations' URLs (which
+        # may carry tokens) are not told to each other.
+        job = record.view().model_dump(mode="json", exclude={"callbacks"})
+        body = json.dumps(
+            {"type": f"job.{record.state}", "timestamp": iso(record.updated_at), "data": job}
+        )
+        urls = list(dict.fromkeys([*self._urls, *filter(None, [record.callback_url])]))
+        ids = []
+        for url in urls:
+            delivery = Delivery(
+                id=delivery_id(event, url),
+                job_id=record.id,
+                event_id=event,
+                url=url,
+                destination=destination(url),
+                body=body,
+            )
+            self._deliveries.create(delivery)
+            ids.append(delivery.id)
+        if ids:
+            self._jobs.record_callbacks(record.id, ids)
+        if self._task:
+            message, _ = task_message(self._task, [job], self._queue, task_id=task_id(event))
+            self._deliveries.redis.lpush(self._queue, message)
