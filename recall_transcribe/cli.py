@@ -150,8 +150,6 @@ def _worker(_: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _flower(args: argparse.Namespace, _: list[str]) -> int:
-    from urllib.parse import urlparse
-
     from worker.celery_app import create_celery
 
     settings = load_settings()
@@ -161,10 +159,19 @@ def _flower(args: argparse.Namespace, _: list[str]) -> int:
         argv.append(f"--basic-auth={settings.FLOWER_BASIC_AUTH.get_secret_value()}")
     elif args.address not in loopback:
         raise ConfigError("FLOWER_BASIC_AUTH is required when Flower listens beyond loopback")
-    elif urlparse(settings.REDIS_URL).hostname not in loopback:
+    elif any(host not in loopback for host in _redis_hosts(settings)):
         raise ConfigError("FLOWER_BASIC_AUTH is required when the broker is not on loopback")
     create_celery(settings).start(argv)
     return 0
+
+
+def _redis_hosts(settings: Settings) -> list[str]:
+    """The hosts the broker is found through: REDIS_URL's, or every Sentinel's."""
+    from urllib.parse import urlparse
+
+    if settings.sentinels:
+        return [host for host, _ in settings.sentinels]
+    return [urlparse(settings.REDIS_URL).hostname or ""]
 
 
 def _emulator(args: argparse.Namespace, _: list[str]) -> int:
@@ -207,7 +214,7 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     from tasks.dispatch import Dispatcher
     from tasks.jobs import JobStore
 
-    jobs = JobStore(redis_client(settings), settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
+    jobs = JobStore.from_settings(redis_client(settings), settings)
     return Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER)
 
 

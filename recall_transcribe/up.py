@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import redis
 import requests
 
+from tasks.connection import redis_client
 from tasks.settings import ConfigError, Settings
 
 
@@ -27,15 +28,18 @@ class Ports(NamedTuple):
     flower: int = 5555
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_answers(settings: Settings) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(redis_client(settings).ping())
     except redis.RedisError:
         return False
 
 
-def _start_redis(url: str) -> subprocess.Popen[bytes]:
+def _start_redis(settings: Settings) -> subprocess.Popen[bytes]:
+    url = settings.REDIS_URL
     parsed = urlparse(url)
+    if settings.sentinels:
+        raise ConfigError("no Redis primary answers through REDIS_SENTINELS")
     if parsed.hostname not in ("127.0.0.1", "localhost"):
         raise ConfigError(
             f"no Redis answers at {url}, and it is not a local address to start one on"
@@ -66,7 +70,7 @@ def _start_redis(url: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while not _redis_answers(url):
+    while not _redis_answers(settings):
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise ConfigError(f"could not start redis-server for {url}")
@@ -81,7 +85,7 @@ def run_all(settings: Settings, ports: Ports) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # a script may have started us ignoring SIGINT
         signal.signal(signum, lambda *_: stopping.set())
-    redis_proc = None if _redis_answers(settings.REDIS_URL) else _start_redis(settings.REDIS_URL)
+    redis_proc = None if _redis_answers(settings) else _start_redis(settings)
     env = dict(os.environ)
     generated = _development_values(settings, ports, env)
     cli = [sys.executable, "-m", "recall_transcribe"]

@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> Flask:
     client = redis_client(settings)
     app.extensions["verifier"] = webhooks.Verifier(settings.webhook_secrets)
     app.extensions["inbox"] = Inbox.from_settings(client, settings)
-    jobs = JobStore(client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
+    jobs = JobStore.from_settings(client, settings)
     guard = Guard(settings.callback_networks) if settings.CALLBACK_SECRET else None
     app.extensions["jobs_api"] = jobs_api.JobsApi(
         Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER),

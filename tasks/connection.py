@@ -1,22 +1,103 @@
-"""The Redis client every process uses for job state, the inbox and its hand-built messages."""
+"""How every process reaches Redis: REDIS_URL, or the primary Sentinel names (REDIS_SENTINELS),
+for the job store, the inbox, leases and the limiter (`redis_client`) as for Celery's broker
+(`broker_url`, `broker_options`).
+
+Through Sentinel, a client asks for the primary when it connects, and again when its connection
+fails or the server it reaches has become a replica (redis-py's Sentinel pool turns READONLY into
+a reconnection), so a failover is followed without a restart. A `patient` client (workers) retries
+for about 20 s; an impatient one (the receiver) fails at once, so the receiver answers 503 and
+Recall sends again.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from tasks.settings import Settings
 
+SOCKET = {"socket_timeout": 5, "socket_connect_timeout": 2}
+REPLICA_WAIT_MS = 1000  # replication takes milliseconds; a replica this late is as good as gone
+
+
+class NotReplicated(redis.RedisError):
+    """Fewer replicas than REDIS_MIN_REPLICAS confirmed a write: it may not survive a failover."""
+
+
+def replicated(client: redis.Redis, replicas: int, write: Callable[[Pipeline], object]) -> Any:
+    """Run `write` (commands on a pipeline), then, with `replicas` > 0, WAIT until that many
+    replicas confirm it, on the same connection (WAIT counts the writes of its own connection).
+    Returns the write's answer; raises `NotReplicated` when too few confirm in time."""
+    pipe = client.pipeline(transaction=False)
+    write(pipe)
+    if replicas:
+        pipe.wait(replicas, REPLICA_WAIT_MS)
+    answers = pipe.execute()
+    if replicas and answers[-1] < replicas:
+        raise NotReplicated(f"{answers[-1]} of {replicas} replica(s) confirmed the write in time")
+    return answers[0]
+
 
 def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:
-    """A Redis client with short timeouts; a `patient` one rides out a restart (~20 s)."""
+    """A Redis client with short timeouts; a `patient` one rides out a restart or a failover."""
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 12 if patient else 0)
-    return redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=30,
-        retry=retry,
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    options = {
+        **SOCKET,
+        "health_check_interval": 30,
+        "retry": retry,
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+    if not settings.sentinels:
+        return redis.Redis.from_url(settings.REDIS_URL, **options)
+    url = urlsplit(settings.REDIS_URL)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        settings.sentinels, sentinel_kwargs={**SOCKET, "socket_timeout": 1}
     )
+    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.REDIS_SENTINEL_MASTER,
+        redis_class=redis.Redis,
+        db=_db(url.path),
+        username=unquote(url.username) if url.username else None,
+        password=unquote(url.password) if url.password else None,
+        **options,
+    )
+    return primary
+
+
+def broker_url(settings: Settings) -> str:
+    """Celery's broker: REDIS_URL, or kombu's Sentinel transport over every Sentinel."""
+    if not settings.sentinels:
+        return settings.REDIS_URL
+    url = urlsplit(settings.REDIS_URL)
+    auth = url.netloc.rpartition("@")[0]
+    db = _db(url.path)
+    return ";".join(
+        f"sentinel://{auth + '@' if auth else ''}{_host(host)}:{port}/{db}"
+        for host, port in settings.sentinels
+    )
+
+
+def broker_options(settings: Settings) -> dict[str, object]:
+    """Transport options the broker needs besides the visibility settings."""
+    if not settings.sentinels:
+        return {}
+    return {
+        "master_name": settings.REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": {**SOCKET, "socket_timeout": 1},
+    }
+
+
+def _db(path: str) -> int:
+    digits = path.strip("/")
+    return int(digits) if digits.isdigit() else 0
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

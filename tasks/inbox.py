@@ -18,8 +18,10 @@ from importlib import resources
 from typing import cast
 
 import redis
+from redis.client import Pipeline
 
 from tasks import keys
+from tasks.connection import replicated
 from tasks.messages import ingest_message
 from tasks.names import EVENTS_QUEUE
 from tasks.settings import Settings
@@ -46,12 +48,18 @@ class Inbox:
     """Accepted events not yet applied by a worker, and the dead letters."""
 
     def __init__(
-        self, client: redis.Redis, resend_s: float, dedupe_ttl_s: int, max_deliveries: int = 10
+        self,
+        client: redis.Redis,
+        resend_s: float,
+        dedupe_ttl_s: int,
+        max_deliveries: int = 10,
+        min_replicas: int = 0,
     ) -> None:
         self._redis = client
         self._resend_s = resend_s
         self._ttl = dedupe_ttl_s
         self._max_deliveries = max_deliveries
+        self._replicas = min_replicas
         script = resources.files("tasks").joinpath("lua/inbox.lua").read_text()
         self._script = client.register_script(script)
 
@@ -62,24 +70,34 @@ class Inbox:
             settings.INBOX_RESEND_S,
             settings.WEBHOOK_DEDUPE_TTL_S,
             settings.INBOX_MAX_DELIVERIES,
+            settings.REDIS_MIN_REPLICAS,
         )
 
-    def _run(self, command: str, extra_keys: list[str], *args: str | float) -> object:
-        return self._script(keys=[*INBOX_KEYS, *extra_keys], args=[command, self._resend_s, *args])
+    def _run(
+        self,
+        command: str,
+        extra_keys: list[str],
+        *args: str | float,
+        client: redis.Redis | Pipeline | None = None,
+    ) -> object:
+        return self._script(
+            keys=[*INBOX_KEYS, *extra_keys], args=[command, self._resend_s, *args], client=client
+        )
 
     def put(self, webhook_id: str, event_json: str, summary: str = "") -> bool:
         """Keep and enqueue the event unless its webhook id was seen; True if it is new.
-        `summary` is what Flower shows as the ingest task's arguments."""
+        `summary` is what Flower shows as the ingest task's arguments. With REDIS_MIN_REPLICAS,
+        it returns only once that many replicas have the event (a duplicate too: its count is a
+        write, and replication keeps order), else raises `NotReplicated`."""
         event_id = event_id_for(webhook_id)
         message, task_id = ingest_message(event_json, event_id, summary)
-        added = self._run(
-            "put",
-            [keys.webhook_seen(event_id), keys.METRIC_WEBHOOKS],
-            message,
-            self._ttl,
-            event_id,
-            event_json,
-            task_id,
+        args: list[str | float] = [message, self._ttl, event_id, event_json, task_id]
+        added = replicated(
+            self._redis,
+            self._replicas,
+            lambda pipe: self._run(
+                "put", [keys.webhook_seen(event_id), keys.METRIC_WEBHOOKS], *args, client=pipe
+            ),
         )
         return bool(added)
 

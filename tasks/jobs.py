@@ -23,13 +23,16 @@ from typing import Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, Field, field_validator
+from redis.client import Pipeline
 
 from tasks import keys
 from tasks.callbacks.deliveries import views
 from tasks.callbacks.model import Callback
+from tasks.connection import replicated
 from tasks.leases import Leases
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode
+from tasks.settings import Settings
 from tasks.states import (
     ACTIVE,
     AWAITING,
@@ -242,32 +245,59 @@ class JobStore:
     """Reads jobs and changes them, one method per transition of the table."""
 
     def __init__(
-        self, client: redis.Redis, lease_s: float, deadline_s: float = 24 * 3600.0
+        self,
+        client: redis.Redis,
+        lease_s: float,
+        deadline_s: float = 24 * 3600.0,
+        min_replicas: int = 0,
     ) -> None:
         self.redis = client
         self.lease_s = lease_s
         self.deadline_s = deadline_s
+        self.min_replicas = min_replicas
         self.leases = Leases(client, lease_s)
         script = resources.files("tasks").joinpath("lua/jobs.lua").read_text()
         self._script = client.register_script(script)
 
-    def _run(self, command: str, job_id: str, extra_keys: list[str], *args: Any) -> Any:
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> JobStore:
+        return cls(
+            client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S, settings.REDIS_MIN_REPLICAS
+        )
+
+    def _run(
+        self,
+        command: str,
+        job_id: str,
+        extra_keys: list[str],
+        *args: Any,
+        client: redis.Redis | Pipeline | None = None,
+    ) -> Any:
         job_key = keys.job(job_id) if job_id else ""
         return self._script(
             keys=[keys.DUE, job_key, keys.OUTBOX, keys.UNUSED_TICKETS, *extra_keys],
             args=[command, keys.STATE_PREFIX, keys.JOB_PREFIX, job_id, *args],
+            client=client,
         )
 
     def _move(
-        self, transition: Transition, job_id: str, *, due_in: Delay = "keep", **fields: Any
+        self,
+        transition: Transition,
+        job_id: str,
+        *,
+        due_in: Delay = "keep",
+        replicas: int = 0,
+        **fields: Any,
     ) -> bool:
-        """Apply a transition whose target is one phase (or none); False when refused."""
+        """Apply a transition whose target is one phase (or none); False when refused. With
+        `replicas`, only once that many replicas confirmed it (else `NotReplicated`)."""
         targets = TRANSITIONS[transition].target
         if len(targets) > 1:
             raise ValueError(f"{transition} has several targets: it has its own command")
         to = target(transition, next(iter(targets))) if targets else ["", ""]
-        old = self._run(
-            "move", job_id, [], sources(transition), *to, _delay(due_in), _strings(fields)
+        args = [sources(transition), *to, _delay(due_in), _strings(fields)]
+        old = replicated(
+            self.redis, replicas, lambda pipe: self._run("move", job_id, [], *args, client=pipe)
         )
         return old is not None
 
@@ -381,11 +411,14 @@ class JobStore:
 
     def start_create(self, job: JobRecord, key_at: float) -> bool:
         """The create step begins: from here a create call may happen (with the job's key,
-        first sent at `key_at`, on Redis's clock, if it is new)."""
+        first sent at `key_at`, on Redis's clock, if it is new). With REDIS_MIN_REPLICAS, the
+        mark is on that many replicas before this returns (else `NotReplicated`): a failover
+        never forgets that a create may have happened."""
         return self._move(
             Transition.START_CREATE,
             job.id,
             due_in=self.lease_s,
+            replicas=self.min_replicas,
             create_pending=True,
             create_key_at=job.create_key_at if job.create_pending else key_at,
         )

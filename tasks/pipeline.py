@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import redis
 
+from tasks.connection import NotReplicated
 from tasks.dispatch import Dispatcher
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
 from tasks.formats import beside
@@ -164,7 +165,10 @@ class Pipeline:
     # -- steps --------------------------------------------------------------------------------
 
     def _create(self, job: JobRecord, run: Run) -> Result:
-        self.jobs.start_create(job, run.now)
+        try:
+            self.jobs.start_create(job, run.now)
+        except NotReplicated as exc:  # no create until a failover cannot forget it may happen
+            raise HeldBack(f"create held back: {exc}") from None
         transcript_id = job.early_transcript_id
         if transcript_id is None and job.create_pending and not self._replayable(job, run):
             listing = self._listing(job, run)
@@ -443,9 +447,9 @@ class Pipeline:
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
         """The same step after a backoff. Each kind of error has its own budget in a phase;
-        a 429 from Recall never spends one."""
+        a 429 from Recall, or a wait for replicas, never spends one."""
         count = job.failures.get(exc.code, 0)
-        if exc.code != ErrorCode.RATE_LIMITED and count >= self.settings.MAX_STEP_RETRIES:
+        if exc.spends_budget and count >= self.settings.MAX_STEP_RETRIES:
             return self._fail(job, exc.code, f"gave up after {count} retries: {exc.message}")
         delay = compute_backoff(
             count,
@@ -481,6 +485,14 @@ class Unexpected(RetryableError):
     """A step failed in a way no rule covers (a full disk, an odd answer): retried, then ends."""
 
     code = ErrorCode.INTERNAL
+
+
+class HeldBack(RetryableError):
+    """Too few replicas confirmed that a create may happen: wait for them, spending no budget
+    (the job's deadline still ends the wait)."""
+
+    code = ErrorCode.INTERNAL
+    spends_budget = False
 
 
 class Inconsistent(FinalError):

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
 
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    REDIS_SENTINELS: str = ""
+    REDIS_SENTINEL_MASTER: str = "mymaster"
+    REDIS_MIN_REPLICAS: int = Field(0, ge=0)
     RECALL_API_KEY: SecretStr | None = None
     RECALL_API_BASE_URL: str = "https://us-west-2.recall.ai"
     RECALL_WEBHOOK_SECRET: SecretStr | None = None
@@ -121,6 +124,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("REDIS_SENTINELS")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            host, _, port = part.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{part!r} is not host:port")
+        return value
+
     @field_validator("CALLBACK_SECRET")
     @classmethod
     def _callback_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -197,6 +209,15 @@ class Settings(BaseSettings):
     def rate_limits(self) -> dict[Family, Rate] | None:
         """Fleet-wide pacing per endpoint family (None: none at all)."""
         return parse_rates(self.RECALL_RATE_LIMITS)
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The Sentinels to find the Redis primary through (none: REDIS_URL is the primary)."""
+        found = []
+        for part in filter(None, (p.strip() for p in self.REDIS_SENTINELS.split(","))):
+            host, _, port = part.rpartition(":")
+            found.append((host.strip("[]"), int(port)))
+        return found
 
     @property
     def callback_urls(self) -> list[str]:

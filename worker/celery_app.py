@@ -11,7 +11,7 @@ from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.guard import Guard
 from tasks.callbacks.outbox import Outbox
 from tasks.callbacks.send import Sender
-from tasks.connection import redis_client
+from tasks.connection import broker_options, broker_url, redis_client
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
@@ -30,7 +30,7 @@ STEP_TIME_LIMIT_S = 1800
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on Redis: late acks, JSON only, prefetch 1, a thread pool for HTTP work."""
-    app = Celery("recall_transcribe", broker=settings.REDIS_URL, set_as_current=True)
+    app = Celery("recall_transcribe", broker=broker_url(settings), set_as_current=True)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -52,6 +52,7 @@ def create_celery(settings: Settings) -> Celery:
         # No task uses an ETA, so the visibility timeout only bounds how long a message held by a
         # dead worker stays invisible; the restore sweep runs often enough to honour it.
         broker_transport_options={
+            **broker_options(settings),
             "visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT_S,
             "unacked_restore_interval": max(1, min(10, settings.CELERY_VISIBILITY_TIMEOUT_S // 10)),
             "unacked_restore_throttle": 1,
@@ -72,7 +73,7 @@ def create_worker_app(settings: Settings) -> Celery:
     once for the process."""
     app = create_celery(settings)
     client = redis_client(settings, patient=True)
-    jobs = JobStore(client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S)
+    jobs = JobStore.from_settings(client, settings)
     dispatch = Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER)
     inbox = Inbox.from_settings(client, settings)
     rates = settings.rate_limits

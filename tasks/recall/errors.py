@@ -45,10 +45,12 @@ class RetryableError(RecallError):
 
     code = ErrorCode.RECALL_UNAVAILABLE
     retry_after: float | None = None
+    spends_budget = True  # False: a wait, not a failure (the job's deadline still bounds it)
 
 
 class RateLimited(RetryableError):
     code = ErrorCode.RATE_LIMITED
+    spends_budget = False
 
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message, 429)

@@ -1,0 +1,104 @@
+"""Redis fails over under a burst: a primary with AOF, one replica and three Sentinels, real
+processes on loopback. The primary is SIGKILLed partway; what was acknowledged stays, every
+recording is transcribed once, and processing resumes seconds after the promotion."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from tasks import keys
+from tests.cluster import Cluster, cluster, wait_until_promoted
+from tests.conftest import System
+from tests.helpers import recording_done, signed, wait_for
+
+RECORDINGS = 120
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Any:
+    found = cluster(tmp_path / "cluster")
+    yield found
+    found.stop()
+
+
+def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twice(
+    start_system: Any, sentinels: Cluster
+) -> None:
+    old = sentinels.primary_port
+    system: System = start_system(
+        workers=2,
+        REDIS_URL=f"redis://127.0.0.1:{old}/0",  # through Sentinel, only its database counts
+        REDIS_SENTINELS=sentinels.sentinels,
+        REDIS_MIN_REPLICAS="1",
+        JOB_STEP_LEASE_S="3",
+        INBOX_RESEND_S="3",
+        CELERY_VISIBILITY_TIMEOUT_S="5",
+    )
+    recordings = [f"fo-{index}" for index in range(RECORDINGS)]
+    for recording_id in recordings:
+        system.emulator.recording(recording_id)
+    url = f"{system.receiver_url}/webhooks/recall"
+    acknowledged: list[str] = []
+    refused = [0]
+    lock = threading.Lock()
+
+    def deliver(recording_id: str) -> None:
+        """As Recall does: the same webhook again until a 2xx (a 503 while Redis switches)."""
+        body, headers = signed(recording_done(recording_id), msg_id=f"msg_{recording_id}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                status = requests.post(url, data=body, headers=headers, timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            if status == 200:
+                with lock:
+                    acknowledged.append(recording_id)
+                return
+            with lock:
+                refused[0] += 1
+            time.sleep(0.2)
+        raise AssertionError(f"{recording_id} never accepted")
+
+    client = redis.Redis.from_url(f"redis://127.0.0.1:{old}/0")
+    with ThreadPoolExecutor(6) as pool:
+        sent = [pool.submit(deliver, r) for r in recordings]
+        wait_for(lambda: len(acknowledged) >= RECORDINGS // 3, 60, what="a third accepted")
+        done_before = int(client.zcard(keys.state("done")))
+        sentinels.kill(old)  # mid-burst, jobs in every phase
+        killed = time.monotonic()
+        promote_s = wait_until_promoted(sentinels, old)
+        promoted = time.monotonic()
+        fresh = redis.Redis.from_url(f"redis://127.0.0.1:{sentinels.primary()}/0")
+        wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 30, what="a job")
+        resume_s = time.monotonic() - promoted
+        sentinels.start_server(old)  # the old primary comes back, as the new one's replica
+        for future in sent:
+            future.result()
+    wait_for(lambda: fresh.zcard(keys.state("done")) == RECORDINGS, 180, what="every job done")
+
+    assert sorted(acknowledged) == sorted(recordings)
+    assert fresh.zcard(keys.JOBS) == RECORDINGS and fresh.zcard(keys.state("failed")) == 0
+    for recording_id in recordings:
+        ours = [t for t in system.emulator.transcripts(recording_id) if t["metadata"]]
+        assert len(ours) == 1, (recording_id, ours)  # never a second transcript
+        path = system.store / recording_id / f"{ours[0]['id']}.json"
+        assert path.read_bytes() == system.emulator.data(ours[0]["id"])
+    summary = {
+        "recordings": RECORDINGS,
+        "seconds to promote": round(promote_s, 1),
+        "seconds from promotion to a job done": round(resume_s, 1),
+        "seconds from the kill to every job done": round(time.monotonic() - killed, 1),
+        "webhooks refused during the switch": refused[0],
+    }
+    print(json.dumps(summary))
+    assert resume_s < 10

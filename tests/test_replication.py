@@ -1,0 +1,79 @@
+"""Acknowledged means replicated: with REDIS_MIN_REPLICAS, a webhook is answered 2xx, and a
+create may happen, only once a replica has the write (a primary and a replica of the test's own)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from receiver.app import create_app
+from tasks.connection import NotReplicated
+from tasks.outcomes import Outcome
+from tasks.settings import Settings
+from tasks.states import State, Step
+from tests.conftest import EmulatorHandle, Harness, start_redis
+from tests.helpers import reconfigure, recording_done, signed, wait_for
+from tests.test_steps import run, start, state
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def primary(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A primary and its replica; yields the primary's URL and the replica's process."""
+    for name in ("primary", "replica"):
+        (tmp_path / name).mkdir()
+    main, url = start_redis(tmp_path / "primary", "--repl-diskless-sync-delay", "0")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    replica, replica_url = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", port)
+    link = redis.Redis.from_url(replica_url)
+    wait_for(lambda: link.info("replication")["master_link_status"] == "up", 10, what="in sync")
+    yield url, replica
+    for process in (replica, main):
+        process.kill()
+        process.wait(10)
+
+
+def test_a_webhook_is_acknowledged_only_once_a_replica_has_it(
+    primary: tuple[str, subprocess.Popen[bytes]], settings: Settings
+) -> None:
+    url, replica = primary
+    client = create_app(reconfigure(settings, REDIS_URL=url, REDIS_MIN_REPLICAS=1)).test_client()
+    body, headers = signed(recording_done("r1"))
+    assert client.post("/webhooks/recall", data=body, headers=headers).status_code == 200
+    replica.kill()
+    replica.wait(10)
+    other, other_headers = signed(recording_done("r2"))
+    answer = client.post("/webhooks/recall", data=other, headers=other_headers)
+    assert answer.status_code == 503  # in the primary, maybe lost in a failover: Recall resends
+    again = client.post("/webhooks/recall", data=other, headers=other_headers)
+    assert again.status_code == 503  # a duplicate waits for the replica too
+    assert json.loads(answer.data)["error"]
+
+
+def test_no_create_happens_until_a_replica_knows_it_may(
+    primary: tuple[str, subprocess.Popen[bytes]],
+    harness: Harness,
+    emulator: EmulatorHandle,
+    settings: Settings,
+) -> None:
+    url, replica = primary
+    harness.pipeline.settings = reconfigure(settings, MAX_STEP_RETRIES=1)
+    jobs = harness.pipeline.jobs
+    jobs.redis = redis.Redis.from_url(url)
+    jobs._script = jobs.redis.register_script(jobs._script.script)
+    jobs.min_replicas = 1
+    replica.kill()
+    replica.wait(10)
+    job_id = start(harness, emulator)
+    for _ in range(3):  # held back: a wait, no budget spent (one is allowed)
+        assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    assert emulator.stats()["calls"].get("create", 0) == 0
+    assert state(harness, job_id).state == State.CREATING
+    with pytest.raises(NotReplicated):
+        jobs.start_create(state(harness, job_id), 0)
