@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import callbacks, ingest, limiter, pipeline, quotas
+from bench import callbacks, failover, ingest, limiter, pipeline, quotas, workspaces
 from bench.report import render, write_section
 
 SIZES = {
@@ -35,6 +35,8 @@ SIZES = {
         "callback_latency": 100,
         "callback_deliveries": 2000,
         "callback_down": (1000, 30.0),
+        "workspaces": (600, 1.0, 4),
+        "failover_runs": 3,
     },
     "smoke": {
         "ingest_s": 1,
@@ -51,6 +53,8 @@ SIZES = {
         "callback_latency": 5,
         "callback_deliveries": 50,
         "callback_down": (20, 2.0),
+        "workspaces": (20, 0.05, 2),
+        "failover_runs": 1,
     },
 }
 BENCHES = (
@@ -64,6 +68,8 @@ BENCHES = (
     "faulty_burst",
     "backlog",
     "callbacks",
+    "workspaces",
+    "failover",
 )
 
 
@@ -199,6 +205,14 @@ def _backlog(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return quotas.backlog(work, size["backlog"])
 
 
+def _workspaces(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return workspaces.burst(work, *size["workspaces"])
+
+
+def _failover(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return failover.measure(work, size["failover_runs"])
+
+
 def _callbacks(work: Path, size: dict[str, Any], profile: bool) -> Any:
     jobs, down_s = size["callback_down"]
     return {
@@ -219,6 +233,8 @@ RUNNERS = {
     "faulty_burst": _faulty_burst,
     "backlog": _backlog,
     "callbacks": _callbacks,
+    "workspaces": _workspaces,
+    "failover": _failover,
 }
 
 if __name__ == "__main__":

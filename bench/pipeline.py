@@ -152,10 +152,17 @@ def _wait_workers(system: System, count: int) -> None:
     wait_for(all_up, 60, f"{count} worker(s)", every=0.2)
 
 
-def post_recording_done(system: System, ids: list[str], threads: int = 16) -> None:
-    """Deliver a signed recording.done for each recording, as Recall would, `threads` at once."""
-    hook = Webhook(SECRET)
-    url = f"{system.receiver_url}/webhooks/recall"
+def post_recording_done(
+    system: System,
+    ids: list[str],
+    threads: int = 16,
+    path: str = "/webhooks/recall",
+    secret: str = SECRET,
+) -> None:
+    """Deliver a signed recording.done for each recording, as Recall would, `threads` at once
+    (to another workspace's `path`, signed with its `secret`)."""
+    hook = Webhook(secret)
+    url = f"{system.receiver_url}{path}"
     sessions: dict[int, requests.Session] = {}
 
     def deliver(recording_id: str) -> None:

@@ -192,6 +192,34 @@ def render(results: dict[str, Any]) -> str:
         out += ["", "A receiver down while the jobs finish, then back:", ""]
         out += [f"- {k}: {v}" for k, v in cb["receiver down"].items()]
         out += [""]
+    if "workspaces" in results:
+        ws = results["workspaces"]
+        out += ["### 11. Several Recall workspaces at once", ""]
+        out += [
+            "Each workspace its own emulator, key, secret and quotas; a quota-bound burst in one",
+            "workspace alone, then in each of several at once, on the same two workers:",
+            "",
+        ]
+        out += [f"- {k}: {v}" for k, v in ws.items() if k != "per workspace"]
+        out += [
+            "",
+            "| workspace | seconds | calls per job | refused (429) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, row in ws["per workspace"].items():
+            calls = ", ".join(f"{f} {n}" for f, n in row["calls per job"].items())
+            out += [f"| {name} | {row['seconds']} | {calls} | {row['refused (429)']} |"]
+        out += [""]
+    if "failover" in results:
+        out += ["### 12. Redis failover mid-burst", ""]
+        out += [
+            "`tests/test_failover.py`: a primary with AOF, one replica, three Sentinels; the",
+            "primary SIGKILLed a third of the way into a burst of webhooks, re-sent until accepted",
+            "as Recall does; every recording transcribed once, checked by the test:",
+            "",
+        ]
+        out += [f"- {k}: {v}" for k, v in results["failover"].items()]
+        out += [""]
     return "\n".join(out)
 
 

@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("recording_id")
     enqueue.add_argument("--provider", type=json.loads, default=None, help="provider JSON")
     enqueue.add_argument("--idempotency-key", default=None)
+    enqueue.add_argument("--workspace", default="default", help="the Recall workspace")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish")
     enqueue.add_argument("--timeout", type=float, default=None, help="give up waiting after (s)")
 
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("job_id", nargs="?")
     jobs.add_argument("--state", default=None, choices=[state.value for state in State])
     jobs.add_argument("--recording-id", default=None)
+    jobs.add_argument("--workspace", default=None, help="list: only this workspace's jobs")
     jobs.add_argument("--limit", type=int, default=20, help="list: rows per page")
     jobs.add_argument("--offset", type=int, default=0, help="list: rows to skip")
     jobs.add_argument("--failed", action="store_true", help="retry: every failed job that matches")
@@ -215,13 +217,17 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     from tasks.jobs import JobStore
 
     jobs = JobStore.from_settings(redis_client(settings), settings)
-    return Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER)
+    return Dispatcher.from_settings(jobs, settings)
 
 
 def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
     dispatch = _dispatcher(load_settings())
     jobs = dispatch.jobs
-    job_id, created = dispatch.submit(args.recording_id, args.provider, None, args.idempotency_key)
+    if not dispatch.knows(args.workspace):
+        raise ConfigError(f"--workspace: no workspace {args.workspace!r} is set up")
+    job_id, created = dispatch.submit(
+        args.recording_id, args.provider, None, args.idempotency_key, workspace=args.workspace
+    )
     print(f"job {job_id} ({'queued' if created else 'already exists'})")
     if not args.wait:
         return 0
@@ -275,7 +281,13 @@ def _list_jobs(jobs: JobStore, args: argparse.Namespace) -> int:
     """A page of jobs under a header, and how to see the next page when there is one."""
     state = State(args.state) if args.state else None
     limit, offset = max(1, args.limit), max(0, args.offset)
-    page = jobs.page(recording_id=args.recording_id, state=state, offset=offset, limit=limit + 1)
+    page = jobs.page(
+        recording_id=args.recording_id,
+        state=state,
+        workspace=args.workspace,
+        offset=offset,
+        limit=limit + 1,
+    )
     print(f"{'JOB':<36}  {'STATE':<9} {'RECORDING':<36}  {'TRANSCRIPT':<36}  ERROR")
     for job in page[:limit]:
         error = job.error.code if job.error else ""
@@ -359,10 +371,10 @@ def _events(args: argparse.Namespace, _: list[str]) -> int:
         print(f"{inbox.replay_dead()} dead event(s) sent again")
         return 0
     dead = inbox.dead()
-    print(f"{'EVENT':<32}  {'TYPE':<18} RECORDING")
-    for event_id, event_json in sorted(dead.items()):
+    print(f"{'EVENT':<32}  {'WORKSPACE':<12} {'TYPE':<18} RECORDING")
+    for event_id, (workspace, event_json) in sorted(dead.items()):
         kind, recording = _summary(event_json)
-        print(f"{event_id:<32}  {kind:<18} {recording}".rstrip())
+        print(f"{event_id:<32}  {workspace:<12} {kind:<18} {recording}".rstrip())
     if not dead:
         print("(no dead events)")
     return 0

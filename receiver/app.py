@@ -21,25 +21,34 @@ from tasks.jobs import JobStore
 from tasks.metrics import Metrics, RedisCollector
 from tasks.settings import ConfigError, Settings
 from tasks.store import open_store
+from tasks.workspaces import DEFAULT
 
 MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings) -> Flask:
     """Build the receiver; without a webhook secret it refuses unless told to run insecure."""
-    if not settings.webhook_secrets and not settings.RECALL_WEBHOOK_INSECURE:
+    workspaces = settings.workspaces
+    verifiers = {
+        name: webhooks.Verifier(w.webhook_secrets)
+        for name, w in workspaces.items()
+        if w.webhook_secrets
+    }
+    if settings.RECALL_WEBHOOK_INSECURE and DEFAULT not in verifiers:
+        verifiers[DEFAULT] = webhooks.Verifier([])  # local use: unsigned webhooks accepted
+    if not verifiers:
         raise ConfigError(
             "RECALL_WEBHOOK_SECRET is not set (set it, or RECALL_WEBHOOK_INSECURE=1 for local use)"
         )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     client = redis_client(settings)
-    app.extensions["verifier"] = webhooks.Verifier(settings.webhook_secrets)
+    app.extensions["verifiers"] = verifiers
     app.extensions["inbox"] = Inbox.from_settings(client, settings)
     jobs = JobStore.from_settings(client, settings)
     guard = Guard(settings.callback_networks) if settings.CALLBACK_SECRET else None
     app.extensions["jobs_api"] = jobs_api.JobsApi(
-        Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER),
+        Dispatcher.from_settings(jobs, settings),
         settings.api_tokens,
         open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL),
         guard,
@@ -47,7 +56,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["metrics"] = Metrics(client)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(jobs_api.bp)
-    document = openapi_document()
+    document = openapi_document(list(workspaces))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(client))
 
@@ -88,8 +97,9 @@ def create_app(settings: Settings) -> Flask:
         """Every HTTP error as `{"error": ...}` JSON, its headers (Allow on a 405) kept."""
         response = exc.get_response()
         message = f"body over {MAX_BODY_BYTES} bytes" if exc.code == 413 else exc.description
-        if exc.code == 413 and request.path == "/webhooks/recall":
-            app.extensions["metrics"].webhook("too_large")
+        if exc.code == 413 and request.path.startswith("/webhooks/recall"):
+            workspace = request.path.removeprefix("/webhooks/recall").strip("/") or DEFAULT
+            app.extensions["metrics"].for_workspace(workspace[:40]).webhook("too_large")
         response.set_data(json.dumps({"error": message}))
         response.content_type = "application/json"
         return response

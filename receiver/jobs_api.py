@@ -35,6 +35,7 @@ from tasks.jobs import Job
 from tasks.outcomes import ErrorCode
 from tasks.states import State
 from tasks.store import Store
+from tasks.workspaces import DEFAULT, NAME
 
 RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # Text without control characters (tab, newline and carriage return allowed in values).
@@ -43,6 +44,7 @@ KEY = r"^[^\x00-\x1f\x7f]+$"
 HEADER_KEY = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, as headers carry
 DIGITS = re.compile(r"[0-9]{1,9}")
 MAX_KEY = 200
+WORKSPACE = f"^{NAME.pattern}$"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _NAME = rf"(?:{_LABEL}\.)*{_LABEL}"  # a host name, or an IPv4 address
 _PORTS = r"6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}"
@@ -124,6 +126,11 @@ class JobRequest(BaseModel):
         description="the same key returns the same job (default: recording and provider)",
     )
     callback_url: CallbackUrl | None = None
+    workspace: str = Field(
+        default=DEFAULT,
+        pattern=WORKSPACE,
+        description="the Recall workspace the recording is in (RECALL_WORKSPACES)",
+    )
 
 
 class TranscriptQuery(BaseModel):
@@ -137,6 +144,7 @@ class JobListQuery(BaseModel):
 
     recording_id: str | None = Field(default=None, pattern=RECORDING_ID)
     state: State | None = None
+    workspace: str | None = Field(default=None, pattern=WORKSPACE)
     offset: int = Field(default=0, ge=0, le=999_999_999)
     limit: int = Field(default=50, ge=1, le=500)
 
@@ -227,13 +235,20 @@ def create_job() -> tuple[Response, int]:
     if body.callback_url is not None:
         _check_callback(api, body.callback_url)
     dispatch = api.dispatch
+    if not dispatch.knows(body.workspace):
+        raise BadInput(f"workspace: no workspace {body.workspace!r} is set up here")
     job_id, created = dispatch.submit(
-        body.recording_id, body.provider, body.metadata, key, body.callback_url
+        body.recording_id,
+        body.provider,
+        body.metadata,
+        key,
+        body.callback_url,
+        body.workspace,
     )
     job = dispatch.jobs.get(job_id)
     if job is None:  # expired between the two calls
         return _error(503, "the job vanished while it was being created, retry")
-    provider = dispatch.provider(body.provider)
+    provider = dispatch.provider(body.provider, body.workspace)
     if not created and key is not None and _differs(job, body.recording_id, provider, body):
         return _error(409, "this idempotency key was used with different parameters")
     return _job(job, 202)
@@ -284,6 +299,7 @@ def list_jobs() -> tuple[Response, int]:
     jobs = _api().dispatch.jobs.page(
         recording_id=query.recording_id,
         state=query.state,
+        workspace=query.workspace,
         offset=query.offset,
         limit=query.limit,
     )
@@ -384,9 +400,10 @@ def _query(integers: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _differs(job: Job, recording_id: str, provider: dict[str, Any], body: JobRequest) -> bool:
-    return (job.recording_id, job.provider, job.metadata, job.callback_url) != (
+    return (job.recording_id, job.provider, job.metadata, job.callback_url, job.workspace) != (
         recording_id,
         provider,
         body.metadata or {},
         body.callback_url,
+        body.workspace,
     )

@@ -22,6 +22,7 @@ from receiver.jobs_api import (
 )
 from tasks.formats import Format
 from tasks.jobs import Job
+from tasks.workspaces import DEFAULT
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _TRANSCRIPT = {
@@ -108,8 +109,34 @@ def _with_refs(node: Any) -> Any:
     return node
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the receiver's endpoints."""
+def openapi_document(workspaces: list[str]) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the receiver's endpoints, in a deployment serving
+    `workspaces` (the names a job's `workspace` may take)."""
+    document = _document()
+    request = document["components"]["schemas"]["JobRequest"]["properties"]["workspace"]
+    request["enum"] = workspaces
+    # Listing takes any name: jobs stay listed after their workspace leaves RECALL_WORKSPACES.
+    others = [name for name in workspaces if name != DEFAULT]
+    if others:
+        hook = dict(document["paths"]["/webhooks/recall"])
+        hook["post"] = {
+            **hook["post"],
+            "operationId": "receiveWorkspaceWebhook",
+            "summary": "a RECALL_WORKSPACES workspace's Recall webhook, verified with its secret",
+            "parameters": [
+                {
+                    "name": "workspace",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": others},
+                }
+            ],
+        }
+        document["paths"]["/webhooks/recall/{workspace}"] = hook
+    return document
+
+
+def _document() -> dict[str, Any]:
     job_id = [
         {
             "name": "job_id",

@@ -1,4 +1,5 @@
-"""`POST /webhooks/recall`: verify the signature, parse, dedupe and enqueue atomically, answer."""
+"""`POST /webhooks/recall[/{workspace}]`: verify the signature with that workspace's secrets,
+parse, dedupe and enqueue atomically, answer. `/webhooks/recall` is the workspace `default`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tasks.events import InvalidEvent, parse_event_json
 from tasks.inbox import Inbox
 from tasks.metrics import Metrics
+from tasks.workspaces import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,17 @@ def _error(status: int, message: str) -> tuple[Response, int]:
 
 
 @bp.post("/webhooks/recall")
-def receive() -> tuple[Response, int]:
-    verifier: Verifier = current_app.extensions["verifier"]
+def receive_default() -> tuple[Response, int]:
+    return receive(DEFAULT)
+
+
+@bp.post("/webhooks/recall/<workspace>")
+def receive(workspace: str) -> tuple[Response, int]:
+    verifier: Verifier | None = current_app.extensions["verifiers"].get(workspace)
+    if verifier is None:
+        return _error(404, f"no workspace {workspace[:40]!r} takes webhooks here")
     inbox: Inbox = current_app.extensions["inbox"]
-    metrics: Metrics = current_app.extensions["metrics"]
+    metrics: Metrics = current_app.extensions["metrics"].for_workspace(workspace)
     body = request.get_data(cache=False)
     headers = webhook_headers(request.headers)
     try:
@@ -77,11 +86,11 @@ def receive() -> tuple[Response, int]:
     webhook_id = headers.get("webhook-id") or hashlib.sha256(body).hexdigest()
     try:
         if not event.handled:
-            inbox.count_ignored(event.event)
+            inbox.count_ignored(event.event, workspace)
             return _status("ignored"), 200
         recording = event.data.recording
-        summary = repr([event.event, recording.id if recording else None])
-        added = inbox.put(webhook_id, text, summary)
+        summary = repr([event.event, recording.id if recording else None, workspace])
+        added = inbox.put(webhook_id, text, summary, workspace)
     except redis.RedisError as exc:
         log.error("webhook %s not enqueued, answering 503: %s", webhook_id, type(exc).__name__)
         metrics.webhook("unavailable")  # counted only if Redis is back by then

@@ -21,6 +21,7 @@ from tasks.names import INGEST_TASK, STEP_TASKS, SUBMIT_TASK
 from tasks.outcomes import Outcome
 from tasks.pipeline import Pipeline
 from tasks.states import Step
+from tasks.workspaces import DEFAULT
 
 FINISHING = (Outcome.PERSISTED, Outcome.FAILED)
 
@@ -33,16 +34,19 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[
     # These two have no job in the due-set yet: if Redis stays away, requeue rather than ack.
     @app.task(name=INGEST_TASK, bind=True)
     def ingest_event(
-        self: Task[Any, Any], event_json: str | dict[str, Any], event_id: str | None = None
+        self: Task[Any, Any],
+        event_json: str | dict[str, Any],
+        event_id: str | None = None,
+        workspace: str = DEFAULT,
     ) -> str:
-        """Apply one accepted webhook (its body as it came, a JSON string; an object in messages
-        from before this release)."""
+        """Apply one accepted webhook of `workspace` (its body as it came, a JSON string; an
+        object in messages from before this release)."""
         try:
             if event_id:
                 inbox.taken(event_id, str(self.request.id))
             event = json.loads(event_json) if isinstance(event_json, str) else event_json
             with sent_from(self.request.id, self.request.root_id):
-                result = pipeline.ingest(parse_event(event))
+                result = pipeline.ingest(parse_event(event), workspace)
             if event_id:
                 inbox.applied(event_id)
         except redis.RedisError as exc:
@@ -58,11 +62,15 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[
         provider: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        workspace: str = DEFAULT,
     ) -> str:
+        """Start a job (the jobs API's POST, for services that speak Celery); its id."""
+        if not pipeline.dispatch.knows(workspace):
+            raise Reject(f"no workspace {workspace!r} is set up", requeue=False)
         try:
             with sent_from(self.request.id, self.request.root_id):
                 job_id, _ = pipeline.dispatch.submit(
-                    recording_id, provider, metadata, idempotency_key
+                    recording_id, provider, metadata, idempotency_key, workspace=workspace
                 )
         except redis.RedisError as exc:
             raise Reject(exc, requeue=True) from exc

@@ -12,15 +12,22 @@ from typing import Any
 
 from tasks.jobs import Due, JobStore, Message
 from tasks.messages import step_message
+from tasks.settings import Settings
 from tasks.states import State, Step
+from tasks.workspaces import DEFAULT
 
 
 class Dispatcher:
-    """Submits jobs (filling in the default provider) and sends the steps they are due for."""
+    """Submits jobs (filling in their workspace's provider) and sends the steps they are due
+    for."""
 
-    def __init__(self, jobs: JobStore, default_provider: dict[str, Any]) -> None:
+    def __init__(self, jobs: JobStore, providers: dict[str, dict[str, Any]]) -> None:
         self.jobs = jobs
-        self.default_provider = default_provider
+        self.providers = providers  # each workspace's default provider
+
+    @classmethod
+    def from_settings(cls, jobs: JobStore, settings: Settings) -> Dispatcher:
+        return cls(jobs, {name: w.provider for name, w in settings.workspaces.items()})
 
     def __call__(self, step: Step, job_id: str, recording_id: str) -> None:
         """Send `step` for the job, unless its message for that step is already on its way."""
@@ -31,9 +38,13 @@ class Dispatcher:
         messages = [_message(d.step, d.job_id, d.recording_id) for d in due]
         return len(self.jobs.send(messages, redrive=True)) if messages else 0
 
-    def provider(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        """The provider configuration a job uses: the one given, else TRANSCRIPT_PROVIDER."""
-        return given or self.default_provider
+    def provider(self, given: dict[str, Any] | None, workspace: str = DEFAULT) -> dict[str, Any]:
+        """The provider configuration a job uses: the one given, else its workspace's
+        (TRANSCRIPT_PROVIDER for the default)."""
+        return given or self.providers[workspace]
+
+    def knows(self, workspace: str) -> bool:
+        return workspace in self.providers
 
     def submit(
         self,
@@ -42,11 +53,18 @@ class Dispatcher:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        workspace: str = DEFAULT,
     ) -> tuple[str, bool]:
-        """Start a job unless one exists for the key, and send its create; (job id, created).
-        Without a key the job is the recording's, the one its `recording.done` starts."""
+        """Start a job in `workspace` unless one exists for the key, and send its create; (job
+        id, created). Without a key the job is the recording's, the one its `recording.done`
+        starts."""
         job_id, created = self.jobs.submit(
-            recording_id, self.provider(provider), metadata, idempotency_key, callback_url
+            recording_id,
+            self.provider(provider, workspace),
+            metadata,
+            idempotency_key,
+            callback_url,
+            workspace,
         )
         if created:
             self(Step.CREATE, job_id, recording_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,6 +26,7 @@ MAX_LINE = 42
 MAX_LINES = 2
 PAUSE_S = 1.5
 MAX_NAME = 30  # a speaker's label leaves room on the first line
+MAX_TIME_S = 10_000_000.0  # about 115 days: a timestamp past it is not a recording's
 
 
 class Format(StrEnum):
@@ -85,17 +87,24 @@ def words(data: bytes) -> list[Word]:
         for segment in segments:
             speaker = speaker_name(segment.get("participant"))
             for word in segment.get("words") or []:
-                text = str(word.get("text") or "").strip()
+                text = " ".join(str(word.get("text") or "").split())  # a newline ends a cue
                 if not text:
                     continue
-                start = float(word["start_timestamp"]["relative"])
+                start = _seconds(word["start_timestamp"]["relative"])
                 end_stamp = word.get("end_timestamp") or {}
                 end = end_stamp.get("relative")
-                end = max(start, float(end) if end is not None else start)
+                end = max(start, _seconds(end) if end is not None else start)
                 out += _pieces(speaker, start, end, text)
         return out
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UnreadableTranscript(f"not Recall's transcript data: {exc}") from None
+
+
+def _seconds(value: Any) -> float:
+    seconds = float(value)
+    if not math.isfinite(seconds) or abs(seconds) > MAX_TIME_S:
+        raise ValueError(f"a timestamp of {value!r} s")
+    return seconds
 
 
 def _pieces(speaker: str, start: float, end: float, text: str) -> list[Word]:
@@ -183,8 +192,11 @@ def _placed(lines: list[str], piece: str, taken: int) -> list[str] | None:
     return None
 
 
-def _clock(seconds: float, separator: str) -> str:
-    millis = max(0, round(seconds * 1000))
+def _millis(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _clock(millis: int, separator: str) -> str:
     hours, rest = divmod(millis, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
     secs, millis = divmod(rest, 1000)
@@ -192,9 +204,10 @@ def _clock(seconds: float, separator: str) -> str:
 
 
 def _times(cue: Cue, separator: str) -> str:
-    end = cue.end if cue.end > cue.start else cue.start + 0.5  # a single instant still shows
-    end = min(end, cue.start + MAX_CUE_S)  # a single word spoken for longer still fits
-    return f"{_clock(cue.start, separator)} --> {_clock(end, separator)}"
+    start = _millis(cue.start)
+    end = _millis(cue.end) if cue.end > cue.start else start + 500  # an instant still shows
+    end = min(end, start + round(MAX_CUE_S * 1000))  # a word spoken for longer still fits
+    return f"{_clock(start, separator)} --> {_clock(end, separator)}"
 
 
 def to_srt(all_words: list[Word]) -> str:
@@ -220,7 +233,7 @@ def to_text(all_words: list[Word]) -> str:
     """One paragraph per speaker turn: `[hh:mm:ss] Name: words`."""
     paragraphs = []
     for turn in turns(all_words):
-        stamp = _clock(turn[0].start, ",").split(",")[0]
+        stamp = _clock(_millis(turn[0].start), ",").split(",")[0]
         paragraphs.append(f"[{stamp}] {turn[0].speaker}: " + " ".join(w.text for w in turn))
     return "\n\n".join(paragraphs) + ("\n" if paragraphs else "")
 

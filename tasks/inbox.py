@@ -23,8 +23,10 @@ from redis.client import Pipeline
 from tasks import keys
 from tasks.connection import replicated
 from tasks.messages import ingest_message
+from tasks.metrics import labelled
 from tasks.names import EVENTS_QUEUE
 from tasks.settings import Settings
+from tasks.workspaces import DEFAULT
 
 INBOX_KEYS = [
     keys.INBOX,
@@ -39,9 +41,21 @@ INBOX_KEYS = [
 ]
 
 
-def event_id_for(webhook_id: str) -> str:
-    """A short fixed-size id for a webhook id (any length, any characters)."""
-    return hashlib.sha256(webhook_id.encode()).hexdigest()[:32]
+def event_id_for(webhook_id: str, workspace: str = DEFAULT) -> str:
+    """A short fixed-size id for a workspace's webhook id (any length, any characters)."""
+    scoped = webhook_id if workspace == DEFAULT else f"{workspace}/{webhook_id}"
+    return hashlib.sha256(scoped.encode()).hexdigest()[:32]
+
+
+def kept(workspace: str, event_json: str) -> str:
+    """An event as the inbox keeps it: its workspace, a newline, its JSON as it came."""
+    return f"{workspace}\n{event_json}"
+
+
+def unkept(text: str) -> tuple[str, str]:
+    """(workspace, event JSON) of a kept event."""
+    workspace, _, event_json = text.partition("\n")
+    return workspace, event_json
 
 
 class Inbox:
@@ -84,14 +98,17 @@ class Inbox:
             keys=[*INBOX_KEYS, *extra_keys], args=[command, self._resend_s, *args], client=client
         )
 
-    def put(self, webhook_id: str, event_json: str, summary: str = "") -> bool:
-        """Keep and enqueue the event unless its webhook id was seen; True if it is new.
-        `summary` is what Flower shows as the ingest task's arguments. With REDIS_MIN_REPLICAS,
-        it returns only once that many replicas have the event (a duplicate too: its count is a
-        write, and replication keeps order), else raises `NotReplicated`."""
-        event_id = event_id_for(webhook_id)
-        message, task_id = ingest_message(event_json, event_id, summary)
-        args: list[str | float] = [message, self._ttl, event_id, event_json, task_id]
+    def put(
+        self, webhook_id: str, event_json: str, summary: str = "", workspace: str = DEFAULT
+    ) -> bool:
+        """Keep and enqueue a workspace's event unless its webhook id was seen; True if it is
+        new. `summary` is what Flower shows as the ingest task's arguments. With
+        REDIS_MIN_REPLICAS, it returns only once that many replicas have the event (a duplicate
+        too: its count is a write, and replication keeps order), else raises `NotReplicated`."""
+        event_id = event_id_for(webhook_id, workspace)
+        message, task_id = ingest_message(event_json, event_id, workspace, summary)
+        args: list[str | float] = [message, self._ttl, event_id, kept(workspace, event_json)]
+        args += [task_id, labelled("enqueued", workspace), labelled("duplicate", workspace)]
         added = replicated(
             self._redis,
             self._replicas,
@@ -101,10 +118,10 @@ class Inbox:
         )
         return bool(added)
 
-    def count_ignored(self, event_type: str) -> None:
+    def count_ignored(self, event_type: str, workspace: str = DEFAULT) -> None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hincrby(keys.EVENTS_IGNORED, event_type[:100], 1)
-        pipe.hincrby(keys.METRIC_WEBHOOKS, "ignored", 1)
+        pipe.hincrby(keys.METRIC_WEBHOOKS, labelled("ignored", workspace), 1)
         pipe.execute()
 
     def taken(self, event_id: str, task_id: str) -> None:
@@ -123,20 +140,21 @@ class Inbox:
         triples: list[str] = []
         for i in range(0, len(flat), 2):
             event_id = flat[i].decode()
-            message, task_id = ingest_message(flat[i + 1].decode(), event_id)
+            workspace, event_json = unkept(flat[i + 1].decode())
+            message, task_id = ingest_message(event_json, event_id, workspace)
             triples += [event_id, task_id, message]
         return int(cast(int, self._run("sent", [], *triples))) if triples else 0
 
-    def dead(self) -> dict[str, str]:
-        """The dead letters: event JSON by event id."""
+    def dead(self) -> dict[str, tuple[str, str]]:
+        """The dead letters: (workspace, event JSON) by event id."""
         raw = cast(dict[bytes, bytes], self._redis.hgetall(keys.INBOX_DEAD))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {k.decode(): unkept(v.decode()) for k, v in raw.items()}
 
     def replay_dead(self) -> int:
         """Put every dead letter back in the inbox, with a fresh count, and send it; returns how
         many."""
         triples: list[str] = []
-        for event_id, event_json in self.dead().items():
-            message, task_id = ingest_message(event_json, event_id)
+        for event_id, (workspace, event_json) in self.dead().items():
+            message, task_id = ingest_message(event_json, event_id, workspace)
             triples += [event_id, task_id, message]
         return int(cast(int, self._run("replay", [], *triples))) if triples else 0

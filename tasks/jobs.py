@@ -48,10 +48,11 @@ from tasks.states import (
     sources,
     target,
 )
+from tasks.workspaces import DEFAULT
 
 _DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook path derives
 _GIVEN = uuid.UUID("0c3f9a8e-52d1-4b7e-8e9f-4a6d2b1c7e55")  # keys clients give (API, CLI, Celery)
-SCHEMA = "2"  # jobs with a phase and a deadline (1: state and step)
+SCHEMA = "3"  # jobs with a phase, a deadline and a workspace (1: state and step)
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 EarlyEvent = Literal["done", "failed"]
 Delay = float | Literal["keep", "never"]
@@ -67,6 +68,11 @@ def default_idempotency_key(recording_id: str, provider: dict[str, Any]) -> str:
     """Recording id plus a digest of the provider configuration."""
     canonical = json.dumps(provider, sort_keys=True, separators=(",", ":"))
     return f"{recording_id}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def scoped(key: str, workspace: str) -> str:
+    """A key within its workspace: the same key in two workspaces names two jobs."""
+    return key if workspace == DEFAULT else f"{workspace}/{key}"
 
 
 def _iso(value: float | None) -> str | None:
@@ -96,6 +102,7 @@ class Job(BaseModel):
 
     id: str
     recording_id: str
+    workspace: str = DEFAULT
     state: State
     transcript_id: str | None = None
     attempts: int
@@ -114,6 +121,7 @@ class JobRecord(BaseModel):
 
     id: str
     recording_id: str
+    workspace: str = DEFAULT  # the Recall workspace (region) the recording is in
     idempotency_key: str
     provider: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -178,6 +186,7 @@ class JobRecord(BaseModel):
         return Job(
             id=self.id,
             recording_id=self.recording_id,
+            workspace=self.workspace,
             state=self.state,
             transcript_id=self.transcript_id,
             attempts=self.attempts,
@@ -357,22 +366,41 @@ class JobStore:
         *,
         recording_id: str | None = None,
         state: State | None = None,
+        workspace: str | None = None,
         offset: int = 0,
         limit: int = 50,
     ) -> list[Job]:
-        """A page of jobs, newest first, filtered by recording and/or state."""
+        """A page of jobs, newest first, filtered by recording, state and/or workspace."""
         if recording_id:
             members = cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
             ids = [m.decode() for m in members]
+        elif workspace and state:  # a workspace's jobs, read whole to filter by state
+            ids = [
+                m.decode()
+                for m in cast(list[bytes], self.redis.zrange(keys.workspace(workspace), 0, -1))
+            ]
         else:
-            key = keys.state(state) if state else keys.JOBS
+            key = (
+                keys.workspace(workspace)
+                if workspace
+                else keys.state(state)
+                if state
+                else keys.JOBS
+            )
             window = cast(list[bytes], self.redis.zrevrange(key, offset, offset + limit - 1))
             ids, offset = [m.decode() for m in window], 0
         pipe = self.redis.pipeline()
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
         records = [_decode(raw) for raw in cast(list[dict[bytes, bytes]], pipe.execute())]
-        jobs = self.views([r for r in records if r and (state is None or r.state == state)])
+        chosen = [
+            r
+            for r in records
+            if r
+            and (state is None or r.state == state)
+            and (workspace is None or r.workspace == workspace)
+        ]
+        jobs = self.views(chosen)
         jobs.sort(key=lambda job: job.created_at or "", reverse=True)
         return jobs[offset : offset + limit]
 
@@ -385,27 +413,36 @@ class JobStore:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        workspace: str = DEFAULT,
     ) -> tuple[str, bool]:
-        """Create the job for this key unless it exists; returns (job id, created). Without a
-        key, the job is the recording's (the one its `recording.done` starts)."""
+        """Create the job for this key in this workspace unless it exists; returns (job id,
+        created). Without a key, the job is the recording's (its `recording.done` starts it).
+        With REDIS_MIN_REPLICAS, the job is on that many replicas before this returns (else
+        `NotReplicated`): a job the API accepted survives a failover."""
         key = idempotency_key or default_idempotency_key(recording_id, provider)
-        job_id = job_id_for(key, given=idempotency_key is not None)
+        job_id = job_id_for(scoped(key, workspace), given=idempotency_key is not None)
         fields = {
             "id": job_id,
             "recording_id": recording_id,
+            "workspace": workspace,
             "idempotency_key": key,
             "provider": provider,
             "metadata": metadata or {},
             "callback_url": callback_url,
         }
-        created = self._run(
-            "submit",
-            job_id,
-            [keys.JOBS, keys.recording(recording_id)],
-            _strings(fields),
-            self.lease_s,
-            self.deadline_s,
-            *[str(QUEUED.state), str(QUEUED)],
+        created = replicated(
+            self.redis,
+            self.min_replicas,
+            lambda pipe: self._run(
+                "submit",
+                job_id,
+                [keys.JOBS, keys.recording(recording_id), keys.workspace(workspace)],
+                _strings(fields),
+                self.lease_s,
+                self.deadline_s,
+                *[str(QUEUED.state), str(QUEUED)],
+                client=pipe,
+            ),
         )
         return job_id, bool(created)
 
@@ -624,7 +661,7 @@ class JobStore:
 
     def upgrade(self) -> int:
         """Give jobs written before this release what it reads: their phase (state and step
-        then) and a deadline. Idempotent, and done once per Redis; how many were upgraded."""
+        then), a deadline and a workspace. Idempotent, and done once per Redis; how many."""
         if self.redis.get(keys.SCHEMA) == SCHEMA.encode():
             return 0
         ids = [m.decode() for m in cast(list[bytes], self.redis.zrange(keys.JOBS, 0, -1))]
@@ -633,10 +670,19 @@ class JobStore:
             batch = ids[start : start + 500]
             pipe = self.redis.pipeline(transaction=False)
             for job_id in batch:
-                pipe.hmget(keys.job(job_id), "state", "step", "phase", "created_at")
+                pipe.hmget(keys.job(job_id), "state", "step", "phase", "created_at", "workspace")
             writes = self.redis.pipeline(transaction=False)
-            for job_id, (state, step, phase, created) in zip(batch, pipe.execute(), strict=True):
-                if state is None or phase is not None:
+            answers = pipe.execute()
+            for job_id, (state, step, phase, created, workspace) in zip(
+                batch, answers, strict=True
+            ):
+                if state is None or (phase is not None and workspace is not None):
+                    continue
+                if workspace is None:
+                    writes.hset(keys.job(job_id), "workspace", DEFAULT)
+                    writes.zadd(keys.workspace(DEFAULT), {job_id: float(created or 0)})
+                if phase is not None:
+                    upgraded += 1
                     continue
                 current = State(state.decode())
                 kept = Step(step.decode()) if current.active and step else None
@@ -661,6 +707,7 @@ class JobStore:
                 limit,
                 keys.RECORDING_PREFIX,
                 keys.OWNER_PREFIX,
+                keys.workspace(""),
                 *(state for state in State if not state.active),
             )
         )

@@ -16,6 +16,9 @@ rt:callback:{id}            hash: one callback delivery (tasks/callbacks/)
 rt:callbacks:due            zset: pending callback deliveries, by their next attempt
 rt:callbacks:busy:{dest}    zset: deliveries being attempted to one destination, by lease end
 rt:callbacks:failed         zset: deliveries whose every attempt failed
+rt:callbacks:parked:{dest}  zset: due deliveries waiting for room at their destination, by due time
+rt:callbacks:parked         zset: destinations with parked deliveries, by when to look again
+rt:callbacks:failing:{dest} flag (expiring): the destination's last attempt failed
 rt:sent:seq                 counter: numbers every step message sent, in the order it was queued
 rt:sent:consumed            the highest such number a worker has taken from the queue
 rt:lock:{id}                lease held while one step of a job runs
@@ -29,8 +32,9 @@ rt:inbox:sent               hash: an event's message on its way ('seq task-id'),
 rt:inbox:seq                counter: numbers every ingest message sent, in the order queued
 rt:inbox:taken              the highest such number a worker has taken
 rt:tickets:unused           list: quota tickets of steps that will not run, to give back
-rt:rate:{family}:{scope}    zset: Recall calls made and reserved (tasks/recall/limiter.py), with
-                            `:pause` (a 429's Retry-After) and `:seq` beside it
+rt:workspace:{name}         zset: the workspace's job ids, by creation time
+rt:rate:{ws}:{family}:{scope}  zset: a workspace's Recall calls made and reserved
+                            (tasks/recall/limiter.py), with `:pause` and `:seq` beside it
 rt:stats:...                the fleet's metrics counters (tasks/metrics.py)
 unacked                     kombu's hash of delivered, unacknowledged messages, by delivery tag
 """
@@ -52,6 +56,9 @@ CALLBACK_PREFIX = f"{PREFIX}callback:"
 CALLBACKS_DUE = f"{PREFIX}callbacks:due"
 CALLBACKS_BUSY_PREFIX = f"{PREFIX}callbacks:busy:"
 CALLBACKS_FAILED = f"{PREFIX}callbacks:failed"
+CALLBACKS_PARKED_PREFIX = f"{PREFIX}callbacks:parked:"
+CALLBACKS_PARKED = f"{PREFIX}callbacks:parked"
+CALLBACKS_FAILING_PREFIX = f"{PREFIX}callbacks:failing:"
 METRIC_CALLBACKS = f"{PREFIX}stats:callbacks"
 SENT_SEQ = f"{PREFIX}sent:seq"
 SENT_CONSUMED = f"{PREFIX}sent:consumed"
@@ -101,16 +108,20 @@ def webhook_seen(event_id: str) -> str:
     return f"{PREFIX}webhook:{event_id}"
 
 
-def rate(family: str, scope: str = "") -> str:
-    return f"{PREFIX}rate:{family}:{scope}"
+def workspace(name: str) -> str:
+    return f"{PREFIX}workspace:{name}"
 
 
-def rate_pause(family: str, scope: str = "") -> str:
-    return f"{rate(family, scope)}:pause"
+def rate(workspace: str, family: str, scope: str = "") -> str:
+    return f"{PREFIX}rate:{workspace}:{family}:{scope}"
 
 
-def rate_seq(family: str, scope: str = "") -> str:
-    return f"{rate(family, scope)}:seq"
+def rate_pause(workspace: str, family: str, scope: str = "") -> str:
+    return f"{rate(workspace, family, scope)}:pause"
+
+
+def rate_seq(workspace: str, family: str, scope: str = "") -> str:
+    return f"{rate(workspace, family, scope)}:seq"
 
 
 def metric_step(step: str) -> str:

@@ -54,10 +54,13 @@ def step_message(step: Step, job_id: str, recording_id: str) -> tuple[str, str]:
     return task_message(STEP_TASKS[step], [job_id, recording_id], PIPELINE_QUEUE)
 
 
-def ingest_message(event_json: str, event_id: str, summary: str = "") -> tuple[str, str]:
-    """The message of `ingest_event(event_json, event_id)` (the event's JSON text as it came,
-    as a string: never decoded by kombu) and its task id; `summary` is what Flower shows."""
-    args_json = f'[{json.dumps(event_json)},"{event_id}"]'
+def ingest_message(
+    event_json: str, event_id: str, workspace: str, summary: str = ""
+) -> tuple[str, str]:
+    """The message of `ingest_event(event_json, event_id, workspace)` (the event's JSON text as
+    it came, as a string: never decoded by kombu) and its task id; `summary` is what Flower
+    shows."""
+    args_json = json.dumps([event_json, event_id, workspace])
     return task_message_json(INGEST_TASK, args_json, EVENTS_QUEUE, summary)
 
 

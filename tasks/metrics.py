@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from tasks import keys
 from tasks.states import State, Step
+from tasks.workspaces import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +37,36 @@ CALLBACK_OUTCOMES = ("delivered", "retried", "refused", "failed")
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
-class Metrics:
-    """Adds to the fleet's counters; a metric never fails what it measures."""
+def labelled(*values: object) -> str:
+    """A counter's field: its label values, the workspace last (tasks/workspaces.py)."""
+    return "|".join(str(value) for value in values)
 
-    def __init__(self, client: redis.Redis) -> None:
+
+class Metrics:
+    """Adds to the fleet's counters, for one workspace where one applies; a metric never fails
+    what it measures."""
+
+    def __init__(self, client: redis.Redis, workspace: str = DEFAULT) -> None:
         self._redis = client
+        self.workspace = workspace
+
+    def for_workspace(self, workspace: str) -> Metrics:
+        return Metrics(self._redis, workspace)
 
     def webhook(self, outcome: str) -> None:
-        self._add(lambda pipe: pipe.hincrby(keys.METRIC_WEBHOOKS, outcome, 1))
+        field = labelled(outcome, self.workspace)
+        self._add(lambda pipe: pipe.hincrby(keys.METRIC_WEBHOOKS, field, 1))
 
     def recall_request(self, endpoint: str, status: int | str) -> None:
-        self._add(lambda pipe: pipe.hincrby(keys.METRIC_RECALL, f"{endpoint}|{status}", 1))
+        field = labelled(endpoint, status, self.workspace)
+        self._add(lambda pipe: pipe.hincrby(keys.METRIC_RECALL, field, 1))
 
     def callback(self, outcome: str) -> None:
         self._add(lambda pipe: pipe.hincrby(keys.METRIC_CALLBACKS, outcome, 1))
 
     def rate_limited(self, endpoint: str, seconds: float) -> None:
-        self._add(lambda pipe: pipe.hincrbyfloat(keys.METRIC_RATE_LIMITED, endpoint, seconds))
+        field = labelled(endpoint, self.workspace)
+        self._add(lambda pipe: pipe.hincrbyfloat(keys.METRIC_RATE_LIMITED, field, seconds))
 
     def step(self, step: Step, seconds: float) -> None:
         """One step's duration, into the step's histogram (bucket counts, sum, count)."""
@@ -114,28 +128,30 @@ class RedisCollector(Collector):
             value=dead,
         )
         hooks = CounterMetricFamily(
-            f"{PREFIX}_webhooks", "Webhooks received, by outcome", labels=["outcome"]
+            f"{PREFIX}_webhooks",
+            "Webhooks received, by outcome and workspace",
+            labels=["outcome", "workspace"],
         )
-        counts = _decoded(webhooks)
-        for outcome in WEBHOOK_OUTCOMES:
-            hooks.add_metric([outcome], float(counts.get(outcome, 0)))
+        counts = _by_labels(webhooks, 2)
+        for workspace in sorted({labels[1] for labels in counts} | {DEFAULT}):
+            for outcome in WEBHOOK_OUTCOMES:
+                hooks.add_metric([outcome, workspace], counts.get((outcome, workspace), 0.0))
         yield hooks
         calls = CounterMetricFamily(
             f"{PREFIX}_recall_requests",
-            "Calls to Recall's API, by endpoint family and HTTP status",
-            labels=["endpoint", "status"],
+            "Calls to Recall's API, by endpoint family, HTTP status and workspace",
+            labels=["endpoint", "status", "workspace"],
         )
-        for label, count in sorted(_decoded(recall).items()):
-            endpoint, _, status = label.partition("|")
-            calls.add_metric([endpoint, status], float(count))
+        for labels, count in sorted(_by_labels(recall, 3).items()):
+            calls.add_metric(list(labels), count)
         yield calls
         waited = CounterMetricFamily(
             f"{PREFIX}_rate_limited_seconds",
-            "Seconds jobs waited for Recall's quota, by endpoint family",
-            labels=["endpoint"],
+            "Seconds jobs waited for Recall's quota, by endpoint family and workspace",
+            labels=["endpoint", "workspace"],
         )
-        for endpoint, seconds in sorted(_decoded(limited).items()):
-            waited.add_metric([endpoint], float(seconds))
+        for labels, seconds in sorted(_by_labels(limited, 2).items()):
+            waited.add_metric(list(labels), seconds)
         yield waited
         sent = CounterMetricFamily(
             f"{PREFIX}_callbacks",
@@ -162,3 +178,14 @@ class RedisCollector(Collector):
 
 def _decoded(raw: object) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], raw).items()}
+
+
+def _by_labels(raw: object, size: int) -> dict[tuple[str, ...], float]:
+    """A counter hash by its label values; a field written before workspaces had labels is the
+    default workspace's."""
+    out: dict[tuple[str, ...], float] = {}
+    for field, value in _decoded(raw).items():
+        labels = field.split("|")
+        labels += [DEFAULT] * (size - len(labels))
+        out[tuple(labels[:size])] = out.get(tuple(labels[:size]), 0.0) + float(value)
+    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from tasks.retry import compute_backoff
 from tasks.settings import Settings
 from tasks.states import State, Step
 from tasks.store import Store, UnsafeName
+from tasks.workspaces import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,11 @@ LISTING_FRESH_S = 60  # a listing cut short by the quota goes on from its cursor
 @dataclass
 class Run:
     """One run of a step, passed to everything the step does: when it began, on Redis's clock
-    (every worker compares times on that clock), and what it holds of Recall's quotas."""
+    (every worker compares times on that clock), the client of the job's Recall workspace, and
+    what it holds of that workspace's quotas."""
 
     now: float
+    recall: RecallClient
     quota: Quota
 
 
@@ -75,25 +78,27 @@ class Pipeline:
         self,
         settings: Settings,
         jobs: JobStore,
-        recall: RecallClient,
+        recalls: Mapping[str, RecallClient],
         store: Store,
         dispatch: Dispatcher,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
-        self.recall = recall
+        self.recalls = recalls  # one client per Recall workspace
         self.store = store
         self.dispatch = dispatch
         self.metrics = metrics
 
     # -- entry points -----------------------------------------------------------------------
 
-    def ingest(self, event: WebhookEvent) -> Result:
-        """Act on one webhook event, sending the step it makes due."""
+    def ingest(self, event: WebhookEvent, workspace: str = DEFAULT) -> Result:
+        """Act on one webhook event of `workspace`, sending the step it makes due."""
         recording = event.data.recording
         if event.event == RECORDING_DONE and recording is not None:
-            job_id, created = self.dispatch.submit(recording.id, metadata={"source": event.event})
+            job_id, created = self.dispatch.submit(
+                recording.id, metadata={"source": event.event}, workspace=workspace
+            )
             return Result(Outcome.JOB_CREATED if created else Outcome.JOB_EXISTS, job_id)
         transcript = event.data.transcript
         if event.event in (TRANSCRIPT_DONE, TRANSCRIPT_FAILED) and transcript is not None:
@@ -102,6 +107,9 @@ class Pipeline:
             )
             if not job_id:
                 return Result(Outcome.IGNORED, detail="transcript not ours")
+            job = self.jobs.record(job_id)
+            if job is not None and job.workspace != workspace:
+                return Result(Outcome.IGNORED, job_id, detail=f"a job of workspace {job.workspace}")
             outcome: Literal["done", "failed"] = (
                 "done" if event.event == TRANSCRIPT_DONE else "failed"
             )
@@ -136,9 +144,16 @@ class Pipeline:
 
     def _outcome_of(self, step: Step, job: JobRecord) -> Result:
         """Run the step; every error becomes a retry or the job's failure."""
-        quota = Quota(Ticket.load(job.quota_ticket) if job.quota_ticket else None)
+        recall = self.recalls.get(job.workspace)
+        if recall is None:
+            return self._fail(job, ErrorCode.INTERNAL, f"workspace {job.workspace} is not set up")
+        run = Run(
+            self.jobs.now(),
+            recall,
+            Quota(Ticket.load(job.quota_ticket) if job.quota_ticket else None),
+        )
         try:
-            return self._STEPS[step](self, job, Run(self.jobs.now(), quota))
+            return self._STEPS[step](self, job, run)
         except Throttled as exc:
             return self._wait_for_quota(job, exc)
         except RetryableError as exc:
@@ -153,12 +168,12 @@ class Pipeline:
             log.exception("job %s: the %s step failed", job.id, step, extra=_about(job, step=step))
             return self._retry_later(job, Unexpected(f"{step}: {type(exc).__name__}: {exc}"))
         finally:
-            self._give_back(quota)
+            self._give_back(run)
 
-    def _give_back(self, quota: Quota) -> None:
+    def _give_back(self, run: Run) -> None:
         """The slot reserved for this run and not used goes back to the family's window."""
         try:
-            self.recall.release(quota)
+            run.recall.release(run.quota)
         except redis.RedisError as exc:  # it leaves the window with time anyway
             log.warning("a quota slot was not given back: %s", exc)
 
@@ -182,7 +197,7 @@ class Pipeline:
                 if not held:
                     self.jobs.nudge(job.id, 1.0)
                     return Result(Outcome.RECORDING_BUSY, job.id)
-                transcript_id = self._call_create(job, run.quota)
+                transcript_id = self._call_create(job, run)
             if transcript_id is None:
                 return Result(Outcome.REMEDIATE, job.id)
         return self._created(job, transcript_id)
@@ -193,14 +208,14 @@ class Pipeline:
             self.dispatch(Step.FETCH, job.id, job.recording_id)
         return Result(Outcome.CREATED, job.id, transcript_id=transcript_id, state=state)
 
-    def _call_create(self, job: JobRecord, quota: Quota) -> str | None:
+    def _call_create(self, job: JobRecord, run: Run) -> str | None:
         """Create Async Transcript (the recording's lease held); None when it was refused and
         remediation must look (it is sent)."""
         metadata = {"job_id": job.id, "idempotency_key": job.idempotency_key[:500]}
         try:
             with self._changing(job.recording_id):
-                transcript = self.recall.create_transcript(
-                    job.recording_id, job.provider, metadata, job.create_key, quota
+                transcript = run.recall.create_transcript(
+                    job.recording_id, job.provider, metadata, job.create_key, run.quota
                 )
         except FinalError as exc:
             self.jobs.create_refused(job)  # a definite answer, replayed for this key: use a new one
@@ -279,11 +294,11 @@ class Pipeline:
                         else f"policy {self.settings.LIMIT_POLICY} allows deleting none of them"
                     )
                 )
-            if victim.status.code == "done" and not self._archive(job, victim, run.quota):
+            if victim.status.code == "done" and not self._archive(job, victim, run):
                 self.jobs.nudge(job.id, 1.0)  # its job was retried meanwhile: look again
                 return Result(Outcome.RECORDING_BUSY, job.id, transcript_id=victim.id)
             # Counted as it is sent: a worker that dies mid-call may have deleted.
-            self.recall.delete_transcript(
+            run.recall.delete_transcript(
                 victim.id, run.quota, lambda: self.jobs.recording_changed(job.recording_id)
             )
             log.info(
@@ -317,16 +332,16 @@ class Pipeline:
         owners = {self.jobs.owner_of(transcript.id), transcript.job_id}
         return any(owner and self.jobs.is_active(owner) for owner in owners)
 
-    def _archive(self, job: JobRecord, transcript: Transcript, quota: Quota) -> bool:
+    def _archive(self, job: JobRecord, transcript: Transcript, run: Run) -> bool:
         """Persist a done transcript before it is deleted (skipped if already stored), and
         record it on the job of ours it belongs to, whose retry then finishes from the archive.
         False when that job is active again: the transcript must not be deleted."""
         recording_id = transcript.recording.id if transcript.recording else job.recording_id
         owner = self.jobs.owner_of(transcript.id) or transcript.job_id
         if not self.store.has(recording_id, transcript.id):
-            fresh = self.recall.retrieve_transcript(transcript.id, quota)
+            fresh = run.recall.retrieve_transcript(transcript.id, run.quota)
             with self.store.staging() as staged:
-                self.recall.download(_download_url(fresh), staged)
+                run.recall.download(_download_url(fresh), staged)
                 meta = {**fresh.raw, "job_id": owner, "archived_by_job_id": job.id}
                 formats = beside(staged, self.settings.transcript_formats)
                 self.store.save(recording_id, transcript.id, staged, meta, formats)
@@ -339,7 +354,7 @@ class Pipeline:
         started = job.transcript_created_at or job.created_at
         left = started + self.settings.RECALL_TRANSCRIPT_TIMEOUT_S - run.now
         try:
-            transcript = self.recall.retrieve_transcript(transcript_id, run.quota)
+            transcript = run.recall.retrieve_transcript(transcript_id, run.quota)
         except RetryableError as exc:
             if left <= 0:  # the poll failed, and the wait is over anyway
                 return self._timed_out(job, transcript_id, f"unknown ({exc.message})")
@@ -365,11 +380,11 @@ class Pipeline:
         return self._fail(job, ErrorCode.TIMEOUT, message)
 
     def _fetch(self, job: JobRecord, run: Run) -> Result:
-        transcript = self.recall.retrieve_transcript(_transcript_id(job), run.quota)
+        transcript = run.recall.retrieve_transcript(_transcript_id(job), run.quota)
         if transcript.status.code != "done":
             raise NotReady(f"transcript {transcript.id} is {transcript.status.code}, not done")
         with self.store.staging() as staged:
-            self.recall.download(_download_url(transcript), staged)
+            run.recall.download(_download_url(transcript), staged)
             meta = {**transcript.raw, "job_id": job.id}
             formats = beside(staged, self.settings.transcript_formats)
             self.store.save(job.recording_id, transcript.id, staged, meta, formats)
@@ -419,7 +434,7 @@ class Pipeline:
         ):
             seen, cursor, started = list(resumed.seen), resumed.cursor, resumed.started_at
         try:
-            for page, next_page in self.recall.list_pages(job.recording_id, cursor, run.quota):
+            for page, next_page in run.recall.list_pages(job.recording_id, cursor, run.quota):
                 seen, cursor = seen + page, next_page
         except Throttled as exc:
             if cursor:

@@ -6,13 +6,16 @@ import base64
 import binascii
 import ipaddress
 import json
+import os
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tasks.recall.limiter import Family, Rate, parse_rates
+from tasks.workspaces import DEFAULT, Workspace, parse_workspaces
 
 LimitPolicy = Literal["fail", "delete-failed", "archive-oldest"]
 
@@ -65,6 +68,7 @@ class Settings(BaseSettings):
     CALLBACK_TASK: str | None = None
     CALLBACK_QUEUE: str = "recall.callbacks"
     TRANSCRIPT_FORMATS: str = "json"
+    RECALL_WORKSPACES: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)
@@ -77,7 +81,7 @@ class Settings(BaseSettings):
     WEBHOOK_DEDUPE_TTL_S: int = Field(7 * 24 * 3600, gt=0)
     CELERY_VISIBILITY_TIMEOUT_S: int = Field(300, gt=0)
     CALLBACK_RETRY_SCHEDULE_S: str = "0,5,300,1800,7200,18000,36000,36000"  # Svix's
-    CALLBACK_THREADS: int = Field(8, ge=1)
+    CALLBACK_THREADS: int = Field(32, ge=1)
     CALLBACK_PER_DESTINATION: int = Field(4, ge=1)
 
     @field_validator("TRANSCRIPT_PROVIDER", mode="before")
@@ -110,11 +114,7 @@ class Settings(BaseSettings):
     @field_validator("RECALL_WEBHOOK_SECRET")
     @classmethod
     def _secrets(cls, value: SecretStr | None) -> SecretStr | None:
-        for secret in _split(value):
-            try:
-                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-            except binascii.Error:
-                raise ValueError("each secret must be whsec_ followed by base64") from None
+        _check_secrets("", _split(value))
         return value
 
     @field_validator("RECALL_API_BASE_URL")
@@ -123,6 +123,28 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("RECALL_WORKSPACES", mode="before")
+    @classmethod
+    def _workspaces_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object: name -> workspace")
+        return value
+
+    @model_validator(mode="after")
+    def _workspaces_read(self) -> Settings:
+        try:
+            found = parse_workspaces(self.RECALL_WORKSPACES, _environ(), self.TRANSCRIPT_PROVIDER)
+            for workspace in found.values():
+                _check_secrets(workspace.name, workspace.webhook_secrets)
+        except ValueError as exc:
+            raise ValueError(f"invalid setting RECALL_WORKSPACES: {exc}") from None
+        return self
 
     @field_validator("REDIS_SENTINELS")
     @classmethod
@@ -147,7 +169,13 @@ class Settings(BaseSettings):
     @classmethod
     def _callback_urls(cls, value: SecretStr | None) -> SecretStr | None:
         for url in _split(value):
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018  (raises on a port that is not one)
+            except ValueError:
+                raise ValueError(
+                    "each must be an http(s):// URL with a host and a valid port"
+                ) from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("each must be an http(s):// URL with a host")
         return value
@@ -211,6 +239,20 @@ class Settings(BaseSettings):
         return parse_rates(self.RECALL_RATE_LIMITS)
 
     @property
+    def workspaces(self) -> dict[str, Workspace]:
+        """Every Recall workspace served: `default` (the single-workspace settings) first."""
+        default = Workspace(
+            name=DEFAULT,
+            api_key=self.RECALL_API_KEY,
+            base_url=self.RECALL_API_BASE_URL,
+            webhook_secrets=self.webhook_secrets,
+            rate_limits=self.rate_limits,
+            provider=self.TRANSCRIPT_PROVIDER,
+        )
+        others = parse_workspaces(self.RECALL_WORKSPACES, _environ(), self.TRANSCRIPT_PROVIDER)
+        return {DEFAULT: default, **others}
+
+    @property
     def sentinels(self) -> list[tuple[str, int]]:
         """The Sentinels to find the Redis primary through (none: REDIS_URL is the primary)."""
         found = []
@@ -243,6 +285,21 @@ class Settings(BaseSettings):
     def development(self) -> bool:
         """Talking to a local emulator over plain http: plain-http download URLs are accepted."""
         return self.RECALL_API_BASE_URL.startswith("http://")
+
+
+def _environ() -> dict[str, str]:
+    """The environment, and `.env` beneath it, where workspaces' `*_env` names are looked up."""
+    from_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+    return {**from_file, **os.environ}
+
+
+def _check_secrets(workspace: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        try:
+            base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            where = f"workspace {workspace}: " if workspace else ""
+            raise ValueError(f"{where}each secret must be whsec_ followed by base64") from None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -271,9 +271,9 @@ def harness(settings: Settings) -> Harness:
     pipeline = Pipeline(
         settings,
         jobs,
-        RecallClient(settings),
+        {"default": RecallClient(settings)},
         LocalStore(settings.TRANSCRIPTS_STORE),
-        Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER),
+        Dispatcher.from_settings(jobs, settings),
     )
     return Harness(pipeline, client)
 
@@ -320,6 +320,32 @@ class System:
             proc.stop()
 
 
+def emulator_process(
+    port: int, api_key: str, webhook_url: str, env: dict[str, str], log: Path, *extra: str
+) -> Process:
+    """An emulator as its own process: quick transcripts and retries, small pages."""
+    return Process(
+        [
+            "emulator",
+            "--port",
+            str(port),
+            "--api-key",
+            api_key,
+            "--processing-s",
+            "0.2",
+            "--retry-scale",
+            "0.01",
+            "--page-size",
+            "4",
+            "--webhook-url",
+            webhook_url,
+            *extra,
+        ],
+        env,
+        log,
+    )
+
+
 @pytest.fixture
 def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., System]]:
     systems: list[System] = []
@@ -358,27 +384,15 @@ def start_system(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Syste
             tmp_path,
         )
         systems.append(system)
-        emulator = Process(
-            [
-                "emulator",
-                "--port",
-                str(emulator_port),
-                "--api-key",
-                api_key,
-                "--processing-s",
-                "0.2",
-                "--retry-scale",
-                "0.01",
-                "--page-size",
-                "4",
-                "--quota-scale",
-                str(QUOTA_SCALE),
-                "--webhook-url",
-                f"{system.receiver_url}/webhooks/recall",
-                *emulator_args,
-            ],
+        emulator = emulator_process(
+            emulator_port,
+            api_key,
+            f"{system.receiver_url}/webhooks/recall",
             env,
             tmp_path / "emulator.log",
+            "--quota-scale",
+            str(QUOTA_SCALE),
+            *emulator_args,
         )
         receiver = Process(
             ["receiver", "--port", str(receiver_port)], env, tmp_path / "receiver.log"

@@ -160,18 +160,27 @@ def test_a_jobs_own_callback_follows_no_redirect_and_is_sent_again_once_asked(
     elsewhere, other = serve("127.0.0.2")  # where the redirect would lead, were it followed
     try:
         receiver.answers["/mine"] = [302]
-        system = start(start_system, receiver)
+        system = start(start_system, receiver, CALLBACK_URLS=f"{receiver.url}/all")
         system.emulator.recording("r2")
+
+        def mine() -> dict[str, Any]:
+            found: dict[str, Any] = next(
+                c for c in job_of(system, "r2")["callbacks"] if c["url"].endswith("/mine")
+            )
+            return found
+
         body = {"recording_id": "r2", "callback_url": f"{receiver.url}/mine"}
         created = requests.post(
             f"{system.receiver_url}/api/v1/jobs", json=body, headers=AUTH, timeout=5
         )
         assert created.status_code == 202
         wait_for(lambda: len(receiver.on("/mine")) == 3, 30, what="three attempts")
-        wait_for(lambda: job_of(system, "r2")["callbacks"][0]["state"] == "failed", 10)
-        (callback,) = job_of(system, "r2")["callbacks"]
-        assert (callback["attempts"], callback["last_status"]) == (3, 302)
+        wait_for(lambda: mine()["state"] == "failed", 10)
+        assert (mine()["attempts"], mine()["last_status"]) == (3, 302)
         assert elsewhere.hits == []
+        (everyones,) = receiver.on("/all")  # told of the job, not of where else it goes
+        assert "callback_url" not in verified(everyones)["data"]
+        assert "/mine" not in everyones.body.decode()
 
         receiver.answers["/mine"] = [200]
         retried = subprocess.run(
@@ -182,7 +191,7 @@ def test_a_jobs_own_callback_follows_no_redirect_and_is_sent_again_once_asked(
             timeout=30,
         )
         assert "1 failed callback(s) will be sent again" in retried.stdout, retried.stderr
-        wait_for(lambda: job_of(system, "r2")["callbacks"][0]["state"] == "delivered", 20)
+        wait_for(lambda: mine()["state"] == "delivered", 20)
         assert len(webhook_ids(receiver.on("/mine"))) == 1 and len(receiver.on("/mine")) == 4
     finally:
         other.shutdown()

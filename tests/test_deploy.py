@@ -156,3 +156,29 @@ def test_the_monitoring_profile_scrapes_the_receiver_and_charts_only_metrics_it_
         for name in re.findall(r"recall_transcribe_[a-z_]+", target["expr"])
     }
     assert charted and charted <= served, charted - served
+
+
+def test_the_failover_profile_runs_a_replica_and_three_sentinels_the_apps_find() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    (suggested,) = re.findall(r"REDIS_SENTINELS=(\S+)", text)
+    env = {**SECRETS, "REDIS_SENTINELS": suggested, "REDIS_MIN_REPLICAS": "1"}
+    services = render(text, env)["services"]
+    sentinels = [name for name in services if name.startswith("sentinel-")]
+    assert len(sentinels) == 3
+    assert sorted(f"{name}:26379" for name in sentinels) == sorted(suggested.split(","))
+    for name in [*sentinels, "redis-replica"]:
+        assert services[name]["profiles"] == ["failover"]
+    replica = services["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1 :] == ["redis", "6379"]
+    for name in ("redis", "redis-replica"):  # whichever is the primary refuses writes alone
+        command = services[name]["command"]
+        assert command[command.index("--min-replicas-to-write") + 1] == "1"
+        assert command[command.index("--appendonly") + 1] == "yes"
+    config = render(text, env)["configs"]["sentinel"]["content"]
+    master = Settings.model_fields["REDIS_SENTINEL_MASTER"].default
+    assert f"sentinel monitor {master} redis 6379 2" in config  # a majority of the three
+    settings = Settings(**{"REDIS_SENTINELS": suggested, "REDIS_URL": "redis://redis:6379/0"})
+    assert settings.sentinels == [(name, 26379) for name in sorted(sentinels)]
+    for name in ("receiver", "worker", "flower"):
+        assert services[name]["environment"]["REDIS_SENTINELS"] == suggested
+        assert services[name]["environment"]["REDIS_MIN_REPLICAS"] == "1"

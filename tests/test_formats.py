@@ -142,3 +142,32 @@ def test_vtt_escapes_markup_in_words_and_names() -> None:
     assert html.unescape(caption.voice) == "<b>Eve</b> & co"
     assert html.unescape(caption.text) == "a<b &"
     assert caption.raw_text.count("<") == 1  # the voice span alone
+
+
+def test_a_word_spoken_longer_than_a_cue_still_fits_one_after_rounding() -> None:
+    """Start and end are rounded to milliseconds each: the cue is cut after rounding, so a
+    start that rounds down never leaves a cue a millisecond too long."""
+    data = json.dumps(
+        [segment("Ada", *[(f"w{k}", k * 30 + 0.0005, k * 30 + 20.0) for k in range(40)])]
+    ).encode()
+    for cue in srt.parse(render(data, Format.SRT).decode()):
+        assert cue.end - cue.start <= timedelta(seconds=MAX_CUE_S)
+    for caption in webvtt.from_string(render(data, Format.VTT).decode()):
+        assert round((caption.end_in_seconds - caption.start_in_seconds) * 1000) <= 7000
+
+
+def test_a_word_holding_newlines_stays_inside_its_cue() -> None:
+    """A blank line ends an SRT or WebVTT cue: whitespace inside a word is one space."""
+    data = json.dumps([segment("Ada", ("one\n\n2\n00:00:00,000 --> 00:00:01,000", 0, 1))])
+    (cue,) = srt.parse(render(data.encode(), Format.SRT).decode())
+    assert cue.content == "Ada: one 2 00:00:00,000 --> 00:00:01,000"
+    (caption,) = webvtt.from_string(render(data.encode(), Format.VTT).decode())
+    assert caption.text.split() == ["one", "2", "00:00:00,000", "--&gt;", "00:00:01,000"]
+
+
+@pytest.mark.parametrize("stamp", ["NaN", "Infinity", "-Infinity", "1e300"])
+def test_a_timestamp_that_is_no_time_makes_the_data_unreadable(stamp: str) -> None:
+    data = json.dumps([segment("Ada", ("one", 0.0, 0.5))]).replace("0.5", stamp).encode()
+    for fmt in (Format.SRT, Format.VTT, Format.TEXT):
+        with pytest.raises(UnreadableTranscript):
+            render(data, fmt)

@@ -288,7 +288,7 @@ def test_a_step_waiting_in_the_queue_is_not_sent_again_until_provably_lost(
     """The sweeper looks at a due job whose step message is still on its way: in the queue, or
     held by a worker (kombu's unacked hash), it is left alone; once the queue is empty or a
     message sent after it was taken, and no worker holds it, it is lost and sent again."""
-    dispatch = Dispatcher(jobs, PROVIDER)
+    dispatch = Dispatcher(jobs, {"default": PROVIDER})
     job_id, _ = dispatch.submit("rec-1")
     ((_, _, task_id),) = queued(rclient)
     rclient.zadd(keys.DUE, {job_id: 0})
@@ -317,7 +317,7 @@ def test_a_step_waiting_in_the_queue_is_not_sent_again_until_provably_lost(
 def test_a_copy_of_a_step_message_is_recognised_and_the_step_is_sent_once(
     jobs: JobStore, rclient: redis.Redis
 ) -> None:
-    dispatch = Dispatcher(jobs, PROVIDER)
+    dispatch = Dispatcher(jobs, {"default": PROVIDER})
     job_id, _ = dispatch.submit("rec-1")
     dispatch(Step.CREATE, job_id, "rec-1")  # already on its way: not sent again
     ((_, _, task_id),) = queued(rclient)

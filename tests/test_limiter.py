@@ -118,7 +118,7 @@ def test_a_ticket_holder_waits_out_a_pause_and_gives_its_slot_back(rclient: redi
     time.sleep(later.wait)
     slot = pacing.redeem(later.ticket)
     assert slot.ticket is None and slot.wait > 29  # no call into the pause
-    assert rclient.zscore(keys.rate(Family.LIST), later.ticket.member) is None
+    assert rclient.zscore(keys.rate("default", Family.LIST), later.ticket.member) is None
 
 
 def test_a_shorter_retry_after_never_cuts_a_longer_pause(rclient: redis.Redis) -> None:

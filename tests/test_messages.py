@@ -76,8 +76,8 @@ def test_a_message_sent_by_a_task_is_its_child_in_the_jobs_chain() -> None:
 
 def test_the_receivers_ingest_message_is_what_celery_would_send(app: Celery) -> None:
     event = json.dumps(recording_done("rec-1"))
-    message, _ = ingest_message(event, "event-1")
-    assert_same_as_celery(app, message, INGEST_TASK, [event, "event-1"], EVENTS_QUEUE)
+    message, _ = ingest_message(event, "event-1", "default")
+    assert_same_as_celery(app, message, INGEST_TASK, [event, "event-1", "default"], EVENTS_QUEUE)
 
 
 def test_no_user_data_in_a_message_can_be_read_as_a_kombu_type_tag() -> None:
@@ -88,6 +88,6 @@ def test_no_user_data_in_a_message_can_be_read_as_a_kombu_type_tag() -> None:
     event["data"]["recording"]["metadata"] = {"__type__": "nope", "__value__": "x"}
     event["data"]["bot"]["metadata"] = {"__type__": "bytes", "__value__": "x"}
     text = json.dumps(event)
-    body = base64.b64decode(json.loads(ingest_message(text, "event-1")[0])["body"])
+    body = base64.b64decode(json.loads(ingest_message(text, "event-1", "default")[0])["body"])
     args, _, _ = kombu_json.loads(body)
-    assert args == [text, "event-1"]
+    assert args == [text, "event-1", "default"]

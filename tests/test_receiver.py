@@ -205,7 +205,8 @@ def test_an_event_no_worker_applies_becomes_a_dead_letter_and_can_be_replayed(
         sent.append(inbox.resend_due())
     assert sent == [1, 1, 0]  # delivered 3 times in all (the first by the receiver), then dead
     assert rclient.llen(EVENTS_QUEUE) == 0
-    assert json.loads(inbox.dead()[event_id]) == event
+    assert inbox.dead()[event_id][0] == "default"
+    assert json.loads(inbox.dead()[event_id][1]) == event
     assert rclient.hlen(keys.INBOX) == 0 and rclient.zcard(keys.INBOX_DUE) == 0
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "recall_transcribe_inbox_dead_events 1.0" in metrics

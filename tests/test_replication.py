@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from receiver.app import create_app
+from tasks import keys
 from tasks.connection import NotReplicated
 from tasks.outcomes import Outcome
 from tasks.settings import Settings
@@ -68,12 +69,29 @@ def test_no_create_happens_until_a_replica_knows_it_may(
     jobs.redis = redis.Redis.from_url(url)
     jobs._script = jobs.redis.register_script(jobs._script.script)
     jobs.min_replicas = 1
+    job_id = start(harness, emulator)
     replica.kill()
     replica.wait(10)
-    job_id = start(harness, emulator)
     for _ in range(3):  # held back: a wait, no budget spent (one is allowed)
         assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
     assert emulator.stats()["calls"].get("create", 0) == 0
     assert state(harness, job_id).state == State.CREATING
     with pytest.raises(NotReplicated):
         jobs.start_create(state(harness, job_id), 0)
+
+
+def test_a_job_the_api_accepts_is_on_a_replica_first(
+    primary: tuple[str, subprocess.Popen[bytes]], settings: Settings
+) -> None:
+    url, replica = primary
+    configured = reconfigure(settings, REDIS_URL=url, REDIS_MIN_REPLICAS=1, API_TOKENS="t")
+    client = create_app(configured).test_client()
+    token = {"Authorization": "Bearer t"}
+    accepted = client.post("/api/v1/jobs", json={"recording_id": "r1"}, headers=token)
+    assert accepted.status_code == 202
+    port = redis.Redis.from_url(url).info("replication")["slave0"]["port"]
+    assert redis.Redis(port=port).exists(keys.job(accepted.json["id"]))
+    replica.kill()
+    replica.wait(10)
+    refused = client.post("/api/v1/jobs", json={"recording_id": "r2"}, headers=token)
+    assert refused.status_code == 503  # maybe lost in a failover: the client asks again

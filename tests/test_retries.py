@@ -13,7 +13,7 @@ from tasks import keys
 from tasks.events import parse_event
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.client import INLINE_WAIT_S, RecallClient
-from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, Ticket
+from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, Ticket, release_unused
 from tasks.settings import Settings
 from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness
@@ -239,7 +239,7 @@ def test_a_listing_cut_short_by_the_quota_goes_on_from_its_cursor(
     """List at 2 per second: each page after the first waits past a moment, so the job is
     rescheduled with its slot reserved and its listing kept; no page is fetched twice."""
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.LIST: Rate(2, 1.0)}, INLINE_WAIT_S)
-    harness.pipeline.recall = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
     job_id = start(harness, emulator)
     emulator.seed("r1", 10, "done")  # 4 pages of 3
     assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
@@ -281,13 +281,15 @@ def test_remediation_rounds_end_when_every_freed_slot_is_taken(
     harness.pipeline.settings = reconfigure(settings, MAX_STEP_RETRIES=2)
     job_id = start(harness, emulator)
     emulator.seed("r1", 10, "done")
-    delete = harness.pipeline.recall.delete_transcript
+    delete = harness.pipeline.recalls["default"].delete_transcript
 
     def delete_then_refill(*args: Any, **kwargs: Any) -> None:
         delete(*args, **kwargs)
         emulator.seed("r1", 1, "done")
 
-    monkeypatch.setattr(harness.pipeline.recall, "delete_transcript", delete_then_refill)
+    monkeypatch.setattr(
+        harness.pipeline.recalls["default"], "delete_transcript", delete_then_refill
+    )
     harness.drain(limit=100)
     job = state(harness, job_id)
     assert job.state == State.FAILED and job.error is not None
@@ -299,7 +301,7 @@ def test_a_create_held_back_by_the_quota_tells_no_other_job_that_a_slot_freed(
     harness: Harness, emulator: EmulatorHandle, settings: Settings, rclient: redis.Redis
 ) -> None:
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.CREATE: Rate(1, 60)}, INLINE_WAIT_S)
-    harness.pipeline.recall = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
     emulator.recording("r1")
     emulator.fault(target="create", action="status", status=400, recording_id="r1")
     first, second = harness.submit("r1", key="first"), harness.submit("r1", key="second")
@@ -376,7 +378,7 @@ def test_a_quota_slot_reserved_for_a_call_that_never_happens_is_given_back(
     """The job comes back for its reserved create slot, but the recording is busy (another job
     remediates it): the step ends before the call, and the slot goes back to the window."""
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.CREATE: Rate(1, 1.0)}, INLINE_WAIT_S)
-    harness.pipeline.recall = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
     first, second = start(harness, emulator), harness.submit("r1", key="second")
     harness.clear()
     assert run(harness, Step.CREATE, first) == Outcome.CREATED
@@ -384,12 +386,12 @@ def test_a_quota_slot_reserved_for_a_call_that_never_happens_is_given_back(
     ticket = state(harness, second).quota_ticket
     assert ticket is not None
     member = Ticket.load(ticket).member
-    assert rclient.zscore(keys.rate("create", "r1"), member) is not None
+    assert rclient.zscore(keys.rate("default", "create", "r1"), member) is not None
     time.sleep(1.1)
     with harness.pipeline.jobs.recording_lease("r1", wait=False) as held:
         assert held
         assert run(harness, Step.CREATE, second) == Outcome.RECORDING_BUSY
-    assert rclient.zscore(keys.rate("create", "r1"), member) is None  # given back
+    assert rclient.zscore(keys.rate("default", "create", "r1"), member) is None  # given back
 
 
 def test_a_job_recall_keeps_answering_429_ends_at_its_deadline(
@@ -464,7 +466,7 @@ def test_a_job_that_ends_while_holding_a_quota_slot_gives_it_back(
     """Its transcript.failed webhook ends the job between two polls, the second one holding a
     reserved slot: the slot goes back, so the next job does not wait an extra window."""
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.RETRIEVE: Rate(1, 60)}, INLINE_WAIT_S)
-    harness.pipeline.recall = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
     job_id = start(harness, emulator)
     harness.drain()
     assert emulator.state is not None
@@ -475,7 +477,7 @@ def test_a_job_that_ends_while_holding_a_quota_slot_gives_it_back(
     event = transcript_event("transcript.failed", "r1", transcript_id, {"job_id": job_id}, "x")
     harness.pipeline.ingest(parse_event(event))
     assert state(harness, job_id).state == State.FAILED
-    assert limiter.release_unused() == 1
+    assert release_unused(rclient, {"default": limiter}) == 1
     assert limiter.acquire(Family.RETRIEVE).wait < 61  # one window, not two
 
 

@@ -46,6 +46,8 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RECALL_WEBHOOK_SECRET", "whsec_!!!", "whsec_"),
         ("RECALL_API_BASE_URL", "us-west-2.recall.ai", "http"),
         ("FLOWER_BASIC_AUTH", "admin", "user:password"),
+        ("CALLBACK_URLS", "https://ok.example/a, https://bad.example:99999/b", "valid port"),
+        ("CALLBACK_URLS", "https://ok.example/a, https://bad.example:x/b", "valid port"),
     ],
 )
 def test_bad_values_give_one_readable_line(

@@ -74,14 +74,19 @@ def create_worker_app(settings: Settings) -> Celery:
     app = create_celery(settings)
     client = redis_client(settings, patient=True)
     jobs = JobStore.from_settings(client, settings)
-    dispatch = Dispatcher(jobs, settings.TRANSCRIPT_PROVIDER)
+    dispatch = Dispatcher.from_settings(jobs, settings)
     inbox = Inbox.from_settings(client, settings)
-    rates = settings.rate_limits
-    limiter = Limiter(client, rates, INLINE_WAIT_S) if rates else None
     metrics = Metrics(client)
-    recall = RecallClient(settings, limiter, metrics)
+    limiters: dict[str, Limiter] = {}
+    recalls: dict[str, RecallClient] = {}
+    for name, workspace in settings.workspaces.items():  # each paced by its own quotas
+        rates = workspace.rate_limits
+        if rates:
+            limiters[name] = Limiter(client, rates, INLINE_WAIT_S, name)
+        counted = metrics.for_workspace(name)
+        recalls[name] = RecallClient(settings, limiters.get(name), counted, workspace)
     store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
-    pipeline = Pipeline(settings, jobs, recall, store, dispatch, metrics)
+    pipeline = Pipeline(settings, jobs, recalls, store, dispatch, metrics)
     deliveries = Deliveries.from_settings(client, settings)
     outbox = Outbox(
         jobs, deliveries, settings.callback_urls, settings.CALLBACK_TASK, settings.CALLBACK_QUEUE
@@ -93,7 +98,7 @@ def create_worker_app(settings: Settings) -> Celery:
         )
         pool = DeliveryPool(deliveries, sender, metrics, settings.CALLBACK_THREADS)
     sweep = Sweep(
-        dispatch, inbox, outbox, pool, limiter, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S
+        dispatch, inbox, outbox, pool, limiters, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S
     )
     celery_tasks.register(app, pipeline, inbox, sweep.wake)
     app.steps["worker"].add(sweeper_step(sweep))

@@ -20,7 +20,7 @@ from celery import bootsteps
 from tasks.callbacks.outbox import Outbox
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
-from tasks.recall.limiter import Limiter
+from tasks.recall.limiter import Limiter, release_unused
 from worker.deliveries import DeliveryPool
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Sweep:
     inbox: Inbox
     outbox: Outbox
     pool: DeliveryPool | None
-    limiter: Limiter | None
+    limiters: dict[str, Limiter]  # each workspace's
     interval: float
     retention_s: float
     woken: threading.Event = field(default_factory=threading.Event)
@@ -74,7 +74,7 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
 
         def _loop(self) -> None:
             pause, housekept = sweep.interval, 0.0
-            duties = [self._upgrade, self._redrive, self._send_news]
+            duties = [self._upgrade, self._redrive, self._send_news, self._fill_deliveries]
             while not self._stop.is_set():
                 sweep.woken.wait(pause)
                 sweep.woken.clear()
@@ -106,13 +106,14 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
 
         def _send_news(self) -> None:
             sweep.outbox.send_on()
+
+        def _fill_deliveries(self) -> None:
             if sweep.pool is not None:
                 sweep.pool.fill()
 
         def _housekeep(self) -> None:
             sweep.inbox.resend_due()
             sweep.dispatch.jobs.prune_finished(sweep.retention_s)
-            if sweep.limiter is not None:
-                sweep.limiter.release_unused()
+            release_unused(sweep.dispatch.jobs.redis, sweep.limiters)
 
     return Sweeper

@@ -15,20 +15,27 @@ from tasks.callbacks.model import Delivery
 from tasks.settings import Settings
 
 ATTEMPT_LEASE_S = (
-    30.0  # an attempt takes 10 s at most; one outliving this, its worker dead, runs again
+    30.0  # an attempt takes 15 s at most; one outliving this, its worker dead, runs again
 )
+FAILING_S = 3600.0  # a failed attempt keeps its destination at one attempt at a time this long
 
 
 class Deliveries:
     """The deliveries of every callback, and the outbox they are made from."""
 
     def __init__(
-        self, client: redis.Redis, schedule: list[float], per_destination: int, keep_s: float
+        self,
+        client: redis.Redis,
+        schedule: list[float],
+        per_destination: int,
+        keep_s: float,
+        lease_s: float = ATTEMPT_LEASE_S,
     ) -> None:
         self.redis = client
         self.schedule = schedule
         self._per_destination = per_destination
         self._keep_s = keep_s
+        self._lease_s = lease_s
         script = resources.files("tasks").joinpath("lua/callbacks.lua").read_text()
         self._script = client.register_script(script)
 
@@ -72,17 +79,22 @@ class Deliveries:
         return bool(created)
 
     def claim(self, limit: int) -> list[str]:
-        """Due deliveries to attempt now, at most `limit`, paced per destination."""
+        """Due deliveries to attempt now, at most `limit`, paced per destination: at most
+        CALLBACK_PER_DESTINATION in flight to one (one while its last attempt failed); the rest
+        of its due deliveries wait aside, out of the way of other destinations'."""
         if limit <= 0:
             return []
         ids = self._run(
             "claim",
             [],
             limit,
-            ATTEMPT_LEASE_S,
+            self._lease_s,
             self._per_destination,
             keys.CALLBACK_PREFIX,
             keys.CALLBACKS_BUSY_PREFIX,
+            keys.CALLBACKS_PARKED_PREFIX,
+            keys.CALLBACKS_FAILING_PREFIX,
+            keys.CALLBACKS_PARKED,
         )
         return [each.decode() for each in cast(list[bytes], ids)]
 
@@ -99,12 +111,18 @@ class Deliveries:
                 keys.callback(delivery.id),
                 keys.CALLBACKS_BUSY_PREFIX + delivery.destination,
                 keys.CALLBACKS_FAILED,
+                keys.CALLBACKS_PARKED_PREFIX + delivery.destination,
+                keys.CALLBACKS_FAILING_PREFIX + delivery.destination,
+                keys.CALLBACKS_PARKED,
             ],
             delivery.id,
             "delivered" if delivered else "failed",
             str(status),
             json.dumps(self.schedule),
             self._keep_s,
+            delivery.destination,
+            self._per_destination,
+            FAILING_S,
         )
         return cast(bytes, outcome).decode() if outcome else None
 

@@ -5,13 +5,17 @@ A callback URL names a host; what it resolves to is checked at every attempt, ev
 resolves to, and the attempt then connects to the address checked, never resolving again, so DNS
 rebinding gets nothing. Refused unless allowed: loopback, private, shared (CGNAT), link-local
 (cloud metadata lives there: 169.254.169.254, fd00:ec2::254), multicast, reserved and documentation
-ranges, and IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo, NAT64).
+ranges, and IPv6 forms that embed an IPv4 address (mapped, compatible, SIIT, 6to4, Teredo,
+NAT64); outside the allowed networks an IPv6 address must be global unicast (2000::/3). A host
+that takes longer than `RESOLVE_TIMEOUT_S` to resolve is refused for this attempt.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as Late
 from urllib.parse import urlsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -20,6 +24,10 @@ _EMBEDDING = [
     ipaddress.ip_network(net)
     for net in ("2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0/96")
 ]
+_UNICAST = ipaddress.ip_network("2000::/3")  # every other IPv6 block is special or unassigned
+RESOLVE_TIMEOUT_S = 5.0
+# getaddrinfo cannot be given a timeout: it runs here, and the attempt stops waiting for it.
+_resolver = ThreadPoolExecutor(8, thread_name_prefix="callback-dns")
 
 
 class Refused(Exception):
@@ -37,7 +45,9 @@ class Guard:
             return True
         if scheme != "https":
             return False  # plain http only inside the allowed networks
-        if any(address in network for network in _EMBEDDING):
+        if address.version == 6 and (
+            address not in _UNICAST or any(address in network for network in _EMBEDDING)
+        ):
             return False
         return address.is_global and not address.is_multicast
 
@@ -56,6 +66,13 @@ class Guard:
             raise Refused("a callback URL may not carry credentials before its host")
         if parts.scheme == "http":
             self.resolve(url)
+            return
+        try:
+            literal = ipaddress.ip_address(parts.hostname)
+        except ValueError:
+            return  # a name: what it resolves to is checked at each attempt
+        if not self.allowed(literal, parts.scheme):
+            raise Refused(f"{literal} is not a public address")
 
     def resolve(self, url: str) -> Address:
         """The address to connect to for `url`: every address its host resolves to must be
@@ -66,8 +83,11 @@ class Guard:
         except ValueError as exc:
             raise Refused(f"not a URL ({exc})") from None
         host, scheme = parts.hostname or "", parts.scheme
+        lookup = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         try:
-            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found = lookup.result(RESOLVE_TIMEOUT_S)
+        except Late:
+            raise Refused(f"{host} did not resolve within {RESOLVE_TIMEOUT_S:g} s") from None
         except (OSError, UnicodeError) as exc:
             raise Refused(f"{host} does not resolve ({exc})") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]

@@ -5,11 +5,14 @@ deliveries are keyed by event and destination, and the Celery message's task id 
 from __future__ import annotations
 
 import json
+import logging
 
 from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.model import Delivery, delivery_id, destination, event_id, iso, task_id
 from tasks.jobs import JobRecord, JobStore
 from tasks.messages import task_message
+
+log = logging.getLogger(__name__)
 
 
 class Outbox:
@@ -42,21 +45,26 @@ class Outbox:
 
     def _send(self, record: JobRecord) -> None:
         event = event_id(record.id, record.attempts, record.state)
-        # The job as the jobs API shows it, but for its callbacks: the destinations' URLs (which
-        # may carry tokens) are not told to each other.
-        job = record.view().model_dump(mode="json", exclude={"callbacks"})
+        # The job as the jobs API shows it, but for its callbacks and callback URL: the
+        # destinations' URLs (which may carry tokens) are not told to each other.
+        job = record.view().model_dump(mode="json", exclude={"callbacks", "callback_url"})
         body = json.dumps(
             {"type": f"job.{record.state}", "timestamp": iso(record.updated_at), "data": job}
         )
         urls = list(dict.fromkeys([*self._urls, *filter(None, [record.callback_url])]))
         ids = []
         for url in urls:
+            try:
+                where = destination(url)
+            except ValueError:  # checked where it was given; one bad URL holds up no other
+                log.error("job %s: a callback URL that is not one was skipped", record.id)
+                continue
             delivery = Delivery(
                 id=delivery_id(event, url),
                 job_id=record.id,
                 event_id=event,
                 url=url,
-                destination=destination(url),
+                destination=where,
                 body=body,
             )
             self._deliveries.create(delivery)

@@ -1,8 +1,9 @@
 -- The inbox of accepted webhook events (tasks/inbox.py): keep an event until a worker applied it,
 -- send it again only when its message is provably lost or was taken and not applied, and set it
 -- aside as a dead letter once it was sent too often without being applied.
--- KEYS[1] the inbox (hash: event JSON by id)   KEYS[2] the inbox's due-set (when to look again)
--- KEYS[3] deliveries (hash: times sent, by id)  KEYS[4] dead letters (hash: event JSON by id)
+-- KEYS[1] the inbox (hash: event by id: its workspace, a newline, its JSON)
+-- KEYS[2] the inbox's due-set (when to look again)
+-- KEYS[3] deliveries (hash: times sent, by id)  KEYS[4] dead letters (hash: event, as kept, by id)
 -- KEYS[5] messages on their way (hash: 'seq task-id' by id, until a worker takes it)
 -- KEYS[6] the message counter   KEYS[7] the highest number taken   KEYS[8] the events queue
 -- KEYS[9] kombu's unacked hash (by delivery tag, which is the task id)
@@ -37,16 +38,18 @@ local function lost(on_its_way)
 end
 
 -- put: KEYS[10] the event's seen mark, KEYS[11] the webhook counters. ARGV[3] the ingest
--- message, ARGV[4] the dedupe TTL, ARGV[5] event id, ARGV[6] event JSON, ARGV[7] its task id.
--- The seen mark, the kept event and the message are written together or not at all; 1 if new.
+-- message, ARGV[4] the dedupe TTL, ARGV[5] event id, ARGV[6] the event as kept (its workspace,
+-- a newline, its JSON), ARGV[7] its task id, ARGV[8] and ARGV[9] the counters' fields for a new
+-- event and a duplicate. The seen mark, the kept event and the message are written together or
+-- not at all; 1 if new.
 if command == 'put' then
   if not redis.call('SET', KEYS[10], '1', 'NX', 'EX', ARGV[4]) then
-    redis.call('HINCRBY', KEYS[11], 'duplicate', 1)
+    redis.call('HINCRBY', KEYS[11], ARGV[9], 1)
     return 0
   end
   keep(ARGV[5], ARGV[6])
   send(ARGV[5], ARGV[7], ARGV[3])
-  redis.call('HINCRBY', KEYS[11], 'enqueued', 1)
+  redis.call('HINCRBY', KEYS[11], ARGV[8], 1)
   return 1
 end
 

@@ -32,7 +32,7 @@ local function hdel(key, fields) redis.call('HDEL', key, unpack(fields)) end
 local function drop_ticket()
   local ticket = redis.call('HGET', job, 'quota_ticket')
   if ticket then
-    redis.call('RPUSH', unused, ticket)
+    redis.call('RPUSH', unused, (redis.call('HGET', job, 'workspace') or 'default') .. '\n' .. ticket)
     redis.call('HDEL', job, 'quota_ticket')
   end
 end
@@ -98,14 +98,16 @@ local function lost(seq, task_id, queue, unacked, consumed)
   return redis.call('LLEN', queue) == 0
 end
 
--- submit. KEYS[5] every job, KEYS[6] the recording's jobs. ARGV[5] fields (JSON), ARGV[6] delay,
--- ARGV[7] deadline (seconds), ARGV[8..9] target. Returns 1 when created, 0 when it exists.
+-- submit. KEYS[5] every job, KEYS[6] the recording's jobs, KEYS[7] the workspace's jobs.
+-- ARGV[5] fields (JSON), ARGV[6] delay, ARGV[7] deadline (seconds), ARGV[8..9] target.
+-- Returns 1 when created, 0 when it exists.
 if command == 'submit' then
   if redis.call('EXISTS', job) == 1 then return 0 end
   set_fields(ARGV[5])
   redis.call('HSET', job, 'attempts', '1', 'created_at', now, 'deadline_at', now + tonumber(ARGV[7]))
   redis.call('ZADD', KEYS[5], now, id)
   redis.call('SADD', KEYS[6], id)
+  redis.call('ZADD', KEYS[7], now, id)
   enter(ARGV[8], ARGV[8], ARGV[9], ARGV[6])
   return 1
 end
@@ -292,18 +294,19 @@ end
 
 -- prune: finished jobs past their retention leave Redis with their index entries (the state
 -- sets are scored by when a job entered its state). KEYS[5] every job. ARGV[5] age (seconds),
--- ARGV[6] limit, ARGV[7] recording-set prefix, ARGV[8] transcript-owner prefix, ARGV[9..] the
--- finished states. Returns how many.
+-- ARGV[6] limit, ARGV[7] recording-set prefix, ARGV[8] transcript-owner prefix, ARGV[9]
+-- workspace-set prefix, ARGV[10..] the finished states. Returns how many.
 if command == 'prune' then
   local pruned = 0
-  for i = 9, #ARGV do
+  for i = 10, #ARGV do
     local set = state_prefix .. ARGV[i]
     local ids = redis.call('ZRANGEBYSCORE', set, '-inf', now - tonumber(ARGV[5]), 'LIMIT', 0,
                            tonumber(ARGV[6]))
     for _, each in ipairs(ids) do
       local hash = job_prefix .. each
-      local fields = redis.call('HMGET', hash, 'recording_id', 'transcript_id')
+      local fields = redis.call('HMGET', hash, 'recording_id', 'transcript_id', 'workspace')
       if fields[1] then redis.call('SREM', ARGV[7] .. fields[1], each) end
+      redis.call('ZREM', ARGV[9] .. (fields[3] or 'default'), each)
       if fields[2] and redis.call('GET', ARGV[8] .. fields[2]) == each then
         redis.call('DEL', ARGV[8] .. fields[2])
       end

@@ -33,6 +33,7 @@ from tasks.recall.errors import (
 from tasks.recall.limiter import Family, Limiter, Quota
 from tasks.recall.models import Transcript
 from tasks.settings import Settings
+from tasks.workspaces import DEFAULT, Workspace
 
 INLINE_WAIT_S = 0.25  # a quota slot this close is waited for in place; a later one reschedules
 _QUERY = re.compile(r"\?\S*")
@@ -57,14 +58,20 @@ def _connect_retries() -> Retry:
 
 
 class RecallClient:
-    """Calls Recall's API with one `requests.Session` per thread, auth and timeouts set once."""
+    """Calls one Recall workspace's API (its base URL, with its key) with one `requests.Session`
+    per thread, auth and timeouts set once."""
 
     def __init__(
-        self, settings: Settings, limiter: Limiter | None = None, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        limiter: Limiter | None = None,
+        metrics: Metrics | None = None,
+        workspace: Workspace | None = None,
     ) -> None:
-        key = settings.RECALL_API_KEY.get_secret_value() if settings.RECALL_API_KEY else ""
+        workspace = workspace or settings.workspaces[DEFAULT]
+        key = workspace.api_key.get_secret_value() if workspace.api_key else ""
         self._auth = f"Token {key}"
-        self._base = settings.RECALL_API_BASE_URL
+        self._base = workspace.base_url
         self._timeout = (min(5.0, settings.RECALL_HTTP_TIMEOUT_S), settings.RECALL_HTTP_TIMEOUT_S)
         self._local = threading.local()
         self._limiter = limiter
@@ -73,7 +80,7 @@ class RecallClient:
             self._timeout,
             settings.DOWNLOAD_MAX_BYTES,
             settings.RECALL_DOWNLOAD_TIMEOUT_S,
-            require_https=not settings.development,
+            require_https=not workspace.development,
         )
         urllib3_log = logging.getLogger("urllib3.connectionpool")
         if _REDACT not in urllib3_log.filters:

@@ -122,12 +122,22 @@ class Quota:
 class Limiter:
     """Paces each family fleet-wide; one per process."""
 
-    def __init__(self, client: redis.Redis, rates: dict[Family, Rate], inline_s: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        rates: dict[Family, Rate],
+        inline_s: float,
+        workspace: str = "default",
+    ) -> None:
         self._redis = client
         self._rates = rates
+        self._workspace = workspace  # each workspace has quotas of its own
         self._inline_ms = round(inline_s * 1000)
         script = resources.files("tasks.recall").joinpath("limiter.lua").read_text()
         self._script = client.register_script(script)
+
+    def paces(self, family: Family) -> bool:
+        return family in self._rates
 
     def acquire(self, family: Family, scope: str = "") -> Slot:
         """Take the family's next slot (now or later)."""
@@ -143,16 +153,6 @@ class Limiter:
         """Give back a slot no call used."""
         self._run("release", ticket.family, ticket.scope, ticket.member)
 
-    def release_unused(self, limit: int = 500) -> int:
-        """Give back the slots of tickets whose jobs ended, or were retried, before using them
-        (tasks/lua/jobs.lua lists them); how many."""
-        raw = cast(list[bytes] | None, self._redis.lpop(keys.UNUSED_TICKETS, limit)) or []
-        tickets = [Ticket.load(each.decode()) for each in raw]
-        for ticket in tickets:
-            if ticket is not None and ticket.family in self._rates:
-                self.release(ticket)
-        return len(raw)
-
     def pause(self, family: Family, scope: str, seconds: float) -> None:
         """Recall said 429: no one calls this family until `seconds` have passed (or until a
         longer pause already set ends)."""
@@ -162,9 +162,9 @@ class Limiter:
         rate = self._rates[family]
         return self._script(
             keys=[
-                keys.rate(family, scope),
-                keys.rate_pause(family, scope),
-                keys.rate_seq(family, scope),
+                keys.rate(self._workspace, family, scope),
+                keys.rate_pause(self._workspace, family, scope),
+                keys.rate_seq(self._workspace, family, scope),
             ],
             args=[
                 command,
@@ -180,3 +180,15 @@ class Limiter:
         wait_ms, member = cast(tuple[int, bytes], answer)
         name = member.decode()
         return Slot(wait_ms / 1000, Ticket(family, scope, name) if name else None)
+
+
+def release_unused(client: redis.Redis, limiters: dict[str, Limiter], limit: int = 500) -> int:
+    """Give back the slots of tickets whose jobs ended, or were retried, before using them
+    (tasks/lua/jobs.lua lists each beside its job's workspace); how many."""
+    raw = cast(list[bytes] | None, client.lpop(keys.UNUSED_TICKETS, limit)) or []
+    for entry in raw:
+        workspace, _, text = entry.decode().partition("\n")
+        ticket, limiter = Ticket.load(text), limiters.get(workspace)
+        if ticket is not None and limiter is not None and limiter.paces(ticket.family):
+            limiter.release(ticket)
+    return len(raw)
