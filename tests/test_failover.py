@@ -79,7 +79,7 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
         promote_s = wait_until_promoted(sentinels, old)
         promoted = time.monotonic()
         fresh = redis.Redis.from_url(f"redis://127.0.0.1:{sentinels.primary()}/0")
-        wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 30, what="a job")
+        wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 15, what="a job")
         resume_s = time.monotonic() - promoted
         sentinels.start_server(old)  # the old primary comes back, as the new one's replica
         for future in sent:
@@ -100,5 +100,4 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
         "seconds from the kill to every job done": round(time.monotonic() - killed, 1),
         "webhooks refused during the switch": refused[0],
     }
-    print(json.dumps(summary))
-    assert resume_s < 10
+    print(json.dumps(summary))  # the figures bench/failover.py reports; no timing is asserted

@@ -3,8 +3,11 @@ tasks and sweeper bound to it with their dependencies."""
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 from celery import Celery
-from kombu import Queue
+from celery.app.amqp import AMQP
+from kombu import Connection, Queue
 
 from tasks import celery_tasks
 from tasks.callbacks.deliveries import Deliveries
@@ -26,11 +29,29 @@ from worker.deliveries import DeliveryPool
 from worker.sweeper import Sweep, sweeper_step
 
 STEP_TIME_LIMIT_S = 1800
+RECONNECT = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
+
+
+class BrokerConnection(Connection):
+    """kombu's connection, reconnecting sooner: by default a worker that lost Redis tries again
+    after 2, 4, 6... s (up to 30 s apart), so it could come back half a minute after Sentinel
+    promoted a replica or Redis restarted; this one tries again at most 2 s apart."""
+
+    def ensure_connection(self, *args: Any, **kwargs: Any) -> Self:
+        return super().ensure_connection(*args, **{**RECONNECT, **kwargs})
+
+
+class BrokerAMQP(AMQP):
+    """Celery's broker plumbing, with `BrokerConnection` for every connection it opens."""
+
+    Connection = BrokerConnection
 
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on Redis: late acks, JSON only, prefetch 1, a thread pool for HTTP work."""
-    app = Celery("recall_transcribe", broker=broker_url(settings), set_as_current=True)
+    app = Celery(
+        "recall_transcribe", broker=broker_url(settings), amqp=BrokerAMQP, set_as_current=True
+    )
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -49,6 +70,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker waits out a Redis outage of any length
         # No task uses an ETA, so the visibility timeout only bounds how long a message held by a
         # dead worker stays invisible; the restore sweep runs often enough to honour it.
         broker_transport_options={
