@@ -213,12 +213,20 @@ def render(results: dict[str, Any]) -> str:
     if "failover" in results:
         out += ["### 12. Redis failover mid-burst", ""]
         out += [
-            "`tests/test_failover.py`: a primary with AOF, one replica, three Sentinels; the",
-            "primary SIGKILLed a third of the way into a burst of webhooks, re-sent until accepted",
-            "as Recall does; every recording transcribed once, checked by the test:",
+            "`tests/test_failover.py`, webhooks re-sent until accepted as Recall does; every",
+            "recording transcribed once, checked by the test. A crash: a primary with AOF, one",
+            "replica, three Sentinels; the primary SIGKILLed a third of the way into the burst:",
             "",
         ]
-        out += [f"- {k}: {v}" for k, v in results["failover"].items()]
+        out += [f"- {k}: {v}" for k, v in results["failover"]["crash"].items()]
+        out += [
+            "",
+            "A partition: the primary, and a receiver and a worker that reach it directly, cut off",
+            "(every byte held, no reset) from two replicas, the Sentinels and the rest of the",
+            "fleet; the cut-off side is asked first for every webhook:",
+            "",
+        ]
+        out += [f"- {k}: {v}" for k, v in results["failover"]["partition"].items()]
         out += [""]
     return "\n".join(out)
 

@@ -85,13 +85,15 @@ def broker_url(settings: Settings) -> str:
 
 
 def broker_options(settings: Settings) -> dict[str, object]:
-    """Transport options the broker needs besides the visibility settings."""
-    if not settings.sentinels:
-        return {}
-    return {
-        "master_name": settings.REDIS_SENTINEL_MASTER,
-        "sentinel_kwargs": {**SOCKET, "socket_timeout": 1},
-    }
+    """Transport options the broker needs besides the visibility settings. Socket timeouts and
+    kombu's health checks let a consumer or a publish give up on a connection that went silent
+    without closing (a partition, a primary frozen mid-failover): kombu's defaults would wait on
+    it forever; with these a worker drops it within about 5 s and asks Sentinel again."""
+    options: dict[str, object] = {**SOCKET, "socket_keepalive": True, "health_check_interval": 2}
+    if settings.sentinels:
+        options["master_name"] = settings.REDIS_SENTINEL_MASTER
+        options["sentinel_kwargs"] = {**SOCKET, "socket_timeout": 1}
+    return options
 
 
 def _db(path: str) -> int:

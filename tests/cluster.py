@@ -1,10 +1,14 @@
-"""A Redis primary with AOF, a replica and three Sentinels, all on loopback, started (and stopped)
-by the test or benchmark that needs them."""
+"""A Redis primary with AOF, its replicas and three Sentinels, all on loopback, started (and
+stopped) by the test or benchmark that needs them; optionally with the primary behind a `Link`
+that a test can cut, as a network partition would."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +20,89 @@ from tests.helpers import free_port, redis_answers, wait_for
 MASTER = "mymaster"
 
 
+class Link:
+    """The network between the primary and everyone else, as a TCP forwarder on loopback.
+    `cut` stalls every byte both ways and leaves connections open, as a partition does (no reset,
+    so each side finds out only by timing out); `heal` drops the stalled connections and forwards
+    again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    def heal(self) -> None:
+        with self._lock:
+            stalled, self._sockets = self._sockets, []
+        for sock in stalled:
+            _close(sock)
+        self._open.set()
+
+    def close(self) -> None:
+        _close(self._listener)
+        self.heal()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._open.wait()  # during a cut a new connection hangs, unanswered
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            _close(client)
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._sockets += [client, upstream]
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._open.wait()  # held while cut; `heal` closes both ends meanwhile
+                sink.sendall(data)
+        except OSError:
+            pass
+        _close(source)
+        _close(sink)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
 @dataclass
 class Cluster:
-    """The processes, and where each listens."""
+    """The processes, and where each listens; `link` is the primary's network, when cuttable."""
 
     directory: Path
     primary_port: int
-    replica_port: int
+    replica_ports: list[int]
     sentinel_ports: list[int]
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    link: Link | None = None
+
+    @property
+    def primary_address(self) -> int:
+        """The primary's port as the replica and the sentinels reach it."""
+        return self.link.port if self.link else self.primary_port
 
     @property
     def sentinels(self) -> str:
@@ -43,12 +121,13 @@ class Cluster:
 
     def start(self) -> None:
         self.start_server(self.primary_port)
-        self.start_server(self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port))
+        for port in self.replica_ports:
+            self.start_server(port, "--replicaof", "127.0.0.1", str(self.primary_address))
         for port in self.sentinel_ports:
             config = self.directory / f"sentinel-{port}.conf"
             config.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_address} 2\n"
                 f"sentinel down-after-milliseconds {MASTER} 1000\n"
                 f"sentinel failover-timeout {MASTER} 5000\n"
             )
@@ -62,7 +141,8 @@ class Cluster:
             for port in self.sentinel_ports:
                 sentinel = redis.Redis(port=port, socket_timeout=1)
                 replicas = sentinel.sentinel_slaves(MASTER)  # type: ignore[no-untyped-call]
-                if not any("s_down" not in r["flags"] for r in replicas):
+                seen = [r for r in replicas if "s_down" not in r["flags"]]
+                if len(seen) < len(self.replica_ports):
                     return False
             return True
         except redis.RedisError:
@@ -81,6 +161,8 @@ class Cluster:
         process.wait(10)
 
     def stop(self) -> None:
+        if self.link:
+            self.link.close()
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -90,8 +172,14 @@ class Cluster:
                     process.kill()
 
 
-def cluster(directory: Path) -> Cluster:
-    found = Cluster(directory, free_port(), free_port(), [free_port() for _ in range(3)])
+def cluster(directory: Path, replicas: int = 1, partitionable: bool = False) -> Cluster:
+    """Started; with `partitionable`, the replicas and the sentinels reach the primary through a
+    `Link` (clients may still reach it directly, on `primary_port`)."""
+    primary = free_port()
+    found = Cluster(
+        directory, primary, [free_port() for _ in range(replicas)], [free_port() for _ in range(3)]
+    )
+    found.link = Link(primary) if partitionable else None
     found.start()
     return found
 

@@ -1,6 +1,7 @@
-"""Redis fails over under a burst: a primary with AOF, one replica and three Sentinels, real
-processes on loopback. The primary is SIGKILLed partway; what was acknowledged stays, every
-recording is transcribed once, and processing resumes seconds after the promotion."""
+"""Redis fails over under a burst: a primary with AOF, replicas and three Sentinels, real processes
+on loopback. The primary is SIGKILLed partway, or cut off from the rest while clients still reach
+it; what was acknowledged stays, every recording is transcribed once, and processing resumes
+seconds after the promotion."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import requests
 from tasks import keys
 from tests.cluster import Cluster, cluster, wait_until_promoted
 from tests.conftest import System
-from tests.helpers import recording_done, signed, wait_for
+from tests.helpers import Process, free_port, http_ready, recording_done, signed, wait_for
 
 RECORDINGS = 120
 
@@ -34,6 +35,7 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
     start_system: Any, sentinels: Cluster
 ) -> None:
     old = sentinels.primary_port
+    assert sentinels.replica_ports
     system: System = start_system(
         workers=2,
         REDIS_URL=f"redis://127.0.0.1:{old}/0",  # through Sentinel, only its database counts
@@ -101,3 +103,114 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
         "webhooks refused during the switch": refused[0],
     }
     print(json.dumps(summary))  # the figures bench/failover.py reports; no timing is asserted
+
+
+def test_a_primary_cut_off_from_the_rest_acknowledges_nothing_and_creates_nothing(
+    start_system: Any, tmp_path: Path
+) -> None:
+    """A partition: the primary and the clients that still reach it (a receiver and a worker
+    with its address) on one side; two replicas, three Sentinels and the rest of the fleet on
+    the other. "Recall" sends each webhook to either receiver until one answers 2xx."""
+    nodes = cluster(tmp_path / "cluster", replicas=2, partitionable=True)
+    link = nodes.link
+    assert link is not None
+    try:
+        system: System = start_system(
+            workers=2,
+            REDIS_URL="redis://127.0.0.1/0",  # through Sentinel, only its database counts
+            REDIS_SENTINELS=nodes.sentinels,
+            REDIS_MIN_REPLICAS="1",
+            JOB_STEP_LEASE_S="3",
+            INBOX_RESEND_S="3",
+            CELERY_VISIBILITY_TIMEOUT_S="5",
+        )
+        cut_off = _cut_off_side(system, f"redis://127.0.0.1:{nodes.primary_port}/0")
+        try:
+            _partitioned_burst(system, nodes, link, cut_off)
+        finally:
+            cut_off.stop()
+    finally:
+        nodes.stop()
+
+
+def _cut_off_side(system: System, primary_url: str) -> System:
+    """A receiver and a worker that reach the primary at its address, not through Sentinel."""
+    env = {**system.env, "REDIS_URL": primary_url, "REDIS_SENTINELS": ""}
+    port = free_port()
+    side = System(env, system.emulator_url, f"http://127.0.0.1:{port}", system.store, system.tmp)
+    side.processes.append(Process(["receiver", "--port", str(port)], env, side.tmp / "cut.log"))
+    wait_for(http_ready(f"{side.receiver_url}/healthz"), 20, what="the cut-off receiver up")
+    side.start_worker("cut")
+    return side
+
+
+def _partitioned_burst(system: System, nodes: Cluster, link: Any, cut_off: System) -> None:
+    recordings = [f"pt-{index}" for index in range(60)]
+    for recording_id in recordings:
+        system.emulator.recording(recording_id)
+    receivers = [cut_off.receiver_url, system.receiver_url]
+    acknowledged: list[str] = []
+    refused_by_cut_off = [0]
+    partitioned = threading.Event()
+    lock = threading.Lock()
+
+    def deliver(recording_id: str) -> None:
+        body, headers = signed(recording_done(recording_id), msg_id=f"msg_{recording_id}")
+        deadline = time.monotonic() + 150
+        attempt = 0
+        while time.monotonic() < deadline:
+            url = f"{receivers[attempt % 2]}/webhooks/recall"  # the cut-off receiver first
+            try:
+                status = requests.post(url, data=body, headers=headers, timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            if status == 200:
+                with lock:
+                    acknowledged.append(recording_id)
+                return
+            if attempt % 2 == 0 and partitioned.is_set():
+                with lock:
+                    refused_by_cut_off[0] += 1
+            attempt += 1
+            time.sleep(0.2)
+        raise AssertionError(f"{recording_id} never accepted")
+
+    old = redis.Redis(port=nodes.primary_port)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            sent = [pool.submit(deliver, r) for r in recordings]
+            wait_for(lambda: len(acknowledged) >= 20, 60, what="a third accepted")
+            done_before = int(old.zcard(keys.state("done")))
+            link.cut()
+            partitioned.set()
+            promote_s = wait_until_promoted(nodes, link.port)
+            promoted = time.monotonic()
+            fresh = redis.Redis(port=nodes.primary())
+            wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 30, what="a job")
+            resume_s = time.monotonic() - promoted
+            for future in sent:  # the rest of the fleet goes on: everything gets accepted
+                future.result()
+        time.sleep(3)  # and the cut-off side keeps trying a little longer
+    finally:
+        link.heal()
+    healed = time.monotonic()
+    wait_for(lambda: old.info("replication")["role"] == "slave", 60, what="old primary rejoined")
+    rejoin_s = time.monotonic() - healed
+    wait_for(lambda: fresh.zcard(keys.state("done")) == len(recordings), 120, what="all done")
+
+    assert refused_by_cut_off[0] > 0  # the cut-off side was asked, and said no
+    assert sorted(acknowledged) == sorted(recordings)
+    assert fresh.zcard(keys.JOBS) == len(recordings) and fresh.zcard(keys.state("failed")) == 0
+    for recording_id in recordings:
+        ours = [t for t in system.emulator.transcripts(recording_id) if t["metadata"]]
+        assert len(ours) == 1, (recording_id, ours)
+        path = system.store / recording_id / f"{ours[0]['id']}.json"
+        assert path.read_bytes() == system.emulator.data(ours[0]["id"])
+    summary = {
+        "recordings": len(recordings),
+        "seconds to promote": round(promote_s, 1),
+        "seconds from promotion to a job done": round(resume_s, 1),
+        "seconds from the heal to the old primary a replica": round(rejoin_s, 1),
+        "webhooks the cut-off side refused": refused_by_cut_off[0],
+    }
+    print(json.dumps({"partition": summary}))
