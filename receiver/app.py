@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> Flask:
     }
     if settings.RECALL_WEBHOOK_INSECURE and DEFAULT not in verifiers:
         verifiers[DEFAULT] = webhooks.Verifier([])  # local use: unsigned webhooks accepted
-    if not verifiers:
+    if DEFAULT not in verifiers:  # the default workspace too, when RECALL_WORKSPACES adds others
         raise ConfigError(
             "RECALL_WEBHOOK_SECRET is not set (set it, or RECALL_WEBHOOK_INSECURE=1 for local use)"
         )

@@ -42,8 +42,9 @@ INBOX_KEYS = [
 
 
 def event_id_for(webhook_id: str, workspace: str = DEFAULT) -> str:
-    """A short fixed-size id for a workspace's webhook id (any length, any characters)."""
-    scoped = webhook_id if workspace == DEFAULT else f"{workspace}/{webhook_id}"
+    """A short fixed-size id for a workspace's webhook id (any length, any characters; never a
+    NUL, which no HTTP header carries, so a workspace's ids never meet another's)."""
+    scoped = webhook_id if workspace == DEFAULT else f"{workspace}\x00{webhook_id}"
     return hashlib.sha256(scoped.encode()).hexdigest()[:32]
 
 
@@ -53,7 +54,10 @@ def kept(workspace: str, event_json: str) -> str:
 
 
 def unkept(text: str) -> tuple[str, str]:
-    """(workspace, event JSON) of a kept event."""
+    """(workspace, event JSON) of a kept event; an event kept before workspaces existed is bare
+    JSON (no workspace name starts with `{`), and the default workspace's."""
+    if text.startswith("{"):
+        return DEFAULT, text
     workspace, _, event_json = text.partition("\n")
     return workspace, event_json
 

@@ -58,21 +58,20 @@ EarlyEvent = Literal["done", "failed"]
 Delay = float | Literal["keep", "never"]
 
 
-def job_id_for(idempotency_key: str, *, given: bool) -> str:
+def job_id_for(idempotency_key: str, *, given: bool, workspace: str = DEFAULT) -> str:
     """One key, one job. Keys clients give and keys the webhook path derives are in different
-    namespaces: no key a client gives names a recording's job."""
-    return str(uuid.uuid5(_GIVEN if given else _DERIVED, idempotency_key))
+    namespaces (no key a client gives names a recording's job), and each workspace has its own
+    pair (the same key in two workspaces names two jobs, whatever characters it holds)."""
+    namespace = _GIVEN if given else _DERIVED
+    if workspace != DEFAULT:
+        namespace = uuid.uuid5(namespace, f"workspace {workspace}")
+    return str(uuid.uuid5(namespace, idempotency_key))
 
 
 def default_idempotency_key(recording_id: str, provider: dict[str, Any]) -> str:
     """Recording id plus a digest of the provider configuration."""
     canonical = json.dumps(provider, sort_keys=True, separators=(",", ":"))
     return f"{recording_id}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
-
-
-def scoped(key: str, workspace: str) -> str:
-    """A key within its workspace: the same key in two workspaces names two jobs."""
-    return key if workspace == DEFAULT else f"{workspace}/{key}"
 
 
 def _iso(value: float | None) -> str | None:
@@ -420,7 +419,7 @@ class JobStore:
         With REDIS_MIN_REPLICAS, the job is on that many replicas before this returns (else
         `NotReplicated`): a job the API accepted survives a failover."""
         key = idempotency_key or default_idempotency_key(recording_id, provider)
-        job_id = job_id_for(scoped(key, workspace), given=idempotency_key is not None)
+        job_id = job_id_for(key, given=idempotency_key is not None, workspace=workspace)
         fields = {
             "id": job_id,
             "recording_id": recording_id,
@@ -574,9 +573,17 @@ class JobStore:
     def record_archive(self, job_id: str, transcript_id: str) -> bool:
         """Another job's remediation archived this finished job's transcript, and deletes it at
         Recall only if this answers True: a retry of the job then finishes from the archive.
-        False while the job is active again (its transcript must stay)."""
+        False while the job is active again (its transcript must stay). With REDIS_MIN_REPLICAS,
+        the mark is on that many replicas first (else `NotReplicated`): a failover that forgot
+        it would let a retry past Recall's replay window create a second transcript."""
         transition = Transition.RECORD_ARCHIVE
-        return self._run("archive", job_id, [], sources(transition), transcript_id) is not None
+        args = [sources(transition), transcript_id]
+        marked = replicated(
+            self.redis,
+            self.min_replicas,
+            lambda pipe: self._run("archive", job_id, [], *args, client=pipe),
+        )
+        return marked is not None
 
     def record_callbacks(self, job_id: str, delivery_ids: list[str]) -> None:
         """The deliveries of the job's latest finish, for its view (not a transition)."""
@@ -585,17 +592,21 @@ class JobStore:
     def retry(self, job_id: str) -> Phase | None:
         """Re-run a failed job from the furthest point known, due now: done from the archive,
         a known transcript awaited again, else create (reconciling first when a create may have
-        happened). Never a second transcript. Returns the new phase, None when not failed."""
+        happened). Never a second transcript. Returns the new phase, None when not failed. With
+        REDIS_MIN_REPLICAS, on that many replicas first (else `NotReplicated`, and the retry may
+        or may not have been applied: the job's state tells)."""
         transition = Transition.RETRY
-        result = self._run(
-            "retry",
-            job_id,
-            [],
+        args = [
             sources(transition),
             *target(transition, QUEUED),
             *target(transition, AWAITING),
             *target(transition, DONE),
             self.deadline_s,
+        ]
+        result = replicated(
+            self.redis,
+            self.min_replicas,
+            lambda pipe: self._run("retry", job_id, [], *args, client=pipe),
         )
         return Phase.parse(cast(bytes, result).decode()) if result else None
 

@@ -146,7 +146,7 @@ class Pipeline:
         """Run the step; every error becomes a retry or the job's failure."""
         recall = self.recalls.get(job.workspace)
         if recall is None:
-            return self._fail(job, ErrorCode.INTERNAL, f"workspace {job.workspace} is not set up")
+            return self._retry_later(job, Unconfigured(job.workspace))
         run = Run(
             self.jobs.now(),
             recall,
@@ -347,7 +347,10 @@ class Pipeline:
                 self.store.save(recording_id, transcript.id, staged, meta, formats)
         if owner is None or self.jobs.record(owner) is None:
             return True
-        return self.jobs.record_archive(owner, transcript.id)
+        try:
+            return self.jobs.record_archive(owner, transcript.id)
+        except NotReplicated as exc:  # no delete until a failover cannot forget the archive
+            raise HeldBack(f"delete held back: {exc}") from None
 
     def _await(self, job: JobRecord, run: Run) -> Result:
         transcript_id = _transcript_id(job)
@@ -472,7 +475,7 @@ class Pipeline:
             self.settings.RETRY_BACKOFF_MAX_S,
             exc.retry_after,
         )
-        self.jobs.retry_later(job, delay, exc.code, exc.message)
+        self.jobs.retry_later(job, delay, exc.code, exc.message, count=exc.counted)
         log.info(
             "job %s: %s; retry %d in %.1fs",
             job.id,
@@ -503,11 +506,26 @@ class Unexpected(RetryableError):
 
 
 class HeldBack(RetryableError):
-    """Too few replicas confirmed that a create may happen: wait for them, spending no budget
-    (the job's deadline still ends the wait)."""
+    """Too few replicas confirmed that a create may happen, or that a transcript about to be
+    deleted is archived: wait for them, spending no budget (the job's deadline still ends the
+    wait)."""
 
     code = ErrorCode.INTERNAL
     spends_budget = False
+    counted = False
+
+
+class Unconfigured(RetryableError):
+    """The job's workspace is not set up on this worker (a deploy half rolled out, say): the step
+    waits for a worker that has it, spending no budget (the job's deadline still ends the wait)."""
+
+    code = ErrorCode.INTERNAL
+    spends_budget = False
+    counted = False
+    retry_after = 30.0
+
+    def __init__(self, workspace: str) -> None:
+        super().__init__(f"workspace {workspace} is not set up on this worker", sent=False)
 
 
 class Inconsistent(FinalError):

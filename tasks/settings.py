@@ -132,9 +132,19 @@ class Settings(BaseSettings):
                 value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ValueError("not valid JSON (nested too deep)") from None
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object: name -> workspace")
         return value
+
+    @model_validator(mode="after")
+    def _sentinels_without_tls(self) -> Settings:
+        if self.REDIS_SENTINELS.strip() and self.REDIS_URL.startswith("rediss://"):
+            raise ValueError(
+                "invalid setting REDIS_URL: rediss:// (TLS) is not supported with REDIS_SENTINELS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _workspaces_read(self) -> Settings:

@@ -66,6 +66,12 @@ def parse_workspaces(
             raise ValueError(
                 f"workspace {name}: api_key and webhook_secret (or their _env) are needed"
             )
+        webhook_secrets = [s.strip() for s in secrets.split(",") if s.strip()]
+        if not webhook_secrets:
+            raise ValueError(f"workspace {name}: webhook_secret holds no secret")
+        rates = spec.get("rate_limits", "")
+        if not isinstance(rates, str):
+            raise ValueError(f"workspace {name}: rate_limits must be a string like list=60/60")
         provider = spec.get("provider", default_provider)
         if not isinstance(provider, dict) or len(provider) != 1:
             raise ValueError(f"workspace {name}: provider must hold exactly one provider key")
@@ -73,8 +79,8 @@ def parse_workspaces(
             name=name,
             api_key=SecretStr(key),
             base_url=base_url.rstrip("/"),
-            webhook_secrets=[s.strip() for s in secrets.split(",") if s.strip()],
-            rate_limits=parse_rates(str(spec.get("rate_limits", ""))),
+            webhook_secrets=webhook_secrets,
+            rate_limits=parse_rates(rates),
             provider=provider,
         )
     return found

@@ -33,6 +33,7 @@ from tasks.recall.client import RecallClient
 from tasks.settings import Settings, load_settings
 from tasks.states import Step
 from tasks.store.local import LocalStore
+from tasks.workspaces import DEFAULT
 from tests.helpers import SECRET, Process, free_port, http_ready, redis_answers, wait_for
 
 hypothesis_settings.register_profile("full", max_examples=150)
@@ -242,10 +243,16 @@ class Harness:
         return results
 
     def submit(
-        self, recording_id: str, provider: dict[str, Any] | None = None, key: str | None = None
+        self,
+        recording_id: str,
+        provider: dict[str, Any] | None = None,
+        key: str | None = None,
+        workspace: str = DEFAULT,
     ) -> str:
         """Start a job (its create is queued); its id."""
-        job_id, created = self.pipeline.dispatch.submit(recording_id, provider, None, key)
+        job_id, created = self.pipeline.dispatch.submit(
+            recording_id, provider, None, key, workspace=workspace
+        )
         assert created
         return job_id
 

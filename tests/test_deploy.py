@@ -158,7 +158,7 @@ def test_the_monitoring_profile_scrapes_the_receiver_and_charts_only_metrics_it_
     assert charted and charted <= served, charted - served
 
 
-def test_the_failover_profile_runs_a_replica_and_three_sentinels_the_apps_find() -> None:
+def test_the_failover_profile_runs_two_replicas_and_three_sentinels_the_apps_find() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     (suggested,) = re.findall(r"REDIS_SENTINELS=(\S+)", text)
     env = {**SECRETS, "REDIS_SENTINELS": suggested, "REDIS_MIN_REPLICAS": "1"}
@@ -166,14 +166,20 @@ def test_the_failover_profile_runs_a_replica_and_three_sentinels_the_apps_find()
     sentinels = [name for name in services if name.startswith("sentinel-")]
     assert len(sentinels) == 3
     assert sorted(f"{name}:26379" for name in sentinels) == sorted(suggested.split(","))
-    for name in [*sentinels, "redis-replica"]:
+    replicas = [name for name in services if name.startswith("redis-replica")]
+    assert len(replicas) == 2  # the promoted one still has a replica to confirm its writes
+    for name in [*sentinels, *replicas]:
         assert services[name]["profiles"] == ["failover"]
-    replica = services["redis-replica"]["command"]
-    assert replica[replica.index("--replicaof") + 1 :] == ["redis", "6379"]
-    for name in ("redis", "redis-replica"):  # whichever is the primary refuses writes alone
+        assert services[name]["restart"] == "unless-stopped"
+    for name in replicas:
+        command = services[name]["command"]
+        assert command[command.index("--replicaof") + 1 :] == ["redis", "6379"]
+        assert command[command.index("--replica-announce-ip") + 1] == name
+    for name in ("redis", *replicas):  # whichever is the primary refuses writes alone
         command = services[name]["command"]
         assert command[command.index("--min-replicas-to-write") + 1] == "1"
         assert command[command.index("--appendonly") + 1] == "yes"
+    assert services["redis"]["restart"] == "unless-stopped"
     config = render(text, env)["configs"]["sentinel"]["content"]
     master = Settings.model_fields["REDIS_SENTINEL_MASTER"].default
     assert f"sentinel monitor {master} redis 6379 2" in config  # a majority of the three

@@ -150,6 +150,9 @@ def test_refuses_to_start_without_a_secret_unless_insecure(
     unsigned = reconfigure(settings, RECALL_WEBHOOK_SECRET=None)
     with pytest.raises(ConfigError, match="RECALL_WEBHOOK_SECRET"):
         create_app(unsigned)
+    other = '{"eu": {"base_url": "https://x", "api_key": "k", "webhook_secret": "whsec_eA=="}}'
+    with pytest.raises(ConfigError, match="RECALL_WEBHOOK_SECRET"):  # default is a workspace too
+        create_app(reconfigure(unsigned, RECALL_WORKSPACES=other))
     insecure = create_app(reconfigure(unsigned, RECALL_WEBHOOK_INSECURE=True)).test_client()
     response = insecure.post(URL, json=recording_done("r1"))
     assert response.status_code == 200 and len(queued_events(rclient)) == 1
@@ -215,6 +218,20 @@ def test_an_event_no_worker_applies_becomes_a_dead_letter_and_can_be_replayed(
     assert queued_events(rclient) == [event] and inbox.dead() == {}
     inbox.applied(event_id)
     assert rclient.hlen(keys.INBOX) == 0 and rclient.hlen(keys.INBOX_DELIVERIES) == 0
+
+
+def test_events_kept_before_workspaces_existed_are_replayed_whole_to_the_default_one(
+    rclient: redis.Redis, settings: Settings
+) -> None:
+    from tasks.inbox import Inbox
+
+    event = recording_done("r1")
+    raw = json.dumps(event, indent=1)  # what the previous release kept: the bare JSON
+    rclient.hset(keys.INBOX_DEAD, "e1", raw)
+    inbox = Inbox(rclient, 0.01, settings.WEBHOOK_DEDUPE_TTL_S)
+    assert inbox.dead() == {"e1": ("default", raw)}
+    assert inbox.replay_dead() == 1
+    assert queued_events(rclient) == [event]
 
 
 def test_events_waiting_in_a_backlog_are_never_copied_nor_dead_lettered(

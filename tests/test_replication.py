@@ -14,7 +14,8 @@ import redis
 from receiver.app import create_app
 from tasks import keys
 from tasks.connection import NotReplicated
-from tasks.outcomes import Outcome
+from tasks.jobs import JobStore
+from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
 from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness, start_redis
@@ -38,6 +39,15 @@ def primary(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     for process in (replica, main):
         process.kill()
         process.wait(10)
+
+
+def on_primary(harness: Harness, url: str) -> JobStore:
+    """The harness's job store, moved to the primary at `url`, with REDIS_MIN_REPLICAS=1."""
+    jobs = harness.pipeline.jobs
+    jobs.redis = redis.Redis.from_url(url)
+    jobs._script = jobs.redis.register_script(jobs._script.script)
+    jobs.min_replicas = 1
+    return jobs
 
 
 def test_a_webhook_is_acknowledged_only_once_a_replica_has_it(
@@ -65,10 +75,7 @@ def test_no_create_happens_until_a_replica_knows_it_may(
 ) -> None:
     url, replica = primary
     harness.pipeline.settings = reconfigure(settings, MAX_STEP_RETRIES=1)
-    jobs = harness.pipeline.jobs
-    jobs.redis = redis.Redis.from_url(url)
-    jobs._script = jobs.redis.register_script(jobs._script.script)
-    jobs.min_replicas = 1
+    jobs = on_primary(harness, url)
     job_id = start(harness, emulator)
     replica.kill()
     replica.wait(10)
@@ -76,6 +83,7 @@ def test_no_create_happens_until_a_replica_knows_it_may(
         assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
     assert emulator.stats()["calls"].get("create", 0) == 0
     assert state(harness, job_id).state == State.CREATING
+    assert state(harness, job_id).failures == {}  # nothing failed: a later error has its budget
     with pytest.raises(NotReplicated):
         jobs.start_create(state(harness, job_id), 0)
 
@@ -95,3 +103,30 @@ def test_a_job_the_api_accepts_is_on_a_replica_first(
     replica.wait(10)
     refused = client.post("/api/v1/jobs", json={"recording_id": "r2"}, headers=token)
     assert refused.status_code == 503  # maybe lost in a failover: the client asks again
+    jobs = JobStore(redis.Redis.from_url(url), 10)
+    assert jobs.fail(accepted.json["id"], ErrorCode.INTERNAL, "gave up")
+    retried = client.post(f"/api/v1/jobs/{accepted.json['id']}/retry", headers=token)
+    assert retried.status_code == 503  # a retry, too, is answered 202 only once replicated
+
+
+def test_no_archived_transcript_is_deleted_until_a_replica_knows_the_archive(
+    primary: tuple[str, subprocess.Popen[bytes]],
+    harness: Harness,
+    emulator: EmulatorHandle,
+    settings: Settings,
+) -> None:
+    url, replica = primary
+    harness.pipeline.settings = reconfigure(settings, LIMIT_POLICY="archive-oldest")
+    jobs = on_primary(harness, url)
+    emulator.recording("r1")
+    owner = harness.submit("r1", {"assembly_ai_async": {}})  # a job of ours, failed since
+    assert jobs.fail(owner, ErrorCode.INTERNAL, "gave up")
+    emulator.seed("r1", 1, "done", metadata={"job_id": owner})  # the oldest: archive-oldest's pick
+    emulator.seed("r1", 9, "done")
+    job_id = harness.submit("r1")
+    assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
+    replica.kill()
+    replica.wait(10)
+    for _ in range(2):  # archived to the store, but the mark may not survive a failover
+        assert run(harness, Step.REMEDIATE, job_id) == Outcome.RETRY
+    assert all(t["status"]["code"] == "done" for t in emulator.transcripts("r1"))

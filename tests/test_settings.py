@@ -60,6 +60,15 @@ def test_bad_values_give_one_readable_line(
     assert says in message and "\n" not in message
 
 
+def test_tls_through_sentinel_is_refused_not_silently_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "127.0.0.1:26379")
+    monkeypatch.setenv("REDIS_URL", "rediss://:pw@127.0.0.1/0")
+    with pytest.raises(ConfigError, match=r"^invalid setting REDIS_URL: rediss://"):
+        load_settings()
+
+
 def test_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECALL_API_KEY", "super-secret-key")
     monkeypatch.setenv("RECALL_WEBHOOK_SECRET", "whsec_c2VjcmV0c2VjcmV0")

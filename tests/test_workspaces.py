@@ -21,7 +21,7 @@ from tasks.names import EVENTS_QUEUE
 from tasks.outcomes import Outcome
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate
 from tasks.settings import ConfigError, Settings, load_settings
-from tasks.states import State
+from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness, System, emulator_process
 from tests.helpers import (
     OTHER_SECRET,
@@ -35,7 +35,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.test_receiver import queued_events
-from tests.test_steps import state, wait_transcript_done
+from tests.test_steps import run, state, wait_transcript_done
 
 EU_SECRET = OTHER_SECRET
 EU_KEY = "eu-key"
@@ -98,6 +98,13 @@ def test_a_workspace_takes_its_secrets_from_the_environment_variables_it_names(
         ),
         ('{"eu": {"base_url": "https://x", "api_key_env": "TEST_UNSET_VARIABLE"}}', "not set"),
         ('{"eu": {"base_url": "https://x", "api_key": "k"}}', "webhook_secret"),
+        ('{"eu": {"base_url": "https://x", "api_key": "k", "webhook_secret": " , "}}', "no secret"),
+        (
+            '{"eu": {"base_url": "https://x", "api_key": "k", "webhook_secret": "whsec_eA==",'
+            ' "rate_limits": null}}',
+            "rate_limits",
+        ),
+        ("[" * 100_000, "nested too deep"),
         ('{"eu": {"base_url": "https://x", "api_key": "k", "webhook_secret": "nope!"}}', "whsec_"),
         ('{"eu": {"base_url": "https://x", "apikey": "k"}}', "an object with some of"),
         (
@@ -144,9 +151,11 @@ def test_each_workspace_takes_only_webhooks_signed_with_its_own_secret(
     assert client.post("/webhooks/recall/eu", data=body, headers=headers).status_code == 200
     body, headers = signed(event, SECRET, msg_id="msg-1")  # the same id in another workspace
     assert client.post("/webhooks/recall", data=body, headers=headers).status_code == 200
-    assert queued_events(rclient) == [event, event]
+    body, headers = signed(event, SECRET, msg_id="eu/msg-1")  # no id spells another's
+    assert client.post("/webhooks/recall", data=body, headers=headers).status_code == 200
+    assert queued_events(rclient) == [event, event, event]
     workspaces = [json.loads(args)[2] for args in queued_args(rclient)]
-    assert sorted(workspaces) == ["default", "eu"]
+    assert sorted(workspaces) == ["default", "default", "eu"]
 
 
 def queued_args(rclient: redis.Redis) -> list[str]:
@@ -175,11 +184,16 @@ def test_the_jobs_api_takes_shows_and_filters_by_workspace(client: FlaskClient) 
     assert create(**key, workspace="eu").status_code == 202  # the same job again
     assert create(**key).status_code == 202  # a key names a job within its workspace
 
+    # No key, whatever its characters, names another workspace's job.
+    squatter = create(recording_id="r2", idempotency_key="eu/k-2")
+    assert squatter.status_code == 202 and squatter.json["workspace"] == "default"
+    assert create(recording_id="r2", idempotency_key="k-2", workspace="eu").status_code == 202
+
     listed = client.get("/api/v1/jobs?workspace=eu", headers=TOKEN).json["jobs"]
-    assert sorted(job["recording_id"] for job in listed) == ["r1", "r2"]
+    assert sorted(job["recording_id"] for job in listed) == ["r1", "r2", "r2"]
     assert {job["workspace"] for job in listed} == {"eu"}
     queued = client.get("/api/v1/jobs?workspace=eu&state=queued", headers=TOKEN).json["jobs"]
-    assert len(queued) == 2
+    assert len(queued) == 3
     assert client.get("/api/v1/jobs?workspace=EU!", headers=TOKEN).status_code == 400
     document = client.get("/openapi.json").json  # what a client may send, for this deployment
     request = document["components"]["schemas"]["JobRequest"]["properties"]["workspace"]
@@ -195,6 +209,19 @@ def test_a_busy_workspace_never_takes_another_ones_quota(rclient: redis.Redis) -
     assert eu.acquire(Family.LIST).wait > 50  # eu's one list call a minute is spent
     eu.pause(Family.LIST, "", 30)  # and Recall told eu to wait
     assert us.acquire(Family.LIST).wait == 0
+
+
+def test_a_step_of_a_workspace_this_worker_lacks_waits_for_a_worker_that_has_it(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings
+) -> None:
+    harness.pipeline.settings = reconfigure(settings, MAX_STEP_RETRIES=1)
+    emulator.recording("r2")
+    job_id = harness.submit("r2", {"recallai_async": {}}, workspace="eu")  # the receiver knows eu
+    for _ in range(3):  # more than the retry budget: a wait, not a failure
+        assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    assert state(harness, job_id).state == State.QUEUED
+    harness.pipeline.recalls["eu"] = harness.pipeline.recalls["default"]  # now it has eu
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
 
 
 def test_a_transcript_event_from_another_workspace_never_moves_a_job(

@@ -46,6 +46,7 @@ class RetryableError(RecallError):
     code = ErrorCode.RECALL_UNAVAILABLE
     retry_after: float | None = None
     spends_budget = True  # False: a wait, not a failure (the job's deadline still bounds it)
+    counted = True  # False: not counted in the job's failures either (nothing failed)
 
 
 class RateLimited(RetryableError):
