@@ -19,7 +19,7 @@ run: install
 test: install
 	$(BIN)/pytest
 
-test-fast: install  # the unit and Redis tiers: the loop to live in (under a minute)
+test-fast: install  # the unit and Redis tiers: the loop to live in (about a minute)
 	$(BIN)/pytest -m "not system" -q --hypothesis-profile fast
 
 lint: install

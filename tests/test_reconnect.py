@@ -16,5 +16,5 @@ def test_the_workers_broker_connection_tries_again_at_most_two_seconds_apart() -
     waits: list[float] = []
     connection = app.connection_for_read()  # what the worker's consumer connects with
     with connection, pytest.raises(OperationalError):
-        connection.ensure_connection(lambda _exc, wait: waits.append(wait), 4)
-    assert waits[0] > 0 and max(waits) <= 2.0, waits
+        connection.ensure_connection(lambda _exc, wait: waits.append(wait), 3)
+    assert waits[0] > 0 and max(waits) < 2.0, waits  # kombu alone: 2, 4, 6
