@@ -304,10 +304,18 @@ class JobStore:
             raise ValueError(f"{transition} has several targets: it has its own command")
         to = target(transition, next(iter(targets))) if targets else ["", ""]
         args = [sources(transition), *to, _delay(due_in), _strings(fields)]
-        old = replicated(
-            self.redis, replicas, lambda pipe: self._run("move", job_id, [], *args, client=pipe)
+        return self._confirmed("move", job_id, [], *args, replicas=replicas) is not None
+
+    def _confirmed(
+        self, command: str, job_id: str, extra_keys: list[str], *args: Any, replicas: int
+    ) -> Any:
+        """`_run`, answered only once `replicas` replicas have its write (else `NotReplicated`):
+        for the transitions a failover must not forget."""
+        return replicated(
+            self.redis,
+            replicas,
+            lambda pipe: self._run(command, job_id, extra_keys, *args, client=pipe),
         )
-        return old is not None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -429,19 +437,15 @@ class JobStore:
             "metadata": metadata or {},
             "callback_url": callback_url,
         }
-        created = replicated(
-            self.redis,
-            self.min_replicas,
-            lambda pipe: self._run(
-                "submit",
-                job_id,
-                [keys.JOBS, keys.recording(recording_id), keys.workspace(workspace)],
-                _strings(fields),
-                self.lease_s,
-                self.deadline_s,
-                *[str(QUEUED.state), str(QUEUED)],
-                client=pipe,
-            ),
+        created = self._confirmed(
+            "submit",
+            job_id,
+            [keys.JOBS, keys.recording(recording_id), keys.workspace(workspace)],
+            _strings(fields),
+            self.lease_s,
+            self.deadline_s,
+            *[str(QUEUED.state), str(QUEUED)],
+            replicas=self.min_replicas,
         )
         return job_id, bool(created)
 
@@ -578,12 +582,7 @@ class JobStore:
         it would let a retry past Recall's replay window create a second transcript."""
         transition = Transition.RECORD_ARCHIVE
         args = [sources(transition), transcript_id]
-        marked = replicated(
-            self.redis,
-            self.min_replicas,
-            lambda pipe: self._run("archive", job_id, [], *args, client=pipe),
-        )
-        return marked is not None
+        return self._confirmed("archive", job_id, [], *args, replicas=self.min_replicas) is not None
 
     def record_callbacks(self, job_id: str, delivery_ids: list[str]) -> None:
         """The deliveries of the job's latest finish, for its view (not a transition)."""
@@ -603,11 +602,7 @@ class JobStore:
             *target(transition, DONE),
             self.deadline_s,
         ]
-        result = replicated(
-            self.redis,
-            self.min_replicas,
-            lambda pipe: self._run("retry", job_id, [], *args, client=pipe),
-        )
+        result = self._confirmed("retry", job_id, [], *args, replicas=self.min_replicas)
         return Phase.parse(cast(bytes, result).decode()) if result else None
 
     # -- sending steps and scheduling --------------------------------------------------------------

@@ -162,6 +162,8 @@ class Pipeline:
             return self._fail(job, exc.code, exc.message)
         except UnsafeName as exc:
             return self._fail(job, ErrorCode.INTERNAL, str(exc))
+        except NotReplicated as exc:  # what it guards (a create, a delete) waits for the replicas
+            return self._retry_later(job, HeldBack(f"{step} held back: {exc}"))
         except redis.RedisError:
             raise  # nothing can be recorded; the due-set re-drives the job
         except Exception as exc:  # anything else is retried too; past the budget the job ends
@@ -180,10 +182,7 @@ class Pipeline:
     # -- steps --------------------------------------------------------------------------------
 
     def _create(self, job: JobRecord, run: Run) -> Result:
-        try:
-            self.jobs.start_create(job, run.now)
-        except NotReplicated as exc:  # no create until a failover cannot forget it may happen
-            raise HeldBack(f"create held back: {exc}") from None
+        self.jobs.start_create(job, run.now)  # no create until a replica knows it may happen
         transcript_id = job.early_transcript_id
         if transcript_id is None and job.create_pending and not self._replayable(job, run):
             listing = self._listing(job, run)
@@ -347,10 +346,7 @@ class Pipeline:
                 self.store.save(recording_id, transcript.id, staged, meta, formats)
         if owner is None or self.jobs.record(owner) is None:
             return True
-        try:
-            return self.jobs.record_archive(owner, transcript.id)
-        except NotReplicated as exc:  # no delete until a failover cannot forget the archive
-            raise HeldBack(f"delete held back: {exc}") from None
+        return self.jobs.record_archive(owner, transcript.id)  # a replica knows it, or no delete
 
     def _await(self, job: JobRecord, run: Run) -> Result:
         transcript_id = _transcript_id(job)
@@ -506,22 +502,19 @@ class Unexpected(RetryableError):
 
 
 class HeldBack(RetryableError):
-    """Too few replicas confirmed that a create may happen, or that a transcript about to be
-    deleted is archived: wait for them, spending no budget (the job's deadline still ends the
-    wait)."""
+    """The step cannot go on yet, and nothing failed: too few replicas confirmed a write that
+    must outlive a failover (a create may happen; a transcript about to be deleted is archived).
+    It waits, spending no budget (the job's deadline still ends the wait)."""
 
     code = ErrorCode.INTERNAL
     spends_budget = False
     counted = False
 
 
-class Unconfigured(RetryableError):
+class Unconfigured(HeldBack):
     """The job's workspace is not set up on this worker (a deploy half rolled out, say): the step
-    waits for a worker that has it, spending no budget (the job's deadline still ends the wait)."""
+    waits for a worker that has it."""
 
-    code = ErrorCode.INTERNAL
-    spends_budget = False
-    counted = False
     retry_after = 30.0
 
     def __init__(self, workspace: str) -> None:

@@ -24,6 +24,37 @@ from tests.helpers import Process, free_port, http_ready, recording_done, signed
 RECORDINGS = 120
 
 
+class RecallSends:
+    """As Recall does: each webhook again, 0.2 s apart, until a 2xx (a 503 while Redis switches),
+    to each receiver in turn (as through a load balancer), the first one first."""
+
+    def __init__(self, receivers: list[str]) -> None:
+        self.receivers = receivers
+        self.acknowledged: list[str] = []
+        self.refused = [0] * len(receivers)  # by receiver
+        self._lock = threading.Lock()
+
+    def deliver(self, recording_id: str) -> None:
+        body, headers = signed(recording_done(recording_id), msg_id=f"msg_{recording_id}")
+        deadline = time.monotonic() + 150
+        attempt = 0
+        while time.monotonic() < deadline:
+            index = attempt % len(self.receivers)
+            url = f"{self.receivers[index]}/webhooks/recall"
+            try:
+                status = requests.post(url, data=body, headers=headers, timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            with self._lock:
+                if status == 200:
+                    self.acknowledged.append(recording_id)
+                    return
+                self.refused[index] += 1
+            attempt += 1
+            time.sleep(0.2)
+        raise AssertionError(f"{recording_id} never accepted")
+
+
 @pytest.fixture
 def sentinels(tmp_path: Path) -> Any:
     found = cluster(tmp_path / "cluster")
@@ -48,32 +79,11 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
     recordings = [f"fo-{index}" for index in range(RECORDINGS)]
     for recording_id in recordings:
         system.emulator.recording(recording_id)
-    url = f"{system.receiver_url}/webhooks/recall"
-    acknowledged: list[str] = []
-    refused = [0]
-    lock = threading.Lock()
-
-    def deliver(recording_id: str) -> None:
-        """As Recall does: the same webhook again until a 2xx (a 503 while Redis switches)."""
-        body, headers = signed(recording_done(recording_id), msg_id=f"msg_{recording_id}")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                status = requests.post(url, data=body, headers=headers, timeout=10).status_code
-            except requests.RequestException:
-                status = 0
-            if status == 200:
-                with lock:
-                    acknowledged.append(recording_id)
-                return
-            with lock:
-                refused[0] += 1
-            time.sleep(0.2)
-        raise AssertionError(f"{recording_id} never accepted")
-
+    recall = RecallSends([system.receiver_url])
+    acknowledged = recall.acknowledged
     client = redis.Redis.from_url(f"redis://127.0.0.1:{old}/0")
     with ThreadPoolExecutor(6) as pool:
-        sent = [pool.submit(deliver, r) for r in recordings]
+        sent = [pool.submit(recall.deliver, r) for r in recordings]
         wait_for(lambda: len(acknowledged) >= RECORDINGS // 3, 60, what="a third accepted")
         done_before = int(client.zcard(keys.state("done")))
         sentinels.kill(old)  # mid-burst, jobs in every phase
@@ -100,7 +110,7 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
         "seconds to promote": round(promote_s, 1),
         "seconds from promotion to a job done": round(resume_s, 1),
         "seconds from the kill to every job done": round(time.monotonic() - killed, 1),
-        "webhooks refused during the switch": refused[0],
+        "webhooks refused during the switch": recall.refused[0],
     }
     print(json.dumps(summary))  # the figures bench/failover.py reports; no timing is asserted
 
@@ -148,41 +158,16 @@ def _partitioned_burst(system: System, nodes: Cluster, link: Any, cut_off: Syste
     recordings = [f"pt-{index}" for index in range(60)]
     for recording_id in recordings:
         system.emulator.recording(recording_id)
-    receivers = [cut_off.receiver_url, system.receiver_url]
-    acknowledged: list[str] = []
-    refused_by_cut_off = [0]
-    partitioned = threading.Event()
-    lock = threading.Lock()
-
-    def deliver(recording_id: str) -> None:
-        body, headers = signed(recording_done(recording_id), msg_id=f"msg_{recording_id}")
-        deadline = time.monotonic() + 150
-        attempt = 0
-        while time.monotonic() < deadline:
-            url = f"{receivers[attempt % 2]}/webhooks/recall"  # the cut-off receiver first
-            try:
-                status = requests.post(url, data=body, headers=headers, timeout=10).status_code
-            except requests.RequestException:
-                status = 0
-            if status == 200:
-                with lock:
-                    acknowledged.append(recording_id)
-                return
-            if attempt % 2 == 0 and partitioned.is_set():
-                with lock:
-                    refused_by_cut_off[0] += 1
-            attempt += 1
-            time.sleep(0.2)
-        raise AssertionError(f"{recording_id} never accepted")
-
+    recall = RecallSends([cut_off.receiver_url, system.receiver_url])  # the cut-off one first
+    acknowledged = recall.acknowledged
     old = redis.Redis(port=nodes.primary_port)
     try:
         with ThreadPoolExecutor(6) as pool:
-            sent = [pool.submit(deliver, r) for r in recordings]
+            sent = [pool.submit(recall.deliver, r) for r in recordings]
             wait_for(lambda: len(acknowledged) >= 20, 60, what="a third accepted")
             done_before = int(old.zcard(keys.state("done")))
             link.cut()
-            partitioned.set()
+            refused_before = recall.refused[0]
             promote_s = wait_until_promoted(nodes, link.port)
             promoted = time.monotonic()
             fresh = redis.Redis(port=nodes.primary())
@@ -198,7 +183,8 @@ def _partitioned_burst(system: System, nodes: Cluster, link: Any, cut_off: Syste
     rejoin_s = time.monotonic() - healed
     wait_for(lambda: fresh.zcard(keys.state("done")) == len(recordings), 120, what="all done")
 
-    assert refused_by_cut_off[0] > 0  # the cut-off side was asked, and said no
+    refused_by_cut_off = recall.refused[0] - refused_before
+    assert refused_by_cut_off > 0  # the cut-off side was asked, and said no
     assert sorted(acknowledged) == sorted(recordings)
     assert fresh.zcard(keys.JOBS) == len(recordings) and fresh.zcard(keys.state("failed")) == 0
     for recording_id in recordings:
@@ -211,6 +197,6 @@ def _partitioned_burst(system: System, nodes: Cluster, link: Any, cut_off: Syste
         "seconds to promote": round(promote_s, 1),
         "seconds from promotion to a job done": round(resume_s, 1),
         "seconds from the heal to the old primary a replica": round(rejoin_s, 1),
-        "webhooks the cut-off side refused": refused_by_cut_off[0],
+        "webhooks the cut-off side refused": refused_by_cut_off,
     }
     print(json.dumps({"partition": summary}))
