@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast lint bench bench-smoke
+WHEEL := .wheel
+
+.PHONY: install wheel run test test-fast lint bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +15,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The wheel users deploy, built from the checkout and installed (not editable) in an environment
+# of its own: the system tests run its `recall-transcribe`, not the checkout's.
+wheel: install
+	rm -rf $(WHEEL) build
+	$(BIN)/pip wheel -q --no-deps -w $(WHEEL)/dist .
+	rm -rf build
+	$(PYTHON) -m venv $(WHEEL)/venv
+	$(WHEEL)/venv/bin/pip install -q --disable-pip-version-check $(WHEEL)/dist/*.whl
+
 run: install
 	$(BIN)/recall-transcribe up
 
-test: install
-	$(BIN)/pytest
+test: wheel
+	RECALL_TRANSCRIBE_BIN=$(CURDIR)/$(WHEEL)/venv/bin/recall-transcribe $(BIN)/pytest --durations=25
 
 test-fast: install  # the unit and Redis tiers: the loop to live in (about a minute)
 	$(BIN)/pytest -m "not system" -q --hypothesis-profile fast

@@ -1,5 +1,5 @@
 """`recall-transcribe SUBCOMMAND`: receiver, worker, flower, emulator, up, enqueue, jobs, events,
-callbacks."""
+callbacks, health."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from recall_transcribe.health import SERVICES
 from tasks.logs import configure_logging
 from tasks.settings import ConfigError, Settings, load_settings
 from tasks.states import State
@@ -103,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     callbacks.add_argument(
         "--failed", action="store_true", required=True, help="every delivery that gave up"
     )
+
+    health = sub.add_parser("health", help="exit 0 when the service is ready (for healthchecks)")
+    health.add_argument("service", nargs="?", choices=SERVICES, help="default: what PID 1 runs")
+    health.add_argument("--port", type=int, default=None, help="the port it listens on")
 
     events = sub.add_parser("events", help="webhook events no worker could apply")
     events.add_argument("action", choices=("dead",))
@@ -389,6 +394,16 @@ def _summary(event_json: str) -> tuple[str, str]:
         return "?", "?"
 
 
+def _health(args: argparse.Namespace, _: list[str]) -> int:
+    from recall_transcribe.health import check, running
+
+    service, port = (args.service, args.port) if args.service else running()
+    problem = check(service, args.port or port)
+    if problem:
+        print(f"recall-transcribe: not ready: {problem}", file=sys.stderr)
+    return 1 if problem else 0
+
+
 COMMANDS = {
     "receiver": _receiver,
     "worker": _worker,
@@ -399,4 +414,5 @@ COMMANDS = {
     "jobs": _jobs,
     "events": _events,
     "callbacks": _callbacks,
+    "health": _health,
 }

@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["metrics"] = Metrics(client)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(jobs_api.bp)
-    document = openapi_document(list(workspaces))
+    document = openapi_document(list(workspaces), callbacks=guard is not None)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(client))
 

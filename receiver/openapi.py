@@ -109,12 +109,15 @@ def _with_refs(node: Any) -> Any:
     return node
 
 
-def openapi_document(workspaces: list[str]) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the receiver's endpoints, in a deployment serving
-    `workspaces` (the names a job's `workspace` may take)."""
+def openapi_document(workspaces: list[str], callbacks: bool) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the receiver's endpoints as this deployment serves them:
+    `workspaces`, the names a job's `workspace` may take; `callback_url` offered only where
+    `callbacks` can be signed and sent (without CALLBACK_SECRET every use of it is refused)."""
     document = _document()
-    request = document["components"]["schemas"]["JobRequest"]["properties"]["workspace"]
-    request["enum"] = workspaces
+    request = document["components"]["schemas"]["JobRequest"]["properties"]
+    request["workspace"]["enum"] = workspaces
+    if not callbacks:
+        del request["callback_url"]
     # Listing takes any name: jobs stay listed after their workspace leaves RECALL_WORKSPACES.
     others = [name for name in workspaces if name != DEFAULT]
     if others:

@@ -48,7 +48,7 @@ def replicated(client: redis.Redis, replicas: int, write: Callable[[Pipeline], o
 def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:
     """A Redis client with short timeouts; a `patient` one rides out a restart or a failover."""
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 12 if patient else 0)
-    options = {
+    options: dict[str, Any] = {
         **SOCKET,
         "health_check_interval": 30,
         "retry": retry,
@@ -57,10 +57,10 @@ def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:
     if not settings.sentinels:
         return redis.Redis.from_url(settings.REDIS_URL, **options)
     url = urlsplit(settings.REDIS_URL)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         settings.sentinels, sentinel_kwargs={**SOCKET, "socket_timeout": 1}
     )
-    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         settings.REDIS_SENTINEL_MASTER,
         redis_class=redis.Redis,
         db=_db(url.path),

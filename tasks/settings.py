@@ -222,8 +222,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _callbacks_are_signed(self) -> Settings:
-        if (self.callback_urls or self.CALLBACK_TASK) and self.CALLBACK_SECRET is None:
-            raise ValueError("CALLBACK_SECRET is required when callbacks are configured")
+        """HTTP callbacks are signed; a CALLBACK_TASK message goes through our own broker."""
+        if self.callback_urls and self.CALLBACK_SECRET is None:
+            raise ValueError("CALLBACK_SECRET is required when CALLBACK_URLS is set")
         return self
 
     @field_validator("FLOWER_BASIC_AUTH")

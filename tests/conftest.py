@@ -34,7 +34,7 @@ from tasks.settings import Settings, load_settings
 from tasks.states import Step
 from tasks.store.local import LocalStore
 from tasks.workspaces import DEFAULT
-from tests.helpers import SECRET, Process, free_port, http_ready, redis_answers, wait_for
+from tests.helpers import SECRET, Process, command, free_port, http_ready, redis_answers, wait_for
 
 hypothesis_settings.register_profile("full", max_examples=150)
 hypothesis_settings.register_profile("fast", max_examples=25)  # `make test-fast`
@@ -59,6 +59,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         else:
             item.add_marker(pytest.mark.unit)
+
+
+def pytest_report_header() -> str:
+    return f"recall-transcribe under test: {' '.join(command())}"
 
 
 QUOTA_SCALE = 0.1  # Recall's quotas, every window a tenth as long: a minute becomes 6 s

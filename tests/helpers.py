@@ -24,6 +24,14 @@ OTHER_SECRET = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXk="
 T = TypeVar("T")
 
 
+def command() -> list[str]:
+    """How tests run `recall-transcribe` as a process: the console script RECALL_TRANSCRIBE_BIN
+    names when set (CI: the built wheel, installed in an environment of its own, so the processes
+    under test are the ones users deploy), else this interpreter's module (the checkout)."""
+    installed = os.environ.get("RECALL_TRANSCRIBE_BIN")
+    return [installed] if installed else [sys.executable, "-m", "recall_transcribe"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -100,7 +108,7 @@ class Process:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recall_transcribe", *args],
+            [*command(), *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -14,6 +14,7 @@ import srt
 
 from tasks.formats import words
 from tests.conftest import System
+from tests.helpers import command, free_port
 
 pytestmark = pytest.mark.system  # every test here runs `recall-transcribe` as a process
 
@@ -22,7 +23,7 @@ def run(
     args: list[str], env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "recall_transcribe", *args],
+        [*command(), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -130,3 +131,26 @@ def test_jobs_list_pages_under_a_header_and_says_how_to_see_more(redis_url: str)
     assert len(rest) == 3 and "more" not in rest[-1]
     listed = {line.split()[0] for line in first[1:4] + rest[1:]}
     assert listed == set(made)
+
+
+def test_health_says_whether_each_service_is_ready_in_one_line(start_system: Any) -> None:
+    system: System = start_system(workers=0)
+    receiver_port = system.receiver_url.rsplit(":", 1)[1]
+    emulator_port = system.emulator_url.rsplit(":", 1)[1]
+    for argv in (
+        ["health", "receiver", "--port", receiver_port],
+        ["health", "emulator", "--port", emulator_port],
+        ["health", "worker"],
+    ):
+        result = run(argv, system.env, timeout=30)
+        assert (result.returncode, result.stderr) == (0, ""), argv
+    closed = str(free_port())
+    unreachable = {**system.env, "REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
+    for argv, env in (
+        (["health", "receiver", "--port", closed], system.env),
+        (["health", "worker"], unreachable),
+    ):
+        result = run(argv, env, timeout=30)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"recall-transcribe: not ready: {argv[1]}: ")

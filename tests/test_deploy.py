@@ -188,3 +188,89 @@ def test_the_failover_profile_runs_two_replicas_and_three_sentinels_the_apps_fin
     for name in ("receiver", "worker", "flower"):
         assert services[name]["environment"]["REDIS_SENTINELS"] == suggested
         assert services[name]["environment"]["REDIS_MIN_REPLICAS"] == "1"
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined), one list per stage."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    stages: list[list[str]] = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith("FROM "):
+            stages.append([])
+        if line and not line.startswith("#"):
+            stages[-1].append(line)
+    return stages
+
+
+def test_the_image_installs_the_built_wheel_and_runs_it_unprivileged_with_a_healthcheck() -> None:
+    build, runtime = dockerfile_stages()
+    assert any(line.startswith("RUN pip wheel") for line in build)
+    assert not any(line.startswith("COPY") and "--from=build" not in line for line in runtime)
+    (install,) = [line for line in runtime if line.startswith("RUN pip install")]
+    assert "/wheels/*.whl" in install and " -e " not in install
+    (user,) = [line for line in runtime if line.startswith("USER ")]
+    assert user.split()[1] not in ("root", "0")
+    assert any(line.startswith("HEALTHCHECK ") for line in runtime)
+
+
+def image_commands(compose: dict[str, Any]) -> list[list[str]]:
+    """Every command the image's console script is given: each app service's command and
+    healthcheck in compose, and the Dockerfile's HEALTHCHECK."""
+    (entrypoint,) = [line for line in dockerfile_stages()[-1] if line.startswith("ENTRYPOINT ")]
+    assert json.loads(entrypoint.split(" ", 1)[1]) == ["recall-transcribe"]
+    commands = []
+    for service in compose["services"].values():
+        if service.get("image") != "recall-transcribe:latest":
+            continue
+        commands.append(["recall-transcribe", *service["command"]])
+        check = service["healthcheck"]["test"]
+        assert check[0] == "CMD", check
+        commands.append(check[1:])
+    (healthcheck,) = [line for line in dockerfile_stages()[-1] if line.startswith("HEALTHCHECK ")]
+    commands.append(json.loads(healthcheck.split(" CMD ", 1)[1]))
+    return commands
+
+
+def test_every_command_compose_and_the_image_run_is_one_the_wheels_console_script_takes(
+    compose: dict[str, Any],
+) -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'recall-transcribe = "recall_transcribe.cli:main"' in pyproject
+    parser = _parser()
+    commands = image_commands(compose)
+    assert len(commands) == 9  # four services, their four health checks, the image's own
+    for argv in commands:
+        assert argv[0] == "recall-transcribe", argv
+        if argv[1] != "worker":  # a worker's arguments pass through to celery
+            parser.parse_args(argv[1:])
+
+
+def test_each_service_is_checked_for_health_as_the_service_it_runs(
+    compose: dict[str, Any],
+) -> None:
+    for name in ("receiver", "worker", "flower", "emulator"):
+        service = compose["services"][name]
+        check = service["healthcheck"]["test"][1:]
+        assert check[1:3] == ["health", name], name
+        if "--port" in service["command"]:
+            port = service["command"][service["command"].index("--port") + 1]
+            assert check[check.index("--port") + 1] == port, name
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        (
+            b"/usr/local/bin/python\0/usr/local/bin/recall-transcribe\0receiver\0--port\x009000\0",
+            ("receiver", 9000),
+        ),
+        (b"/usr/local/bin/recall-transcribe\0worker\0--concurrency\00016\0", ("worker", None)),
+    ],
+)
+def test_the_images_healthcheck_checks_the_service_pid_1_runs(
+    cmdline: bytes, expected: tuple[str, int | None], tmp_path: Path
+) -> None:
+    from recall_transcribe.health import running
+
+    (tmp_path / "cmdline").write_bytes(cmdline)
+    assert running(tmp_path / "cmdline") == expected

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from openapi_spec_validator import validate
 
@@ -35,12 +36,17 @@ def test_the_document_is_valid_openapi_3_1(start_system: Callable[..., System]) 
     }
 
 
+@pytest.mark.parametrize("callbacks", [False, True], ids=["default-settings", "callbacks-on"])
 def test_schemathesis_with_every_check_finds_no_failure(
-    start_system: Callable[..., System], tmp_path: Path
+    start_system: Callable[..., System], tmp_path: Path, callbacks: bool
 ) -> None:
     """Every phase (examples, coverage, fuzzing, stateful through the document's links) and
-    every check, against the real receiver, authenticated as a client would be, callbacks on."""
-    system = start_system(workers=0, CALLBACK_SECRET=CALLBACK_SECRET)
+    every check, against the real receiver, authenticated as a client would be: with the
+    default settings (no CALLBACK_SECRET, so no `callback_url`) and with callbacks on."""
+    system = start_system(workers=0, **({"CALLBACK_SECRET": CALLBACK_SECRET} if callbacks else {}))
+    document = requests.get(f"{system.receiver_url}/openapi.json", timeout=5).json()
+    offered = document["components"]["schemas"]["JobRequest"]["properties"]
+    assert ("callback_url" in offered) is callbacks
     run = subprocess.run(
         [
             sys.executable,

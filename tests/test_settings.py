@@ -93,3 +93,10 @@ def test_a_developers_env_file_is_not_read_by_the_tests(tmp_path: Path) -> None:
     finally:
         os.chdir(here)
     assert load_settings().RECALL_POLL_MAX_S == 900
+
+
+def test_a_callback_secret_is_required_only_where_http_callbacks_are_signed() -> None:
+    task_alone = load_settings(CALLBACK_TASK="theirs.job_finished")
+    assert task_alone.CALLBACK_SECRET is None
+    with pytest.raises(ConfigError, match="CALLBACK_SECRET is required when CALLBACK_URLS"):
+        load_settings(CALLBACK_URLS="https://example.com/hook", CALLBACK_TASK="theirs.x")

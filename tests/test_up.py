@@ -6,14 +6,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import redis
 import requests
 
-from tests.helpers import free_port, http_ready, wait_for
+from tests.helpers import command, free_port, http_ready, wait_for
 
 pytestmark = pytest.mark.system  # every test here runs `recall-transcribe` as a process
 
@@ -35,9 +34,7 @@ def test_up_runs_the_whole_system_says_what_it_made_and_a_signal_stops_all_of_it
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "recall_transcribe",
+            *command(),
             "up",
             "--receiver-port",
             str(receiver),
