@@ -1,4 +1,5 @@
-"""The pipeline's Celery tasks: thin wrappers that parse arguments and call the plain functions.
+"""The pipeline's Celery tasks: thin wrappers that parse arguments, call the plain functions and
+show a step's result as Celery's task state (`_shown`).
 
 `register` binds them to the worker's app (worker/celery_app.py) with their dependencies, built
 once per worker process. Names: tasks/names.py.
@@ -12,15 +13,16 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from tasks.events import parse_event
 from tasks.inbox import Inbox
+from tasks.jobs import JobStore
 from tasks.messages import sent_from
 from tasks.names import INGEST_TASK, STEP_TASKS, SUBMIT_TASK
-from tasks.outcomes import Outcome
+from tasks.outcomes import JobFailed, JobRetrying, Outcome, Result
 from tasks.pipeline import Pipeline
-from tasks.states import Step
+from tasks.states import State, Step
 from tasks.workspaces import DEFAULT
 
 FINISHING = (Outcome.PERSISTED, Outcome.FAILED)
@@ -90,7 +92,31 @@ def _register_step(
             result = pipeline.run_step(step, job_id, str(self.request.id))
         if result.outcome in FINISHING:
             finished()
-        return str(result)
+        return _shown(result, pipeline.jobs)
 
     run.__name__ = name.rsplit(".", 1)[-1]
-    app.task(name=name, bind=True)(run)
+    app.task(name=name, bind=True, throws=(JobFailed,))(run)  # expected: logged without a trace
+
+
+def _shown(result: Result, jobs: JobStore) -> str:
+    """A step's result as Celery (and so Flower) shows it: `FAILURE` when the step ended its job
+    `failed`, `RETRY` when it left the job to retry after an error, else `SUCCESS` with the result
+    as a short string (a wait for our own quota slot too: pacing is not an error). Both
+    exceptions name the job's error, read from the job.
+
+    `Retry` is raised, never `Task.retry()`: Celery marks the task `RETRY` and sends
+    `task-retried` but no new message, as the job's due time brings the step back (the sweeper,
+    tasks/dispatch.py). With late acks and `task_acks_on_failure_or_timeout` (worker/celery_app.py)
+    a `FAILURE` or a `RETRY` is acknowledged like a success: nothing is delivered again."""
+    if result.outcome == Outcome.FAILED or result.state == State.FAILED:
+        job = jobs.record(result.job_id)
+        error = job.error if job is not None else None
+        why = f"{error.code}: {error.message}" if error is not None else result.detail
+        raise JobFailed(f"job {result.job_id} failed: {why}")
+    if result.outcome == Outcome.RETRY:
+        job = jobs.record(result.job_id)
+        retrying = JobRetrying(
+            f"job {result.job_id} retries ({result.detail}): {job.last_error if job else ''}"
+        )
+        raise Retry(str(retrying), exc=retrying)
+    return str(result)

@@ -1,4 +1,4 @@
-"""What a step or an event did, and why a job failed: types that tests and logs read."""
+"""What a step or an event did, and why a job failed: types that tests, logs and Flower read."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ class Outcome(StrEnum):
     FETCH = "fetch"  # the transcript is done: fetch is next
     PERSISTED = "persisted"
     RETRY = "retry"  # a retryable error: the same step after a backoff
+    WAIT = "wait"  # our own pacing: the same step when its quota slot is due (not an error)
     FAILED = "failed"
 
 
@@ -61,3 +62,11 @@ class Result:
     def __str__(self) -> str:
         parts = (self.outcome, self.job_id, self.transcript_id, self.detail, self.state or "")
         return " ".join(str(part) for part in parts if part)
+
+
+class JobFailed(Exception):
+    """A step ended its job `failed`: the task's exception, "job <id> failed: <code>: <message>"."""
+
+
+class JobRetrying(Exception):
+    """A step left its job to retry after an error: why, shown with the task's `RETRY`."""

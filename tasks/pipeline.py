@@ -457,7 +457,7 @@ class Pipeline:
             listing=listing,
             count=False,
         )
-        return Result(Outcome.RETRY, job.id, detail=f"quota: in {wait:.1f}s")
+        return Result(Outcome.WAIT, job.id, detail=f"quota: in {wait:.1f}s")
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
         """The same step after a backoff. Each kind of error has its own budget in a phase;

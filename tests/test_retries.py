@@ -247,7 +247,7 @@ def test_a_listing_cut_short_by_the_quota_goes_on_from_its_cursor(
     for _ in range(10):
         result = harness.run(Step.REMEDIATE, job_id)
         outcomes.append(result.outcome)
-        if result.outcome != Outcome.RETRY:
+        if result.outcome != Outcome.WAIT:  # its quota slot is later
             break
         assert state(harness, job_id).listing_next is not None
         time.sleep(float(result.detail.split()[-1].rstrip("s")))
@@ -307,7 +307,7 @@ def test_a_create_held_back_by_the_quota_tells_no_other_job_that_a_slot_freed(
     first, second = harness.submit("r1", key="first"), harness.submit("r1", key="second")
     harness.clear()
     assert harness.run(Step.CREATE, first).outcome == Outcome.REMEDIATE  # refused: a 400
-    assert harness.run(Step.CREATE, second).outcome == Outcome.RETRY  # held back: no call
+    assert harness.run(Step.CREATE, second).outcome == Outcome.WAIT  # held back: no call
     assert harness.run(Step.REMEDIATE, first).outcome == Outcome.FAILED
     assert state(harness, first).error.code == ErrorCode.RECALL_REJECTED  # type: ignore[union-attr]
     assert emulator.stats()["calls"] == {"create": 1, "list": 1}
@@ -382,7 +382,7 @@ def test_a_quota_slot_reserved_for_a_call_that_never_happens_is_given_back(
     first, second = start(harness, emulator), harness.submit("r1", key="second")
     harness.clear()
     assert run(harness, Step.CREATE, first) == Outcome.CREATED
-    assert run(harness, Step.CREATE, second) == Outcome.RETRY  # its slot is a second away
+    assert run(harness, Step.CREATE, second) == Outcome.WAIT  # its slot is a second away
     ticket = state(harness, second).quota_ticket
     assert ticket is not None
     member = Ticket.load(ticket).member
@@ -473,7 +473,7 @@ def test_a_job_that_ends_while_holding_a_quota_slot_gives_it_back(
     transcript_id = str(state(harness, job_id).transcript_id)
     emulator.state.transcripts[transcript_id].status = "processing"
     assert run(harness, Step.AWAIT, job_id) == Outcome.PROCESSING
-    assert run(harness, Step.AWAIT, job_id) == Outcome.RETRY  # its slot a minute away
+    assert run(harness, Step.AWAIT, job_id) == Outcome.WAIT  # its slot a minute away
     event = transcript_event("transcript.failed", "r1", transcript_id, {"job_id": job_id}, "x")
     harness.pipeline.ingest(parse_event(event))
     assert state(harness, job_id).state == State.FAILED
