@@ -1,10 +1,14 @@
 """A deadline for a whole HTTP exchange, however slowly the other side sends.
 
 A socket timeout only bounds each wait for a byte: a host that trickles a byte a second holds the
-thread for ever. Under `deadline(seconds)`, every connection urllib3's pools hand out is tracked
-(`WatchedHTTPPool`, `WatchedHTTPSPool`, and `WatchedAdapter` for requests), and a timer shuts
-their sockets down when the time is up, which wakes a blocked read at once: the connection,
-the headers and the body are all covered. Used by transcript downloads and callbacks.
+thread for ever. Under `deadline(seconds)`, the watched pools (`WatchedHTTPPool`,
+`WatchedHTTPSPool`, and `WatchedAdapter` for requests) show the running deadline every socket
+their connections use: a new one as soon as it connects (before any tunnel or TLS handshake, and
+again once wrapped in TLS), a kept-alive one as the pool hands it out. When the time is up a timer
+shuts them all down, which wakes a blocked read at once: the handshake, the headers and the body
+are all covered. The sockets themselves are held, not their connections: a response that will
+close its connection (`Connection: close`, HTTP/1.0) takes the socket from the connection.
+Used by transcript downloads, Recall API calls and callbacks.
 """
 
 from __future__ import annotations
@@ -17,36 +21,41 @@ from collections.abc import Iterator
 from typing import Any
 
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 class Deadline:
-    """The connections one exchange uses, cut when its time is up."""
+    """The sockets one exchange uses, shut down when its time is up."""
 
     def __init__(self) -> None:
-        self._connections: list[Any] = []
+        self._sockets: list[Any] = []
         self._lock = threading.Lock()
         self.passed = False
 
-    def track(self, connection: Any) -> None:
+    def track(self, sock: Any) -> None:
+        """Cut `sock` with the others when the time is up (at once if it is already)."""
         with self._lock:
-            self._connections.append(connection)
+            if not any(seen is sock for seen in self._sockets):
+                self._sockets.append(sock)
             if self.passed:
-                _cut(connection)
+                _cut(sock)
 
     def expire(self) -> None:
         with self._lock:
             self.passed = True
-            for connection in self._connections:
-                _cut(connection)
+            for sock in self._sockets:
+                _cut(sock)
 
 
-def _cut(connection: Any) -> None:
-    """Shut the connection's socket down: a thread blocked reading it wakes with an error."""
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket, TLS or not
+def _cut(sock: Any) -> None:
+    """Shut the socket down: a thread blocked reading it wakes with an error or an end."""
+    while not isinstance(sock, socket.socket):  # urllib3's SSLTransport (TLS in TLS) wraps one
+        sock = getattr(sock, "socket", None)
+        if sock is None:
+            return
+    with contextlib.suppress(OSError):  # closed, or detached into the TLS socket wrapping it
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket, TLS or not
 
 
 _current: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
@@ -54,9 +63,16 @@ _current: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
 )
 
 
+def _show(sock: Any) -> None:
+    """Show a socket to the running deadline, if any."""
+    current = _current.get()
+    if current is not None and sock is not None:
+        current.track(sock)
+
+
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[Deadline]:
-    """Every connection a watched pool hands out in this block is cut after `seconds`."""
+    """Every socket a watched pool's connections use in this block is cut after `seconds`."""
     current = Deadline()
     timer = threading.Timer(seconds, current.expire)
     timer.daemon = True
@@ -69,23 +85,43 @@ def deadline(seconds: float) -> Iterator[Deadline]:
         _current.reset(token)
 
 
+class _WatchedConnection:
+    """A connection that shows the running deadline each socket it connects."""
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        _show(sock)  # the plain socket: tunnel and TLS handshake are covered
+        return sock
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _show(self.sock)  # type: ignore[attr-defined]  # once wrapped in TLS, its TLS socket
+
+
+class _WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
 class _Watched:
-    """A connection pool that shows each connection it hands out to the running deadline."""
+    """A connection pool that shows the running deadline the socket of each kept-alive
+    connection it hands out (a new connection shows its own as it connects)."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
         connection = super()._get_conn(timeout)  # type: ignore[misc]
-        current = _current.get()
-        if current is not None:
-            current.track(connection)
+        _show(connection.sock)
         return connection
 
 
 class WatchedHTTPPool(_Watched, HTTPConnectionPool):
-    pass
+    ConnectionCls = _WatchedHTTPConnection
 
 
 class WatchedHTTPSPool(_Watched, HTTPSConnectionPool):
-    pass
+    ConnectionCls = _WatchedHTTPSConnection
 
 
 _POOLS = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
