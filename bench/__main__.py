@@ -29,6 +29,7 @@ SIZES = {
         "latency": 100,
         "limiter_calls": 600,
         "quota_recordings": 1000,
+        "shared_key": 300,
         "crash_runs": 3,
         "faulty_burst": 102,
         "backlog": 150,
@@ -47,6 +48,7 @@ SIZES = {
         "latency": 5,
         "limiter_calls": 80,
         "quota_recordings": 30,
+        "shared_key": 20,
         "crash_runs": 1,
         "faulty_burst": 20,
         "backlog": 20,
@@ -193,6 +195,7 @@ def _limiter(work: Path, size: dict[str, Any], profile: bool) -> Any:
 def _quotas(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return {
         "burst": quotas.burst(work / "burst", size["quota_recordings"], 1 / 6),
+        "shared key": quotas.shared_key(work / "shared", size["shared_key"], 1 / 6),
         "crash": quotas.crash_to_resumed(work, size["crash_runs"]),
     }
 

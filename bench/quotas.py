@@ -1,5 +1,5 @@
-"""Recall's quotas as the ceiling: a burst of recordings against the bound the quotas imply, and
-how long a job whose worker died takes to resume."""
+"""Recall's quotas as the ceiling: a burst of recordings against the bound the quotas imply, the
+429s a quota tighter than declared costs, and how long a job whose worker died takes to resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.pipeline import post_recording_done, start_system
 from bench.procs import wait_for
-from emulator.quotas import RECALL_QUOTAS, parse_quotas
+from emulator.quotas import RECALL_QUOTAS, parse_quotas, scaled
 
 FAMILIES = ("create", "retrieve", "list", "delete")
 
@@ -44,6 +44,50 @@ def burst(workdir: Path, recordings: int, scale: float) -> dict[str, Any]:
         "x bound": round(seconds / bound, 2) if bound else None,
         "throttled share": round(throttled / max(1, sum(calls.values())), 4),
         "calls per job": {f: round(n / recordings, 2) for f, n in calls.items() if n},
+    }
+
+
+SHARED = "create=5/60,retrieve=4/5,list=60/60,delete=60/60"
+
+
+def shared_key(workdir: Path, recordings: int, scale: float) -> dict[str, Any]:
+    """Recall enforcing less than the settings declare (another application on the key): it
+    gives 4 retrieves per 5 s, the fleet declares the documented 300 per minute, windows x
+    `scale` on both sides. The share of calls Recall refused while the fleet learned its pace."""
+    system = start_system(
+        workdir,
+        workers=2,
+        quotas=SHARED,
+        quota_scale=scale,
+        RECALL_RATE_LIMITS=scaled(RECALL_QUOTAS, scale),
+        RECALL_POLL_INITIAL_S="600",
+    )
+    try:
+        ids = [f"sk-{index}" for index in range(recordings)]
+        system.add_recordings(ids)
+        started = time.monotonic()
+        post_recording_done(system, ids)
+        wait_for(lambda: system.count("done") >= recordings, 120 + recordings, "all persisted")
+        seconds = time.monotonic() - started
+        stats = system.emulator_stats()
+    finally:
+        system.stop()
+    count, window = parse_quotas(SHARED)["retrieve"]
+    window *= scale
+    bound = ((recordings - 1) // count) * window
+    calls = sum(stats["calls"].get(f, 0) for f in FAMILIES)
+    retrieves, refused = stats["calls"].get("retrieve", 0), stats["throttled"].get("retrieve", 0)
+    return {
+        "recordings": recordings,
+        "quota windows": f"x {scale:.3f} (Recall: retrieve {count} per {window:.3g} s; "
+        f"declared: 300 per {60 * scale:g} s)",
+        "seconds to all persisted": round(seconds, 1),
+        "bound Recall's quota sets (s)": round(bound, 1),
+        "x bound": round(seconds / bound, 2) if bound else None,
+        "retrieves": retrieves,
+        "retrieves refused (429)": refused,
+        "throttled share (retrieve)": round(refused / max(1, retrieves), 4),
+        "throttled share (all calls)": round(sum(stats["throttled"].values()) / max(1, calls), 4),
     }
 
 

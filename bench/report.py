@@ -160,6 +160,9 @@ def render(results: dict[str, Any]) -> str:
     if "quotas" in results:
         out += ["### 7. Under Recall's quotas", ""]
         out += [f"- {k}: {v}" for k, v in results["quotas"]["burst"].items()]
+        if "shared key" in results["quotas"]:
+            out += ["", "Recall enforcing less than declared (another application on the key):", ""]
+            out += [f"- {k}: {v}" for k, v in results["quotas"]["shared key"].items()]
         out += ["", "A worker SIGKILLed mid-download, a fresh one started at once:", ""]
         out += [f"- {k}: {v}" for k, v in results["quotas"]["crash"].items()]
         out += [""]

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from recall_transcribe.health import SERVICES
+from tasks.limits import OverLimit
 from tasks.logs import configure_logging
 from tasks.settings import ConfigError, Settings, load_settings
 from tasks.states import State
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_args(argv), []
     try:
         return int(COMMANDS[args.command](args, extra) or 0)
-    except ConfigError as exc:
+    except (ConfigError, OverLimit) as exc:
         print(f"recall-transcribe: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -327,8 +328,8 @@ def _retry_failed(dispatch: Dispatcher, args: argparse.Namespace) -> int:
 
 
 def _transcript(jobs: JobStore, job_id: str, fmt: str) -> int:
-    """Print the job's persisted transcript in `fmt`."""
-    from tasks.formats import Format, UnreadableTranscript, render
+    """Print the job's persisted transcript in `fmt`: streamed, with nothing a terminal runs."""
+    from tasks.formats import CannotRender, Format, for_terminal, open_transcript
     from tasks.states import State
     from tasks.store import open_store
 
@@ -342,14 +343,15 @@ def _transcript(jobs: JobStore, job_id: str, fmt: str) -> int:
     settings = load_settings()
     store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
     try:
-        text = render(store.read(job.recording_id, job.transcript_id), Format(fmt))
+        stored = open_transcript(store, job.recording_id, job.transcript_id, Format(fmt))
     except FileNotFoundError:
         print(f"transcript {job.transcript_id} is not in the store", file=sys.stderr)
         return 1
-    except UnreadableTranscript as exc:
+    except CannotRender as exc:
         print(f"transcript {job.transcript_id}: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.buffer.write(text)
+    with stored:
+        sys.stdout.buffer.writelines(for_terminal(stored))
     sys.stdout.flush()
     return 0
 

@@ -28,9 +28,10 @@ from pydantic import (
 )
 
 from receiver.auth import bearer_is_one_of
+from tasks import limits
 from tasks.callbacks.guard import Guard, Refused
 from tasks.dispatch import Dispatcher
-from tasks.formats import Format, UnreadableTranscript, render
+from tasks.formats import CannotRender, Format, open_transcript
 from tasks.jobs import Job
 from tasks.outcomes import ErrorCode
 from tasks.states import State
@@ -53,27 +54,46 @@ _PATH = r"(?:[/?#][\x21-\x7e]*)?"  # printable ASCII, no spaces
 URL = rf"^https?://(?:{_NAME}|\[[0-9A-Fa-f:.]{{2,45}}\]){_PORT}{_PATH}$"  # no credentials
 DOCUMENTED_URL = rf"^https://{_NAME}{_PORT}{_PATH}$"  # what no further check refuses
 MAX_URL = 2000
+MAX_BODY_BYTES = 64 * 1024  # two fields at their limits (tasks/limits.py) and the rest
 
 JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
-JSON_VALUE_SCHEMA = {
-    "description": "any JSON value: finite numbers, no control characters in text",
-    "anyOf": [
+LIMITS = (
+    f"at most {limits.MAX_DEPTH} levels of arrays and objects, and "
+    f"{limits.MAX_FIELD_BYTES // 1024} KiB as compact JSON"
+)
+
+
+def _json_value_name(levels: int) -> str:
+    return "JsonValue" if levels == limits.MAX_DEPTH - 1 else f"JsonValue{levels}"
+
+
+def json_value_schemas() -> dict[str, Any]:
+    """A value inside `provider` or `metadata`, by the levels of arrays and objects it may still
+    hold: `JsonValue` (one level fewer than the field) down to `JsonValue0` (scalars alone), so
+    the document states the depth limit and generated examples keep to it."""
+    scalars: list[dict[str, Any]] = [
         {"type": "string", "pattern": TEXT},
         {"type": "number"},
         {"type": "boolean"},
         {"type": "null"},
-        {"type": "array", "items": JSON_VALUE_REF},
-        {
-            "type": "object",
-            "propertyNames": {"pattern": TEXT},
-            "additionalProperties": JSON_VALUE_REF,
-        },
-    ],
-}
+    ]
+    schemas: dict[str, dict[str, Any]] = {}
+    for levels in range(limits.MAX_DEPTH):
+        inner = {"$ref": f"#/components/schemas/{_json_value_name(levels - 1)}"}
+        containers = [
+            {"type": "array", "items": inner},
+            {"type": "object", "propertyNames": {"pattern": TEXT}, "additionalProperties": inner},
+        ]
+        schemas[_json_value_name(levels)] = {"anyOf": scalars + (containers if levels else [])}
+    schemas["JsonValue"]["description"] = "any JSON value: finite numbers, no control characters"
+    return schemas
+
+
 # pydantic refuses a $ref it did not make: objects name JsonValue by a marker openapi.py replaces.
 JSON_VALUE_MARKER = {"x-json-value": True}
 _OBJECT = {
     "type": "object",
+    "description": LIMITS,
     "propertyNames": {"pattern": TEXT},
     "additionalProperties": JSON_VALUE_MARKER,
 }
@@ -182,6 +202,10 @@ class BadInput(ValueError):
     """The request does not match the API's models; the message says where."""
 
 
+class TooLarge(BadInput):
+    """The body is over the jobs API's limit."""
+
+
 @dataclass
 class JobsApi:
     """What the jobs API works with: the dispatcher (and its job store), where transcripts are,
@@ -217,8 +241,9 @@ def _authenticate() -> tuple[Response, int] | None:
 
 
 @bp.errorhandler(BadInput)
-def _bad_input(exc: BadInput) -> tuple[Response, int]:
-    return _error(400, str(exc))
+@bp.errorhandler(limits.OverLimit)
+def _bad_input(exc: ValueError) -> tuple[Response, int]:
+    return _error(413 if isinstance(exc, TooLarge) else 400, str(exc))
 
 
 @bp.errorhandler(redis.RedisError)
@@ -274,7 +299,8 @@ def get_job(job_id: UUID) -> tuple[Response, int]:
 
 @bp.get("/jobs/<uuid:job_id>/transcript")
 def get_transcript(job_id: UUID) -> tuple[Response, int]:
-    """The job's persisted transcript, as stored or rendered for people."""
+    """The job's persisted transcript, as stored or rendered for people: streamed, so that the
+    memory a request holds is bounded (`open_transcript`)."""
     query = _model(TranscriptQuery, _query(()))
     api = _api()
     job = api.dispatch.jobs.get(str(job_id))
@@ -283,14 +309,13 @@ def get_transcript(job_id: UUID) -> tuple[Response, int]:
     if job.state != State.DONE or job.transcript_id is None:
         return _error(409, f"job {job_id} is {job.state}: no transcript persisted")
     try:
-        data = api.store.read(job.recording_id, job.transcript_id)
+        body = open_transcript(api.store, job.recording_id, job.transcript_id, query.format)
     except FileNotFoundError:
         return _error(404, f"transcript {job.transcript_id} is not in the store")
-    try:
-        body = render(data, query.format)
-    except UnreadableTranscript as exc:
+    except CannotRender as exc:  # the transcript's state, not the request: 409, not 413
         return _error(409, f"transcript {job.transcript_id}: {exc}")
-    return Response(body, mimetype=query.format.media_type), 200
+    length = {"Content-Length": str(body.size)}  # a cut stream is then seen to be cut
+    return Response(body, mimetype=query.format.media_type, headers=length), 200
 
 
 @bp.get("/jobs")
@@ -346,12 +371,18 @@ def _model(model: type[M], data: Any) -> M:
 
 
 def _json_body() -> Any:
-    """The body as JSON, refusing what is not JSON: NaN, Infinity, numbers that overflow."""
+    """The body as JSON, refusing what is not JSON (NaN, Infinity, numbers that overflow), a
+    body over MAX_BODY_BYTES and nesting deeper than a job's fields may hold."""
+    data = request.get_data()
+    if len(data) > MAX_BODY_BYTES:
+        raise TooLarge(f"body: {len(data)} bytes, over the jobs API's limit of {MAX_BODY_BYTES}")
     try:
-        value = json.loads(request.get_data(), parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise BadInput(f"body: nested deeper than {limits.MAX_DEPTH} levels") from None
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise BadInput(f"body: not valid JSON ({exc})") from None
-    _check_text(value, "body")
+    _check_text(value)
     return value
 
 
@@ -366,17 +397,22 @@ def _finite(text: str) -> float:
     return number
 
 
-def _check_text(value: Any, where: str) -> None:
-    """No control characters in any text or key (tab, newline, carriage return in text only)."""
-    if isinstance(value, str) and not re.match(TEXT, value):
-        raise BadInput(f"{where}: control characters are not allowed")
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_text(item, f"{where}.{index}")
-    if isinstance(value, dict):
-        for name, item in value.items():
-            _check_text(name, f"{where} (a key)")
-            _check_text(item, f"{where}.{name}")
+def _check_text(body: Any) -> None:
+    """No control characters in any text or key (tab, newline, carriage return in text only).
+    Walked without recursion, so no depth breaks the walk; depth is the fields' limit
+    (tasks/limits.py, checked where every job comes in)."""
+    stack: list[tuple[Any, str]] = [(body, "body")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str) and not re.match(TEXT, value):
+            raise BadInput(f"{where}: control characters are not allowed")
+        if isinstance(value, list):
+            stack.extend((item, f"{where}.{index}") for index, item in enumerate(value))
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if not re.match(TEXT, name):
+                    raise BadInput(f"{where} (a key): control characters are not allowed")
+                stack.append((item, f"{where}.{name}"))
 
 
 def _header_key() -> str | None:

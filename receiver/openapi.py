@@ -10,7 +10,6 @@ from receiver.jobs_api import (
     HEADER_KEY,
     JSON_VALUE_MARKER,
     JSON_VALUE_REF,
-    JSON_VALUE_SCHEMA,
     MAX_KEY,
     BulkRetried,
     BulkRetry,
@@ -19,6 +18,7 @@ from receiver.jobs_api import (
     JobPage,
     JobRequest,
     TranscriptQuery,
+    json_value_schemas,
 )
 from tasks.formats import Format
 from tasks.jobs import Job
@@ -49,7 +49,7 @@ def _answers(ok: tuple[str, type[BaseModel], str], *errors: str, **links: Any) -
         "401": "no valid bearer token",
         "404": "no such job",
         "409": "conflict; `error` says why",
-        "413": "body over 1 MiB",
+        "413": "body over the limit (the jobs API: 64 KiB; webhooks: 1 MiB)",
         "503": "Redis unavailable; retry later",
     }
     status, model, text = ok
@@ -78,7 +78,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 def _schemas() -> dict[str, Any]:
-    schemas: dict[str, Any] = {"JsonValue": JSON_VALUE_SCHEMA}
+    schemas: dict[str, Any] = json_value_schemas()
     models: tuple[type[BaseModel], ...] = (
         JobRequest,
         Job,
@@ -167,7 +167,7 @@ def _document() -> dict[str, Any]:
         "200": "enqueued, duplicate, or ignored",
         "400": "malformed JSON or payload",
         "401": "missing or invalid signature, or timestamp outside 5 minutes",
-        "413": "body over 1 MiB",
+        "413": "body over the limit (the jobs API: 64 KiB; webhooks: 1 MiB)",
         "503": "Redis unavailable; Recall will retry",
     }
     return {

@@ -18,6 +18,7 @@ from celery.exceptions import Reject, Retry
 from tasks.events import parse_event
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
+from tasks.limits import OverLimit
 from tasks.messages import sent_from
 from tasks.names import INGEST_TASK, STEP_TASKS, SUBMIT_TASK
 from tasks.outcomes import JobFailed, JobRetrying, Outcome, Result
@@ -74,6 +75,8 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[
                 job_id, _ = pipeline.dispatch.submit(
                     recording_id, provider, metadata, idempotency_key, workspace=workspace
                 )
+        except OverLimit as exc:  # nothing to retry: the message itself is refused
+            raise Reject(str(exc), requeue=False) from None
         except redis.RedisError as exc:
             raise Reject(exc, requeue=True) from exc
         return job_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks import limits
 from tasks.jobs import Due, JobStore, Message
 from tasks.messages import step_message
 from tasks.settings import Settings
@@ -57,7 +58,9 @@ class Dispatcher:
     ) -> tuple[str, bool]:
         """Start a job in `workspace` unless one exists for the key, and send its create; (job
         id, created). Without a key the job is the recording's, the one its `recording.done`
-        starts."""
+        starts. `OverLimit` when the provider or the metadata is over the limits."""
+        limits.check("provider", provider)
+        limits.check("metadata", metadata)
         job_id, created = self.jobs.submit(
             recording_id,
             self.provider(provider, workspace),

@@ -7,18 +7,29 @@ The speaker is named from the participant's name, else "Speaker <id>", else "Unk
 (someone spoke before the bot joined). The renderers are ours, a few lines each: the work is in
 cutting cues, which no library does for us; `srt` and `webvtt-py` parse what we write in the
 tests, as independent readers, which they could not be if they had written it too.
+
+Names and words come from meeting participants, so they are made plain before they are written:
+control characters (terminal escapes) become spaces, bidi controls go, whitespace runs are one
+space (a blank line would end a cue), and SRT's markup characters become parentheses (below).
 """
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from html import escape
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from tasks.store.layout import DATA, Stored
+
+if TYPE_CHECKING:
+    from tasks.store import Store
 
 log = logging.getLogger(__name__)
 MAX_CUE_S = 7.0
@@ -27,6 +38,22 @@ MAX_LINES = 2
 PAUSE_S = 1.5
 MAX_NAME = 30  # a speaker's label leaves room on the first line
 MAX_TIME_S = 10_000_000.0  # about 115 days: a timestamp past it is not a recording's
+# Rendering holds about 6x the data in memory: past this, a format is served only if persisted.
+RENDER_MAX_BYTES = 8 * 1024 * 1024  # about 50,000 words, five hours of speech
+
+_CONTROLS = [*range(0x20), *range(0x7F, 0xA0)]  # C0, DEL and C1: ESC, BEL, NUL, CSI...
+# Bidi marks, embeddings, overrides and isolates show text in another order than it is written.
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_PLAIN = str.maketrans({**dict.fromkeys(_CONTROLS, " "), **dict.fromkeys(_BIDI)})
+# SRT has no escapes, and players read `<b>`, `<font>` and `{\an8}` as markup: parentheses are
+# shown as written everywhere, look like no markup, and turn `-->` into `--)`.
+_SRT_PLAIN = str.maketrans("<>{}", "()()")
+# For a terminal: a \u escape runs nothing, and JSON keeps its value (raw, these are valid only
+# inside its strings); a carriage return, which would let text overwrite its line, is a space
+# (JSON whitespace either way). Tab and newline stay.
+_TERMINAL = str.maketrans(
+    {c: f"\\u{c:04x}" for c in [*_CONTROLS, *_BIDI] if chr(c) not in "\t\n\r"} | {0x0D: " "}
+)
 
 
 class Format(StrEnum):
@@ -52,8 +79,21 @@ class Format(StrEnum):
         }[self]
 
 
-class UnreadableTranscript(ValueError):
+# What reading data of another shape raises; RecursionError: JSON nested deeper than the parser
+# goes, which a transcript never is. Any of them: the data is kept, and said to be unreadable.
+_NOT_RECALLS = (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError)
+
+
+class CannotRender(ValueError):
+    """The transcript cannot be rendered in the format asked for (the message says why)."""
+
+
+class UnreadableTranscript(CannotRender):
     """The data is not Recall's list of participants and words."""
+
+
+class TooLargeToRender(CannotRender):
+    """The data is over RENDER_MAX_BYTES, and the format was not persisted beside it."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +127,7 @@ def words(data: bytes) -> list[Word]:
         for segment in segments:
             speaker = speaker_name(segment.get("participant"))
             for word in segment.get("words") or []:
-                text = " ".join(str(word.get("text") or "").split())  # a newline ends a cue
+                text = plain(str(word.get("text") or ""))
                 if not text:
                     continue
                 start = _seconds(word["start_timestamp"]["relative"])
@@ -96,8 +136,13 @@ def words(data: bytes) -> list[Word]:
                 end = max(start, _seconds(end) if end is not None else start)
                 out += _pieces(speaker, start, end, text)
         return out
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except _NOT_RECALLS as exc:
         raise UnreadableTranscript(f"not Recall's transcript data: {exc}") from None
+
+
+def plain(text: str) -> str:
+    """`text` on one line, shown as written: no control characters, no bidi controls."""
+    return " ".join(text.translate(_PLAIN).split())
 
 
 def _seconds(value: Any) -> float:
@@ -123,15 +168,19 @@ def _pieces(speaker: str, start: float, end: float, text: str) -> list[Word]:
 
 
 def speaker_name(participant: dict[str, Any] | None) -> str:
-    """The participant's name (at most MAX_NAME characters), else a readable fallback."""
+    """The participant's name, else `Speaker <id>`: either plain and at most MAX_NAME long (an
+    id is the participant's to choose too), else "Unknown speaker"."""
     if not participant:
         return "Unknown speaker"
-    name = " ".join(str(participant.get("name") or "").split())
-    if name:
-        return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
-    if participant.get("id") is not None:
-        return f"Speaker {participant['id']}"
-    return "Unknown speaker"
+    label = _label(str(participant.get("name") or ""))
+    if not label and participant.get("id") is not None:
+        label = _label(f"Speaker {participant['id']}")
+    return label or "Unknown speaker"
+
+
+def _label(text: str) -> str:
+    label = plain(text)
+    return label if len(label) <= MAX_NAME else label[: MAX_NAME - 1] + "…"
 
 
 def turns(all_words: list[Word]) -> Iterator[list[Word]]:
@@ -215,7 +264,8 @@ def to_srt(all_words: list[Word]) -> str:
     blocks = []
     for number, cue in enumerate(cues(all_words, lambda speaker: len(speaker) + 2), start=1):
         lines = [f"{cue.speaker}: {cue.lines[0]}".rstrip(), *cue.lines[1:]]
-        blocks.append(f"{number}\n{_times(cue, ',')}\n" + "\n".join(lines) + "\n")
+        text = "\n".join(lines).translate(_SRT_PLAIN)
+        blocks.append(f"{number}\n{_times(cue, ',')}\n{text}\n")
     return "\n".join(blocks)
 
 
@@ -259,3 +309,32 @@ def beside(staged: IO[bytes], formats: list[str]) -> dict[str, bytes]:
     except UnreadableTranscript as exc:
         log.warning("transcript formats not written: %s", exc)
         return {}
+
+
+def open_transcript(store: Store, recording_id: str, transcript_id: str, fmt: Format) -> Stored:
+    """The transcript in `fmt`, to read in chunks: the file persisted in that format (the data
+    itself for json) as stored, else rendered from data of at most RENDER_MAX_BYTES, so a reader
+    never holds a large transcript in memory. FileNotFoundError when the data is not there."""
+    try:
+        return store.open(recording_id, transcript_id, fmt.suffix)
+    except FileNotFoundError:
+        if fmt is Format.JSON:
+            raise
+    with store.open(recording_id, transcript_id, DATA) as stored:
+        if stored.size > RENDER_MAX_BYTES:
+            raise TooLargeToRender(
+                f"{stored.size} bytes is over the {RENDER_MAX_BYTES} rendered on demand "
+                f"(RENDER_MAX_BYTES): ask for json, or persist {fmt} with TRANSCRIPT_FORMATS"
+            )
+        data = b"".join(stored)
+    body = render(data, fmt)
+    return Stored(len(body), io.BytesIO(body))
+
+
+def for_terminal(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """UTF-8 `chunks` as a terminal shows them: control and bidi characters as `\\u` escapes
+    (a carriage return a space), whatever a stored file holds."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    for chunk in chunks:
+        yield decoder.decode(chunk).translate(_TERMINAL).encode()
+    yield decoder.decode(b"", final=True).translate(_TERMINAL).encode()

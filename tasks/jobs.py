@@ -25,7 +25,7 @@ import redis
 from pydantic import BaseModel, Field, field_validator
 from redis.client import Pipeline
 
-from tasks import keys
+from tasks import keys, limits
 from tasks.callbacks.deliveries import views
 from tasks.callbacks.model import Callback
 from tasks.connection import replicated
@@ -182,6 +182,8 @@ class JobRecord(BaseModel):
         return Listing(self.listing, self.listing_next, self.listing_at, self.listing_version)
 
     def view(self, callbacks: list[Callback] | None = None) -> Job:
+        """The job as users see it. A provider or metadata over the limits (stored before they
+        were enforced) is withheld, so that one job cannot break a page or a sweep."""
         return Job(
             id=self.id,
             recording_id=self.recording_id,
@@ -191,8 +193,8 @@ class JobRecord(BaseModel):
             attempts=self.attempts,
             error=self.error,
             idempotency_key=self.idempotency_key,
-            provider=self.provider,
-            metadata=self.metadata,
+            provider=self.provider if limits.within(self.provider) else limits.WITHHELD,
+            metadata=self.metadata if limits.within(self.metadata) else limits.WITHHELD,
             callback_url=self.callback_url,
             callbacks=callbacks or [],
             created_at=_iso(self.created_at),

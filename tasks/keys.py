@@ -34,7 +34,8 @@ rt:inbox:taken              the highest such number a worker has taken
 rt:tickets:unused           list: quota tickets of steps that will not run, to give back
 rt:workspace:{name}         zset: the workspace's job ids, by creation time
 rt:rate:{ws}:{family}:{scope}  zset: a workspace's Recall calls made and reserved
-                            (tasks/recall/limiter.py), with `:pause` and `:seq` beside it
+                            (tasks/recall/limiter.py), with `:pause`, `:seq` and `:pace` (the
+                            pace learned from Recall's 429s) beside it
 rt:stats:...                the fleet's metrics counters (tasks/metrics.py)
 unacked                     kombu's hash of delivered, unacknowledged messages, by delivery tag
 """
@@ -122,6 +123,10 @@ def rate_pause(workspace: str, family: str, scope: str = "") -> str:
 
 def rate_seq(workspace: str, family: str, scope: str = "") -> str:
     return f"{rate(workspace, family, scope)}:seq"
+
+
+def rate_pace(workspace: str, family: str, scope: str = "") -> str:
+    return f"{rate(workspace, family, scope)}:pace"
 
 
 def metric_step(step: str) -> str:

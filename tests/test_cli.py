@@ -43,6 +43,11 @@ def run(
             "FLOWER_BASIC_AUTH is required",
         ),
         (["flower", "--address", "0.0.0.0"], {}, "FLOWER_BASIC_AUTH is required when Flower"),
+        (
+            ["enqueue", "r1", "--provider", '{"recallai_async": ' * 9 + "{}" + "}" * 9],
+            {},
+            "provider: nested deeper than 8 levels",
+        ),
     ],
 )
 def test_misconfiguration_stops_with_one_readable_line(

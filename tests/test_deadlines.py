@@ -211,7 +211,7 @@ def test_a_trickling_recall_api_answer_ends_with_an_error_at_the_deadline(
     )
     client = RecallClient(settings)
     started = time.monotonic()
-    with pytest.raises(RetryableError):
+    with pytest.raises(RetryableError, match="did not answer in time"):  # never a short answer
         client.retrieve_transcript("t1", Quota())
     within_the_deadline(started)
 

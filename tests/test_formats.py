@@ -160,7 +160,7 @@ def test_a_word_holding_newlines_stays_inside_its_cue() -> None:
     """A blank line ends an SRT or WebVTT cue: whitespace inside a word is one space."""
     data = json.dumps([segment("Ada", ("one\n\n2\n00:00:00,000 --> 00:00:01,000", 0, 1))])
     (cue,) = srt.parse(render(data.encode(), Format.SRT).decode())
-    assert cue.content == "Ada: one 2 00:00:00,000 --> 00:00:01,000"
+    assert cue.content == "Ada: one 2 00:00:00,000 --) 00:00:01,000"
     (caption,) = webvtt.from_string(render(data.encode(), Format.VTT).decode())
     assert caption.text.split() == ["one", "2", "00:00:00,000", "--&gt;", "00:00:01,000"]
 

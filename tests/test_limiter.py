@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -16,6 +17,7 @@ from tasks.recall.limiter import (
     Family,
     Limiter,
     Rate,
+    Slot,
     Ticket,
     parse_rates,
 )
@@ -156,3 +158,88 @@ def test_create_is_paced_per_recording(rclient: redis.Redis) -> None:
     assert pacing.acquire(Family.CREATE, "r1").wait == 0
     assert pacing.acquire(Family.CREATE, "r2").wait == 0
     assert pacing.acquire(Family.CREATE, "r1").wait > 59
+
+
+def pace(client: redis.Redis, family: Family) -> tuple[int, int] | None:
+    """The learned (count, window ms) of a family, None when it has learned nothing."""
+    learned = client.hmget(keys.rate_pace("default", family), "count", "window")
+    return None if learned[0] is None else (int(learned[0]), int(learned[1]))
+
+
+def test_recall_throttling_below_the_declared_rate_teaches_the_fleet_its_pace(
+    rclient: redis.Redis,
+) -> None:
+    """Declared 40 per 2 s, Recall gives 4 per 0.5 s (another application on the key): a burst
+    of 8 meets four 429s, each telling the fleet what Recall took before it; from then on the
+    calls keep to Recall's pace and Recall refuses none, whatever Recall's window is."""
+    recall = Quotas({"retrieve": (4, 0.5)})
+    pacing = limiter(rclient, {Family.RETRIEVE: Rate(40, 2.0)})
+
+    def call(slot: Slot) -> float | None:
+        time.sleep(slot.wait)
+        wait = recall.admit("retrieve")
+        if wait is not None:  # Recall's 429, its Retry-After up to the next tenth of a second
+            pacing.pause(Family.RETRIEVE, "", math.ceil(wait * 10) / 10, slot.ticket)
+        return wait
+
+    burst = [pacing.acquire(Family.RETRIEVE) for _ in range(8)]
+    refused = [slot for slot in burst if call(slot) is not None]
+    assert len(refused) == 4
+    learned = pace(rclient, Family.RETRIEVE)
+    assert learned is not None and learned[0] == 4 and 500 <= learned[1] <= 700
+    for slot in refused:  # Recall never counted them: gone from our window too
+        assert slot.ticket is not None
+        assert rclient.zscore(keys.rate("default", Family.RETRIEVE), slot.ticket.member) is None
+
+    time.sleep(0.6)  # the pause
+    later: list[float | None] = []
+    for _ in range(16):
+        slot = pacing.acquire(Family.RETRIEVE)
+        assert slot.ticket is not None
+        while slot.wait > INLINE_S:  # rescheduled; back at its slot
+            time.sleep(slot.wait)
+            slot = pacing.redeem(slot.ticket)
+            assert slot.ticket is not None
+        later.append(call(slot))
+    assert later == [None] * 16
+    assert pace(rclient, Family.RETRIEVE) == learned  # no 429, no recovery yet (5 windows)
+
+
+def test_later_429s_lower_the_learned_count_and_keep_its_window(rclient: redis.Redis) -> None:
+    """Never more calls at once than Recall took, never faster than declared; a 429 of the same
+    burst, with more calls ahead, changes nothing; the first 429 after the pause ended (a probe
+    one call too many) takes one call off."""
+    pacing = limiter(rclient, {Family.LIST: Rate(60, 60)})
+    slots = [pacing.acquire(Family.LIST) for _ in range(6)]
+    pacing.pause(Family.LIST, "", 0.01, slots[3].ticket)  # Recall took three before it
+    assert pace(rclient, Family.LIST) == (3, 3 * 60_500 // 60)  # 3 calls, at the declared rate
+    pacing.pause(Family.LIST, "", 0.01, slots[5].ticket)
+    assert pace(rclient, Family.LIST) == (3, 3025)
+    time.sleep(0.02)
+    pacing.pause(Family.LIST, "", 0.01)  # its call unknown: the four calls made count as ahead
+    assert pace(rclient, Family.LIST) == (2, 3025)
+    assert 0 < rclient.pttl(keys.rate_pace("default", Family.LIST)) <= 50 * 60_500
+
+
+def test_the_learned_pace_recovers_towards_the_declared_rate(rclient: redis.Redis) -> None:
+    """Every 5 declared windows without a 429, a tenth more (at least one call), until the
+    declared rate: then the family is paced by the declared window alone again."""
+    rate = Rate(10, 0.2)  # windows of 210 ms with the margin: 5 of them, 1.05 s
+    pacing = limiter(rclient, {Family.LIST: rate})
+    slots = [pacing.acquire(Family.LIST) for _ in range(3)]
+    pacing.pause(Family.LIST, "", 0.09, slots[2].ticket)
+    first = pace(rclient, Family.LIST)
+    assert first is not None and first[0] == 2
+    time.sleep(0.15)
+    pacing.acquire(Family.LIST)
+    assert pace(rclient, Family.LIST) == first  # too soon to grow
+    counts = []
+    for _ in range(4):
+        time.sleep(1.1)
+        pacing.acquire(Family.LIST)
+        learned = pace(rclient, Family.LIST)
+        counts.append(learned and learned[0])
+        if learned is None:
+            break
+    # 2 calls per ~96 ms (Retry-After, the margin); 5 in that long reach the declared rate.
+    assert counts == [3, 4, None]

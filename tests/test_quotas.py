@@ -11,7 +11,9 @@ import pytest
 import redis
 import requests
 
+from emulator.config import EmulatorConfig
 from emulator.quotas import RECALL_QUOTAS, scaled
+from emulator.server import create_emulator
 from tasks import keys
 from tests.conftest import System
 from tests.helpers import recording_done, signed, wait_for
@@ -72,3 +74,48 @@ def test_a_burst_of_recordings_under_recalls_quotas_is_paced_not_failed(
     throttled = sum(stats["throttled"].values())
     print(json.dumps({"calls": stats["calls"], "throttled": stats["throttled"]}))
     assert throttled <= 0.01 * calls  # Recall refuses almost nothing: we pace within its window
+
+
+def test_recall_enforcing_less_than_declared_costs_few_429s_and_no_job(start_system: Any) -> None:
+    """Another application shares the key: Recall gives 4 retrieves per 5 s (windows x 0.1),
+    the settings declare its documented 300 per minute. The first 429s pause the fleet and
+    teach it Recall's pace, so later calls stop meeting 429s: every job persisted, at most a
+    tenth of the retrieves refused (without learning, 29%; without the pause, nearly all)."""
+    jobs = 60
+    system: System = start_system(
+        workers=2,
+        emulator_args=("--quotas", "create=5/60,retrieve=4/5,list=60/60,delete=60/60"),
+    )  # RECALL_RATE_LIMITS: Recall's documented quotas, x QUOTA_SCALE as the emulator's windows
+    url = f"{system.receiver_url}/webhooks/recall"
+    recordings = [f"shared-{index}" for index in range(jobs)]
+    for recording_id in recordings:
+        system.emulator.recording(recording_id)
+        body, headers = signed(recording_done(recording_id))
+        assert requests.post(url, data=body, headers=headers, timeout=10).status_code == 200
+
+    client = redis.Redis.from_url(system.env["REDIS_URL"], decode_responses=True)
+    wait_for(lambda: client.zcard(keys.state("done")) == jobs, 60, what="every job done")
+    assert client.zcard(keys.state("failed")) == 0
+    stats = system.emulator.stats()
+    calls, refused = stats["calls"]["retrieve"], stats["throttled"].get("retrieve", 0)
+    print(json.dumps({"retrieve calls": calls, "refused": refused}))
+    assert 0 < refused <= 0.1 * calls
+    assert float(client.hget(keys.METRIC_RATE_LIMITED, "retrieve|default") or 0) > 0
+
+
+def test_the_emulator_answers_every_read_over_its_quota_429_with_retry_after() -> None:
+    """Its own quotas, whatever the fleet declares: Retrieve, List and Delete as well as Create."""
+    app = create_emulator(
+        EmulatorConfig("http://127.0.0.1", quotas="retrieve=1/60,list=1/60,delete=1/60")
+    )
+    client = app.test_client()
+    for method, path in [
+        ("GET", "/api/v1/transcript/t1/"),
+        ("GET", "/api/v1/transcript/?recording_id=r1"),
+        ("DELETE", "/api/v1/transcript/t1/"),
+    ]:
+        first = client.open(path, method=method, headers={"Authorization": "Token k"})
+        second = client.open(path, method=method, headers={"Authorization": "Token k"})
+        assert first.status_code != 429, path
+        assert second.status_code == 429 and second.headers["Retry-After"] == "60", path
+    app.extensions["emulator"].scheduler.stop()

@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from werkzeug.serving import make_server
 
-from tasks.recall.client import RecallClient
+from tasks import keys
+from tasks.metrics import Metrics
+from tasks.recall.client import INLINE_WAIT_S, RecallClient
 from tasks.recall.download import MAX_REDIRECTS
 from tasks.recall.errors import (
     BadRequest,
@@ -25,10 +28,11 @@ from tasks.recall.errors import (
     RateLimited,
     Rejected,
     RetryableError,
+    Throttled,
     Unauthorized,
     Unavailable,
 )
-from tasks.recall.limiter import Quota
+from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Quota
 from tasks.recall.models import Transcript
 from tasks.settings import Settings
 from tests.conftest import EmulatorHandle
@@ -147,6 +151,33 @@ def test_a_read_that_reached_recall_is_not_repeated_inside_the_call(
     with pytest.raises(Unavailable):
         RecallClient(settings).retrieve_transcript(seeded["id"], Quota())
     assert emulator.stats()["calls"]["retrieve"] == 1
+
+
+@pytest.mark.parametrize("family", [Family.RETRIEVE, Family.LIST, Family.DELETE])
+def test_a_429_on_a_read_pauses_its_family_fleet_wide_for_the_retry_after(
+    settings: Settings, emulator: EmulatorHandle, rclient: redis.Redis, family: Family
+) -> None:
+    """GET and DELETE too: urllib3 must not take Retry-After for itself (it turned the 429
+    into a RetryError, an unknown outcome, and nothing paused)."""
+    (seeded,) = emulator.seed("r1", 1)
+    limiter = Limiter(rclient, dict(DEFAULT_RATES), INLINE_WAIT_S)
+    client = RecallClient(settings, limiter, Metrics(rclient))
+    calls: dict[Family, Callable[[], object]] = {
+        Family.RETRIEVE: lambda: client.retrieve_transcript(seeded["id"], Quota()),
+        Family.LIST: lambda: list(client.list_pages("r1", None, Quota())),
+        Family.DELETE: lambda: client.delete_transcript(seeded["id"], Quota()),
+    }
+    emulator.fault(target=str(family), action="status", status=429, retry_after=3)
+    with pytest.raises(RateLimited) as caught:
+        calls[family]()
+    assert caught.value.retry_after == 3 and not isinstance(caught.value, Throttled)
+    with pytest.raises(Throttled) as paused:  # no call: the whole family waits out the pause
+        calls[family]()
+    assert paused.value.ticket is None and 2.5 < (paused.value.retry_after or 0) <= 3
+    assert emulator.stats()["calls"][family] == 1
+    waited = float(rclient.hget(keys.METRIC_RATE_LIMITED, f"{family}|default") or 0)
+    assert waited > 5  # the 429's 3 s and the paused call's wait, both counted
+    assert rclient.exists(keys.rate_pace("default", family))  # the fleet learns the pace
 
 
 def test_delete_of_a_deleted_transcript_counts_as_deleted(

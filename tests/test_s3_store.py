@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +15,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from tasks import keys
+from tasks.store.layout import CHUNK
 from tasks.store.s3 import S3Store, StoreUnavailable
 from tests.conftest import System
 from tests.helpers import free_port, recording_done, signed, wait_for
@@ -68,9 +72,60 @@ def test_the_s3_store_keeps_the_directory_layout_meta_after_data(s3: str) -> Non
     stored = objects(s3)
     assert stored["prod/eu/r1/t1.json"] == b'[{"words": []}]'
     assert b'"job_id": "j1"' in stored["prod/eu/r1/t1.meta.json"]
-    assert stored["prod/eu/r1/t1.srt"] == b"1\n" and store.read("r1", "t1") == b'[{"words": []}]'
+    assert stored["prod/eu/r1/t1.srt"] == b"1\n"
+    with store.open("r1", "t1", ".json") as data:
+        assert (data.size, b"".join(data)) == (15, b'[{"words": []}]')
     with pytest.raises(FileNotFoundError):
-        store.read("r1", "missing")
+        store.open("r1", "missing", ".json")
+
+
+@pytest.fixture
+def s3_elsewhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's server in its own process, so that what it holds is not counted here."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(endpoint), 30, what="moto's server")
+        for name, value in AWS.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="transcripts")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        return requests.get(f"{endpoint}/moto-api/", timeout=1).ok
+    except requests.ConnectionError:
+        return False
+
+
+def test_an_object_is_read_in_chunks_never_whole(s3_elsewhere: str) -> None:
+    """20 MB served through `open` holds a few chunks at a time, not the object."""
+    store = S3Store("s3://transcripts", s3_elsewhere)
+    big = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    boto3.client("s3", endpoint_url=s3_elsewhere).put_object(
+        Bucket="transcripts", Key="r1/t1.srt", Body=big
+    )
+    save(store, "r1", "warm", b"[]")  # boto3 loads its models on first use: not counted
+    with store.open("r1", "warm", ".json") as warm:
+        assert b"".join(warm) == b"[]"
+    tracemalloc.start()
+    try:
+        with store.open("r1", "t1", ".srt") as stored:
+            sizes = [len(chunk) for chunk in stored]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stored.size == sum(sizes) == len(big) and max(sizes) <= CHUNK
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes held to read {len(big)}"
 
 
 def test_an_unreachable_or_missing_bucket_is_a_readable_error_and_nothing_is_there(

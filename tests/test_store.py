@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.store import UnsafeName
-from tasks.store.layout import safe
+from tasks.store.layout import CHUNK, safe
 from tasks.store.local import LocalStore
 
 
@@ -88,3 +88,15 @@ def test_every_file_and_directory_entry_is_fsynced_before_save_returns(
     assert meta_tmp and meta_tmp[0] < events.index(("rename", meta))
     assert events.index(("rename", meta)) < at[("fsync", recording)]  # both renames durable
     assert events[-1] == ("fsync", recording)
+
+
+def test_an_object_is_opened_to_read_in_chunks(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    data = bytes(range(256)) * (3 * CHUNK // 256 + 1)
+    save(store, "r1", "t1", data)
+    with store.open("r1", "t1", ".json") as stored:
+        chunks = list(stored)
+    assert stored.size == len(data) and b"".join(chunks) == data
+    assert [len(chunk) for chunk in chunks] == [CHUNK] * 3 + [256]
+    with pytest.raises(FileNotFoundError):
+        store.open("r1", "t1", ".srt")

@@ -36,12 +36,18 @@ class Outbox:
         """Send on the news of the jobs that finished since; how many."""
         taken = self._deliveries.take_outbox(limit)
         for job_id, attempt in taken:
-            record = self._jobs.record(job_id)
-            # Retried since (a later finish will have its own news), or forgotten: nothing to say.
-            if record is not None and not record.state.active and record.attempts == attempt:
-                self._send(record)
-            self._deliveries.sent_on(job_id, attempt)
+            try:
+                self._send_on(job_id, attempt)
+            except (ValueError, TypeError, RecursionError):  # one bad job holds up no other
+                log.exception("job %s: its callbacks could not be made; tried again later", job_id)
         return len(taken)
+
+    def _send_on(self, job_id: str, attempt: int) -> None:
+        record = self._jobs.record(job_id)
+        # Retried since (a later finish will have its own news), or forgotten: nothing to say.
+        if record is not None and not record.state.active and record.attempts == attempt:
+            self._send(record)
+        self._deliveries.sent_on(job_id, attempt)
 
     def _send(self, record: JobRecord) -> None:
         event = event_id(record.id, record.attempts, record.state)

@@ -30,7 +30,7 @@ from tasks.recall.errors import (
     error_for,
     error_for_exception,
 )
-from tasks.recall.limiter import Family, Limiter, Quota
+from tasks.recall.limiter import Family, Limiter, Quota, Ticket
 from tasks.recall.models import Transcript
 from tasks.settings import Settings
 from tasks.workspaces import DEFAULT, Workspace
@@ -53,8 +53,18 @@ _REDACT = RedactQueries()
 def _connect_retries() -> Retry:
     """Quick in-call retries of connections that failed before anything was sent. Nothing that
     reached Recall is repeated here: each such call takes a quota slot of its own, in the step's
-    own retry."""
-    return Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
+    own retry. Retry-After is not urllib3's to honour: with it, a 429 or 503 carrying one on a
+    GET or DELETE became a `RetryError` (status=0 spent), so the limiter never heard of the 429."""
+    return Retry(
+        total=2,
+        connect=2,
+        read=0,
+        status=0,
+        other=0,
+        redirect=0,
+        backoff_factor=0.2,
+        respect_retry_after_header=False,
+    )
 
 
 class RecallClient:
@@ -100,11 +110,11 @@ class RecallClient:
 
     # -- pacing ---------------------------------------------------------------------------------
 
-    def _pace(self, family: Family, scope: str, quota: Quota) -> None:
+    def _pace(self, family: Family, scope: str, quota: Quota) -> Ticket | None:
         """Wait for the family's quota: in place for a moment, else raise `Throttled` with the
-        slot reserved for the step's next run."""
+        slot reserved for the step's next run. The slot the call goes in."""
         if self._limiter is None:
-            return
+            return None
         ticket = quota.take(family, scope)
         slot = self._limiter.redeem(ticket) if ticket else self._limiter.acquire(family, scope)
         if slot.wait > 0 and self._metrics is not None:
@@ -115,6 +125,7 @@ class RecallClient:
             raise Throttled(f"{family}: quota slot in {slot.wait:.1f}s", slot.wait, slot.ticket)
         if slot.wait > 0:
             time.sleep(slot.wait)
+        return slot.ticket
 
     def release(self, quota: Quota) -> None:
         """Give back the slot a step reserved and did not use (it ended before the call)."""
@@ -138,7 +149,7 @@ class RecallClient:
         params: dict[str, str] | None = None,
         sending: Callable[[], object] | None = None,
     ) -> requests.Response:
-        self._pace(family, scope, quota)
+        slot = self._pace(family, scope, quota)
         if sending is not None:
             sending()
         all_headers = {"Authorization": self._auth, "Accept": "application/json"}
@@ -159,11 +170,18 @@ class RecallClient:
             if cut.passed:
                 raise error_for_exception(requests.Timeout(), method, what) from None
             raise error_for_exception(exc, method, what) from None
+        if cut.passed:  # the cut may read as the end of a body sent without a length
+            self._count(family, "error")
+            raise error_for_exception(requests.Timeout(), method, what)
         self._count(family, response.status_code)
         if response.status_code >= 400:
             error = error_for(response, what)
             if isinstance(error, RateLimited) and self._limiter is not None:
-                self._limiter.pause(family, scope, error.retry_after or 1.0)
+                # The whole fleet waits, and learns from the refusal how fast Recall lets it go.
+                wait = error.retry_after or 1.0
+                self._limiter.pause(family, scope, wait, slot)
+                if self._metrics is not None:
+                    self._metrics.rate_limited(family, wait)
             raise error
         return response
 

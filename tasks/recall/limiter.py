@@ -7,7 +7,16 @@ calls reaching Recall a little out of step still fit. A caller always gets a slo
 reservation later that it redeems when it comes back (a `Ticket`), so waiting jobs queue instead
 of stampeding. A redeemed slot is counted when the call really goes (a job may come back late),
 and a ticket never outlives a pause: a 429 pauses its family for the whole fleet until the
-latest Retry-After any worker was given. Why this and not a library: `bench/limiter.py`.
+latest Retry-After any worker was given.
+
+The declared rates can be more than Recall gives us (another application on the same key, a
+smaller plan), so a 429 also teaches the fleet the real pace: Recall took the calls ahead of the
+refused one and takes the next one Retry-After later, so the family learns a second window (that
+many calls per that long, whatever Recall's own window is), kept beside the declared one in
+Redis and shared by every worker. Later 429s lower its count (at least by one on the first after
+a pause: the last increase was too many); every 5 declared windows without one it grows by a
+tenth (at least a call), and at the declared rate it is dropped; unused for 50 windows, it is
+forgotten. Why this and not a library: `bench/limiter.py`.
 """
 
 from __future__ import annotations
@@ -153,10 +162,14 @@ class Limiter:
         """Give back a slot no call used."""
         self._run("release", ticket.family, ticket.scope, ticket.member)
 
-    def pause(self, family: Family, scope: str, seconds: float) -> None:
+    def pause(
+        self, family: Family, scope: str, seconds: float, refused: Ticket | None = None
+    ) -> None:
         """Recall said 429: no one calls this family until `seconds` have passed (or until a
-        longer pause already set ends)."""
-        self._run("pause", family, scope, max(1, round(seconds * 1000)))
+        longer pause already set ends), and its pace is learned from the answer. `refused`, the
+        slot of the call Recall refused, says how many calls Recall took before it."""
+        member = refused.member if refused is not None else ""
+        self._run("pause", family, scope, max(1, round(seconds * 1000)), member)
 
     def _run(self, command: str, family: Family, scope: str, *args: str | int) -> object:
         rate = self._rates[family]
@@ -165,6 +178,7 @@ class Limiter:
                 keys.rate(self._workspace, family, scope),
                 keys.rate_pause(self._workspace, family, scope),
                 keys.rate_seq(self._workspace, family, scope),
+                keys.rate_pace(self._workspace, family, scope),
             ],
             args=[
                 command,

@@ -3,7 +3,8 @@
 Two kinds, one layout (`layout.py`): a directory (`local.py`), or S3-compatible object storage
 shared by workers on many hosts (`s3.py`). Data is downloaded into a staging file (never held in
 memory), then persisted, and its `.meta.json` after it, so a transcript is there (`has`) only
-once both are. A local store fsyncs every file and directory it writes before `save` returns.
+once both are; it is read back in chunks (`open`), never whole. A local store fsyncs every file
+and directory it writes before `save` returns.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 
-from tasks.store.layout import StoreError, UnsafeName
+from tasks.store.layout import Stored, StoreError, UnsafeName
 
 
 class Store(Protocol):
@@ -32,8 +33,9 @@ class Store(Protocol):
     def has(self, recording_id: str, transcript_id: str) -> bool:
         """True once both objects of a transcript are in place."""
 
-    def read(self, recording_id: str, transcript_id: str) -> bytes:
-        """The data as persisted; FileNotFoundError when it is not there."""
+    def open(self, recording_id: str, transcript_id: str, suffix: str) -> Stored:
+        """The object persisted under `suffix` (`.json`: the data; `.srt`, ...), to read in
+        chunks and close; FileNotFoundError when it is not there."""
 
 
 def open_store(location: str, s3_endpoint_url: str | None = None) -> Store:
@@ -47,4 +49,4 @@ def open_store(location: str, s3_endpoint_url: str | None = None) -> Store:
     return LocalStore(location)
 
 
-__all__ = ["Store", "StoreError", "UnsafeName", "open_store"]
+__all__ = ["Store", "StoreError", "Stored", "UnsafeName", "open_store"]

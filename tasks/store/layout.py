@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 DATA = ".json"
 META = ".meta.json"
+CHUNK = 64 * 1024
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -42,3 +45,31 @@ def object_name(recording_id: str, transcript_id: str, suffix: str) -> str:
 
 def meta_bytes(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, indent=2, sort_keys=True).encode()
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Stored:
+    """An object opened for reading, iterated CHUNK bytes at a time so that serving one holds a
+    chunk, not the object, in memory; closed when done (`with`, or by a WSGI server)."""
+
+    size: int
+    body: Readable
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.body.read(CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        self.body.close()
+
+    def __enter__(self) -> Stored:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

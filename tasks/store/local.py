@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from tasks.store.layout import DATA, META, meta_bytes, object_name
+from tasks.store.layout import DATA, META, Stored, meta_bytes, object_name
 
 STAGING = ".staging"  # beside the recordings (ids start with a letter or digit): renames stay local
 
@@ -59,8 +59,9 @@ class LocalStore:
             write_file(self.root / object_name(recording_id, transcript_id, suffix), content)
         write_file(meta_path, meta_bytes(meta))  # fsyncs the directory: every rename durable
 
-    def read(self, recording_id: str, transcript_id: str) -> bytes:
-        return self.data_path(recording_id, transcript_id).read_bytes()
+    def open(self, recording_id: str, transcript_id: str, suffix: str) -> Stored:
+        handle = (self.root / object_name(recording_id, transcript_id, suffix)).open("rb")
+        return Stored(os.fstat(handle.fileno()).st_size, handle)
 
     def has(self, recording_id: str, transcript_id: str) -> bool:
         """True once both files of a transcript are in place."""

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.formats import Format
-from tasks.store.layout import DATA, META, StoreError, meta_bytes, object_name
+from tasks.store.layout import DATA, META, Stored, StoreError, meta_bytes, object_name
 
 
 class StoreUnavailable(StoreError):
@@ -66,18 +66,18 @@ class S3Store:
             self._put(self.key(recording_id, transcript_id, suffix), content)
         self._put(self.key(recording_id, transcript_id, META), meta_bytes(meta))
 
-    def read(self, recording_id: str, transcript_id: str) -> bytes:
-        key = self.key(recording_id, transcript_id, DATA)
+    def open(self, recording_id: str, transcript_id: str, suffix: str) -> Stored:
+        """The object's body as S3 sends it: read in chunks off the connection."""
+        key = self.key(recording_id, transcript_id, suffix)
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=key)
-            body: bytes = answer["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise FileNotFoundError(key) from None
             raise self._unavailable("GET", key, exc) from None
         except BotoCoreError as exc:
             raise self._unavailable("GET", key, exc) from None
-        return body
+        return Stored(answer["ContentLength"], answer["Body"])
 
     def has(self, recording_id: str, transcript_id: str) -> bool:
         meta_key = self.key(recording_id, transcript_id, META)

@@ -1,0 +1,50 @@
+"""What a client may hand a job, enforced at every door (the jobs API, the submit task, the CLI):
+`provider` and `metadata` each at most MAX_DEPTH levels of arrays and objects and MAX_FIELD_BYTES
+as compact JSON. A job is shown, stored and copied into its callbacks, so one oversized or deeply
+nested value must be refused where it comes in, not met later by every reader of the job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_DEPTH = 8
+MAX_FIELD_BYTES = 16 * 1024
+WITHHELD = {"withheld": "over the limits (stored before they applied)"}
+
+
+class OverLimit(ValueError):
+    """A value over the limits; the message names the field and the limit, in one line."""
+
+
+def depth(value: Any) -> int:
+    """Levels of arrays and objects, counted without recursion (so any depth can be measured)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, level)
+            stack.extend((item, level + 1) for item in node)
+    return deepest
+
+
+def check(name: str, value: Any) -> None:
+    """Raise `OverLimit` when `value` (a job's `provider` or `metadata`) is over the limits."""
+    if value is None:
+        return
+    if depth(value) > MAX_DEPTH:
+        raise OverLimit(f"{name}: nested deeper than {MAX_DEPTH} levels")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_FIELD_BYTES:
+        raise OverLimit(f"{name}: {size} bytes as JSON, over the limit of {MAX_FIELD_BYTES}")
+
+
+def within(value: Any) -> bool:
+    """Whether a stored value may be shown (a job stored before the limits may not be)."""
+    try:
+        check("", value)
+    except (OverLimit, ValueError, RecursionError):
+        return False
+    return True
