@@ -399,7 +399,11 @@ def _summary(event_json: str) -> tuple[str, str]:
 def _health(args: argparse.Namespace, _: list[str]) -> int:
     from recall_transcribe.health import check, running
 
-    service, port = (args.service, args.port) if args.service else running()
+    try:
+        service, port = (args.service, args.port) if args.service else running()
+    except (LookupError, OSError) as exc:  # not in a container of ours: name the service
+        print(f"recall-transcribe: health: {exc}", file=sys.stderr)
+        return 2
     problem = check(service, args.port or port)
     if problem:
         print(f"recall-transcribe: not ready: {problem}", file=sys.stderr)

@@ -20,8 +20,9 @@ def running(cmdline: Path = Path("/proc/1/cmdline")) -> tuple[str, int | None]:
     service = next((arg for arg in argv if arg in SERVICES), None)
     if service is None:
         raise LookupError(f"PID 1 runs none of {', '.join(SERVICES)}: name the service")
-    port = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--port"), None)
-    return service, int(port) if port else None
+    given = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--port"]
+    given += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--port=")]
+    return service, int(given[-1]) if given else None
 
 
 def check(service: str, port: int | None) -> str:

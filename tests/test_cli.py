@@ -43,6 +43,7 @@ def run(
             "FLOWER_BASIC_AUTH is required",
         ),
         (["flower", "--address", "0.0.0.0"], {}, "FLOWER_BASIC_AUTH is required when Flower"),
+        (["health"], {}, "health: PID 1 runs none of"),  # outside a container: name one
         (
             ["enqueue", "r1", "--provider", '{"recallai_async": ' * 9 + "{}" + "}" * 9],
             {},

@@ -265,6 +265,7 @@ def test_each_service_is_checked_for_health_as_the_service_it_runs(
             ("receiver", 9000),
         ),
         (b"/usr/local/bin/recall-transcribe\0worker\0--concurrency\00016\0", ("worker", None)),
+        (b"/usr/local/bin/recall-transcribe\0flower\0--port=5566\0", ("flower", 5566)),
     ],
 )
 def test_the_images_healthcheck_checks_the_service_pid_1_runs(
@@ -274,3 +275,15 @@ def test_the_images_healthcheck_checks_the_service_pid_1_runs(
 
     (tmp_path / "cmdline").write_bytes(cmdline)
     assert running(tmp_path / "cmdline") == expected
+
+
+def test_every_service_that_reads_the_local_store_mounts_the_workers_volume(
+    compose: dict[str, Any],
+) -> None:
+    """The receiver serves transcripts the workers wrote: without the volume, every done job's
+    transcript would answer 404 in compose."""
+    services = render((ROOT / "docker-compose.yml").read_text(), SECRETS)["services"]
+    for name in ("receiver", "worker"):
+        store = services[name]["environment"]["TRANSCRIPTS_STORE"]
+        mounted = {volume.split(":")[1] for volume in compose["services"][name]["volumes"]}
+        assert store in mounted, name

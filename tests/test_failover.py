@@ -33,12 +33,13 @@ class RecallSends:
         self.acknowledged: list[str] = []
         self.refused = [0] * len(receivers)  # by receiver
         self._lock = threading.Lock()
+        self.stopped = threading.Event()  # the test failed: stop, so its own error is what shows
 
     def deliver(self, recording_id: str) -> None:
         body, headers = signed(recording_done(recording_id), msg_id=f"msg_{recording_id}")
         deadline = time.monotonic() + 150
         attempt = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopped.is_set():
             index = attempt % len(self.receivers)
             url = f"{self.receivers[index]}/webhooks/recall"
             try:
@@ -84,18 +85,22 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
     client = redis.Redis.from_url(f"redis://127.0.0.1:{old}/0")
     with ThreadPoolExecutor(6) as pool:
         sent = [pool.submit(recall.deliver, r) for r in recordings]
-        wait_for(lambda: len(acknowledged) >= RECORDINGS // 3, 60, what="a third accepted")
-        done_before = int(client.zcard(keys.state("done")))
-        sentinels.kill(old)  # mid-burst, jobs in every phase
-        killed = time.monotonic()
-        promote_s = wait_until_promoted(sentinels, old)
-        promoted = time.monotonic()
-        fresh = redis.Redis.from_url(f"redis://127.0.0.1:{sentinels.primary()}/0")
-        wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 15, what="a job")
-        resume_s = time.monotonic() - promoted
-        sentinels.start_server(old)  # the old primary comes back, as the new one's replica
-        for future in sent:
-            future.result()
+        try:
+            wait_for(lambda: len(acknowledged) >= RECORDINGS // 3, 60, what="a third accepted")
+            done_before = int(client.zcard(keys.state("done")))
+            sentinels.kill(old)  # mid-burst, jobs in every phase
+            killed = time.monotonic()
+            promote_s = wait_until_promoted(sentinels, old)
+            promoted = time.monotonic()
+            fresh = redis.Redis.from_url(f"redis://127.0.0.1:{sentinels.primary()}/0")
+            # Liveness only (a worker that never follows the promotion); bench/failover.py times it.
+            wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 45, what="a job")
+            resume_s = time.monotonic() - promoted
+            sentinels.start_server(old)  # the old primary comes back, as the new one's replica
+            for future in sent:
+                future.result()
+        finally:
+            recall.stopped.set()
     wait_for(lambda: fresh.zcard(keys.state("done")) == RECORDINGS, 180, what="every job done")
 
     assert sorted(acknowledged) == sorted(recordings)

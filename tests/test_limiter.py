@@ -205,12 +205,26 @@ def test_recall_throttling_below_the_declared_rate_teaches_the_fleet_its_pace(
     assert pace(rclient, Family.RETRIEVE) == learned  # no 429, no recovery yet (5 windows)
 
 
+def test_a_lone_429_on_a_quiet_family_pauses_it_and_teaches_no_pace(rclient: redis.Redis) -> None:
+    """One call, one 429 (another application's burst on the key, say): the family waits out the
+    Retry-After and goes on at the declared rate. Learning from it would mean one call per
+    Retry-After for hours."""
+    pacing = limiter(rclient, {Family.RETRIEVE: Rate(300, 60)})
+    slot = pacing.acquire(Family.RETRIEVE)
+    pacing.pause(Family.RETRIEVE, "", 0.05, slot.ticket)
+    assert pace(rclient, Family.RETRIEVE) is None
+    time.sleep(0.06)
+    waits = [pacing.acquire(Family.RETRIEVE).wait for _ in range(20)]
+    assert max(waits) == 0
+
+
 def test_later_429s_lower_the_learned_count_and_keep_its_window(rclient: redis.Redis) -> None:
     """Never more calls at once than Recall took, never faster than declared; a 429 of the same
     burst, with more calls ahead, changes nothing; the first 429 after the pause ended (a probe
     one call too many) takes one call off."""
     pacing = limiter(rclient, {Family.LIST: Rate(60, 60)})
     slots = [pacing.acquire(Family.LIST) for _ in range(6)]
+    pacing.pause(Family.LIST, "", 0.001)  # a first 429: remembered, nothing learned yet
     pacing.pause(Family.LIST, "", 0.01, slots[3].ticket)  # Recall took three before it
     assert pace(rclient, Family.LIST) == (3, 3 * 60_500 // 60)  # 3 calls, at the declared rate
     pacing.pause(Family.LIST, "", 0.01, slots[5].ticket)
@@ -227,6 +241,7 @@ def test_the_learned_pace_recovers_towards_the_declared_rate(rclient: redis.Redi
     rate = Rate(10, 0.2)  # windows of 210 ms with the margin: 5 of them, 1.05 s
     pacing = limiter(rclient, {Family.LIST: rate})
     slots = [pacing.acquire(Family.LIST) for _ in range(3)]
+    pacing.pause(Family.LIST, "", 0.001)  # a first 429: remembered, nothing learned yet
     pacing.pause(Family.LIST, "", 0.09, slots[2].ticket)
     first = pace(rclient, Family.LIST)
     assert first is not None and first[0] == 2

@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("receiver", "tasks", "worker", "emulator", "recall_transcribe")
-LEFT_BEHIND = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "data")
+LEFT_BEHIND = (".git", ".venv", ".wheel", ".hypothesis", "build", "dist", "*.egg-info")
+LEFT_BEHIND += ("__pycache__", ".*_cache", "data", "tests", "bench")
 
 pytestmark = pytest.mark.system  # builds, installs and runs the wheel as processes
 

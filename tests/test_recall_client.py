@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 from werkzeug.serving import make_server
 
 from tasks import keys
@@ -31,6 +32,7 @@ from tasks.recall.errors import (
     Throttled,
     Unauthorized,
     Unavailable,
+    retry_after,
 )
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Quota
 from tasks.recall.models import Transcript
@@ -341,3 +343,16 @@ def test_an_api_answer_trickling_a_byte_at_a_time_ends_with_the_call_timeout(
     with pytest.raises(OutcomeUnknown):
         client.create_transcript("body", PROVIDER, {}, "k", Quota())
     assert time.monotonic() - started < 6
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("2", 2.0), ("1e9", 3600.0), ("inf", 3600.0), ("nan", None), ("-5", 0.0), ("soon", None)],
+)
+def test_retry_after_is_read_finite_and_at_most_an_hour(header: str, seconds: float | None) -> None:
+    """A Retry-After of years (or infinity) would pause a family for good, or raise in the
+    limiter and fail the job: a 429 is backpressure, never a failure."""
+    answer = requests.Response()
+    answer.status_code = 429
+    answer.headers["Retry-After"] = header
+    assert retry_after(answer) == seconds

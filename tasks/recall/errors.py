@@ -18,6 +18,7 @@ RecallError
 
 from __future__ import annotations
 
+import math
 import time
 from email.utils import parsedate_to_datetime
 
@@ -26,6 +27,8 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 
 from tasks.outcomes import ErrorCode
 from tasks.recall.limiter import Ticket
+
+MAX_RETRY_AFTER_S = 3600.0  # Recall asks for seconds to minutes; an hour is the most we wait
 
 
 class RecallError(Exception):
@@ -116,16 +119,21 @@ def may_have_changed(error: RecallError) -> bool:
 
 
 def retry_after(response: requests.Response) -> float | None:
+    """The answer's Retry-After in seconds (a number or a date), at most MAX_RETRY_AFTER_S: a
+    value past it (or not finite) would pause a family for years."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
             return None
+    if math.isnan(seconds):
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
 def error_for(response: requests.Response, what: str) -> RecallError:

@@ -11,6 +11,8 @@
 
 local RECOVER_WINDOWS = 5  -- declared windows without a 429 before the learned count grows
 local FORGET_WINDOWS = 50  -- a learned pace left unchanged this long (an idle family) is dropped
+local CONFIRM_WINDOWS = 2  -- a first pace is learned only from a 429 that follows another this
+                          -- close: one alone (another application's burst) only pauses
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -127,7 +129,8 @@ end
 -- merge by their end: a shorter Retry-After never cuts a longer one. Recall never counted the
 -- refused call, so it leaves our window too. Then the measured decrease, from the calls of ours
 -- Recall took before the refused one (`ahead`, those within the tightest window in force):
--- - nothing learned yet: Recall took `ahead` calls, the oldest `took` ms before the refusal, and
+-- - nothing learned yet, and another 429 came within CONFIRM_WINDOWS (else the 429 is only
+--   remembered): Recall took `ahead` calls, the oldest `took` ms before the refusal, and
 --   takes the next one Retry-After later: so `ahead` calls per (took + Retry-After), whatever
 --   Recall's own window is (a burst Recall cut short teaches a short window, not a small count
 --   per the declared one), never faster than declared;
@@ -153,6 +156,12 @@ if command == 'pause' then
     local count = math.min(ahead, learned.count)
     if fresh then count = math.min(count, learned.count - 1) end
     learn(math.max(1, count), learned.span)
+    return 1
+  end
+  local suspect = tonumber(redis.call('HGET', pace, 'suspect'))
+  if not suspect or now - suspect > CONFIRM_WINDOWS * span then
+    redis.call('HSET', pace, 'suspect', now)
+    redis.call('PEXPIRE', pace, CONFIRM_WINDOWS * span + ms)
     return 1
   end
   local oldest = at
