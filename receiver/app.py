@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["verifiers"] = verifiers
     app.extensions["inbox"] = Inbox.from_settings(client, settings)
     jobs = JobStore.from_settings(client, settings)
-    guard = Guard(settings.callback_networks) if settings.CALLBACK_SECRET else None
+    guard = Guard(settings.client_callback_networks) if settings.callback_secrets else None
     app.extensions["jobs_api"] = jobs_api.JobsApi(
         Dispatcher.from_settings(jobs, settings),
         settings.api_tokens,

@@ -30,9 +30,10 @@ from pydantic import (
 from receiver.auth import bearer_is_one_of
 from tasks import limits
 from tasks.callbacks.guard import Guard, Refused
+from tasks.callbacks.model import owner
 from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
-from tasks.jobs import Job
+from tasks.jobs import MAX_CALLBACKS, Job
 from tasks.outcomes import ErrorCode
 from tasks.states import State
 from tasks.store import Store
@@ -122,8 +123,8 @@ CallbackUrl = Annotated[
             "maxLength": MAX_URL,
             "pattern": DOCUMENTED_URL,
             "description": "where this job's job.done / job.failed is sent too (besides "
-            "CALLBACK_URLS); plain http is accepted only to an address inside "
-            "CALLBACK_ALLOWED_NETWORKS",
+            "CALLBACK_URLS and other callers' URLs, up to 10); plain http is accepted only to an "
+            "address inside CALLBACK_CLIENT_ALLOWED_NETWORKS",
         }
     ),
 ]
@@ -257,18 +258,14 @@ def create_job() -> tuple[Response, int]:
     header_key = _header_key()
     key = body.idempotency_key or header_key
     api = _api()
+    by = owner(request.headers.get("Authorization", "").removeprefix("Bearer ").strip())
     if body.callback_url is not None:
-        _check_callback(api, body.callback_url)
+        _check_callback(api, body.callback_url, by)
     dispatch = api.dispatch
     if not dispatch.knows(body.workspace):
         raise BadInput(f"workspace: no workspace {body.workspace!r} is set up here")
     job_id, created = dispatch.submit(
-        body.recording_id,
-        body.provider,
-        body.metadata,
-        key,
-        body.callback_url,
-        body.workspace,
+        body.recording_id, body.provider, body.metadata, key, workspace=body.workspace
     )
     job = dispatch.jobs.get(job_id)
     if job is None:  # expired between the two calls
@@ -276,14 +273,22 @@ def create_job() -> tuple[Response, int]:
     provider = dispatch.provider(body.provider, body.workspace)
     if not created and key is not None and _differs(job, body.recording_id, provider, body):
         return _error(409, "this idempotency key was used with different parameters")
-    return _job(job, 202)
+    if body.callback_url is None:
+        return _job(job, 202)
+    # Whoever asked is called back: the job's first caller, a second one, or recording.done.
+    added = dispatch.jobs.add_callback(job_id, body.callback_url, by)
+    if added is None:
+        return _error(503, "the job vanished while it was being created, retry")
+    if added == "full":
+        return _error(409, f"callback_url: this job already has {MAX_CALLBACKS} callback URLs")
+    return _job(job.model_copy(update={"callback_url": body.callback_url}), 202)  # the caller's
 
 
-def _check_callback(api: JobsApi, url: str) -> None:
+def _check_callback(api: JobsApi, url: str, by: str) -> None:
     if api.guard is None:
         raise BadInput("callback_url: callbacks are off here (no CALLBACK_SECRET to sign them)")
     try:
-        api.guard.check(url)
+        api.guard.check(url, by)
     except Refused as exc:
         raise BadInput(f"callback_url: {exc}") from None
 
@@ -436,10 +441,10 @@ def _query(integers: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _differs(job: Job, recording_id: str, provider: dict[str, Any], body: JobRequest) -> bool:
-    return (job.recording_id, job.provider, job.metadata, job.callback_url, job.workspace) != (
+    """A key reused for another job; a callback_url is not one (it is added to the job)."""
+    return (job.recording_id, job.provider, job.metadata, job.workspace) != (
         recording_id,
         provider,
         body.metadata or {},
-        body.callback_url,
         body.workspace,
     )

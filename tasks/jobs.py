@@ -27,7 +27,7 @@ from redis.client import Pipeline
 
 from tasks import keys, limits
 from tasks.callbacks.deliveries import views
-from tasks.callbacks.model import Callback
+from tasks.callbacks.model import ANONYMOUS, Callback, redact
 from tasks.connection import replicated
 from tasks.leases import Leases
 from tasks.names import PIPELINE_QUEUE
@@ -54,7 +54,9 @@ _DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook
 _GIVEN = uuid.UUID("0c3f9a8e-52d1-4b7e-8e9f-4a6d2b1c7e55")  # keys clients give (API, CLI, Celery)
 SCHEMA = "3"  # jobs with a phase, a deadline and a workspace (1: state and step)
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
+MAX_CALLBACKS = 10  # callback_url destinations one job holds
 EarlyEvent = Literal["done", "failed"]
+Added = Literal["added", "known", "full"]
 Delay = float | Literal["keep", "never"]
 
 
@@ -109,10 +111,21 @@ class Job(BaseModel):
     idempotency_key: str
     provider: dict[str, Any]
     metadata: dict[str, Any]
-    callback_url: str | None = None
+    callback_url: str | None = Field(
+        default=None,
+        description="the job's first callback_url, redacted to where it goes (the answer to the "
+        "request that gave one shows that one whole)",
+    )
     callbacks: list[Callback] = Field(default_factory=list)
     created_at: str | None
     updated_at: str | None
+
+
+class Destination(BaseModel):
+    """A callback_url a job sends its news to, and who gave it (`model.owner`)."""
+
+    url: str
+    by: str
 
 
 class JobRecord(BaseModel):
@@ -124,7 +137,8 @@ class JobRecord(BaseModel):
     idempotency_key: str
     provider: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
-    callback_url: str | None = None  # the job's own callback destination (jobs API)
+    callback_url: str | None = None  # its one callback_url, as jobs before several kept it
+    callback_urls: list[Destination] = Field(default_factory=list)  # add_callback's
     callbacks: list[str] = Field(default_factory=list)  # deliveries of its latest finish
     state: State
     phase: Phase
@@ -155,7 +169,14 @@ class JobRecord(BaseModel):
     deadline_at: float
 
     @field_validator(
-        "provider", "metadata", "error", "failures", "listing", "callbacks", mode="before"
+        "provider",
+        "metadata",
+        "error",
+        "failures",
+        "listing",
+        "callbacks",
+        "callback_urls",
+        mode="before",
     )
     @classmethod
     def _json(cls, value: Any) -> Any:
@@ -169,6 +190,12 @@ class JobRecord(BaseModel):
     @property
     def step(self) -> Step | None:
         return self.phase.step
+
+    @property
+    def destinations(self) -> list[Destination]:
+        """Every callback_url of the job, first given first."""
+        old = [Destination(url=self.callback_url, by=ANONYMOUS)] if self.callback_url else []
+        return old + self.callback_urls
 
     @property
     def create_key(self) -> str:
@@ -195,7 +222,7 @@ class JobRecord(BaseModel):
             idempotency_key=self.idempotency_key,
             provider=self.provider if limits.within(self.provider) else limits.WITHHELD,
             metadata=self.metadata if limits.within(self.metadata) else limits.WITHHELD,
-            callback_url=self.callback_url,
+            callback_url=redact(self.destinations[0].url) if self.destinations else None,
             callbacks=callbacks or [],
             created_at=_iso(self.created_at),
             updated_at=_iso(self.updated_at),
@@ -437,7 +464,7 @@ class JobStore:
             "idempotency_key": key,
             "provider": provider,
             "metadata": metadata or {},
-            "callback_url": callback_url,
+            "callback_urls": [{"url": callback_url, "by": ANONYMOUS}] if callback_url else None,
         }
         created = self._confirmed(
             "submit",
@@ -586,9 +613,23 @@ class JobStore:
         args = [sources(transition), transcript_id]
         return self._confirmed("archive", job_id, [], *args, replicas=self.min_replicas) is not None
 
-    def record_callbacks(self, job_id: str, delivery_ids: list[str]) -> None:
-        """The deliveries of the job's latest finish, for its view (not a transition)."""
-        self.redis.hset(keys.job(job_id), "callbacks", json.dumps(delivery_ids))
+    def add_callback(self, job_id: str, url: str, by: str) -> Added | None:
+        """Send the job's news to `url` too (given by `by`), at most MAX_CALLBACKS: 'added',
+        'known' (it is already), 'full', or None (no such job). Added to a finished job, its
+        news goes out again (to the new destination alone: the others have theirs). Not a
+        transition; with REDIS_MIN_REPLICAS, on that many replicas first (else `NotReplicated`)."""
+        finished = ",".join(state for state in State if not state.active)
+        added = self._confirmed(
+            "add_callback",
+            job_id,
+            [],
+            json.dumps(Destination(url=url, by=by).model_dump()),
+            MAX_CALLBACKS,
+            finished,
+            ANONYMOUS,
+            replicas=self.min_replicas,
+        )
+        return cast(Added, cast(bytes, added).decode()) if added else None
 
     def retry(self, job_id: str) -> Phase | None:
         """Re-run a failed job from the furthest point known, due now: done from the archive,

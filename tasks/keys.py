@@ -13,11 +13,14 @@ rt:transcript:{tid}         string: the id of the job that owns a transcript
 rt:due                      zset: unfinished job ids, by when a worker must next look at them
 rt:outbox                   zset: `job id:attempt` of finished jobs whose news is not sent on yet
 rt:callback:{id}            hash: one callback delivery (tasks/callbacks/)
+rt:callbacks:event:{id}     hash: one event (a job's finish): its body, stored once for every
+                            destination, and how many of its deliveries are pending
 rt:callbacks:due            zset: pending callback deliveries, by their next attempt
-rt:callbacks:busy:{dest}    zset: deliveries being attempted to one destination, by lease end
+rt:callbacks:busy:{group}   zset: deliveries being attempted to one destination, or for one
+                            client (`client:{owner}`), by lease end
 rt:callbacks:failed         zset: deliveries whose every attempt failed
-rt:callbacks:parked:{dest}  zset: due deliveries waiting for room at their destination, by due time
-rt:callbacks:parked         zset: destinations with parked deliveries, by when to look again
+rt:callbacks:parked:{group} zset: due deliveries waiting for room in their group, by due time
+rt:callbacks:parked         zset: groups with parked deliveries, by when to look again
 rt:callbacks:failing:{dest} flag (expiring): the destination's last attempt failed
 rt:sent:seq                 counter: numbers every step message sent, in the order it was queued
 rt:sent:consumed            the highest such number a worker has taken from the queue
@@ -54,6 +57,7 @@ DUE = f"{PREFIX}due"
 OUTBOX = f"{PREFIX}outbox"
 UNUSED_TICKETS = f"{PREFIX}tickets:unused"
 CALLBACK_PREFIX = f"{PREFIX}callback:"
+CALLBACK_EVENT_PREFIX = f"{PREFIX}callbacks:event:"
 CALLBACKS_DUE = f"{PREFIX}callbacks:due"
 CALLBACKS_BUSY_PREFIX = f"{PREFIX}callbacks:busy:"
 CALLBACKS_FAILED = f"{PREFIX}callbacks:failed"
@@ -135,3 +139,7 @@ def metric_step(step: str) -> str:
 
 def callback(delivery_id: str) -> str:
     return f"{CALLBACK_PREFIX}{delivery_id}"
+
+
+def callback_event(event_id: str) -> str:
+    return f"{CALLBACK_EVENT_PREFIX}{event_id}"

@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     INBOX_MAX_DELIVERIES: int = Field(10, ge=1)
     METRICS_TOKEN: SecretStr | None = None
     CALLBACK_URLS: SecretStr | None = None  # URLs may carry a token
-    CALLBACK_SECRET: SecretStr | None = None
+    CALLBACK_SECRET: SecretStr | None = None  # several, comma-separated, during a rotation
     CALLBACK_ALLOWED_NETWORKS: str = ""
+    CALLBACK_CLIENT_ALLOWED_NETWORKS: str | None = None  # None: CALLBACK_ALLOWED_NETWORKS
     CALLBACK_TASK: str | None = None
     CALLBACK_QUEUE: str = "recall.callbacks"
     TRANSCRIPT_FORMATS: str = "json"
@@ -83,6 +84,7 @@ class Settings(BaseSettings):
     CALLBACK_RETRY_SCHEDULE_S: str = "0,5,300,1800,7200,18000,36000,36000"  # Svix's
     CALLBACK_THREADS: int = Field(32, ge=1)
     CALLBACK_PER_DESTINATION: int = Field(4, ge=1)
+    CALLBACK_PER_CLIENT: int = Field(8, ge=1)
 
     @field_validator("TRANSCRIPT_PROVIDER", mode="before")
     @classmethod
@@ -169,16 +171,17 @@ class Settings(BaseSettings):
     @classmethod
     def _callback_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            try:
-                base64.b64decode(value.get_secret_value().removeprefix("whsec_"), validate=True)
-            except binascii.Error:
-                raise ValueError("must be whsec_ followed by base64") from None
+            _check_secrets("", _split(value) or [""])
         return value
 
     @field_validator("CALLBACK_URLS")
     @classmethod
     def _callback_urls(cls, value: SecretStr | None) -> SecretStr | None:
         for url in _split(value):
+            if not (url.isascii() and url.isprintable()) or " " in url:
+                raise ValueError(
+                    "each must be printable ASCII: an international host name in its xn-- form"
+                )
             try:
                 parts = urlsplit(url)
                 parts.port  # noqa: B018  (raises on a port that is not one)
@@ -190,14 +193,10 @@ class Settings(BaseSettings):
                 raise ValueError("each must be an http(s):// URL with a host")
         return value
 
-    @field_validator("CALLBACK_ALLOWED_NETWORKS")
+    @field_validator("CALLBACK_ALLOWED_NETWORKS", "CALLBACK_CLIENT_ALLOWED_NETWORKS")
     @classmethod
-    def _networks(cls, value: str) -> str:
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            try:
-                ipaddress.ip_network(part, strict=False)
-            except ValueError:
-                raise ValueError(f"{part!r} is not a CIDR such as 10.0.0.0/8") from None
+    def _networks(cls, value: str | None) -> str | None:
+        _cidrs(value or "")
         return value
 
     @field_validator("TRANSCRIPT_FORMATS")
@@ -223,7 +222,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _callbacks_are_signed(self) -> Settings:
         """HTTP callbacks are signed; a CALLBACK_TASK message goes through our own broker."""
-        if self.callback_urls and self.CALLBACK_SECRET is None:
+        if self.callback_urls and not self.callback_secrets:
             raise ValueError("CALLBACK_SECRET is required when CALLBACK_URLS is set")
         return self
 
@@ -278,10 +277,24 @@ class Settings(BaseSettings):
         return _split(self.CALLBACK_URLS)
 
     @property
+    def callback_secrets(self) -> list[str]:
+        """The secrets callbacks are signed with, each of them (a rotation's new one first)."""
+        return _split(self.CALLBACK_SECRET)
+
+    @property
     def callback_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        """Networks callbacks may reach besides public addresses (plain http only there)."""
-        parts = (p.strip() for p in self.CALLBACK_ALLOWED_NETWORKS.split(","))
-        return [ipaddress.ip_network(part, strict=False) for part in parts if part]
+        """Networks CALLBACK_URLS may reach besides public addresses (plain http only there)."""
+        return _cidrs(self.CALLBACK_ALLOWED_NETWORKS)
+
+    @property
+    def client_callback_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """Networks a client's `callback_url` may reach besides public addresses: the
+        operator's unless CALLBACK_CLIENT_ALLOWED_NETWORKS says otherwise (empty or `none`:
+        public addresses only), so that the operator's own internal hook need not open its
+        network to every token holder."""
+        if self.CALLBACK_CLIENT_ALLOWED_NETWORKS is None:
+            return self.callback_networks
+        return _cidrs(self.CALLBACK_CLIENT_ALLOWED_NETWORKS)
 
     @property
     def callback_schedule(self) -> list[float]:
@@ -305,12 +318,29 @@ def _environ() -> dict[str, str]:
 
 
 def _check_secrets(workspace: str, secrets: list[str]) -> None:
+    """Each a Standard Webhooks secret: `whsec_` and the base64 of a key of one byte or more
+    (an empty key passes base64, then breaks the verifier or signer that uses it)."""
     for secret in secrets:
         try:
-            base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
         except binascii.Error:
+            key = b""
+        if not key:
             where = f"workspace {workspace}: " if workspace else ""
-            raise ValueError(f"{where}each secret must be whsec_ followed by base64") from None
+            raise ValueError(f"{where}each secret must be whsec_ followed by the base64 of a key")
+
+
+def _cidrs(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated CIDRs (`none`: no network)."""
+    found = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        if part.lower() == "none":
+            continue
+        try:
+            found.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CIDR such as 10.0.0.0/8") from None
+    return found
 
 
 def load_settings(**overrides: Any) -> Settings:

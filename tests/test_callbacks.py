@@ -143,9 +143,10 @@ def test_every_finished_job_is_sent_signed_at_least_once_to_every_destination(
     expected = {event_id(job["id"], 1, "done")}
     assert webhook_ids(receiver.hits) == expected  # one id, repeated by every attempt
     wait_for(lambda: {c["state"] for c in job_of(system, "r1")["callbacks"]} == {"delivered"}, 10)
-    callbacks = {c["url"].rsplit("/", 1)[1]: c for c in job_of(system, "r1")["callbacks"]}
-    assert (callbacks["ok"]["attempts"], callbacks["flaky"]["attempts"]) == (1, 2)
-    assert callbacks["flaky"]["last_status"] == 200
+    callbacks = job_of(system, "r1")["callbacks"]
+    assert sorted(c["attempts"] for c in callbacks) == [1, 2]
+    assert {c["last_status"] for c in callbacks} == {200}
+    assert {c["url"] for c in callbacks} == {f"{receiver.url}/…"}  # paths may carry tokens
     metrics = requests.get(f"{system.receiver_url}/metrics", timeout=5).text
     assert 'recall_transcribe_callbacks_total{outcome="delivered"} 2.0' in metrics
     assert 'recall_transcribe_callbacks_total{outcome="retried"} 1.0' in metrics
@@ -156,18 +157,17 @@ def test_a_jobs_own_callback_follows_no_redirect_and_is_sent_again_once_asked(
 ) -> None:
     """A receiver that redirects (here towards a private address) gets no request followed:
     each attempt fails, the schedule is spent, and `callbacks retry --failed` sends it again
-    once the receiver answers."""
+    once the receiver answers. (The job's view shows only where each URL goes, the same host
+    here: the job's own callback is the one that is not delivered at once.)"""
     elsewhere, other = serve("127.0.0.2")  # where the redirect would lead, were it followed
     try:
         receiver.answers["/mine"] = [302]
         system = start(start_system, receiver, CALLBACK_URLS=f"{receiver.url}/all")
         system.emulator.recording("r2")
 
-        def mine() -> dict[str, Any]:
-            found: dict[str, Any] = next(
-                c for c in job_of(system, "r2")["callbacks"] if c["url"].endswith("/mine")
-            )
-            return found
+        def states() -> list[tuple[str, int, Any]]:
+            shown = job_of(system, "r2")["callbacks"]
+            return sorted((c["state"], c["attempts"], c["last_status"]) for c in shown)
 
         body = {"recording_id": "r2", "callback_url": f"{receiver.url}/mine"}
         created = requests.post(
@@ -175,8 +175,7 @@ def test_a_jobs_own_callback_follows_no_redirect_and_is_sent_again_once_asked(
         )
         assert created.status_code == 202
         wait_for(lambda: len(receiver.on("/mine")) == 3, 30, what="three attempts")
-        wait_for(lambda: mine()["state"] == "failed", 10)
-        assert (mine()["attempts"], mine()["last_status"]) == (3, 302)
+        wait_for(lambda: states() == [("delivered", 1, 200), ("failed", 3, 302)], 10)
         assert elsewhere.hits == []
         (everyones,) = receiver.on("/all")  # told of the job, not of where else it goes
         assert "callback_url" not in verified(everyones)["data"]
@@ -191,7 +190,7 @@ def test_a_jobs_own_callback_follows_no_redirect_and_is_sent_again_once_asked(
             timeout=30,
         )
         assert "1 failed callback(s) will be sent again" in retried.stdout, retried.stderr
-        wait_for(lambda: mine()["state"] == "delivered", 20)
+        wait_for(lambda: states() == [("delivered", 1, 200)] * 2, 20)
         assert len(webhook_ids(receiver.on("/mine"))) == 1 and len(receiver.on("/mine")) == 4
     finally:
         other.shutdown()

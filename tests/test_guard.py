@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ipaddress
 import socket
@@ -12,9 +13,10 @@ from typing import Any, ClassVar
 import pytest
 
 from tasks.callbacks import guard
-from tasks.callbacks.guard import Guard, Refused
-from tasks.callbacks.model import Delivery
+from tasks.callbacks.guard import Busy, Guard, Refused
+from tasks.callbacks.model import Delivery, Outcome
 from tasks.callbacks.send import Sender
+from tests.helpers import wait_for
 
 LOOPBACK_ALLOWED = Guard([ipaddress.ip_network("127.0.0.1/32")])
 
@@ -59,7 +61,7 @@ def test_public_addresses_over_https_and_allowed_networks_over_http_go_through()
     [
         ("ftp://example.com/x", "http"),
         ("https://user:pw@example.com/", "credentials"),
-        ("http://8.8.8.8/hook", "outside CALLBACK_ALLOWED_NETWORKS"),
+        ("http://8.8.8.8/hook", "outside the allowed networks"),
         ("https://[", "not a URL"),
         ("https://10.0.0.1/hook", "not a public address"),  # a literal needs no lookup
         ("https://[fd00:ec2::254]/", "not a public address"),
@@ -121,24 +123,170 @@ def test_the_attempt_connects_to_the_address_checked_not_to_a_second_lookup(
     assert [address[0] for address in connected] == ["127.0.0.1"]
 
 
-def test_a_host_that_resolves_too_slowly_fails_the_attempt_within_the_resolve_timeout(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    "host",
+    [
+        "2130706433",  # decimal
+        "0177.0.0.1",  # octal
+        "0x7f.0.0.1",  # hex
+        "127.1",  # short
+        "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # full-width digits
+        "127.0.0.1.",  # trailing dot: a name, resolved (here by a resolver that plays along)
+        "0.0.0.0",
+        "[::]",
+        "[::1]",
+        "[::ffff:127.0.0.1]",  # IPv4-mapped
+        "[::7f00:1]",  # IPv4-compatible
+        "[64:ff9b::a9fe:a9fe]",  # NAT64 around 169.254.169.254
+        "[2002:a9fe:a9fe::]",  # 6to4 around 169.254.169.254
+        "169.254.169.254",
+        "[fe80::1]",
+        "[fd12:3456::1]",  # ULA
+        "100.64.0.1",  # CGNAT
+    ],
+)
+def test_every_address_form_the_review_tried_is_still_refused(
+    monkeypatch: pytest.MonkeyPatch, host: str
 ) -> None:
-    """getaddrinfo cannot be given a timeout; a resolver that hangs must not stretch an attempt
-    past its lease (the delivery would be attempted twice at once)."""
-    release = threading.Event()
+    """The forms of REVIEW "Held": literals are read as the C library reads them (no resolver),
+    names resolve to loopback here, and neither gets past the guard, at submission or attempt."""
+    resolving_to(monkeypatch, "127.0.0.1")
+    url = f"https://{host}/hook"
+    with pytest.raises(Refused):
+        Guard([]).resolve(url, "client")
+    if host.strip("[]") in {"0.0.0.0", "169.254.169.254", "100.64.0.1"} or ":" in host:
+        with pytest.raises(Refused):  # an address written as one is refused when given, too
+            Guard([]).check(url, "client")
+    with pytest.raises(Refused, match="credentials"):
+        Guard([]).check(f"https://user@{host}/hook")
 
-    def hanging(*args: Any, **kwargs: Any) -> list[Any]:
-        release.wait(30)
-        return []
 
-    monkeypatch.setattr(socket, "getaddrinfo", hanging)
-    monkeypatch.setattr(guard, "RESOLVE_TIMEOUT_S", 0.2)
-    started = time.monotonic()
-    attempt = Sender("whsec_dGVzdA==", Guard([])).attempt(delivery("https://slow.example/"))
-    release.set()
-    assert time.monotonic() - started < 2
-    assert attempt.refused and "did not resolve within" in str(attempt.status)
+@pytest.fixture
+def fast_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard, "RESOLVE_TIMEOUT_S", 0.3)
+
+
+def hanging_names(monkeypatch: pytest.MonkeyPatch, slow: str) -> threading.Event:
+    """Names ending in `slow` hang (a nameserver that drops queries) until the test ends; other
+    names resolve to a public address at once. Returns the event that releases them."""
+    release, real = threading.Event(), socket.getaddrinfo
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        if host.endswith(slow):
+            release.wait(20)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if host.endswith(".example"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+        return real(host, port, *args, **kwargs)  # the connection's own, to a checked address
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return release
+
+
+def in_threads(count: int, run: Any) -> list[threading.Thread]:
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_an_address_literal_never_waits_on_a_resolver_whose_threads_all_hang(
+    monkeypatch: pytest.MonkeyPatch, fast_timeout: None
+) -> None:
+    """As the review reproduced it: lookups of names whose nameserver drops queries fill every
+    lookup thread; a delivery to 127.0.0.1 still goes at once."""
+    release = hanging_names(monkeypatch, ".slow.example")
+    resolver = guard.Resolver(threads=4, per_client=2)
+    sender = Sender("whsec_dGVzdA==", Guard([ipaddress.ip_network("127.0.0.1/32")], resolver))
+
+    def hang(i: int) -> None:
+        with contextlib.suppress(Busy, Refused):
+            resolver.lookup(f"n{i}.slow.example", 443, f"client-{i // 2}")
+
+    threads = in_threads(4, hang)
+    try:
+        wait_for(lambda: len(resolver._running) == 4, 5, what="every lookup thread hung")
+        with pytest.raises(Busy, match="every lookup thread"):  # a name now: put off
+            resolver.lookup("fine.example", 443, "another")
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answering)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        try:
+            started = time.monotonic()
+            url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+            attempt = sender.attempt(delivery(url))
+            assert attempt.delivered and time.monotonic() - started < 2
+        finally:
+            server.shutdown()
+            server.server_close()
+            Answering.hosts.clear()
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(5)
+
+
+def test_one_clients_hanging_lookups_hold_only_its_own_share(
+    monkeypatch: pytest.MonkeyPatch, fast_timeout: None
+) -> None:
+    """A client's slow names take at most its share of lookup threads; its further names are
+    put off at once (not after a wait), and another client's names resolve."""
+    release = hanging_names(monkeypatch, ".slow.example")
+    resolver = guard.Resolver(threads=4, per_client=2)
+    busy: list[str] = []
+
+    def hang(i: int) -> None:
+        try:
+            resolver.lookup(f"n{i}.slow.example", 443, "greedy")
+        except Busy as exc:
+            busy.append(str(exc))
+        except Refused:
+            pass
+
+    threads = in_threads(2, hang)
+    try:
+        wait_for(lambda: len(resolver._running) == 2, 5, what="the client's share taken")
+        started = time.monotonic()
+        more = in_threads(4, lambda i: hang(i + 2))
+        wait_for(lambda: len(busy) == 4, 5, what="the client's other lookups put off")
+        assert time.monotonic() - started < 0.25  # at once, not after RESOLVE_TIMEOUT_S
+        assert all("this client's lookups" in why for why in busy)
+        assert resolver.lookup("other.example", 443, "patient") == [
+            ipaddress.ip_address("93.184.216.34")
+        ]
+    finally:
+        release.set()
+        for thread in [*threads, *more]:
+            thread.join(5)
+
+
+def test_a_lookup_that_outlives_its_wait_puts_the_attempt_off_and_answers_the_next(
+    monkeypatch: pytest.MonkeyPatch, fast_timeout: None
+) -> None:
+    """getaddrinfo cannot be given a timeout. An attempt waits RESOLVE_TIMEOUT_S for it, then
+    is put off (`deferred`: this process's wait, not the destination's answer); the lookup goes
+    on, and what it finally answers is what the next attempt of that name gets."""
+    release, never = threading.Event(), threading.Event()
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        (release if len(asked) == 1 else never).wait(20)  # a second lookup would hang
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    sender = Sender("whsec_dGVzdA==", Guard([]))
+    try:
+        started = time.monotonic()
+        first = sender.attempt(delivery("https://slow.example/"))
+        assert time.monotonic() - started < 2
+        assert first.outcome == Outcome.DEFERRED and "did not resolve within" in str(first.status)
+        release.set()
+        time.sleep(0.1)  # the lookup ends, with the nameserver's answer
+        second = sender.attempt(delivery("https://slow.example/"))
+        assert second.refused and "Temporary failure" in str(second.status)
+        assert asked == ["slow.example"]
+    finally:
+        never.set()
 
 
 class Answering(http.server.BaseHTTPRequestHandler):

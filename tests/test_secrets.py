@@ -24,11 +24,17 @@ def test_no_secret_reaches_a_log_or_an_error_message(
     webhook_key = base64.b64encode(secrets.token_bytes(24)).decode()
     api_token = secrets.token_hex(16)
     flower_password = secrets.token_hex(12)
+    callback_key = base64.b64encode(secrets.token_bytes(24)).decode()
+    callback_token = secrets.token_hex(16)  # in CALLBACK_URLS' query: shown to no job viewer
+    callback_url = f"http://127.0.0.1:{free_port()}/hook?token={callback_token}"  # none listens
     system: System = start_system(
         api_key=api_key,
         RECALL_WEBHOOK_SECRET=f"whsec_{webhook_key}",
         API_TOKENS=api_token,
         FLOWER_BASIC_AUTH=f"admin:{flower_password}",
+        CALLBACK_URLS=callback_url,
+        CALLBACK_SECRET=f"whsec_{callback_key}",
+        CALLBACK_ALLOWED_NETWORKS="127.0.0.1/32",
         LOG_FORMAT=log_format,
         **FAST_RECOVERY,
     )
@@ -66,12 +72,17 @@ def test_no_secret_reaches_a_log_or_an_error_message(
         page = requests.get(api, params={"limit": 50}, headers=auth, timeout=5).json()["jobs"]
         return [job for job in page if job["state"] in ("done", "failed")]
 
+    def attempted() -> bool:  # every job's callback tried (and failed: no one listens)
+        return all(c["attempts"] for job in finished() for c in job["callbacks"] or [{}])
+
     wait_for(lambda: len(finished()) == 5, 60, what="all five jobs finished")
+    wait_for(attempted, 30, what="every job's callback attempted")
     jobs = finished()
     assert sorted(job["state"] for job in jobs) == ["done"] * 4 + ["failed"]
 
     # Pre-signed download URLs carry their signature in `sig=`; none may be logged.
-    hidden = [api_key, webhook_key, api_token, flower_password, "sig="]
+    hidden = [api_key, webhook_key, api_token, flower_password, "sig=", callback_key]
+    hidden += [callback_token, "token="]
     system.stop()
     texts = {path.name: path.read_text(errors="replace") for path in tmp_path.glob("*.log")}
     texts.update({f"job {job['id']}": repr(job) for job in jobs})

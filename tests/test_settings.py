@@ -48,6 +48,13 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("FLOWER_BASIC_AUTH", "admin", "user:password"),
         ("CALLBACK_URLS", "https://ok.example/a, https://bad.example:99999/b", "valid port"),
         ("CALLBACK_URLS", "https://ok.example/a, https://bad.example:x/b", "valid port"),
+        ("RECALL_WEBHOOK_SECRET", "whsec_", "base64 of a key"),  # an empty key
+        ("RECALL_WEBHOOK_SECRET", "whsec_YWJj, whsec_", "base64 of a key"),
+        ("CALLBACK_SECRET", "whsec_YWJj,whsec_", "base64 of a key"),
+        ("CALLBACK_SECRET", "", "base64 of a key"),  # callbacks signed with nothing
+        ("CALLBACK_URLS", "https://ħost.example/hook", "printable ASCII"),  # not Latin-1
+        ("CALLBACK_URLS", "https://hooks.example/ä", "xn--"),
+        ("CALLBACK_CLIENT_ALLOWED_NETWORKS", "10.0.0.0/8, intranet", "'intranet'"),
     ],
 )
 def test_bad_values_give_one_readable_line(
@@ -100,3 +107,17 @@ def test_a_callback_secret_is_required_only_where_http_callbacks_are_signed() ->
     assert task_alone.CALLBACK_SECRET is None
     with pytest.raises(ConfigError, match="CALLBACK_SECRET is required when CALLBACK_URLS"):
         load_settings(CALLBACK_URLS="https://example.com/hook", CALLBACK_TASK="theirs.x")
+
+
+def test_callbacks_rotate_their_secret_and_allow_clients_networks_apart() -> None:
+    """Several CALLBACK_SECRETs, the new first; clients' callback_urls reach the operator's
+    networks unless CALLBACK_CLIENT_ALLOWED_NETWORKS says otherwise (empty or `none`: none)."""
+    both = load_settings(CALLBACK_SECRET="whsec_bmV3, whsec_b2xk", CALLBACK_URLS="https://h.io/")
+    assert both.callback_secrets == ["whsec_bmV3", "whsec_b2xk"]
+    inherited = load_settings(CALLBACK_ALLOWED_NETWORKS="10.0.0.0/8")
+    assert [str(n) for n in inherited.client_callback_networks] == ["10.0.0.0/8"]
+    for none in ("", "none"):
+        apart = load_settings(
+            CALLBACK_ALLOWED_NETWORKS="10.0.0.0/8", CALLBACK_CLIENT_ALLOWED_NETWORKS=none
+        )
+        assert apart.client_callback_networks == [] and len(apart.callback_networks) == 1

@@ -11,7 +11,6 @@ from kombu import Connection, Queue
 
 from tasks import celery_tasks
 from tasks.callbacks.deliveries import Deliveries
-from tasks.callbacks.guard import Guard
 from tasks.callbacks.outbox import Outbox
 from tasks.callbacks.send import Sender
 from tasks.connection import broker_options, broker_url, redis_client
@@ -115,10 +114,9 @@ def create_worker_app(settings: Settings) -> Celery:
     )
     pool = None
     if settings.CALLBACK_SECRET is not None:
-        sender = Sender(
-            settings.CALLBACK_SECRET.get_secret_value(), Guard(settings.callback_networks)
+        pool = DeliveryPool(
+            deliveries, Sender.from_settings(settings), metrics, settings.CALLBACK_THREADS
         )
-        pool = DeliveryPool(deliveries, sender, metrics, settings.CALLBACK_THREADS)
     sweep = Sweep(
         dispatch, inbox, outbox, pool, limiters, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S
     )

@@ -3,7 +3,9 @@ slot, so pipeline steps never wait behind a slow receiver, nor callbacks behind 
 
 Each thread, when its attempt is done, claims the next due delivery itself, so the pool stays busy
 between two sweeps; the sweeper fills it on every tick. Claims are atomic in Redis and paced per
-destination (tasks/callbacks/deliveries.py), so the pools of many workers share the work.
+destination and per client (tasks/callbacks/deliveries.py), so the pools of many workers share
+the work and one client's slow destinations, however many, hold at most CALLBACK_PER_CLIENT
+threads.
 """
 
 from __future__ import annotations
@@ -70,11 +72,13 @@ class DeliveryPool:
         if delivery is None or delivery.state != CallbackState.PENDING:
             return
         attempt = self._sender.attempt(delivery)
-        outcome = self._deliveries.attempted(delivery, attempt.delivered, attempt.status)
+        outcome = self._deliveries.attempted(delivery, attempt.outcome, attempt.status)
         if outcome is None:
             return
-        label = "refused" if attempt.refused and outcome == "retry" else METRIC_OUTCOMES[outcome]
-        if self._metrics is not None:
+        label = METRIC_OUTCOMES.get(outcome)  # none for a deferral: no attempt was made
+        if attempt.refused and outcome == "retry":
+            label = "refused"
+        if self._metrics is not None and label is not None:
             self._metrics.callback(label)
         log.info(
             "callback %s to %s for job %s: %s (%s)",

@@ -1,6 +1,6 @@
 """Callback deliveries in Redis (tasks/lua/callbacks.lua): created once per event and
-destination, claimed when due (at most a few at a time per destination), and rescheduled or
-finished after each attempt."""
+destination, their event's body stored once for all of them; claimed when due, at most a few at a
+time per destination and per client; and rescheduled or finished after each attempt."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from typing import cast
 import redis
 
 from tasks import keys
-from tasks.callbacks.model import Delivery
+from tasks.callbacks.model import Delivery, Event, Outcome
 from tasks.settings import Settings
 
 ATTEMPT_LEASE_S = (
     30.0  # an attempt takes 15 s at most; one outliving this, its worker dead, runs again
 )
 FAILING_S = 3600.0  # a failed attempt keeps its destination at one attempt at a time this long
+DEFER_S = 5.0  # an attempt this process could not resolve in time is made again this soon
+RETRY_PAGE = 500  # failed deliveries one retry command looks at
 
 
 class Deliveries:
@@ -30,10 +32,11 @@ class Deliveries:
         per_destination: int,
         keep_s: float,
         lease_s: float = ATTEMPT_LEASE_S,
+        per_client: int = 8,
     ) -> None:
         self.redis = client
         self.schedule = schedule
-        self._per_destination = per_destination
+        self._caps = (per_destination, per_client)
         self._keep_s = keep_s
         self._lease_s = lease_s
         script = resources.files("tasks").joinpath("lua/callbacks.lua").read_text()
@@ -46,10 +49,21 @@ class Deliveries:
             settings.callback_schedule,
             settings.CALLBACK_PER_DESTINATION,
             settings.JOB_RETENTION_S,
+            per_client=settings.CALLBACK_PER_CLIENT,
         )
 
     def _run(self, command: str, extra_keys: list[str], *args: str | float) -> object:
         return self._script(keys=[keys.CALLBACKS_DUE, *extra_keys], args=[command, *args])
+
+    def _pacing(self) -> list[str | float]:
+        return [
+            keys.CALLBACK_PREFIX,
+            keys.CALLBACKS_BUSY_PREFIX,
+            keys.CALLBACKS_PARKED_PREFIX,
+            keys.CALLBACKS_FAILING_PREFIX,
+            keys.CALLBACKS_PARKED,
+            *self._caps,
+        ]
 
     def take_outbox(self, limit: int = 100) -> list[tuple[str, int]]:
         """Finished jobs whose news is not sent on yet: (job id, attempt), each pushed a lease
@@ -62,74 +76,108 @@ class Deliveries:
         return taken
 
     def sent_on(self, job_id: str, attempt: int) -> None:
-        self.redis.zrem(keys.OUTBOX, f"{job_id}:{attempt}")
+        """Done with a job's news, unless a destination added since put it back."""
+        self._run("sent", [keys.OUTBOX], f"{job_id}:{attempt}")
+
+    def send(
+        self, event: Event, deliveries: list[Delivery], task: tuple[str, str] | None = None
+    ) -> int:
+        """Store the event and schedule each delivery's first attempt, unless they exist; with
+        `task` (queue, message), the event's Celery message goes out when the event is new. The
+        job's view lists the deliveries. How many deliveries are new."""
+        fields = {"job_id": event.job_id, "attempt": str(event.attempt), "state": event.state}
+        pairs: list[str] = []
+        for delivery in deliveries:
+            stored = delivery.model_dump(
+                mode="json", include={"id", "job_id", "event_id", "url", "destination", "client"}
+            )
+            pairs += [delivery.id, json.dumps(stored)]
+        queue, message = task or ("", "")
+        created = self._run(
+            "send",
+            [
+                keys.callback_event(event.id),
+                keys.job(event.job_id),
+                queue,
+                *(keys.callback(delivery.id) for delivery in deliveries),
+            ],
+            event.id,
+            json.dumps(fields),
+            event.body,
+            message,
+            self.schedule[0],
+            self._keep_s,
+            *pairs,
+        )
+        return int(cast(int, created))
 
     def create(self, delivery: Delivery) -> bool:
-        """Schedule a delivery's first attempt, unless it exists; True if new."""
-        fields = delivery.model_dump(
-            mode="json", include={"id", "job_id", "event_id", "url", "destination", "body"}
-        )
-        created = self._run(
-            "create",
-            [keys.callback(delivery.id)],
-            json.dumps(fields),
-            self.schedule[0],
-            delivery.id,
-        )
-        return bool(created)
+        """Schedule one delivery's first attempt, its body its own event's; True if new."""
+        event = Event(delivery.event_id, delivery.job_id, 0, "", delivery.body)
+        return bool(self.send(event, [delivery]))
 
     def claim(self, limit: int) -> list[str]:
-        """Due deliveries to attempt now, at most `limit`, paced per destination: at most
-        CALLBACK_PER_DESTINATION in flight to one (one while its last attempt failed); the rest
-        of its due deliveries wait aside, out of the way of other destinations'."""
+        """Due deliveries to attempt now, at most `limit`, paced per destination (at most
+        CALLBACK_PER_DESTINATION in flight to one, one while its last attempt failed) and per
+        client (CALLBACK_PER_CLIENT for the URLs one API token set); the rest wait aside, out of
+        the way of other destinations' and clients' deliveries."""
         if limit <= 0:
             return []
-        ids = self._run(
-            "claim",
-            [],
-            limit,
-            self._lease_s,
-            self._per_destination,
-            keys.CALLBACK_PREFIX,
-            keys.CALLBACKS_BUSY_PREFIX,
-            keys.CALLBACKS_PARKED_PREFIX,
-            keys.CALLBACKS_FAILING_PREFIX,
-            keys.CALLBACKS_PARKED,
-        )
+        ids = self._run("claim", [], *self._pacing(), limit, self._lease_s)
         return [each.decode() for each in cast(list[bytes], ids)]
 
     def get(self, delivery_id: str) -> Delivery | None:
-        raw = cast(dict[bytes, bytes], self.redis.hgetall(keys.callback(delivery_id)))
-        return _decode(raw)
+        """A delivery with its event's body, and whether its destination is failing."""
+        delivery = _decode(cast(dict[bytes, bytes], self.redis.hgetall(keys.callback(delivery_id))))
+        if delivery is None:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.callback_event(delivery.event_id), "body")
+        pipe.exists(keys.CALLBACKS_FAILING_PREFIX + delivery.destination)
+        body, failing = pipe.execute()
+        if body is not None:  # else written before events were, with a body of its own
+            delivery.body = body.decode()
+        delivery.failing = bool(failing)
+        return delivery
 
-    def attempted(self, delivery: Delivery, delivered: bool, status: int | str) -> str | None:
-        """Record an attempt: 'delivered', 'retry' (rescheduled by the schedule) or 'failed'
-        (the schedule is spent); None if the delivery had finished already."""
-        outcome = self._run(
+    def attempted(self, delivery: Delivery, outcome: Outcome, status: int | str) -> str | None:
+        """Record an attempt: 'delivered', 'retry' (rescheduled by the schedule), 'deferred'
+        (not counted: again in DEFER_S) or 'failed' (the schedule is spent); None if the
+        delivery had finished already."""
+        answer = self._run(
             "attempted",
-            [
-                keys.callback(delivery.id),
-                keys.CALLBACKS_BUSY_PREFIX + delivery.destination,
-                keys.CALLBACKS_FAILED,
-                keys.CALLBACKS_PARKED_PREFIX + delivery.destination,
-                keys.CALLBACKS_FAILING_PREFIX + delivery.destination,
-                keys.CALLBACKS_PARKED,
-            ],
+            [],
+            *self._pacing(),
             delivery.id,
-            "delivered" if delivered else "failed",
+            outcome.value,
             str(status),
             json.dumps(self.schedule),
             self._keep_s,
-            delivery.destination,
-            self._per_destination,
             FAILING_S,
+            DEFER_S,
+            keys.CALLBACKS_FAILED,
+            keys.CALLBACK_EVENT_PREFIX,
         )
-        return cast(bytes, outcome).decode() if outcome else None
+        return cast(bytes, answer).decode() if answer else None
 
-    def retry_failed(self) -> int:
-        """Every delivery whose schedule was spent starts again, due now; how many."""
-        retried = self._run("retry", [keys.CALLBACKS_FAILED], keys.CALLBACK_PREFIX)
-        return int(cast(int, retried))
+    def retry_failed(self, page: int = RETRY_PAGE) -> int:
+        """Every failed delivery whose event is still its job's news starts again, due now, a
+        page at a time (the set may be large); how many."""
+        revived = 0
+        for _ in range(1 + int(self.redis.zcard(keys.CALLBACKS_FAILED)) // page):
+            answer = self._run(
+                "retry",
+                [keys.CALLBACKS_FAILED],
+                keys.CALLBACK_PREFIX,
+                keys.CALLBACK_EVENT_PREFIX,
+                keys.JOB_PREFIX,
+                page,
+            )
+            done, looked = cast(list[int], answer)
+            revived += done
+            if looked < page:
+                break
+        return revived
 
 
 def views(client: redis.Redis, ids_by_job: list[list[str]]) -> list[list[Delivery]]:

@@ -1,9 +1,12 @@
 """A callback delivery as Redis keeps it, and as a job shows it; the ids of events and
-deliveries, derived so that working on an event twice makes nothing twice."""
+deliveries, derived so that working on an event twice makes nothing twice; and who a callback URL
+belongs to, which is what deliveries are shared out by."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -11,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 _EVENTS = uuid.UUID("3b8e5f0a-9c1d-4e2b-8f7a-6d5c4b3a2e19")
+OPERATOR = ""  # the client of CALLBACK_URLS: paced per destination only, its own allowance
+ANONYMOUS = "anonymous"  # a callback URL given without an API token (Dispatcher.submit)
 
 
 class CallbackState(StrEnum):
@@ -19,10 +24,19 @@ class CallbackState(StrEnum):
     FAILED = "failed"  # every attempt of the schedule failed
 
 
+class Outcome(StrEnum):
+    """What an attempt came to, as tasks/lua/callbacks.lua records it."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"  # the receiver: no 2xx in time; its destination is marked failing
+    REFUSED = "refused"  # the address may not be reached, or the name did not resolve
+    DEFERRED = "deferred"  # this process could not resolve in time: not counted at all
+
+
 class Callback(BaseModel):
     """One destination of a job's callback, as the jobs API shows it."""
 
-    url: str
+    url: str  # redacted (`redact`): the URL may carry a token, and the viewer may not own it
     state: CallbackState
     attempts: int
     last_status: int | str | None  # the HTTP status of the last attempt, or what went wrong
@@ -30,28 +44,41 @@ class Callback(BaseModel):
 
 
 class Delivery(BaseModel):
-    """One event to one destination (the hash `rt:callback:{id}`)."""
+    """One event to one destination (the hash `rt:callback:{id}`; its body is the event's)."""
 
     id: str
     job_id: str
     event_id: str  # its `webhook-id`, the same at every attempt
     url: str
     destination: str  # scheme://host:port, what deliveries are paced by
-    body: str  # the signed payload, the same at every attempt
+    client: str = OPERATOR  # whose URL it is (`owner`), what deliveries are shared out by
+    body: str = ""  # the signed payload, stored once per event, the same at every attempt
     state: CallbackState = CallbackState.PENDING
     attempts: int = 0
     last_status: int | str | None = None
     next_attempt_at: float | None = None
+    failing: bool = False  # its destination's last attempt failed (read with it, not stored)
 
     def view(self) -> Callback:
         when = self.next_attempt_at if self.state == CallbackState.PENDING else None
         return Callback(
-            url=self.url,
+            url=redact(self.url),
             state=self.state,
             attempts=self.attempts,
             last_status=self.last_status,
             next_attempt_at=iso(when),
         )
+
+
+@dataclass(frozen=True)
+class Event:
+    """A job's finish, sent to each of its destinations (the hash `rt:callbacks:event:{id}`)."""
+
+    id: str
+    job_id: str
+    attempt: int
+    state: str
+    body: str
 
 
 def event_id(job_id: str, attempt: int, state: str) -> str:
@@ -68,10 +95,28 @@ def task_id(event: str) -> str:
     return str(uuid.uuid5(_EVENTS, f"task {event}"))
 
 
+def owner(token: str) -> str:
+    """Who set a callback URL: a digest of the API token (never the token itself), something a
+    client cannot multiply as it can names and URLs."""
+    return hashlib.sha256(f"recall-transcribe callbacks {token}".encode()).hexdigest()[:16]
+
+
 def destination(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def redact(url: str) -> str:
+    """Where a URL goes, without what it may carry: a token sits in the userinfo, the query or
+    the path (Slack's and Discord's hooks), so only scheme, host and port are shown."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "…"
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}/…"
 
 
 def iso(value: float | None) -> str | None:

@@ -1,6 +1,7 @@
 """The news of finished jobs, sent on: one event per finish, a delivery per destination, and the
-Celery callback. Working on an entry twice (a sweeper that died half way) makes nothing twice:
-deliveries are keyed by event and destination, and the Celery message's task id by the event."""
+Celery callback. Working on an entry twice (a sweeper that died half way, or a destination added
+after the job finished, which puts the entry back) makes nothing twice: deliveries are keyed by
+event and destination, and the event's Celery message goes out with the event, once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import json
 import logging
 
 from tasks.callbacks.deliveries import Deliveries
-from tasks.callbacks.model import Delivery, delivery_id, destination, event_id, iso, task_id
+from tasks.callbacks.model import (
+    OPERATOR,
+    Delivery,
+    Event,
+    delivery_id,
+    destination,
+    event_id,
+    iso,
+    task_id,
+)
 from tasks.jobs import JobRecord, JobStore
 from tasks.messages import task_message
 
@@ -57,26 +67,30 @@ class Outbox:
         body = json.dumps(
             {"type": f"job.{record.state}", "timestamp": iso(record.updated_at), "data": job}
         )
-        urls = list(dict.fromkeys([*self._urls, *filter(None, [record.callback_url])]))
-        ids = []
-        for url in urls:
+        owners = {url: OPERATOR for url in self._urls}
+        for mine in record.destinations:
+            owners.setdefault(mine.url, mine.by)
+        deliveries = []
+        for url, client in owners.items():
             try:
                 where = destination(url)
             except ValueError:  # checked where it was given; one bad URL holds up no other
                 log.error("job %s: a callback URL that is not one was skipped", record.id)
                 continue
-            delivery = Delivery(
-                id=delivery_id(event, url),
-                job_id=record.id,
-                event_id=event,
-                url=url,
-                destination=where,
-                body=body,
+            deliveries.append(
+                Delivery(
+                    id=delivery_id(event, url),
+                    job_id=record.id,
+                    event_id=event,
+                    url=url,
+                    destination=where,
+                    client=client,
+                )
             )
-            self._deliveries.create(delivery)
-            ids.append(delivery.id)
-        if ids:
-            self._jobs.record_callbacks(record.id, ids)
+        task = None
         if self._task:
             message, _ = task_message(self._task, [job], self._queue, task_id=task_id(event))
-            self._deliveries.redis.lpush(self._queue, message)
+            task = (self._queue, message)
+        if deliveries or task:
+            news = Event(event, record.id, record.attempts, record.state, body)
+            self._deliveries.send(news, deliveries, task)

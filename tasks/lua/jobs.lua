@@ -182,6 +182,35 @@ if command == 'archive' then
   return 1
 end
 
+-- add_callback: one more callback_url for the job (not a transition). ARGV[5] the destination
+-- (JSON: url, by), ARGV[6] how many a job may hold, ARGV[7] the finished states, ARGV[8] who
+-- gave a URL kept in `callback_url` (how a job kept its one URL before): moved into the list.
+-- Added to a finished job, its news goes back in the outbox, due now (tasks/callbacks/outbox.py
+-- makes only what is missing).
+-- Returns 'added', 'known', 'full', or false (no such job).
+if command == 'add_callback' then
+  if redis.call('EXISTS', job) == 0 then return false end
+  local given = cjson.decode(ARGV[5])
+  local list = cjson.decode(redis.call('HGET', job, 'callback_urls') or '[]')
+  local old = redis.call('HGET', job, 'callback_url')
+  if old then
+    table.insert(list, 1, {url = old, by = ARGV[8]})
+    redis.call('HSET', job, 'callback_urls', cjson.encode(list))
+    redis.call('HDEL', job, 'callback_url')
+  end
+  for _, known in ipairs(list) do
+    if known.url == given.url then return 'known' end
+  end
+  if #list >= tonumber(ARGV[6]) then return 'full' end
+  table.insert(list, given)
+  redis.call('HSET', job, 'callback_urls', cjson.encode(list))
+  local fields = redis.call('HMGET', job, 'state', 'attempts')
+  if string.find(',' .. ARGV[7] .. ',', ',' .. fields[1] .. ',', 1, true) then
+    redis.call('ZADD', outbox, now, id .. ':' .. fields[2])
+  end
+  return 'added'
+end
+
 -- retry: an operator re-runs a failed job from the furthest point known: finished from the
 -- archive when another job's remediation archived its transcript, else a known transcript is
 -- awaited (or fetched) again, else the create step runs, reconciling first if a create may have
