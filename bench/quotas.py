@@ -14,26 +14,44 @@ from emulator.quotas import RECALL_QUOTAS, parse_quotas, scaled
 FAMILIES = ("create", "retrieve", "list", "delete")
 
 
-def burst(workdir: Path, recordings: int, scale: float) -> dict[str, Any]:
-    """`recordings` finished at once, two worker processes, Recall's quotas with every window x
-    `scale` on both sides. The bound: each job needs one retrieve (its fetch), and Retrieve's
-    sliding window lets the k-th call go no earlier than floor(k / count) windows in."""
+def _persist_all(
+    workdir: Path, prefix: str, recordings: int, scale: float, quotas: str, declared: str
+) -> tuple[float, dict[str, Any]]:
+    """`recordings` finished at once, two worker processes, Recall enforcing `quotas` with every
+    window x `scale`, the fleet pacing itself to `declared`: seconds until all are persisted,
+    and the emulator's counters."""
     system = start_system(
-        workdir, workers=2, quotas=RECALL_QUOTAS, quota_scale=scale, RECALL_POLL_INITIAL_S="600"
+        workdir,
+        workers=2,
+        quotas=quotas,
+        quota_scale=scale,
+        RECALL_POLL_INITIAL_S="600",
+        RECALL_RATE_LIMITS=declared,
     )
     try:
-        ids = [f"q-{index}" for index in range(recordings)]
+        ids = [f"{prefix}-{index}" for index in range(recordings)]
         system.add_recordings(ids)
         started = time.monotonic()
         post_recording_done(system, ids)
         wait_for(lambda: system.count("done") >= recordings, 120 + recordings, "all persisted")
-        seconds = time.monotonic() - started
-        stats = system.emulator_stats()
+        return time.monotonic() - started, system.emulator_stats()
     finally:
         system.stop()
-    count, window = parse_quotas(RECALL_QUOTAS)["retrieve"]
+
+
+def _retrieve_bound(quotas: str, recordings: int, scale: float) -> tuple[int, float, float]:
+    """Retrieve's (count, window) under `quotas` x `scale`, and the least time `recordings`
+    fetches take: its sliding window lets the k-th call go no earlier than k // count windows in."""
+    count, window = parse_quotas(quotas)["retrieve"]
     window *= scale
-    bound = ((recordings - 1) // count) * window
+    return count, window, ((recordings - 1) // count) * window
+
+
+def burst(workdir: Path, recordings: int, scale: float) -> dict[str, Any]:
+    """Recall's quotas on both sides; each job needs one retrieve (its fetch)."""
+    declared = scaled(RECALL_QUOTAS, scale)
+    seconds, stats = _persist_all(workdir, "q", recordings, scale, RECALL_QUOTAS, declared)
+    count, window, bound = _retrieve_bound(RECALL_QUOTAS, recordings, scale)
     calls = {f: stats["calls"].get(f, 0) for f in FAMILIES}
     throttled = sum(stats["throttled"].values())
     return {
@@ -54,27 +72,9 @@ def shared_key(workdir: Path, recordings: int, scale: float) -> dict[str, Any]:
     """Recall enforcing less than the settings declare (another application on the key): it
     gives 4 retrieves per 5 s, the fleet declares the documented 300 per minute, windows x
     `scale` on both sides. The share of calls Recall refused while the fleet learned its pace."""
-    system = start_system(
-        workdir,
-        workers=2,
-        quotas=SHARED,
-        quota_scale=scale,
-        RECALL_RATE_LIMITS=scaled(RECALL_QUOTAS, scale),
-        RECALL_POLL_INITIAL_S="600",
-    )
-    try:
-        ids = [f"sk-{index}" for index in range(recordings)]
-        system.add_recordings(ids)
-        started = time.monotonic()
-        post_recording_done(system, ids)
-        wait_for(lambda: system.count("done") >= recordings, 120 + recordings, "all persisted")
-        seconds = time.monotonic() - started
-        stats = system.emulator_stats()
-    finally:
-        system.stop()
-    count, window = parse_quotas(SHARED)["retrieve"]
-    window *= scale
-    bound = ((recordings - 1) // count) * window
+    declared = scaled(RECALL_QUOTAS, scale)
+    seconds, stats = _persist_all(workdir, "sk", recordings, scale, SHARED, declared)
+    count, window, bound = _retrieve_bound(SHARED, recordings, scale)
     calls = sum(stats["calls"].get(f, 0) for f in FAMILIES)
     retrieves, refused = stats["calls"].get("retrieve", 0), stats["throttled"].get("retrieve", 0)
     return {

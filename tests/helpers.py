@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,28 @@ def command() -> list[str]:
     under test are the ones users deploy), else this interpreter's module (the checkout)."""
     installed = os.environ.get("RECALL_TRANSCRIBE_BIN")
     return [installed] if installed else [sys.executable, "-m", "recall_transcribe"]
+
+
+def serve_connections(
+    listener: socket.socket,
+    stop: threading.Event,
+    handle: Callable[[socket.socket], None],
+    opened: list[socket.socket] | None = None,
+) -> None:
+    """In the background, accept connections on `listener` until `stop` (or until it is closed),
+    each handled by `handle` on a thread of its own and kept in `opened` if given."""
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if opened is not None:
+                opened.append(conn)
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
 
 
 def free_port() -> int:

@@ -31,6 +31,7 @@ from tasks.recall.download import Downloader
 from tasks.recall.errors import DownloadTimeout, RetryableError
 from tasks.recall.limiter import Quota
 from tasks.settings import load_settings
+from tests.helpers import serve_connections
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -153,18 +154,7 @@ def host(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Ite
             monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
         listener = socket.create_server(("127.0.0.1", 0))
         opened.append(listener)
-
-        def accept() -> None:
-            while not stop.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    return
-                opened.append(conn)
-                args = (conn, head, tail, context)
-                threading.Thread(target=serve, args=args, daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
+        serve_connections(listener, stop, lambda conn: serve(conn, head, tail, context), opened)
         scheme = "https" if tls else "http"
         return f"{scheme}://127.0.0.1:{listener.getsockname()[1]}"
 

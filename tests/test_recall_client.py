@@ -38,7 +38,7 @@ from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Quota
 from tasks.recall.models import Transcript
 from tasks.settings import Settings
 from tests.conftest import EmulatorHandle
-from tests.helpers import free_port, reconfigure
+from tests.helpers import free_port, reconfigure, serve_connections
 
 PROVIDER = {"recallai_async": {"language_code": "en"}}
 
@@ -303,15 +303,7 @@ def trickler() -> Iterator[str]:
                 except OSError:
                     return
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
+    serve_connections(listener, stop, serve)
     yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     stop.set()
     listener.close()
