@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import callbacks, failover, ingest, limiter, pipeline, quotas, workspaces
 from bench.report import render, write_section
+from harness import start_redis, system_env
 
 SIZES = {
     "full": {
@@ -110,11 +111,9 @@ def main() -> int:
 
 def _ingest(work: Path, size: dict[str, Any], profile: bool) -> Any:
     work.mkdir(parents=True)
-    from bench.procs import start_redis
-
     redis_proc, redis_url = start_redis(work)
     try:
-        env = dict(pipeline.start_env(redis_url, work))
+        env = system_env(redis_url, work)
         return ingest.measure(redis_url, work, env, size["ingest_s"], profile)
     finally:
         redis_proc.stop()

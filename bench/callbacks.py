@@ -11,12 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import post_recording_done, start_system
-from bench.procs import wait_for
+from bench.pipeline import start_system
+from harness import deliver_recordings_done, free_port, wait_for
 from tasks import keys
 from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.model import Delivery, destination
-from tests.helpers import free_port
 
 SECRET = "whsec_YmVuY2gtY2FsbGJhY2stc2VjcmV0"
 LOOPBACK = "127.0.0.1/32"
@@ -72,11 +71,11 @@ def latency(workdir: Path, jobs: int) -> dict[str, Any]:
     )
     try:
         ids = [f"cb-{index}" for index in range(jobs)]
-        system.add_recordings(ids)
+        system.emulator.recordings(ids)
         delays: list[float] = []
         for recording_id in ids:
-            post_recording_done(system, [recording_id])
-            wait_for(lambda: len(sink.arrivals) >= len(delays) + 1, 30, "the callback")
+            deliver_recordings_done(system.receiver_url, [recording_id])
+            wait_for(lambda: len(sink.arrivals) >= len(delays) + 1, 30, what="the callback")
             job_id = str(system.redis.zrange(keys.state("done"), -1, -1)[0])
             done_at = float(system.redis.hget(keys.job(job_id), "updated_at") or 0)
             delays.append(max(sink.arrivals.values()) - done_at)
@@ -117,8 +116,8 @@ def throughput(workdir: Path, deliveries: int) -> dict[str, Any]:
                 )
             )
         started = time.monotonic()
-        system.start_worker("w1@%h")
-        wait_for(lambda: len(sink.arrivals) >= deliveries, 120 + deliveries / 10, "delivered")
+        system.start_worker("w1", wait=False)
+        wait_for(lambda: len(sink.arrivals) >= deliveries, 120 + deliveries / 10, what="delivered")
         seconds = time.monotonic() - started  # the worker's start-up included
     finally:
         system.stop()
@@ -144,14 +143,14 @@ def receiver_down(workdir: Path, jobs: int, down_s: float) -> dict[str, Any]:
     )
     try:
         ids = [f"down-{index}" for index in range(jobs)]
-        system.add_recordings(ids)
+        system.emulator.recordings(ids)
         started = time.monotonic()
-        post_recording_done(system, ids)
-        wait_for(lambda: system.count("done") >= jobs, 120 + jobs, "all persisted")
+        deliver_recordings_done(system.receiver_url, ids)
+        wait_for(lambda: system.count("done") >= jobs, 120 + jobs, what="all persisted")
         time.sleep(max(0.0, down_s - (time.monotonic() - started)))
         back = time.monotonic()
         sink.start()
-        wait_for(lambda: len(sink.arrivals) >= jobs, 600, "every event delivered")
+        wait_for(lambda: len(sink.arrivals) >= jobs, 600, what="every event delivered")
         seconds_after = time.monotonic() - back
     finally:
         system.stop()

@@ -6,24 +6,28 @@ signed `recording.done` webhooks, every one with its own id (pre-signed: wrk cyc
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import statistics
 import sys
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
-from standardwebhooks.webhooks import Webhook
 
-from bench.procs import Proc, recall_transcribe, wait_for
-from tests.helpers import free_port, http_ready
+from harness import (
+    SECRET,
+    Process,
+    free_port,
+    http_ready,
+    recall_transcribe,
+    recording_done,
+    signed,
+    wait_for,
+)
 
-SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1ub3QtYS1yZWFsLW9uZQ=="
 GUNICORN = {"workers": 2, "threads": 2}  # the receiver's defaults
 LUA = """
 -- Cycles through pre-signed webhook requests (one per line: id, timestamp, signature, body).
@@ -78,22 +82,13 @@ class LoadResult:
 
 def signed_requests(path: Path, count: int, prefix: str) -> None:
     """Write `count` signed recording.done webhooks, each with its own webhook id and recording."""
-    hook = Webhook(SECRET)
     now = datetime.now(UTC)
     with path.open("w") as out:
         for index in range(count):
-            event = {
-                "event": "recording.done",
-                "data": {
-                    "data": {"code": "done", "sub_code": None, "updated_at": now.isoformat()},
-                    "recording": {"id": f"{prefix}-{index}", "metadata": {}},
-                    "bot": {"id": str(uuid.uuid4()), "metadata": {}},
-                },
-            }
-            body = json.dumps(event, separators=(",", ":"))
             msg_id = f"msg_{prefix}_{index}"
-            signature = hook.sign(msg_id, now, body)
-            out.write(f"{msg_id}\t{int(now.timestamp())}\t{signature}\t{body}\n")
+            body, headers = signed(recording_done(f"{prefix}-{index}"), SECRET, msg_id, now)
+            signature = headers["webhook-signature"]
+            out.write(f"{msg_id}\t{int(now.timestamp())}\t{signature}\t{body.decode()}\n")
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -135,19 +130,21 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def start_server(kind: str, redis_url: str, workdir: Path, env: dict[str, str]) -> tuple[Proc, str]:
+def start_server(
+    kind: str, redis_url: str, workdir: Path, env: dict[str, str]
+) -> tuple[Process, str]:
     port = free_port()
     if kind == "receiver":
         args = ["receiver", "--port", str(port)]
         args += ["--workers", str(GUNICORN["workers"]), "--threads", str(GUNICORN["threads"])]
-        proc = recall_transcribe(args, workdir / f"{kind}.log", env)
+        proc = recall_transcribe(args, env, workdir / f"{kind}.log")
     else:
         argv = [sys.executable, "-m", "bench.refs", kind, str(port), redis_url, SECRET]
         argv += [str(GUNICORN["workers"]), str(GUNICORN["threads"])]
-        proc = Proc(argv, workdir / f"{kind}.log", env)
+        proc = Process(argv, workdir / f"{kind}.log", env)
     url = f"http://127.0.0.1:{port}"
     ready = http_ready(f"{url}/healthz") if kind == "receiver" else _answers(url)
-    wait_for(ready, 30, f"{kind} server")
+    wait_for(ready, 30, what=f"{kind} server")
     return proc, url
 
 
@@ -241,7 +238,7 @@ def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: round(statistics.median(row[key] for row in rows), 2) for key in rows[0]}
 
 
-def _profile(proc: Proc, url: str, workdir: Path) -> list[tuple[str, float]]:
+def _profile(proc: Process, url: str, workdir: Path) -> list[tuple[str, float]]:
     """py-spy on the receiver under load: the functions with the most samples, self or below."""
     from bench.profiling import top_functions
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from bench.procs import start_redis
 from emulator.quotas import Quotas
+from harness import start_redis
 from tasks.recall.client import INLINE_WAIT_S
 from tasks.recall.limiter import Family, Limiter, Rate
 

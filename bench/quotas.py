@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import post_recording_done, start_system
-from bench.procs import wait_for
+from bench.pipeline import start_system
 from emulator.quotas import RECALL_QUOTAS, parse_quotas, scaled
+from harness import API_TOKEN, deliver_recordings_done, wait_for
 
 FAMILIES = ("create", "retrieve", "list", "delete")
 
@@ -30,11 +30,11 @@ def _persist_all(
     )
     try:
         ids = [f"{prefix}-{index}" for index in range(recordings)]
-        system.add_recordings(ids)
+        system.emulator.recordings(ids)
         started = time.monotonic()
-        post_recording_done(system, ids)
-        wait_for(lambda: system.count("done") >= recordings, 120 + recordings, "all persisted")
-        return time.monotonic() - started, system.emulator_stats()
+        deliver_recordings_done(system.receiver_url, ids)
+        wait_for(lambda: system.count("done") >= recordings, 120 + recordings, what="all persisted")
+        return time.monotonic() - started, system.emulator.stats()
     finally:
         system.stop()
 
@@ -101,15 +101,15 @@ def crash_to_resumed(workdir: Path, runs: int) -> dict[str, Any]:
 def _crash_once(workdir: Path, recording_id: str) -> float:
     system = start_system(workdir, quotas="none")
     try:
-        system.add_recordings([recording_id])
-        system.fault({"target": "download", "action": "latency", "seconds": 300})
-        post_recording_done(system, [recording_id])
-        in_flight = lambda: system.emulator_stats()["calls"].get("download", 0) >= 1  # noqa: E731
-        wait_for(in_flight, 60, "a download in flight")
-        system.procs["worker-1"].kill()
+        system.emulator.recordings([recording_id])
+        system.emulator.fault(target="download", action="latency", seconds=300)
+        deliver_recordings_done(system.receiver_url, [recording_id])
+        in_flight = lambda: system.emulator.stats()["calls"].get("download", 0) >= 1  # noqa: E731
+        wait_for(in_flight, 60, what="a download in flight")
+        system.processes["worker-w1"].kill()
         killed = time.monotonic()
-        system.start_worker("w2@%h")  # not waited for: its start-up counts
-        wait_for(lambda: system.count("done") >= 1, 120, "persisted by the fresh worker")
+        system.start_worker("w2", wait=False)  # not waited for: its start-up counts
+        wait_for(lambda: system.count("done") >= 1, 120, what="persisted by the fresh worker")
         return round(time.monotonic() - killed, 1)
     finally:
         system.stop()
@@ -133,16 +133,14 @@ def faulty_burst(workdir: Path, recordings: int, scale: float) -> dict[str, Any]
     )
     try:
         ids = [f"fb-{index}" for index in range(recordings)]
-        system.add_recordings(ids)
-        system.fault({"target": "webhook", "action": "drop", "probability": 0.2, "times": -1})
-        system.fault(
-            {"target": "create", "action": "lose_response", "probability": 0.1, "times": -1}
-        )
+        system.emulator.recordings(ids)
+        system.emulator.fault(target="webhook", action="drop", probability=0.2, times=-1)
+        system.emulator.fault(target="create", action="lose_response", probability=0.1, times=-1)
         started = time.monotonic()
-        post_recording_done(system, ids)
-        wait_for(lambda: system.count("done") >= recordings, 300 + recordings, "all persisted")
+        deliver_recordings_done(system.receiver_url, ids)
+        wait_for(lambda: system.count("done") >= recordings, 300 + recordings, what="all persisted")
         seconds = time.monotonic() - started
-        stats = system.emulator_stats()
+        stats = system.emulator.stats()
     finally:
         system.stop()
     calls = {f: stats["calls"].get(f, 0) for f in FAMILIES}
@@ -166,7 +164,7 @@ def backlog(workdir: Path, jobs: int) -> dict[str, Any]:
     system = start_system(workdir, concurrency=2, latency_s=0.25, RECALL_POLL_INITIAL_S="600")
     try:
         ids = [f"bl-{index}" for index in range(jobs)]
-        system.add_recordings(ids)
+        system.emulator.recordings(ids)
         client, deepest = system.redis, 0
         started = time.monotonic()
         for index in range(0, jobs, 50):
@@ -178,7 +176,7 @@ def backlog(workdir: Path, jobs: int) -> dict[str, Any]:
             deepest = max(deepest, int(client.llen(PIPELINE_QUEUE)))
             time.sleep(0.1)
         seconds = time.monotonic() - started
-        calls = system.emulator_stats()["calls"]
+        calls = system.emulator.stats()["calls"]
     finally:
         system.stop()
     return {
@@ -196,6 +194,6 @@ def _submit(system: Any, recording_id: str) -> None:
     requests.post(
         f"{system.receiver_url}/api/v1/jobs",
         json={"recording_id": recording_id},
-        headers={"Authorization": "Bearer bench-token"},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
         timeout=10,
     ).raise_for_status()

@@ -10,12 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
-import requests
-
-from bench.pipeline import System, post_recording_done, start_system
-from bench.procs import recall_transcribe, wait_for
+from bench.pipeline import start_system
 from emulator.quotas import RECALL_QUOTAS, parse_quotas, scaled
-from tests.helpers import free_port, http_ready
+from harness import EmulatorHandle, System, deliver_recordings_done, free_port
 
 FAMILIES = ("create", "retrieve", "list", "delete")
 
@@ -61,19 +58,21 @@ def _run(workdir: Path, recordings: int, scale: float, count: int) -> dict[str, 
         RECALL_WORKSPACES=json.dumps(others),
     )
     try:
-        urls = {"default": system.emulator_url}
+        emulators = {"default": system.emulator}
         for name in names[1:]:
-            urls[name] = _emulator(system, name, ports[name], secrets[name], scale)
+            emulators[name] = _emulator(system, name, ports[name], secrets[name], scale)
         ids = {name: [f"{name}-{index}" for index in range(recordings)] for name in names}
         for name in names:
-            _add(urls[name], ids[name])
+            emulators[name].recordings(ids[name])
         finished: dict[str, float] = {}
         started = time.monotonic()
 
         def deliver(name: str) -> None:
             path = "/webhooks/recall" if name == "default" else f"/webhooks/recall/{name}"
             secret = secrets.get(name) or system.env["RECALL_WEBHOOK_SECRET"]
-            post_recording_done(system, ids[name], threads=8, path=path, secret=secret)
+            deliver_recordings_done(
+                system.receiver_url, ids[name], threads=8, path=path, secret=secret
+            )
 
         with ThreadPoolExecutor(len(names)) as pool:
             list(pool.map(deliver, names))
@@ -85,7 +84,7 @@ def _run(workdir: Path, recordings: int, scale: float, count: int) -> dict[str, 
                 if name not in finished and _done(system, name) >= recordings:
                     finished[name] = time.monotonic() - started
             time.sleep(0.2)
-        stats = {name: _stats(urls[name]) for name in names}
+        stats = {name: emulators[name].stats() for name in names}
     finally:
         system.stop()
     return {
@@ -109,24 +108,12 @@ def _secret(name: str) -> str:
     return "whsec_" + base64.b64encode(f"bench-workspace-{name}".encode()).decode()
 
 
-def _emulator(system: System, name: str, port: int, secret: str, scale: float) -> str:
+def _emulator(system: System, name: str, port: int, secret: str, scale: float) -> EmulatorHandle:
     """Another workspace's Recall: its own key, signing secret and quotas."""
-    url = f"http://127.0.0.1:{port}"
-    args = ["emulator", "--port", str(port), "--api-key", f"key-{name}"]
-    args += ["--processing-s", "0", "--quotas", RECALL_QUOTAS, "--quota-scale", str(scale)]
-    args += ["--webhook-url", f"{system.receiver_url}/webhooks/recall/{name}"]
-    env = {**system.env, "RECALL_WEBHOOK_SECRET": secret}
-    system.procs[f"emulator-{name}"] = recall_transcribe(
-        args, system.workdir / f"emulator-{name}.log", env
+    args = ["--processing-s", "0", "--quotas", RECALL_QUOTAS, "--quota-scale", str(scale)]
+    return system.start_emulator(
+        *args, workspace=name, api_key=f"key-{name}", secret=secret, port=port
     )
-    wait_for(http_ready(f"{url}/_emulator/stats"), 30, f"emulator of {name}")
-    return url
-
-
-def _add(url: str, ids: list[str]) -> None:
-    requests.post(
-        f"{url}/_emulator/recordings", json={"ids": ids, "send_done": False}, timeout=60
-    ).raise_for_status()
 
 
 def _done(system: System, name: str) -> int:
@@ -138,8 +125,3 @@ def _done(system: System, name: str) -> int:
     for job_id in job_ids:
         pipe.hget(keys.job(job_id), "state")
     return sum(state == "done" for state in pipe.execute())
-
-
-def _stats(url: str) -> dict[str, Any]:
-    stats: dict[str, Any] = requests.get(f"{url}/_emulator/stats", timeout=10).json()
-    return stats

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers import free_port, redis_answers, wait_for
+from harness import free_port, redis_answers, wait_for
 
 MASTER = "mymaster"
 

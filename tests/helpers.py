@@ -1,36 +1,142 @@
-"""Builders the tests (and benchmarks) share: ports, signed webhooks, waiting, processes."""
+"""What the tests share beyond harness/: the pipeline run in-process step by step on a real Redis
+(the Redis tier), the queues read back, settings changed, raw socket hosts."""
 
 from __future__ import annotations
 
+import base64
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
-import requests
-from standardwebhooks.webhooks import Webhook
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-OTHER_SECRET = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXk="
-T = TypeVar("T")
+from harness import EmulatorHandle, wait_for
+from tasks.jobs import JobRecord, Message
+from tasks.messages import step_message
+from tasks.names import EVENTS_QUEUE, PIPELINE_QUEUE, STEP_TASKS
+from tasks.outcomes import Outcome, Result
+from tasks.pipeline import Pipeline
+from tasks.settings import load_settings
+from tasks.states import Step
+from tasks.workspaces import DEFAULT
+
+QUICK_EMULATOR = ("--processing-s", "0.2", "--retry-scale", "0.01", "--page-size", "4")
+FAST_RECOVERY = {
+    "JOB_STEP_LEASE_S": "3",
+    "INBOX_RESEND_S": "3",
+    "SWEEP_INTERVAL_S": "0.2",
+    "CELERY_VISIBILITY_TIMEOUT_S": "5",
+}
 
 
-def command() -> list[str]:
-    """How tests run `recall-transcribe` as a process: the console script RECALL_TRANSCRIBE_BIN
-    names when set (CI: the built wheel, installed in an environment of its own, so the processes
-    under test are the ones users deploy), else this interpreter's module (the checkout)."""
-    installed = os.environ.get("RECALL_TRANSCRIBE_BIN")
-    return [installed] if installed else [sys.executable, "-m", "recall_transcribe"]
+@dataclass
+class Harness:
+    """The pipeline with a real dispatcher on the tests' Redis: steps are sent as real messages
+    onto the pipeline queue, and run by hand, as a worker would."""
+
+    pipeline: Pipeline
+    redis: redis.Redis
+
+    def queued(self) -> list[tuple[Step, str, str]]:
+        """The step messages in the queue, oldest first: (step, job id, task id)."""
+        raw = cast(list[bytes], self.redis.lrange(PIPELINE_QUEUE, 0, -1))
+        return [_parsed(message) for message in reversed(raw)]
+
+    @property
+    def enqueued(self) -> list[tuple[Step, str]]:
+        return [(step, job_id) for step, job_id, _ in self.queued()]
+
+    def clear(self) -> None:
+        """Lose every queued message (a crash, a purge)."""
+        self.redis.delete(PIPELINE_QUEUE)
+
+    def drain(self, limit: int = 50) -> list[Result]:
+        """Take queued messages in order and run them, as a worker would; their results."""
+        results = []
+        while limit:
+            message = cast(bytes | None, self.redis.rpop(PIPELINE_QUEUE))
+            if message is None:
+                break
+            step, job_id, task_id = _parsed(message)
+            results.append(self.pipeline.run_step(step, job_id, task_id))
+            limit -= 1
+        return results
+
+    def submit(
+        self,
+        recording_id: str,
+        provider: dict[str, Any] | None = None,
+        key: str | None = None,
+        workspace: str = DEFAULT,
+    ) -> str:
+        """Start a job (its create is queued); its id."""
+        job_id, created = self.pipeline.dispatch.submit(
+            recording_id, provider, None, key, workspace=workspace
+        )
+        assert created
+        return job_id
+
+    def run(self, step: Step, job_id: str) -> Result:
+        """Send `step` for the job as the sweeper would, and run it at once."""
+        body, task_id = step_message(step, job_id, "")
+        sent = self.pipeline.jobs.send([Message(job_id, step, task_id, body)], redrive=True)
+        self.redis.lrem(PIPELINE_QUEUE, 1, body)
+        return self.pipeline.run_step(step, job_id, task_id if sent else "never-sent")
+
+
+def _parsed(message: bytes) -> tuple[Step, str, str]:
+    envelope = json.loads(message)
+    args = json.loads(base64.b64decode(envelope["body"]))[0]
+    step = next(s for s, name in STEP_TASKS.items() if name == envelope["headers"]["task"])
+    return step, args[0], envelope["headers"]["id"]
+
+
+def start(harness: Harness, emulator: EmulatorHandle, recording_id: str = "r1") -> str:
+    emulator.recording(recording_id)
+    return harness.submit(recording_id)
+
+
+def state(harness: Harness, job_id: str) -> JobRecord:
+    record = harness.pipeline.jobs.record(job_id)
+    assert record is not None
+    return record
+
+
+def run(harness: Harness, step: Step, job_id: str) -> Outcome:
+    """Send `step` for the job as the sweeper would, run it as a worker would: its outcome."""
+    return harness.run(step, job_id).outcome
+
+
+def outcomes(results: list[Result]) -> list[Outcome]:
+    return [result.outcome for result in results]
+
+
+def wait_transcript_done(emulator: EmulatorHandle, recording_id: str) -> None:
+    wait_for(
+        lambda: all(t["status"]["code"] == "done" for t in emulator.transcripts(recording_id)),
+        10,
+        what="emulator finished processing",
+    )
+
+
+def job_whose_transcript_fails(harness: Harness, emulator: EmulatorHandle) -> tuple[str, str]:
+    """A job on r1 whose transcript Recall fails (provider_connection_failed): (job, transcript)."""
+    emulator.recording("r1")
+    emulator.fault(target="transcript", action="fail", sub_code="provider_connection_failed")
+    job_id = harness.submit("r1")
+    harness.drain()
+    transcript_id = state(harness, job_id).transcript_id
+    assert transcript_id is not None
+    return job_id, transcript_id
+
+
+def queued_events(rclient: redis.Redis) -> list[dict[str, object]]:
+    """The events waiting in the ingest queue, decoded from their Celery messages."""
+    messages = [json.loads(raw) for raw in rclient.lrange(EVENTS_QUEUE, 0, -1)]
+    return [json.loads(json.loads(base64.b64decode(m["body"]))[0][0]) for m in messages]
 
 
 def serve_connections(
@@ -55,139 +161,6 @@ def serve_connections(
     threading.Thread(target=accept, daemon=True).start()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(
-    condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> T:
-    """Poll `condition` until it returns something truthy; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        last = result
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what or condition} (last: {last!r})"
-    )
-
-
-def recording_done(recording_id: str, bot_id: str | None = None) -> dict[str, Any]:
-    return {
-        "event": "recording.done",
-        "data": {
-            "data": {"code": "done", "sub_code": None, "updated_at": "2025-07-17T00:00:00Z"},
-            "recording": {"id": recording_id, "metadata": {}},
-            "bot": {"id": bot_id or str(uuid.uuid4()), "metadata": {}},
-        },
-    }
-
-
-def transcript_event(
-    name: str,
-    recording_id: str,
-    transcript_id: str,
-    metadata: dict[str, Any] | None = None,
-    sub_code: str | None = None,
-) -> dict[str, Any]:
-    event = recording_done(recording_id)
-    event["event"] = name
-    event["data"]["data"]["sub_code"] = sub_code
-    event["data"]["transcript"] = {"id": transcript_id, "metadata": metadata or {}}
-    return event
-
-
-def signed(
-    event: dict[str, Any] | bytes,
-    secret: str = SECRET,
-    msg_id: str | None = None,
-    timestamp: datetime | None = None,
-    legacy: bool = False,
-) -> tuple[bytes, dict[str, str]]:
-    """A webhook body and the headers Recall would send with it."""
-    body = event if isinstance(event, bytes) else json.dumps(event).encode()
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    when = timestamp or datetime.now(UTC)
-    signature = Webhook(secret).sign(msg_id, when, body.decode())
-    prefix = "svix" if legacy else "webhook"
-    return body, {
-        "Content-Type": "application/json",
-        f"{prefix}-id": msg_id,
-        f"{prefix}-timestamp": str(int(when.timestamp())),
-        f"{prefix}-signature": signature,
-    }
-
-
-class Process:
-    """A `recall-transcribe` subcommand running as a real process, its output in a log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [*command(), *args],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the process group (a worker's pool included)."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def redis_answers(url: str) -> Callable[[], bool]:
-    client = redis.Redis.from_url(url)
-
-    def check() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    return check
-
-
-def http_ready(url: str) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            return requests.get(url, timeout=1).status_code < 500
-        except requests.RequestException:
-            return False
-
-    return check
-
-
 def reconfigure(settings: Any, **changes: Any) -> Any:
     """A validated copy of `settings` with some values changed."""
-    from tasks.settings import load_settings
-
     return load_settings(**{**dict(settings), **changes})

@@ -11,10 +11,9 @@ from typing import Any
 import redis
 import requests
 
+from harness import System, wait_for
 from tasks import keys
 from tasks.names import PIPELINE_QUEUE
-from tests.conftest import System
-from tests.helpers import wait_for
 
 RECORDINGS = 60
 

@@ -19,10 +19,9 @@ import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from harness import System, command, free_port, recording_done, signed, wait_for
 from tasks import keys
 from tasks.callbacks.model import event_id, task_id
-from tests.conftest import System
-from tests.helpers import command, free_port, recording_done, signed, wait_for
 
 SECRET = "whsec_Y2FsbGJhY2stc2VjcmV0LWZvci10aGUtdGVzdHM="
 AUTH = {"Authorization": "Bearer test-token"}

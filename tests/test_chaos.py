@@ -18,10 +18,9 @@ import pytest
 import redis
 import requests
 
+from harness import System, recording_done, signed, start_redis, wait_for
 from tasks import keys
-from tests.conftest import System, start_redis
-from tests.helpers import recording_done, signed, wait_for
-from tests.test_faults import FAST_RECOVERY
+from tests.helpers import FAST_RECOVERY
 
 RECORDINGS = int(os.environ.get("CHAOS_RECORDINGS", "200"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261125"))
@@ -117,7 +116,6 @@ def test_chaos_every_job_ends_once_with_its_transcript(start_system: Any, tmp_pa
                     start <= 2 * third < start + 40
                 ):  # Redis restarts; its AOF keeps what was accepted
                     redis_proc.kill()
-                    redis_proc.wait(10)
                     redis_proc, _ = start_redis(tmp_path, *aof, port=port)
                     system.workers[1].kill()
                     system.start_worker("w4")
@@ -173,4 +171,3 @@ def test_chaos_every_job_ends_once_with_its_transcript(start_system: Any, tmp_pa
         (tmp_path / "chaos-summary.json").write_text(json.dumps(summary, indent=2))
     finally:
         redis_proc.kill()
-        redis_proc.wait(10)

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 import srt
 
+from harness import System, command, free_port
 from tasks.formats import words
-from tests.conftest import System
-from tests.helpers import command, free_port
 
 pytestmark = pytest.mark.system  # every test here runs `recall-transcribe` as a process
 

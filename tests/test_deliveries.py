@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 import redis
 
+from harness import wait_for
 from tasks import keys
 from tasks.callbacks import model
 from tasks.callbacks.deliveries import DEFER_S, RETRY_PAGE, Deliveries
@@ -18,7 +19,6 @@ from tasks.callbacks.send import Attempt, Sender
 from tasks.jobs import JobStore
 from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode
-from tests.helpers import wait_for
 from worker.deliveries import DeliveryPool
 
 SCHEDULE = [0.0, 0.0, 0.0, 0.0, 0.0]

@@ -8,9 +8,8 @@ from typing import Any
 import redis
 import requests
 
+from harness import System, recording_done, signed, wait_for
 from tasks import keys
-from tests.conftest import System
-from tests.helpers import recording_done, signed, wait_for
 
 
 def post_webhook(system: System, body: bytes, headers: dict[str, str]) -> requests.Response:

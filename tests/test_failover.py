@@ -16,10 +16,9 @@ import pytest
 import redis
 import requests
 
+from harness import System, free_port, http_ready, recording_done, signed, wait_for
 from tasks import keys
 from tests.cluster import Cluster, cluster, wait_until_promoted
-from tests.conftest import System
-from tests.helpers import Process, free_port, http_ready, recording_done, signed, wait_for
 
 RECORDINGS = 120
 
@@ -152,8 +151,8 @@ def _cut_off_side(system: System, primary_url: str) -> System:
     """A receiver and a worker that reach the primary at its address, not through Sentinel."""
     env = {**system.env, "REDIS_URL": primary_url, "REDIS_SENTINELS": ""}
     port = free_port()
-    side = System(env, system.emulator_url, f"http://127.0.0.1:{port}", system.store, system.tmp)
-    side.processes.append(Process(["receiver", "--port", str(port)], env, side.tmp / "cut.log"))
+    side = System(system.workdir, env, system.emulator_url, f"http://127.0.0.1:{port}")
+    side.start("receiver-cut", ["receiver", "--port", str(port)])
     wait_for(http_ready(f"{side.receiver_url}/healthz"), 20, what="the cut-off receiver up")
     side.start_worker("cut")
     return side

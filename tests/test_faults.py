@@ -12,39 +12,8 @@ import pytest
 import redis
 import requests
 
-from tasks import keys
-from tests.conftest import System, start_redis
-from tests.helpers import recording_done, signed, transcript_event, wait_for
-from tests.test_receiver import queued_events
-
-FAST_RECOVERY = {
-    "JOB_STEP_LEASE_S": "3",
-    "INBOX_RESEND_S": "3",
-    "SWEEP_INTERVAL_S": "0.2",
-    "CELERY_VISIBILITY_TIMEOUT_S": "5",
-}
-
-
-def post(system: System, event: dict[str, Any], msg_id: str | None = None) -> requests.Response:
-    body, headers = signed(event, msg_id=msg_id)
-    return requests.post(
-        f"{system.receiver_url}/webhooks/recall", data=body, headers=headers, timeout=10
-    )
-
-
-def jobs(system: System, state: str | None = None) -> list[dict[str, Any]]:
-    response = requests.get(
-        f"{system.receiver_url}/api/v1/jobs",
-        params={"limit": 500, **({"state": state} if state else {})},
-        headers={"Authorization": "Bearer test-token"},
-        timeout=10,
-    )
-    result: list[dict[str, Any]] = response.json()["jobs"]
-    return result
-
-
-def done_count(system: System) -> int:
-    return int(redis.Redis.from_url(system.env["REDIS_URL"]).zcard(keys.state("done")))
+from harness import System, recording_done, start_redis, transcript_event, wait_for
+from tests.helpers import FAST_RECOVERY, queued_events
 
 
 def assert_persisted_once(system: System, recording_id: str) -> None:
@@ -77,11 +46,11 @@ def test_worker_killed_mid_step_job_finishes_on_another_worker_without_a_second_
         emulator.fault(target="webhook", action="drop", recording_id="r")
     emulator.fault(target=target, action="latency", seconds=2)
     before = calls(system, target)
-    assert post(system, recording_done("r")).status_code == 200
+    assert system.post(recording_done("r")).status_code == 200
     wait_for(lambda: calls(system, target) > before, 20, what=f"the {target} call in flight")
     system.workers[0].kill()
     system.start_worker("w2")
-    wait_for(lambda: done_count(system) == 1, 40, what="job done on the second worker")
+    wait_for(lambda: system.count("done") == 1, 40, what="job done on the second worker")
     assert_persisted_once(system, "r")
     if step == "remediate":
         live = [t for t in emulator.transcripts("r") if t["status"]["code"] != "deleted"]
@@ -97,12 +66,12 @@ def test_a_job_whose_worker_died_mid_download_resumes_on_a_fresh_worker_within_a
     emulator = system.emulator
     emulator.recording("slow")
     emulator.fault(target="download", action="latency", seconds=120)
-    assert post(system, recording_done("slow")).status_code == 200
+    assert system.post(recording_done("slow")).status_code == 200
     wait_for(lambda: calls(system, "download") == 1, 20, what="the download in flight")
     system.workers[0].kill()
     killed = time.monotonic()
     system.start_worker("w2")
-    wait_for(lambda: done_count(system) == 1, 60, what="job done on the fresh worker")
+    wait_for(lambda: system.count("done") == 1, 60, what="job done on the fresh worker")
     print(f"crash to persisted: {time.monotonic() - killed:.1f} s")
     assert_persisted_once(system, "slow")
     assert calls(system, "download") == 2 and calls(system, "create") == 1
@@ -114,8 +83,8 @@ def test_a_step_running_three_leases_never_gets_a_second_runner(start_system: An
     emulator.recording("long")
     # Three leases long, inside the client's read timeout (3 s here).
     emulator.fault(target="download", action="latency", seconds=2.5)
-    assert post(system, recording_done("long")).status_code == 200
-    wait_for(lambda: done_count(system) == 1, 30, what="job done")
+    assert system.post(recording_done("long")).status_code == 200
+    wait_for(lambda: system.count("done") == 1, 30, what="job done")
     assert calls(system, "download") == 1
     assert_persisted_once(system, "long")
 
@@ -129,23 +98,20 @@ def test_redis_restart_loses_nothing_accepted(start_system: Any, tmp_path: Path)
         recordings = [f"rr-{i}" for i in range(20)]
         for recording_id in recordings[:10]:
             system.emulator.recording(recording_id)
-            assert post(system, recording_done(recording_id)).status_code == 200
+            assert system.post(recording_done(recording_id)).status_code == 200
         proc.kill()  # accepted but not yet processed: only the AOF has them now
-        proc.wait(10)
         proc, _ = start_redis(tmp_path, *aof, port=port)
         system.start_worker("w1")
         for recording_id in recordings[10:]:
             system.emulator.recording(recording_id)
-            assert post(system, recording_done(recording_id)).status_code == 200
+            assert system.post(recording_done(recording_id)).status_code == 200
         proc.kill()  # again, with the pipeline mid-flight
-        proc.wait(10)
         proc, _ = start_redis(tmp_path, *aof, port=port)
-        wait_for(lambda: done_count(system) == 20, 30, what="all 20 jobs done after two restarts")
+        wait_for(lambda: system.count("done") == 20, 30, what="all 20 jobs done after two restarts")
         for recording_id in recordings:
             assert_persisted_once(system, recording_id)
     finally:
         proc.kill()
-        proc.wait(10)
 
 
 def test_receiver_killed_with_requests_in_flight_keeps_every_event_it_acknowledged(
@@ -159,7 +125,7 @@ def test_receiver_killed_with_requests_in_flight_keeps_every_event_it_acknowledg
     def send(index: int) -> None:
         msg_id = f"msg_kill_{index}"
         try:
-            status: int | None = post(system, recording_done(f"k-{index}"), msg_id).status_code
+            status: int | None = system.post(recording_done(f"k-{index}"), msg_id).status_code
         except requests.RequestException:
             status = None
         with lock:
@@ -169,7 +135,7 @@ def test_receiver_killed_with_requests_in_flight_keeps_every_event_it_acknowledg
     for index, thread in enumerate(threads):
         thread.start()
         if index == 150:
-            system.processes[1].kill()  # the receiver, mid-burst
+            system.processes["receiver"].kill()  # mid-burst
     for thread in threads:
         thread.join(30)
     acknowledged = [
@@ -187,16 +153,14 @@ def test_receiver_answers_503_while_redis_is_down(start_system: Any, tmp_path: P
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     try:
         system: System = start_system(workers=0, REDIS_URL=url)
-        assert post(system, recording_done("x")).status_code == 200
+        assert system.post(recording_done("x")).status_code == 200
         proc.kill()
-        proc.wait(10)
-        assert post(system, recording_done("y")).status_code == 503
+        assert system.post(recording_done("y")).status_code == 503
         assert requests.get(f"{system.receiver_url}/readyz", timeout=5).status_code == 503
         proc, _ = start_redis(tmp_path, port=port)
-        wait_for(lambda: post(system, recording_done("y")).status_code == 200, 20, what="recovery")
+        wait_for(lambda: system.post(recording_done("y")).status_code == 200, 20, what="recovery")
     finally:
         proc.kill()
-        proc.wait(10)
 
 
 @pytest.mark.parametrize(
@@ -231,8 +195,8 @@ def test_recall_errors_end_in_one_persisted_transcript(
     system.emulator.recording("f")
     for fault in faults:
         system.emulator.fault(**fault)
-    assert post(system, recording_done("f")).status_code == 200
-    wait_for(lambda: done_count(system) == 1, 40, what="job done despite the fault")
+    assert system.post(recording_done("f")).status_code == 200
+    wait_for(lambda: system.count("done") == 1, 40, what="job done despite the fault")
     assert_persisted_once(system, "f")
 
 
@@ -240,8 +204,8 @@ def test_transcript_done_before_the_create_call_returned(start_system: Any) -> N
     system: System = start_system(**FAST_RECOVERY)
     system.emulator.recording("early")
     system.emulator.fault(target="create", action="delay_response", seconds=1.5)
-    assert post(system, recording_done("early")).status_code == 200
-    wait_for(lambda: done_count(system) == 1, 30, what="job done")
+    assert system.post(recording_done("early")).status_code == 200
+    wait_for(lambda: system.count("done") == 1, 30, what="job done")
     deliveries = requests.get(f"{system.emulator_url}/_emulator/webhooks", timeout=5).json()
     assert deliveries and deliveries[0]["status"] == 200  # delivered while create was still open
     assert_persisted_once(system, "early")
@@ -251,18 +215,18 @@ def test_transcript_done_before_the_create_call_returned(start_system: Any) -> N
 def test_late_and_duplicate_transcript_webhooks_change_nothing(start_system: Any) -> None:
     system: System = start_system(**FAST_RECOVERY)
     system.emulator.recording("late")
-    assert post(system, recording_done("late")).status_code == 200
-    wait_for(lambda: done_count(system) == 1, 30, what="job done")
-    (job,) = jobs(system)
+    assert system.post(recording_done("late")).status_code == 200
+    wait_for(lambda: system.count("done") == 1, 30, what="job done")
+    (job,) = system.jobs()
     late = transcript_event("transcript.done", "late", job["transcript_id"], {"job_id": job["id"]})
     for _ in range(3):
-        assert post(system, late).status_code == 200
+        assert system.post(late).status_code == 200
     failed = transcript_event(
         "transcript.failed", "late", job["transcript_id"], {"job_id": job["id"]}, "x"
     )
-    assert post(system, failed).status_code == 200
+    assert system.post(failed).status_code == 200
     time.sleep(1)
-    (after,) = jobs(system)
+    (after,) = system.jobs()
     assert after["state"] == "done" and after["updated_at"] == job["updated_at"]
     assert calls(system, "retrieve") == 1
 
@@ -271,8 +235,8 @@ def test_failed_transcript_is_recorded_with_its_sub_code(start_system: Any) -> N
     system: System = start_system(**FAST_RECOVERY)
     system.emulator.recording("bad")
     system.emulator.fault(target="transcript", action="fail", sub_code="provider_connection_failed")
-    assert post(system, recording_done("bad")).status_code == 200
-    (job,) = wait_for(lambda: jobs(system, "failed"), 30, what="job failed")
+    assert system.post(recording_done("bad")).status_code == 200
+    (job,) = wait_for(lambda: system.jobs("failed"), 30, what="job failed")
     assert job["error"]["code"] == "transcript_failed"
     assert job["error"]["sub_code"] == "provider_connection_failed"
 
@@ -293,9 +257,9 @@ def test_many_jobs_racing_on_one_recording_never_delete_a_transcript_in_use(
             timeout=5,
         )
         assert response.status_code == 202
-    wait_for(lambda: len(jobs(system, "done")) == 12, 90, what="12 jobs done")
+    wait_for(lambda: len(system.jobs("done")) == 12, 90, what="12 jobs done")
     transcripts = {t["id"]: t for t in emulator.transcripts("busy")}
-    for job in jobs(system, "done"):
+    for job in system.jobs("done"):
         assert transcripts[job["transcript_id"]]["metadata"]["job_id"] == job["id"]
         assert (system.store / "busy" / f"{job['transcript_id']}.json").exists()
     deleted = [t for t in transcripts.values() if t["status"]["code"] == "deleted"]
@@ -303,17 +267,17 @@ def test_many_jobs_racing_on_one_recording_never_delete_a_transcript_in_use(
     for transcript in deleted:  # each deleted done transcript was archived first
         assert (system.store / "busy" / f"{transcript['id']}.json").exists()
     owners = [t["metadata"]["job_id"] for t in transcripts.values() if t["metadata"].get("job_id")]
-    assert sorted(owners) == sorted(job["id"] for job in jobs(system, "done"))  # one each
+    assert sorted(owners) == sorted(job["id"] for job in system.jobs("done"))  # one each
 
 
 def test_killing_a_worker_with_signal_term_requeues_nothing_twice(start_system: Any) -> None:
     system: System = start_system(**FAST_RECOVERY)
     for index in range(10):
         system.emulator.recording(f"t-{index}")
-        assert post(system, recording_done(f"t-{index}")).status_code == 200
+        assert system.post(recording_done(f"t-{index}")).status_code == 200
     system.workers[0].proc.send_signal(signal.SIGTERM)
     system.workers[0].proc.wait(30)
     system.start_worker("w2")
-    wait_for(lambda: done_count(system) == 10, 40, what="all done after a warm shutdown")
+    wait_for(lambda: system.count("done") == 10, 40, what="all done after a warm shutdown")
     for index in range(10):
         assert_persisted_once(system, f"t-{index}")

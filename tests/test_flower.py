@@ -12,12 +12,11 @@ import redis
 import requests
 from celery import Celery
 
+from harness import System, free_port, http_ready, recording_done, signed, wait_for
 from tasks.jobs import JobStore
 from tasks.keys import KOMBU_UNACKED
 from tasks.names import PIPELINE_QUEUE
 from tasks.states import State
-from tests.conftest import System
-from tests.helpers import Process, free_port, http_ready, recording_done, signed, wait_for
 
 AUTH = ("ops", "flower-password")
 
@@ -27,8 +26,7 @@ def test_flower_lists_each_step_of_a_job_with_its_ids_linked_to_its_root(
 ) -> None:
     system: System = start_system(workers=1, FLOWER_BASIC_AUTH=":".join(AUTH))
     port = free_port()
-    flower = Process(["flower", "--port", str(port)], system.env, system.tmp / "flower.log")
-    system.processes.append(flower)
+    system.start("flower", ["flower", "--port", str(port)])
     api = f"http://127.0.0.1:{port}/api"
     wait_for(http_ready(f"{api}/workers"), 30, what="flower up")
     assert requests.get(f"{api}/tasks", timeout=5).status_code == 401
@@ -122,8 +120,7 @@ def test_a_failed_job_is_a_failed_task_and_a_retrying_one_a_retried_task_sent_on
     system: System = start_system(workers=0, FLOWER_BASIC_AUTH=":".join(AUTH))
     events = TaskEvents(system.env["REDIS_URL"])
     port = free_port()
-    flower = Process(["flower", "--port", str(port)], system.env, system.tmp / "flower.log")
-    system.processes.append(flower)
+    system.start("flower", ["flower", "--port", str(port)])
     api = f"http://127.0.0.1:{port}/api"
     wait_for(http_ready(f"{api}/workers"), 30, what="flower up")
     system.start_worker("w1", "-E")  # task events from the start: none missed

@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import pytest
 
+from harness import wait_for
 from tasks.callbacks import guard
 from tasks.callbacks.guard import Busy, Guard, Refused
 from tasks.callbacks.model import Delivery, Outcome
 from tasks.callbacks.send import Sender
-from tests.helpers import wait_for
 
 LOOPBACK_ALLOWED = Guard([ipaddress.ip_network("127.0.0.1/32")])
 

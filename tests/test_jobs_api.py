@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
+from harness import EmulatorHandle, recording_done, wait_for
 from receiver.app import create_app
 from tasks.events import parse_event
 from tasks.formats import Format, render
@@ -13,8 +14,7 @@ from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
 from tasks.states import Step
-from tests.conftest import EmulatorHandle, Harness
-from tests.helpers import reconfigure, recording_done, wait_for
+from tests.helpers import Harness, reconfigure
 
 AUTH = {"Authorization": "Bearer token-1"}
 

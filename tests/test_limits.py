@@ -17,8 +17,7 @@ from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.outbox import Outbox
 from tasks.limits import MAX_DEPTH, MAX_FIELD_BYTES, WITHHELD, OverLimit
 from tasks.settings import Settings
-from tests.conftest import Harness
-from tests.helpers import reconfigure
+from tests.helpers import Harness, reconfigure
 
 AUTH = {"Authorization": "Bearer token-1"}
 

@@ -7,8 +7,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import System
-from tests.helpers import recording_done, signed, wait_for
+from harness import System, recording_done, signed, wait_for
 
 
 def scrape(system: System) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

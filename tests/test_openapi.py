@@ -12,7 +12,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from tests.conftest import System
+from harness import System
 
 CALLBACK_SECRET = "whsec_dGVzdC1jYWxsYmFjay1zZWNyZXQ="
 SCHEMATHESIS_EXAMPLES = 150  # per operation and phase: ~2,000 cases, about 15 s

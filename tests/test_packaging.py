@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("receiver", "tasks", "worker", "emulator", "recall_transcribe")
 LEFT_BEHIND = (".git", ".venv", ".wheel", ".hypothesis", "build", "dist", "*.egg-info")
-LEFT_BEHIND += ("__pycache__", ".*_cache", "data", "tests", "bench")
+LEFT_BEHIND += ("__pycache__", ".*_cache", "data", "tests", "bench", "harness")
 
 pytestmark = pytest.mark.system  # builds, installs and runs the wheel as processes
 

@@ -14,9 +14,8 @@ import requests
 from emulator.config import EmulatorConfig
 from emulator.quotas import RECALL_QUOTAS, scaled
 from emulator.server import create_emulator
+from harness import System, recording_done, signed, wait_for
 from tasks import keys
-from tests.conftest import System
-from tests.helpers import recording_done, signed, wait_for
 
 BURST = 120
 SCALE = 1 / 6  # every quota window: 1 min -> 10 s

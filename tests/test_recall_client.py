@@ -15,6 +15,7 @@ import redis
 import requests
 from werkzeug.serving import make_server
 
+from harness import EmulatorHandle, free_port
 from tasks import keys
 from tasks.metrics import Metrics
 from tasks.recall.client import INLINE_WAIT_S, RecallClient
@@ -37,8 +38,7 @@ from tasks.recall.errors import (
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Quota
 from tasks.recall.models import Transcript
 from tasks.settings import Settings
-from tests.conftest import EmulatorHandle
-from tests.helpers import free_port, reconfigure, serve_connections
+from tests.helpers import reconfigure, serve_connections
 
 PROVIDER = {"recallai_async": {"language_code": "en"}}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,24 +10,19 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
+from harness import OTHER_SECRET, SECRET, WEBHOOK_PATH, free_port, recording_done, signed
 from receiver.app import create_app
 from tasks import keys
 from tasks.names import EVENTS_QUEUE
 from tasks.settings import ConfigError, Settings
-from tests.helpers import OTHER_SECRET, SECRET, free_port, reconfigure, recording_done, signed
+from tests.helpers import queued_events, reconfigure
 
-URL = "/webhooks/recall"
+URL = WEBHOOK_PATH
 
 
 @pytest.fixture
 def client(settings: Settings) -> FlaskClient:
     return create_app(settings).test_client()
-
-
-def queued_events(rclient: redis.Redis) -> list[dict[str, object]]:
-    """The events waiting in the ingest queue, decoded from their Celery messages."""
-    messages = [json.loads(raw) for raw in rclient.lrange(EVENTS_QUEUE, 0, -1)]
-    return [json.loads(json.loads(base64.b64decode(m["body"]))[0][0]) for m in messages]
 
 
 def test_signed_event_is_enqueued_once_per_webhook_id(

@@ -9,10 +9,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import WEBHOOK_PATH, signed
 from receiver.app import create_app
 from tasks.settings import Settings
-from tests.helpers import signed
-from tests.test_receiver import URL, queued_events
+from tests.helpers import queued_events
 
 # Examples per property: the profile's (conftest.py: 150, or 25 under `make test-fast`).
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -87,7 +87,7 @@ def test_arbitrary_unsigned_requests_get_401_and_enqueue_nothing(
     settings: Settings, rclient: redis.Redis, body: bytes, headers: dict[str, str]
 ) -> None:
     _fresh(rclient)
-    response = create_app(settings).test_client().post(URL, data=body, headers=headers)
+    response = create_app(settings).test_client().post(WEBHOOK_PATH, data=body, headers=headers)
     assert response.status_code == 401
     assert queued_events(rclient) == []
 
@@ -99,7 +99,7 @@ def test_signed_arbitrary_payloads_never_fail_the_server(
 ) -> None:
     _fresh(rclient)
     body, headers = signed(json.dumps(payload).encode())
-    response = create_app(settings).test_client().post(URL, data=body, headers=headers)
+    response = create_app(settings).test_client().post(WEBHOOK_PATH, data=body, headers=headers)
     assert response.status_code in (200, 400), response.get_data(as_text=True)
     queued = queued_events(rclient)
     if response.status_code == 400 or response.json == {"status": "ignored"}:
@@ -117,6 +117,6 @@ def test_any_byte_changed_after_signing_is_refused(
     body, headers = signed(json.dumps(payload).encode())
     index = flip % len(body)
     tampered = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]
-    response = create_app(settings).test_client().post(URL, data=tampered, headers=headers)
+    response = create_app(settings).test_client().post(WEBHOOK_PATH, data=tampered, headers=headers)
     assert response.status_code == 401
     assert queued_events(rclient) == []

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from kombu.exceptions import OperationalError
 
+from harness import free_port
 from tasks.settings import load_settings
-from tests.helpers import free_port
 from worker.celery_app import create_celery
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness import EmulatorHandle, Process, recording_done, signed, start_redis, wait_for
 from receiver.app import create_app
 from tasks import keys
 from tasks.connection import NotReplicated
@@ -18,15 +19,13 @@ from tasks.jobs import JobStore
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
 from tasks.states import State, Step
-from tests.conftest import EmulatorHandle, Harness, start_redis
-from tests.helpers import reconfigure, recording_done, signed, wait_for
-from tests.test_steps import run, start, state
+from tests.helpers import Harness, reconfigure, run, start, state
 
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def primary(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def primary(tmp_path: Path) -> Iterator[tuple[str, Process]]:
     """A primary and its replica; yields the primary's URL and the replica's process."""
     for name in ("primary", "replica"):
         (tmp_path / name).mkdir()
@@ -38,7 +37,6 @@ def primary(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     yield url, replica
     for process in (replica, main):
         process.kill()
-        process.wait(10)
 
 
 def on_primary(harness: Harness, url: str) -> JobStore:
@@ -58,7 +56,6 @@ def test_a_webhook_is_acknowledged_only_once_a_replica_has_it(
     body, headers = signed(recording_done("r1"))
     assert client.post("/webhooks/recall", data=body, headers=headers).status_code == 200
     replica.kill()
-    replica.wait(10)
     other, other_headers = signed(recording_done("r2"))
     answer = client.post("/webhooks/recall", data=other, headers=other_headers)
     assert answer.status_code == 503  # in the primary, maybe lost in a failover: Recall resends
@@ -78,7 +75,6 @@ def test_no_create_happens_until_a_replica_knows_it_may(
     jobs = on_primary(harness, url)
     job_id = start(harness, emulator)
     replica.kill()
-    replica.wait(10)
     for _ in range(3):  # held back: a wait, no budget spent (one is allowed)
         assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
     assert emulator.stats()["calls"].get("create", 0) == 0
@@ -100,7 +96,6 @@ def test_a_job_the_api_accepts_is_on_a_replica_first(
     port = redis.Redis.from_url(url).info("replication")["slave0"]["port"]
     assert redis.Redis(port=port).exists(keys.job(accepted.json["id"]))
     replica.kill()
-    replica.wait(10)
     refused = client.post("/api/v1/jobs", json={"recording_id": "r2"}, headers=token)
     assert refused.status_code == 503  # maybe lost in a failover: the client asks again
     jobs = JobStore(redis.Redis.from_url(url), 10)
@@ -126,7 +121,6 @@ def test_no_archived_transcript_is_deleted_until_a_replica_knows_the_archive(
     job_id = harness.submit("r1")
     assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
     replica.kill()
-    replica.wait(10)
     for _ in range(2):  # archived to the store, but the mark may not survive a failover
         assert run(harness, Step.REMEDIATE, job_id) == Outcome.RETRY
     assert all(t["status"]["code"] == "done" for t in emulator.transcripts("r1"))

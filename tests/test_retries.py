@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness import EmulatorHandle, transcript_event, wait_for
 from tasks import keys
 from tasks.events import parse_event
 from tasks.outcomes import ErrorCode, Outcome, Result
@@ -16,10 +17,10 @@ from tasks.recall.client import INLINE_WAIT_S, RecallClient
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, Ticket, release_unused
 from tasks.settings import Settings
 from tasks.states import State, Step
-from tests.conftest import EmulatorHandle, Harness
-from tests.helpers import reconfigure, transcript_event, wait_for
-from tests.test_steps import (
+from tests.helpers import (
+    Harness,
     job_whose_transcript_fails,
+    reconfigure,
     run,
     start,
     state,

@@ -14,11 +14,10 @@ import redis
 import requests
 from moto.server import ThreadedMotoServer
 
+from harness import System, free_port, recording_done, signed, wait_for
 from tasks import keys
 from tasks.store.layout import CHUNK
 from tasks.store.s3 import S3Store, StoreUnavailable
-from tests.conftest import System
-from tests.helpers import free_port, recording_done, signed, wait_for
 
 AWS = {
     "AWS_ACCESS_KEY_ID": "test",

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import System
-from tests.helpers import Process, free_port, http_ready, recording_done, signed, wait_for
-from tests.test_faults import FAST_RECOVERY
+from harness import System, free_port, http_ready, recording_done, signed, wait_for
+from tests.helpers import FAST_RECOVERY
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -39,8 +38,7 @@ def test_no_secret_reaches_a_log_or_an_error_message(
         **FAST_RECOVERY,
     )
     flower_port = free_port()
-    flower = Process(["flower", "--port", str(flower_port)], system.env, tmp_path / "flower.log")
-    system.processes.append(flower)
+    system.start("flower", ["flower", "--port", str(flower_port)])
     flower_url = f"http://127.0.0.1:{flower_port}/"
     wait_for(http_ready(flower_url), 30, what="flower up")
     assert requests.get(flower_url, timeout=5).status_code == 401

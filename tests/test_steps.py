@@ -8,45 +8,25 @@ import time
 import pytest
 import redis
 
+from harness import EmulatorHandle, recording_done, transcript_event
 from tasks import keys
 from tasks.events import parse_event
 from tasks.formats import Format, render
-from tasks.jobs import JobRecord
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.settings import Settings
 from tasks.states import State, Step
-from tests.conftest import EmulatorHandle, Harness
-from tests.helpers import reconfigure, recording_done, transcript_event, wait_for
+from tests.helpers import (
+    Harness,
+    job_whose_transcript_fails,
+    outcomes,
+    reconfigure,
+    run,
+    start,
+    state,
+    wait_transcript_done,
+)
 from worker.sweeper import redrive_due
-
-
-def start(harness: Harness, emulator: EmulatorHandle, recording_id: str = "r1") -> str:
-    emulator.recording(recording_id)
-    return harness.submit(recording_id)
-
-
-def state(harness: Harness, job_id: str) -> JobRecord:
-    record = harness.pipeline.jobs.record(job_id)
-    assert record is not None
-    return record
-
-
-def run(harness: Harness, step: Step, job_id: str) -> Outcome:
-    """Send `step` for the job as the sweeper would, run it as a worker would: its outcome."""
-    return harness.run(step, job_id).outcome
-
-
-def outcomes(results: list[Result]) -> list[Outcome]:
-    return [result.outcome for result in results]
-
-
-def wait_transcript_done(emulator: EmulatorHandle, recording_id: str) -> None:
-    wait_for(
-        lambda: all(t["status"]["code"] == "done" for t in emulator.transcripts(recording_id)),
-        10,
-        what="emulator finished processing",
-    )
 
 
 def test_second_recording_done_for_a_recording_creates_nothing(
@@ -171,17 +151,6 @@ def test_await_polls_until_done_without_a_webhook(
     if state(harness, job_id).state == State.AWAITING:
         assert run(harness, Step.AWAIT, job_id) == Outcome.FETCH
     assert outcomes(harness.drain()) == [Outcome.PERSISTED]
-
-
-def job_whose_transcript_fails(harness: Harness, emulator: EmulatorHandle) -> tuple[str, str]:
-    """A job on r1 whose transcript Recall fails (provider_connection_failed): (job, transcript)."""
-    emulator.recording("r1")
-    emulator.fault(target="transcript", action="fail", sub_code="provider_connection_failed")
-    job_id = harness.submit("r1")
-    harness.drain()
-    transcript_id = state(harness, job_id).transcript_id
-    assert transcript_id is not None
-    return job_id, transcript_id
 
 
 def test_transcript_failed_webhook_fails_the_job_with_its_sub_code(

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from harness import EmulatorHandle, wait_for
 from recall_transcribe import cli
 from receiver.app import create_app
 from tasks.formats import RENDER_MAX_BYTES, Format, render
 from tasks.settings import Settings
 from tasks.states import State, Step
-from tests.conftest import EmulatorHandle, Harness
-from tests.helpers import reconfigure, wait_for
+from tests.helpers import Harness, reconfigure
 
 AUTH = {"Authorization": "Bearer token-1"}
 BIG = 20 * 1024 * 1024

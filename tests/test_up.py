@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import command, free_port, http_ready, wait_for
+from harness import command, free_port, http_ready, wait_for
 
 pytestmark = pytest.mark.system  # every test here runs `recall-transcribe` as a process
 

@@ -15,6 +15,17 @@ from celery import Celery
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import (
+    OTHER_SECRET,
+    SECRET,
+    EmulatorHandle,
+    System,
+    free_port,
+    recording_done,
+    signed,
+    transcript_event,
+    wait_for,
+)
 from receiver.app import create_app
 from tasks.events import parse_event
 from tasks.names import EVENTS_QUEUE
@@ -22,20 +33,15 @@ from tasks.outcomes import Outcome
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate
 from tasks.settings import ConfigError, Settings, load_settings
 from tasks.states import State, Step
-from tests.conftest import EmulatorHandle, Harness, System, emulator_process
 from tests.helpers import (
-    OTHER_SECRET,
-    SECRET,
-    free_port,
-    http_ready,
+    QUICK_EMULATOR,
+    Harness,
+    queued_events,
     reconfigure,
-    recording_done,
-    signed,
-    transcript_event,
-    wait_for,
+    run,
+    state,
+    wait_transcript_done,
 )
-from tests.test_receiver import queued_events
-from tests.test_steps import run, state, wait_transcript_done
 
 EU_SECRET = OTHER_SECRET
 EU_KEY = "eu-key"
@@ -265,16 +271,9 @@ def test_jobs_of_two_workspaces_each_call_their_own_recall_through_every_step(
         TEST_EU_SECRET=EU_SECRET,
         RECALL_POLL_INITIAL_S="1",
     )
-    eu_emulator = emulator_process(
-        eu_port,
-        EU_KEY,
-        f"{system.receiver_url}/webhooks/recall/eu",
-        {**system.env, "RECALL_WEBHOOK_SECRET": EU_SECRET},
-        tmp_path / "emulator-eu.log",
+    eu = system.start_emulator(
+        *QUICK_EMULATOR, workspace="eu", api_key=EU_KEY, secret=EU_SECRET, port=eu_port
     )
-    system.processes.append(eu_emulator)
-    wait_for(http_ready(f"{eu_url}/_emulator/stats"), 20, what="eu emulator up")
-    eu = EmulatorHandle(eu_url)
     eu.seed("eu-full", 9, "done")
     eu.seed("eu-full", 1, "failed")
     eu.fault(target="create", action="status", status=503, times=1)
