@@ -19,7 +19,7 @@ import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from harness import System, command, free_port, recording_done, signed, wait_for
+from harness import System, command, free_port, recording_done, wait_for
 from tasks import keys
 from tasks.callbacks.model import event_id, task_id
 
@@ -105,18 +105,7 @@ def start(start_system: Any, receiver: Receiver, **env: str) -> System:
 
 def post_recording(system: System, recording_id: str) -> None:
     system.emulator.recording(recording_id)
-    body, headers = signed(recording_done(recording_id))
-    url = f"{system.receiver_url}/webhooks/recall"
-    assert requests.post(url, data=body, headers=headers, timeout=10).status_code == 200
-
-
-def job_of(system: System, recording_id: str) -> dict[str, Any]:
-    url = f"{system.receiver_url}/api/v1/jobs"
-    (job,) = requests.get(
-        url, params={"recording_id": recording_id}, headers=AUTH, timeout=5
-    ).json()["jobs"]
-    result: dict[str, Any] = job
-    return result
+    assert system.post(recording_done(recording_id)).status_code == 200
 
 
 def test_every_finished_job_is_sent_signed_at_least_once_to_every_destination(
@@ -132,7 +121,7 @@ def test_every_finished_job_is_sent_signed_at_least_once_to_every_destination(
     )
     post_recording(system, "r1")
     wait_for(lambda: len(receiver.on("/flaky")) == 2 and receiver.on("/ok"), 30, what="both")
-    job = job_of(system, "r1")
+    job = system.job_of("r1")
     assert job["state"] == "done"
     for hit in receiver.hits:
         payload = verified(hit)
@@ -141,8 +130,8 @@ def test_every_finished_job_is_sent_signed_at_least_once_to_every_destination(
         assert "callbacks" not in payload["data"]  # no destination learns another's URL
     expected = {event_id(job["id"], 1, "done")}
     assert webhook_ids(receiver.hits) == expected  # one id, repeated by every attempt
-    wait_for(lambda: {c["state"] for c in job_of(system, "r1")["callbacks"]} == {"delivered"}, 10)
-    callbacks = job_of(system, "r1")["callbacks"]
+    wait_for(lambda: {c["state"] for c in system.job_of("r1")["callbacks"]} == {"delivered"}, 10)
+    callbacks = system.job_of("r1")["callbacks"]
     assert sorted(c["attempts"] for c in callbacks) == [1, 2]
     assert {c["last_status"] for c in callbacks} == {200}
     assert {c["url"] for c in callbacks} == {f"{receiver.url}/…"}  # paths may carry tokens
@@ -165,7 +154,7 @@ def test_a_jobs_own_callback_follows_no_redirect_and_is_sent_again_once_asked(
         system.emulator.recording("r2")
 
         def states() -> list[tuple[str, int, Any]]:
-            shown = job_of(system, "r2")["callbacks"]
+            shown = system.job_of("r2")["callbacks"]
             return sorted((c["state"], c["attempts"], c["last_status"]) for c in shown)
 
         body = {"recording_id": "r2", "callback_url": f"{receiver.url}/mine"}
@@ -204,7 +193,7 @@ def test_a_receiver_that_answers_too_late_is_cut_at_ten_seconds_and_tried_again(
     wait_for(lambda: len(receiver.on("/slow")) == 2, 40, what="a second attempt")
     first, second = receiver.on("/slow")
     assert 9.5 < second.at - first.at < 12  # the first cut at 10 s, not waited for
-    wait_for(lambda: job_of(system, "r3")["callbacks"][0]["state"] == "delivered", 10)
+    wait_for(lambda: system.job_of("r3")["callbacks"][0]["state"] == "delivered", 10)
 
 
 def test_a_failed_job_sends_job_failed(start_system: Any, receiver: Receiver) -> None:
@@ -251,7 +240,7 @@ def test_a_plain_celery_worker_of_another_service_gets_each_finished_job_once(
         wait_for(lambda: client.llen("test:seen") == 2, 60, what="both jobs at the service")
         seen = [json.loads(raw) for raw in client.lrange("test:seen", 0, -1)]
         for recording_id in ("c1", "c2"):
-            job = job_of(system, recording_id)
+            job = system.job_of(recording_id)
             (got,) = [s for s in seen if s["job"]["id"] == job["id"]]
             assert got["task_id"] == task_id(event_id(job["id"], 1, "done"))
             assert got["job"]["state"] == "done" and got["job"]["recording_id"] == recording_id

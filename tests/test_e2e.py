@@ -8,30 +8,8 @@ from typing import Any
 import redis
 import requests
 
-from harness import System, recording_done, signed, wait_for
+from harness import System, recording_done, wait_for
 from tasks import keys
-
-
-def post_webhook(system: System, body: bytes, headers: dict[str, str]) -> requests.Response:
-    return requests.post(
-        f"{system.receiver_url}/webhooks/recall", data=body, headers=headers, timeout=10
-    )
-
-
-def jobs_in(system: System, state: str) -> int:
-    return int(redis.Redis.from_url(system.env["REDIS_URL"]).zcard(keys.state(state)))
-
-
-def job_of(system: System, recording_id: str) -> dict[str, Any]:
-    response = requests.get(
-        f"{system.receiver_url}/api/v1/jobs",
-        params={"recording_id": recording_id},
-        headers={"Authorization": "Bearer test-token"},
-        timeout=5,
-    )
-    jobs: list[dict[str, Any]] = response.json()["jobs"]
-    assert len(jobs) == 1, jobs
-    return jobs[0]
 
 
 def test_fifty_recordings_each_delivered_twice_persist_fifty_transcripts_created_once(
@@ -41,20 +19,19 @@ def test_fifty_recordings_each_delivered_twice_persist_fifty_transcripts_created
     recordings = [f"rec-{i:02d}" for i in range(50)]
     for recording_id in recordings:
         system.emulator.recording(recording_id)
-        body, headers = signed(recording_done(recording_id))
-        first = post_webhook(system, body, headers)
-        second = post_webhook(system, body, headers)
+        event, msg_id = recording_done(recording_id), f"msg_{recording_id}"
+        first, second = system.post(event, msg_id), system.post(event, msg_id)
         assert (first.status_code, first.json()["status"]) == (200, "enqueued")
         assert (second.status_code, second.json()["status"]) == (200, "duplicate")
 
-    wait_for(lambda: jobs_in(system, "done") == 50, 90, what="50 jobs done")
+    wait_for(lambda: system.count("done") == 50, 90, what="50 jobs done")
 
     stats = system.emulator.stats()
     assert stats["created_by_recording"] == {rid: 1 for rid in recordings}
     assert stats["calls"]["create"] == 50
     for recording_id in recordings:
         (transcript,) = system.emulator.transcripts(recording_id)
-        job = job_of(system, recording_id)
+        job = system.job_of(recording_id)
         assert job["state"] == "done" and job["transcript_id"] == transcript["id"]
         folder = system.store / recording_id
         assert (folder / f"{transcript['id']}.json").read_bytes() == system.emulator.data(
@@ -77,9 +54,8 @@ def test_recording_at_the_limit_is_remediated_failed_first_then_oldest_archived(
     (failed,) = emulator.seed("full", 1, "failed")
     oldest_data = emulator.data(done[0]["id"])
 
-    body, headers = signed(recording_done("full"))
-    assert post_webhook(system, body, headers).status_code == 200
-    wait_for(lambda: jobs_in(system, "done") == 1, 30, what="first job done")
+    assert system.post(recording_done("full")).status_code == 200
+    wait_for(lambda: system.count("done") == 1, 30, what="first job done")
     by_id = {t["id"]: t for t in emulator.transcripts("full")}
     assert by_id[failed["id"]]["status"]["code"] == "deleted"
     assert all(by_id[t["id"]]["status"]["code"] == "done" for t in done)
@@ -92,7 +68,7 @@ def test_recording_at_the_limit_is_remediated_failed_first_then_oldest_archived(
         timeout=5,
     )
     assert response.status_code == 202
-    wait_for(lambda: jobs_in(system, "done") == 2, 30, what="second job done")
+    wait_for(lambda: system.count("done") == 2, 30, what="second job done")
     by_id = {t["id"]: t for t in emulator.transcripts("full")}
     assert by_id[done[0]["id"]]["status"]["code"] == "deleted"
     assert (system.store / "full" / f"{done[0]['id']}.json").read_bytes() == oldest_data
@@ -105,10 +81,9 @@ def test_dropped_transcript_webhook_is_caught_by_polling(start_system: Any) -> N
     system: System = start_system(RECALL_POLL_INITIAL_S="1")
     system.emulator.recording("quiet")
     system.emulator.fault(target="webhook", action="drop", recording_id="quiet")
-    body, headers = signed(recording_done("quiet"))
-    assert post_webhook(system, body, headers).status_code == 200
+    assert system.post(recording_done("quiet")).status_code == 200
 
-    wait_for(lambda: jobs_in(system, "done") == 1, 30, what="job done by polling")
+    wait_for(lambda: system.count("done") == 1, 30, what="job done by polling")
     stats = system.emulator.stats()
     assert stats["created_by_recording"] == {"quiet": 1}
     assert stats["calls"]["retrieve"] >= 2  # at least one poll, then the fetch
@@ -129,8 +104,7 @@ def test_a_recording_whose_metadata_looks_like_a_kombu_type_tag_is_transcribed(
     event = recording_done("tagged")
     event["data"]["recording"]["metadata"] = {"__type__": "unknown", "__value__": 1}
     event["data"]["bot"]["metadata"] = {"__type__": "bytes", "__value__": "x"}
-    body, headers = signed(event)
-    assert post_webhook(system, body, headers).status_code == 200
-    wait_for(lambda: jobs_in(system, "done") == 1, 30, what="the job done")
+    assert system.post(event).status_code == 200
+    wait_for(lambda: system.count("done") == 1, 30, what="the job done")
     client = redis.Redis.from_url(system.env["REDIS_URL"])
     assert client.hlen(keys.INBOX) == 0 and client.hlen(keys.INBOX_DEAD) == 0

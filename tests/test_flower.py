@@ -132,9 +132,7 @@ def test_a_failed_job_is_a_failed_task_and_a_retrying_one_a_retried_task_sent_on
         target="create", action="status", status=500, times=2, recording_id="fl-flaky"
     )
     for recording_id in ("fl-ok", "fl-gone", "fl-flaky"):  # Recall knows no fl-gone: 404
-        body, headers = signed(recording_done(recording_id))
-        url = f"{system.receiver_url}/webhooks/recall"
-        assert requests.post(url, data=body, headers=headers, timeout=5).status_code == 200
+        assert system.post(recording_done(recording_id)).status_code == 200
 
     def finished() -> bool:
         fetched = [events.states("recall.fetch_and_persist", r) for r in ("fl-ok", "fl-flaky")]

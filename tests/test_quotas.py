@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 
 from emulator.config import EmulatorConfig
 from emulator.quotas import RECALL_QUOTAS, scaled
 from emulator.server import create_emulator
-from harness import System, recording_done, signed, wait_for
+from harness import System, recording_done, wait_for
 from tasks import keys
 
 BURST = 120
@@ -50,11 +49,8 @@ def test_a_burst_of_recordings_under_recalls_quotas_is_paced_not_failed(
     emulator.fault(target="create", action="lose_response", probability=0.1, times=-1)
     emulator.fault(target="webhook", action="drop", probability=0.2, times=-1)
 
-    url = f"{system.receiver_url}/webhooks/recall"
-
     def deliver(recording_id: str) -> int:
-        body, headers = signed(recording_done(recording_id))
-        return requests.post(url, data=body, headers=headers, timeout=10).status_code
+        return system.post(recording_done(recording_id)).status_code
 
     with ThreadPoolExecutor(8) as pool:  # all at once, as meetings end on the hour
         assert set(pool.map(deliver, recordings)) == {200}
@@ -85,12 +81,10 @@ def test_recall_enforcing_less_than_declared_costs_few_429s_and_no_job(start_sys
         workers=2,
         emulator_args=("--quotas", "create=5/60,retrieve=4/5,list=60/60,delete=60/60"),
     )  # RECALL_RATE_LIMITS: Recall's documented quotas, x QUOTA_SCALE as the emulator's windows
-    url = f"{system.receiver_url}/webhooks/recall"
     recordings = [f"shared-{index}" for index in range(jobs)]
     for recording_id in recordings:
         system.emulator.recording(recording_id)
-        body, headers = signed(recording_done(recording_id))
-        assert requests.post(url, data=body, headers=headers, timeout=10).status_code == 200
+        assert system.post(recording_done(recording_id)).status_code == 200
 
     client = redis.Redis.from_url(system.env["REDIS_URL"], decode_responses=True)
     wait_for(lambda: client.zcard(keys.state("done")) == jobs, 60, what="every job done")

@@ -14,7 +14,7 @@ import redis
 import requests
 from moto.server import ThreadedMotoServer
 
-from harness import System, free_port, recording_done, signed, wait_for
+from harness import System, free_port, recording_done, wait_for
 from tasks import keys
 from tasks.store.layout import CHUNK
 from tasks.store.s3 import S3Store, StoreUnavailable
@@ -152,12 +152,10 @@ def test_workers_persist_to_s3_and_a_refusing_store_fails_the_job_readably(
         **AWS,
     )
     client = redis.Redis.from_url(system.env["REDIS_URL"], decode_responses=True)
-    url = f"{system.receiver_url}/webhooks/recall"
     for recording_id in ("ok", "refused"):
         system.emulator.recording(recording_id)
-    body, headers = signed(recording_done("ok"))
-    assert requests.post(url, data=body, headers=headers, timeout=5).status_code == 200
-    wait_for(lambda: client.zcard(keys.state("done")) == 1, 30, what="persisted to S3")
+    assert system.post(recording_done("ok")).status_code == 200
+    wait_for(lambda: system.count("done") == 1, 30, what="persisted to S3")
     (transcript,) = system.emulator.transcripts("ok")
     stored = objects(s3)
     assert stored[f"t/ok/{transcript['id']}.json"] == system.emulator.data(transcript["id"])
@@ -170,9 +168,8 @@ def test_workers_persist_to_s3_and_a_refusing_store_fails_the_job_readably(
         Bucket="transcripts", Key=f"t/ok/{transcript['id']}.meta.json"
     )
     boto3.client("s3", endpoint_url=s3).delete_bucket(Bucket="transcripts")  # now it refuses
-    body, headers = signed(recording_done("refused"))
-    assert requests.post(url, data=body, headers=headers, timeout=5).status_code == 200
-    wait_for(lambda: client.zcard(keys.state("failed")) == 1, 60, what="the job failed")
+    assert system.post(recording_done("refused")).status_code == 200
+    wait_for(lambda: system.count("failed") == 1, 60, what="the job failed")
     (job_id,) = client.zrange(keys.state("failed"), 0, -1)
     error = client.hget(keys.job(job_id), "error") or ""
     assert '"internal"' in error and "NoSuchBucket" in error and "s3://transcripts/t/" in error

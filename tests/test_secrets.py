@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from harness import System, free_port, http_ready, recording_done, signed, wait_for
+from harness import System, free_port, http_ready, recording_done, wait_for
 from tests.helpers import FAST_RECOVERY
 
 
@@ -55,12 +55,9 @@ def test_no_secret_reaches_a_log_or_an_error_message(
     emulator.fault(target="download", action="status", status=503)
     emulator.fault(target="download", action="reset")  # urllib3 logs its retry, with the URL
     for recording_id in ("ok", "retried", "refused", "expired"):
-        body, headers = signed(recording_done(recording_id), secret=f"whsec_{webhook_key}")
-        hook = requests.post(f"{system.receiver_url}/webhooks/recall", data=body, headers=headers)
+        hook = system.post(recording_done(recording_id), secret=f"whsec_{webhook_key}")
         assert hook.status_code == 200
-    body, headers = signed(recording_done("forged"))  # another secret
-    forged = requests.post(f"{system.receiver_url}/webhooks/recall", data=body, headers=headers)
-    assert forged.status_code == 401
+    assert system.post(recording_done("forged")).status_code == 401  # another secret
     bad_token = {"Authorization": f"Bearer {api_token[:-1]}x"}
     assert requests.get(api, headers=bad_token, timeout=5).status_code == 401
     created = requests.post(api, json={"recording_id": "by-api"}, headers=auth, timeout=5)
