@@ -26,6 +26,7 @@ from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, Web
 from tasks.formats import beside
 from tasks.jobs import JobRecord, JobStore, Listing
 from tasks.metrics import Metrics
+from tasks.names import DEFAULT
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.client import RecallClient
 from tasks.recall.errors import (
@@ -42,7 +43,6 @@ from tasks.retry import compute_backoff
 from tasks.settings import Settings
 from tasks.states import State, Step
 from tasks.store import Store, UnsafeName
-from tasks.workspaces import DEFAULT
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tasks.names import DEFAULT
 from tasks.recall.limiter import Family, Rate, parse_rates
-from tasks.workspaces import DEFAULT, Workspace, parse_workspaces
+from tasks.workspaces import Workspace, parse_workspaces
 
 LimitPolicy = Literal["fail", "delete-failed", "archive-oldest"]
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from tasks.names import DEFAULT
 from tasks.recall.limiter import Family, Rate, parse_rates
 
-DEFAULT = "default"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 FIELDS = {"api_key", "api_key_env", "base_url", "webhook_secret", "webhook_secret_env"}
 FIELDS |= {"rate_limits", "provider"}

@@ -26,14 +26,13 @@ from emulator.state import EmulatorState
 from tasks.dispatch import Dispatcher
 from tasks.jobs import JobStore, Message
 from tasks.messages import step_message
-from tasks.names import PIPELINE_QUEUE, STEP_TASKS
+from tasks.names import DEFAULT, PIPELINE_QUEUE, STEP_TASKS
 from tasks.outcomes import Result
 from tasks.pipeline import Pipeline
 from tasks.recall.client import RecallClient
 from tasks.settings import Settings, load_settings
 from tasks.states import Step
 from tasks.store.local import LocalStore
-from tasks.workspaces import DEFAULT
 from tests.helpers import SECRET, Process, command, free_port, http_ready, redis_answers, wait_for
 
 hypothesis_settings.register_profile("full", max_examples=150)

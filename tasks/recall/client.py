@@ -20,6 +20,7 @@ from urllib3.util import Retry
 
 from tasks.deadlines import WatchedAdapter, deadline
 from tasks.metrics import Metrics
+from tasks.names import DEFAULT
 from tasks.recall.download import USER_AGENT, Downloader, trust_environment_once
 from tasks.recall.errors import (
     NotFound,
@@ -33,7 +34,7 @@ from tasks.recall.errors import (
 from tasks.recall.limiter import Family, Limiter, Quota, Ticket
 from tasks.recall.models import Transcript
 from tasks.settings import Settings
-from tasks.workspaces import DEFAULT, Workspace
+from tasks.workspaces import Workspace
 
 INLINE_WAIT_S = 0.25  # a quota slot this close is waited for in place; a later one reschedules
 _QUERY = re.compile(r"\?\S*")
