@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tasks.names import DEFAULT
 from tasks.recall.limiter import Family, Rate, parse_rates
-from tasks.workspaces import Workspace, parse_workspaces
+from tasks.recall.workspace import Workspace
+from tasks.workspaces import parse_workspaces
 
 LimitPolicy = Literal["fail", "delete-failed", "archive-oldest"]
 

@@ -29,7 +29,7 @@ from tasks.messages import step_message
 from tasks.names import DEFAULT, PIPELINE_QUEUE, STEP_TASKS
 from tasks.outcomes import Result
 from tasks.pipeline import Pipeline
-from tasks.recall.client import RecallClient
+from tasks.recalls import recall_client
 from tasks.settings import Settings, load_settings
 from tasks.states import Step
 from tasks.store.local import LocalStore
@@ -281,7 +281,7 @@ def harness(settings: Settings) -> Harness:
     pipeline = Pipeline(
         settings,
         jobs,
-        {"default": RecallClient(settings)},
+        {"default": recall_client(settings)},
         LocalStore(settings.TRANSCRIPTS_STORE),
         Dispatcher.from_settings(jobs, settings),
     )
