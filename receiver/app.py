@@ -19,9 +19,9 @@ from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
 from tasks.jobs import JobStore
 from tasks.metrics import Metrics, RedisCollector
+from tasks.names import DEFAULT
 from tasks.settings import ConfigError, Settings
 from tasks.store import open_store
-from tasks.workspaces import DEFAULT
 
 MAX_BODY_BYTES = 1024 * 1024
 

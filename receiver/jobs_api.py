@@ -34,10 +34,11 @@ from tasks.callbacks.model import owner
 from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
 from tasks.jobs import MAX_CALLBACKS, Job
+from tasks.names import DEFAULT
 from tasks.outcomes import ErrorCode
 from tasks.states import State
 from tasks.store import Store
-from tasks.workspaces import DEFAULT, NAME
+from tasks.workspaces import NAME
 
 RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # Text without control characters (tab, newline and carriage return allowed in values).

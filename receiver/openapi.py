@@ -22,7 +22,7 @@ from receiver.jobs_api import (
 )
 from tasks.formats import Format
 from tasks.jobs import Job
-from tasks.workspaces import DEFAULT
+from tasks.names import DEFAULT
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _TRANSCRIPT = {

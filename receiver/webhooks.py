@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tasks.events import InvalidEvent, parse_event_json
 from tasks.inbox import Inbox
 from tasks.metrics import Metrics
-from tasks.workspaces import DEFAULT
+from tasks.names import DEFAULT
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,10 @@ from tasks.inbox import Inbox
 from tasks.jobs import JobStore
 from tasks.limits import OverLimit
 from tasks.messages import sent_from
-from tasks.names import INGEST_TASK, STEP_TASKS, SUBMIT_TASK
+from tasks.names import DEFAULT, INGEST_TASK, STEP_TASKS, SUBMIT_TASK
 from tasks.outcomes import JobFailed, JobRetrying, Outcome, Result
 from tasks.pipeline import Pipeline
 from tasks.states import State, Step
-from tasks.workspaces import DEFAULT
 
 FINISHING = (Outcome.PERSISTED, Outcome.FAILED)
 

@@ -13,9 +13,9 @@ from typing import Any
 from tasks import limits
 from tasks.jobs import Due, JobStore, Message
 from tasks.messages import step_message
+from tasks.names import DEFAULT
 from tasks.settings import Settings
 from tasks.states import State, Step
-from tasks.workspaces import DEFAULT
 
 
 class Dispatcher:

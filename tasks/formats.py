@@ -26,7 +26,7 @@ from enum import StrEnum
 from html import escape
 from typing import IO, TYPE_CHECKING, Any
 
-from tasks.store.layout import DATA, Stored
+from tasks.store.layout import DATA, MEDIA_TYPES, Stored
 
 if TYPE_CHECKING:
     from tasks.store import Store
@@ -71,12 +71,7 @@ class Format(StrEnum):
 
     @property
     def media_type(self) -> str:
-        return {
-            Format.JSON: "application/json",
-            Format.TEXT: "text/plain; charset=utf-8",
-            Format.SRT: "application/x-subrip; charset=utf-8",
-            Format.VTT: "text/vtt; charset=utf-8",
-        }[self]
+        return MEDIA_TYPES[self.suffix]
 
 
 # What reading data of another shape raises; RecursionError: JSON nested deeper than the parser

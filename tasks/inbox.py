@@ -24,9 +24,8 @@ from tasks import keys
 from tasks.connection import replicated
 from tasks.messages import ingest_message
 from tasks.metrics import labelled
-from tasks.names import EVENTS_QUEUE
+from tasks.names import DEFAULT, EVENTS_QUEUE
 from tasks.settings import Settings
-from tasks.workspaces import DEFAULT
 
 INBOX_KEYS = [
     keys.INBOX,

@@ -30,7 +30,7 @@ from tasks.callbacks.deliveries import views
 from tasks.callbacks.model import ANONYMOUS, Callback, redact
 from tasks.connection import replicated
 from tasks.leases import Leases
-from tasks.names import PIPELINE_QUEUE
+from tasks.names import DEFAULT, PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode
 from tasks.settings import Settings
 from tasks.states import (
@@ -48,7 +48,6 @@ from tasks.states import (
     sources,
     target,
 )
-from tasks.workspaces import DEFAULT
 
 _DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook path derives
 _GIVEN = uuid.UUID("0c3f9a8e-52d1-4b7e-8e9f-4a6d2b1c7e55")  # keys clients give (API, CLI, Celery)

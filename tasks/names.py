@@ -1,8 +1,10 @@
-"""Task, queue and route names: what the receiver, the worker and other services agree on."""
+"""Task, queue, route and workspace names the receiver, the worker and other services agree on."""
 
 from __future__ import annotations
 
 from tasks.states import Step
+
+DEFAULT = "default"  # the workspace of the single-workspace settings (tasks/workspaces.py)
 
 EVENTS_QUEUE = "recall.events"
 PIPELINE_QUEUE = "recall.pipeline"

@@ -11,11 +11,20 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tasks.names import DEFAULT
 from tasks.recall.limiter import Family, Rate, parse_rates
-from tasks.workspaces import DEFAULT, Workspace, parse_workspaces
+from tasks.recall.workspace import Workspace
+from tasks.workspaces import parse_workspaces
 
 LimitPolicy = Literal["fail", "delete-failed", "archive-oldest"]
 
@@ -70,6 +79,7 @@ class Settings(BaseSettings):
     CALLBACK_QUEUE: str = "recall.callbacks"
     TRANSCRIPT_FORMATS: str = "json"
     RECALL_WORKSPACES: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    _workspaces: dict[str, Workspace] = PrivateAttr(default_factory=dict)  # read once, validating
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)
@@ -150,12 +160,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _workspaces_read(self) -> Settings:
+        """RECALL_WORKSPACES (and the `.env` its `*_env` names may be in) read once, here."""
         try:
             found = parse_workspaces(self.RECALL_WORKSPACES, _environ(), self.TRANSCRIPT_PROVIDER)
             for workspace in found.values():
                 _check_secrets(workspace.name, workspace.webhook_secrets)
         except ValueError as exc:
             raise ValueError(f"invalid setting RECALL_WORKSPACES: {exc}") from None
+        default = Workspace(
+            name=DEFAULT,
+            api_key=self.RECALL_API_KEY,
+            base_url=self.RECALL_API_BASE_URL,
+            webhook_secrets=self.webhook_secrets,
+            rate_limits=self.rate_limits,
+            provider=self.TRANSCRIPT_PROVIDER,
+        )
+        self._workspaces = {DEFAULT: default, **found}
         return self
 
     @field_validator("REDIS_SENTINELS")
@@ -251,16 +271,7 @@ class Settings(BaseSettings):
     @property
     def workspaces(self) -> dict[str, Workspace]:
         """Every Recall workspace served: `default` (the single-workspace settings) first."""
-        default = Workspace(
-            name=DEFAULT,
-            api_key=self.RECALL_API_KEY,
-            base_url=self.RECALL_API_BASE_URL,
-            webhook_secrets=self.webhook_secrets,
-            rate_limits=self.rate_limits,
-            provider=self.TRANSCRIPT_PROVIDER,
-        )
-        others = parse_workspaces(self.RECALL_WORKSPACES, _environ(), self.TRANSCRIPT_PROVIDER)
-        return {DEFAULT: default, **others}
+        return dict(self._workspaces)
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:

@@ -9,39 +9,25 @@ RECALL_RATE_LIMITS, TRANSCRIPT_PROVIDER) are the workspace `default`, whose webh
             "webhook_secret_env": "RECALL_EU_SECRET", "rate_limits": "list=60/60"}}
 
 A secret may be given by the name of the environment variable that holds it (`api_key_env`,
-`webhook_secret_env`), so none has to sit inside one JSON string.
+`webhook_secret_env`), so none has to sit inside one JSON string. Each is read into the
+`Workspace` a Recall client is built from (tasks/recall/workspace.py).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import SecretStr
 
-from tasks.recall.limiter import Family, Rate, parse_rates
+from tasks.names import DEFAULT
+from tasks.recall.limiter import parse_rates
+from tasks.recall.workspace import Workspace
 
-DEFAULT = "default"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 FIELDS = {"api_key", "api_key_env", "base_url", "webhook_secret", "webhook_secret_env"}
 FIELDS |= {"rate_limits", "provider"}
-
-
-@dataclass(frozen=True)
-class Workspace:
-    name: str
-    api_key: SecretStr | None
-    base_url: str
-    webhook_secrets: list[str]
-    rate_limits: dict[Family, Rate] | None
-    provider: dict[str, Any]
-
-    @property
-    def development(self) -> bool:
-        """A local emulator over plain http: plain-http download URLs are accepted."""
-        return self.base_url.startswith("http://")
 
 
 def parse_workspaces(

@@ -20,7 +20,7 @@ from harness import start_system as start_whole_system
 from tasks.dispatch import Dispatcher
 from tasks.jobs import JobStore
 from tasks.pipeline import Pipeline
-from tasks.recall.client import RecallClient
+from tasks.recalls import recall_client
 from tasks.settings import Settings, load_settings
 from tasks.store.local import LocalStore
 from tests.helpers import QUICK_EMULATOR, Harness
@@ -144,7 +144,7 @@ def harness(settings: Settings) -> Harness:
     pipeline = Pipeline(
         settings,
         jobs,
-        {"default": RecallClient(settings)},
+        {"default": recall_client(settings)},
         LocalStore(settings.TRANSCRIPTS_STORE),
         Dispatcher.from_settings(jobs, settings),
     )

@@ -26,10 +26,10 @@ from tasks.callbacks import send
 from tasks.callbacks.guard import Guard
 from tasks.callbacks.model import Delivery
 from tasks.callbacks.send import Sender
-from tasks.recall.client import RecallClient
 from tasks.recall.download import Downloader
 from tasks.recall.errors import DownloadTimeout, RetryableError
 from tasks.recall.limiter import Quota
+from tasks.recalls import recall_client
 from tasks.settings import load_settings
 from tests.helpers import serve_connections
 
@@ -199,7 +199,7 @@ def test_a_trickling_recall_api_answer_ends_with_an_error_at_the_deadline(
         TRANSCRIPTS_STORE=str(tmp_path / "store"),
         RECALL_HTTP_TIMEOUT_S=DEADLINE,
     )
-    client = RecallClient(settings)
+    client = recall_client(settings)
     started = time.monotonic()
     with pytest.raises(RetryableError, match="did not answer in time"):  # never a short answer
         client.retrieve_transcript("t1", Quota())

@@ -37,6 +37,7 @@ from tasks.recall.errors import (
 )
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Quota
 from tasks.recall.models import Transcript
+from tasks.recalls import recall_client
 from tasks.settings import Settings
 from tests.helpers import reconfigure, serve_connections
 
@@ -58,7 +59,7 @@ def test_create_returns_a_processing_transcript_tagged_with_metadata(
     settings: Settings, emulator: EmulatorHandle
 ) -> None:
     emulator.recording("r1")
-    transcript = create(RecallClient(settings))
+    transcript = create(recall_client(settings))
     assert transcript.status.code == "processing"
     assert transcript.metadata == {"job_id": "j"}
     assert transcript.raw["id"] == transcript.id
@@ -88,7 +89,7 @@ def test_create_error_answers_are_classified(
     emulator.recording("r1")
     emulator.fault(target="create", action="status", **fault)
     with pytest.raises(error) as caught:
-        create(RecallClient(settings))
+        create(recall_client(settings))
     assert isinstance(caught.value, RetryableError) is retryable
     if fault.get("retry_after"):
         assert caught.value.retry_after == 7  # type: ignore[attr-defined]
@@ -98,7 +99,7 @@ def test_bad_api_key_is_final_and_does_not_leak_the_key(
     settings: Settings, emulator: EmulatorHandle
 ) -> None:
     emulator.recording("r1")
-    client = RecallClient(reconfigure(settings, RECALL_API_KEY=None))
+    client = recall_client(reconfigure(settings, RECALL_API_KEY=None))
     with pytest.raises(Unauthorized) as caught:
         create(client)
     assert "test-key" not in str(caught.value)
@@ -106,7 +107,7 @@ def test_bad_api_key_is_final_and_does_not_leak_the_key(
 
 def test_unknown_recording_is_not_found(settings: Settings, emulator: EmulatorHandle) -> None:
     with pytest.raises(NotFound):
-        create(RecallClient(settings), "nope")
+        create(recall_client(settings), "nope")
 
 
 def test_lost_create_answer_is_outcome_unknown_and_the_same_key_replays(
@@ -114,7 +115,7 @@ def test_lost_create_answer_is_outcome_unknown_and_the_same_key_replays(
 ) -> None:
     emulator.recording("r1")
     emulator.fault(target="create", action="lose_response")
-    client = RecallClient(settings)
+    client = recall_client(settings)
     with pytest.raises(OutcomeUnknown):
         create(client, key="same")
     replayed = create(client, key="same")
@@ -126,11 +127,11 @@ def test_timeout_is_outcome_unknown(settings: Settings, emulator: EmulatorHandle
     emulator.recording("r1")
     emulator.fault(target="create", action="latency", seconds=3)
     with pytest.raises(OutcomeUnknown):
-        create(RecallClient(reconfigure(settings, RECALL_HTTP_TIMEOUT_S=0.5)))
+        create(recall_client(reconfigure(settings, RECALL_HTTP_TIMEOUT_S=0.5)))
 
 
 def test_refused_connection_is_unavailable_not_unknown(settings: Settings) -> None:
-    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL="http://127.0.0.1:9"))
+    client = recall_client(reconfigure(settings, RECALL_API_BASE_URL="http://127.0.0.1:9"))
     with pytest.raises(Unavailable) as caught:
         create(client)
     assert not isinstance(caught.value, OutcomeUnknown)
@@ -138,7 +139,7 @@ def test_refused_connection_is_unavailable_not_unknown(settings: Settings) -> No
 
 def test_list_follows_the_cursor_to_the_end(settings: Settings, emulator: EmulatorHandle) -> None:
     seeded = emulator.seed("r1", 8)  # the fixture's emulator pages by 3
-    pages = list(RecallClient(settings).list_pages("r1", None, Quota()))
+    pages = list(recall_client(settings).list_pages("r1", None, Quota()))
     listed = [Transcript.from_api(raw) for page, _ in pages for raw in page]
     assert [cursor is None for _, cursor in pages] == [False] * (len(pages) - 1) + [True]
     assert [t.id for t in listed] == [t["id"] for t in seeded]
@@ -151,7 +152,7 @@ def test_a_read_that_reached_recall_is_not_repeated_inside_the_call(
     (seeded,) = emulator.seed("r1", 1)
     emulator.fault(target="retrieve", action="status", status=503)
     with pytest.raises(Unavailable):
-        RecallClient(settings).retrieve_transcript(seeded["id"], Quota())
+        recall_client(settings).retrieve_transcript(seeded["id"], Quota())
     assert emulator.stats()["calls"]["retrieve"] == 1
 
 
@@ -163,7 +164,7 @@ def test_a_429_on_a_read_pauses_its_family_fleet_wide_for_the_retry_after(
     into a RetryError, an unknown outcome, and nothing paused)."""
     (seeded,) = emulator.seed("r1", 1)
     limiter = Limiter(rclient, dict(DEFAULT_RATES), INLINE_WAIT_S)
-    client = RecallClient(settings, limiter, Metrics(rclient))
+    client = recall_client(settings, limiter, Metrics(rclient))
     calls: dict[Family, Callable[[], object]] = {
         Family.RETRIEVE: lambda: client.retrieve_transcript(seeded["id"], Quota()),
         Family.LIST: lambda: list(client.list_pages("r1", None, Quota())),
@@ -186,7 +187,7 @@ def test_delete_of_a_deleted_transcript_counts_as_deleted(
     settings: Settings, emulator: EmulatorHandle
 ) -> None:
     (seeded,) = emulator.seed("r1", 1)
-    client = RecallClient(settings)
+    client = recall_client(settings)
     client.delete_transcript(seeded["id"], Quota())
     client.delete_transcript(seeded["id"], Quota())
     assert emulator.transcripts("r1")[0]["status"]["code"] == "deleted"
@@ -196,7 +197,7 @@ def test_download_returns_the_exact_bytes_and_403_is_expired(
     settings: Settings, emulator: EmulatorHandle
 ) -> None:
     (seeded,) = emulator.seed("r1", 1)
-    client = RecallClient(settings)
+    client = recall_client(settings)
     url = client.retrieve_transcript(seeded["id"], Quota()).download_url
     assert url is not None
     assert download(client, url) == emulator.data(seeded["id"])
@@ -207,14 +208,14 @@ def test_download_returns_the_exact_bytes_and_403_is_expired(
 def test_plain_http_download_is_refused_outside_development(settings: Settings) -> None:
     production = reconfigure(settings, RECALL_API_BASE_URL="https://us-west-2.recall.ai")
     with pytest.raises(DownloadRefused):
-        download(RecallClient(production), "http://example.invalid/data.json")
+        download(recall_client(production), "http://example.invalid/data.json")
 
 
 def test_download_over_the_size_cap_is_refused(
     settings: Settings, emulator: EmulatorHandle
 ) -> None:
     (seeded,) = emulator.seed("r1", 1)
-    client = RecallClient(reconfigure(settings, DOWNLOAD_MAX_BYTES=10))
+    client = recall_client(reconfigure(settings, DOWNLOAD_MAX_BYTES=10))
     url = client.retrieve_transcript(seeded["id"], Quota()).download_url
     assert url is not None
     with pytest.raises(DownloadRefused):
@@ -251,7 +252,7 @@ def test_a_list_next_link_to_another_host_is_not_followed_with_the_api_key(
     settings: Settings, fake_recall: tuple[str, list[str]]
 ) -> None:
     url, hits = fake_recall
-    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL=url))
+    client = recall_client(reconfigure(settings, RECALL_API_BASE_URL=url))
     with pytest.raises(Rejected, match="another host"):
         list(client.list_pages("r1", None, Quota()))
     assert hits == ["/api/v1/transcript/"]
@@ -261,7 +262,7 @@ def test_download_redirects_stay_on_http_schemes_and_are_few(
     settings: Settings, fake_recall: tuple[str, list[str]]
 ) -> None:
     url, hits = fake_recall
-    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL=url))  # development: http
+    client = recall_client(reconfigure(settings, RECALL_API_BASE_URL=url))  # development: http
     assert download(client, f"{url}/redirect/|data.json") == b"[]"
     with pytest.raises(DownloadRefused, match="not https"):
         download(client, f"{url}/redirect/file:||etc|passwd")
@@ -274,7 +275,7 @@ def test_download_redirects_stay_on_http_schemes_and_are_few(
 def test_outside_development_downloads_and_their_redirects_must_be_https(
     settings: Settings,
 ) -> None:
-    client = RecallClient(reconfigure(settings, RECALL_API_BASE_URL="https://127.0.0.1:9"))
+    client = recall_client(reconfigure(settings, RECALL_API_BASE_URL="https://127.0.0.1:9"))
     for url in ("http://127.0.0.1:9/data", "ftp://127.0.0.1/data"):
         with pytest.raises(DownloadRefused, match="not https"):
             download(client, url)
@@ -314,7 +315,7 @@ def test_a_download_trickling_a_byte_at_a_time_is_abandoned_at_its_deadline(
     settings: Settings, trickler: str, path: str
 ) -> None:
     """Each byte comes well within the socket timeout; the whole download's deadline cuts it."""
-    client = RecallClient(reconfigure(settings, RECALL_DOWNLOAD_TIMEOUT_S=1))
+    client = recall_client(reconfigure(settings, RECALL_DOWNLOAD_TIMEOUT_S=1))
     started = time.monotonic()
     with pytest.raises(DownloadTimeout, match="not finished within 1s"):
         download(client, f"{trickler}{path}")
@@ -326,7 +327,7 @@ def test_an_api_answer_trickling_a_byte_at_a_time_ends_with_the_call_timeout(
 ) -> None:
     """Not only downloads: a call to Recall's API is bounded as a whole, so a step cannot hold
     its job (and its lease) past the job's deadline."""
-    client = RecallClient(
+    client = recall_client(
         reconfigure(settings, RECALL_API_BASE_URL=trickler, RECALL_HTTP_TIMEOUT_S=1)
     )
     started = time.monotonic()

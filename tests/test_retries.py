@@ -13,8 +13,9 @@ from harness import EmulatorHandle, transcript_event, wait_for
 from tasks import keys
 from tasks.events import parse_event
 from tasks.outcomes import ErrorCode, Outcome, Result
-from tasks.recall.client import INLINE_WAIT_S, RecallClient
+from tasks.recall.client import INLINE_WAIT_S
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, Ticket, release_unused
+from tasks.recalls import recall_client
 from tasks.settings import Settings
 from tasks.states import State, Step
 from tests.helpers import (
@@ -240,7 +241,7 @@ def test_a_listing_cut_short_by_the_quota_goes_on_from_its_cursor(
     """List at 2 per second: each page after the first waits past a moment, so the job is
     rescheduled with its slot reserved and its listing kept; no page is fetched twice."""
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.LIST: Rate(2, 1.0)}, INLINE_WAIT_S)
-    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = recall_client(settings, limiter)
     job_id = start(harness, emulator)
     emulator.seed("r1", 10, "done")  # 4 pages of 3
     assert run(harness, Step.CREATE, job_id) == Outcome.REMEDIATE
@@ -302,7 +303,7 @@ def test_a_create_held_back_by_the_quota_tells_no_other_job_that_a_slot_freed(
     harness: Harness, emulator: EmulatorHandle, settings: Settings, rclient: redis.Redis
 ) -> None:
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.CREATE: Rate(1, 60)}, INLINE_WAIT_S)
-    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = recall_client(settings, limiter)
     emulator.recording("r1")
     emulator.fault(target="create", action="status", status=400, recording_id="r1")
     first, second = harness.submit("r1", key="first"), harness.submit("r1", key="second")
@@ -379,7 +380,7 @@ def test_a_quota_slot_reserved_for_a_call_that_never_happens_is_given_back(
     """The job comes back for its reserved create slot, but the recording is busy (another job
     remediates it): the step ends before the call, and the slot goes back to the window."""
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.CREATE: Rate(1, 1.0)}, INLINE_WAIT_S)
-    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = recall_client(settings, limiter)
     first, second = start(harness, emulator), harness.submit("r1", key="second")
     harness.clear()
     assert run(harness, Step.CREATE, first) == Outcome.CREATED
@@ -467,7 +468,7 @@ def test_a_job_that_ends_while_holding_a_quota_slot_gives_it_back(
     """Its transcript.failed webhook ends the job between two polls, the second one holding a
     reserved slot: the slot goes back, so the next job does not wait an extra window."""
     limiter = Limiter(rclient, {**DEFAULT_RATES, Family.RETRIEVE: Rate(1, 60)}, INLINE_WAIT_S)
-    harness.pipeline.recalls["default"] = RecallClient(settings, limiter)
+    harness.pipeline.recalls["default"] = recall_client(settings, limiter)
     job_id = start(harness, emulator)
     harness.drain()
     assert emulator.state is not None

@@ -121,3 +121,25 @@ def test_callbacks_rotate_their_secret_and_allow_clients_networks_apart() -> Non
             CALLBACK_ALLOWED_NETWORKS="10.0.0.0/8", CALLBACK_CLIENT_ALLOWED_NETWORKS=none
         )
         assert apart.client_callback_networks == [] and len(apart.callback_networks) == 1
+
+
+def test_workspaces_are_read_once_each_settings_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RECALL_WORKSPACES, and the variables it names, are read as the settings are built: a
+    later change of the environment moves none of them, and each settings keeps its own."""
+    eu_spec = {"api_key_env": "TEST_EU_KEY", "base_url": "https://eu.example"}
+    spec = {"eu": {**eu_spec, "webhook_secret": "whsec_YWJj"}}
+    monkeypatch.setenv("TEST_EU_KEY", "first")
+    first = load_settings(RECALL_WORKSPACES=spec, RECALL_API_KEY="one")
+    monkeypatch.setenv("TEST_EU_KEY", "second")
+    second = load_settings(RECALL_WORKSPACES=spec, RECALL_API_BASE_URL="http://127.0.0.1:9")
+    alone = load_settings(RECALL_API_KEY="alone")
+    eu = first.workspaces["eu"].api_key
+    assert eu is not None and eu.get_secret_value() == "first"
+    eu = second.workspaces["eu"].api_key
+    assert eu is not None and eu.get_secret_value() == "second"
+    key = first.workspaces["default"].api_key
+    assert key is not None and key.get_secret_value() == "one"
+    assert second.workspaces["default"].base_url == "http://127.0.0.1:9"
+    assert list(alone.workspaces) == ["default"]
+    first.workspaces.pop("eu")  # a caller's copy: the settings keep theirs
+    assert list(first.workspaces) == ["default", "eu"]

@@ -20,8 +20,7 @@ from tasks.jobs import JobStore
 from tasks.metrics import Metrics
 from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
-from tasks.recall.client import INLINE_WAIT_S, RecallClient
-from tasks.recall.limiter import Limiter
+from tasks.recalls import recall_clients
 from tasks.settings import Settings
 from tasks.store import open_store
 from worker.deliveries import DeliveryPool
@@ -98,14 +97,7 @@ def create_worker_app(settings: Settings) -> Celery:
     dispatch = Dispatcher.from_settings(jobs, settings)
     inbox = Inbox.from_settings(client, settings)
     metrics = Metrics(client)
-    limiters: dict[str, Limiter] = {}
-    recalls: dict[str, RecallClient] = {}
-    for name, workspace in settings.workspaces.items():  # each paced by its own quotas
-        rates = workspace.rate_limits
-        if rates:
-            limiters[name] = Limiter(client, rates, INLINE_WAIT_S, name)
-        counted = metrics.for_workspace(name)
-        recalls[name] = RecallClient(settings, limiters.get(name), counted, workspace)
+    limiters, recalls = recall_clients(settings, client, metrics)
     store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
     pipeline = Pipeline(settings, jobs, recalls, store, dispatch, metrics)
     deliveries = Deliveries.from_settings(client, settings)

@@ -32,8 +32,7 @@ from tasks.recall.errors import (
 )
 from tasks.recall.limiter import Family, Limiter, Quota, Ticket
 from tasks.recall.models import Transcript
-from tasks.settings import Settings
-from tasks.workspaces import DEFAULT, Workspace
+from tasks.recall.workspace import Timeouts, Workspace
 
 INLINE_WAIT_S = 0.25  # a quota slot this close is waited for in place; a later one reschedules
 _QUERY = re.compile(r"\?\S*")
@@ -73,23 +72,22 @@ class RecallClient:
 
     def __init__(
         self,
-        settings: Settings,
+        workspace: Workspace,
+        timeouts: Timeouts,
         limiter: Limiter | None = None,
         metrics: Metrics | None = None,
-        workspace: Workspace | None = None,
     ) -> None:
-        workspace = workspace or settings.workspaces[DEFAULT]
         key = workspace.api_key.get_secret_value() if workspace.api_key else ""
         self._auth = f"Token {key}"
         self._base = workspace.base_url
-        self._timeout = (min(5.0, settings.RECALL_HTTP_TIMEOUT_S), settings.RECALL_HTTP_TIMEOUT_S)
+        self._timeout = (min(5.0, timeouts.http_s), timeouts.http_s)
         self._local = threading.local()
         self._limiter = limiter
         self._metrics = metrics
         self.download = Downloader(
             self._timeout,
-            settings.DOWNLOAD_MAX_BYTES,
-            settings.RECALL_DOWNLOAD_TIMEOUT_S,
+            timeouts.download_max_bytes,
+            timeouts.download_s,
             require_https=not workspace.development,
         )
         urllib3_log = logging.getLogger("urllib3.connectionpool")

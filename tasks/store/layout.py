@@ -15,6 +15,13 @@ from typing import Any, Protocol
 
 DATA = ".json"
 META = ".meta.json"
+# What each object of a transcript holds, by suffix: the data (and its meta), and its renderings.
+MEDIA_TYPES = {
+    DATA: "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".srt": "application/x-subrip; charset=utf-8",
+    ".vtt": "text/vtt; charset=utf-8",
+}
 CHUNK = 64 * 1024
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -41,6 +48,14 @@ def safe(value: str) -> str:
 def object_name(recording_id: str, transcript_id: str, suffix: str) -> str:
     """`{recording_id}/{transcript_id}{suffix}`, both ids checked safe."""
     return f"{safe(recording_id)}/{safe(transcript_id)}{suffix}"
+
+
+def media_type(name: str) -> str:
+    """The media type of the object `name`, by its suffix (JSON unless a rendering's)."""
+    for suffix, kind in MEDIA_TYPES.items():
+        if name.endswith(suffix):
+            return kind
+    return MEDIA_TYPES[DATA]
 
 
 def meta_bytes(meta: dict[str, Any]) -> bytes:

@@ -20,8 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.formats import Format
-from tasks.store.layout import DATA, META, Stored, StoreError, meta_bytes, object_name
+from tasks.store.layout import DATA, META, Stored, StoreError, media_type, meta_bytes, object_name
 
 
 class StoreUnavailable(StoreError):
@@ -94,17 +93,10 @@ class S3Store:
     def _put(self, key: str, body: bytes | IO[bytes]) -> None:
         try:
             self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=_content_type(key)
+                Bucket=self.bucket, Key=key, Body=body, ContentType=media_type(key)
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._unavailable("PUT", key, exc) from None
 
     def _unavailable(self, what: str, key: str, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"{what} s3://{self.bucket}/{key}: {exc}")
-
-
-def _content_type(key: str) -> str:
-    for fmt in Format:
-        if key.endswith(fmt.suffix) and fmt is not Format.JSON:
-            return fmt.media_type
-    return "application/json"
