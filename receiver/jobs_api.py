@@ -33,9 +33,9 @@ from tasks.callbacks.guard import Guard, Refused
 from tasks.callbacks.model import owner
 from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
-from tasks.jobs import MAX_CALLBACKS, Job
+from tasks.jobs.states import State
+from tasks.jobs.store import MAX_CALLBACKS, Job
 from tasks.outcomes import ErrorCode
-from tasks.states import State
 from tasks.store import Store
 from tasks.workspaces import DEFAULT, NAME
 

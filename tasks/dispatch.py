@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from tasks import limits
-from tasks.jobs import Due, JobStore, Message
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import Due, JobStore, Message
 from tasks.messages import step_message
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tasks.workspaces import DEFAULT
 
 

@@ -18,7 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tasks import keys
-from tasks.states import State, Step
+from tasks.jobs.states import State, Step
 from tasks.workspaces import DEFAULT
 
 log = logging.getLogger(__name__)

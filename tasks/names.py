@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.states import Step
+from tasks.jobs.states import Step
 
 EVENTS_QUEUE = "recall.events"
 PIPELINE_QUEUE = "recall.pipeline"

@@ -24,7 +24,8 @@ from tasks.connection import NotReplicated
 from tasks.dispatch import Dispatcher
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
 from tasks.formats import beside
-from tasks.jobs import JobRecord, JobStore, Listing
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobRecord, JobStore, Listing
 from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.client import RecallClient
@@ -40,7 +41,6 @@ from tasks.recall.limiter import Quota, Ticket
 from tasks.recall.models import Transcript
 from tasks.retry import compute_backoff
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tasks.store import Store, UnsafeName
 from tasks.workspaces import DEFAULT
 

@@ -24,14 +24,14 @@ from emulator.quotas import RECALL_QUOTAS, scaled
 from emulator.server import KeepAliveHandler, create_emulator
 from emulator.state import EmulatorState
 from tasks.dispatch import Dispatcher
-from tasks.jobs import JobStore, Message
+from tasks.jobs.states import Step
+from tasks.jobs.store import JobStore, Message
 from tasks.messages import step_message
 from tasks.names import PIPELINE_QUEUE, STEP_TASKS
 from tasks.outcomes import Result
 from tasks.pipeline import Pipeline
 from tasks.recall.client import RecallClient
 from tasks.settings import Settings, load_settings
-from tasks.states import Step
 from tasks.store.local import LocalStore
 from tasks.workspaces import DEFAULT
 from tests.helpers import SECRET, Process, command, free_port, http_ready, redis_answers, wait_for

@@ -105,7 +105,7 @@ def test_worker_restarts_in_place_on_celerys_unrecoverable_error(
 def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> None:
     import redis
 
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
     from tasks.outcomes import ErrorCode
 
     jobs = JobStore(redis.Redis.from_url(redis_url), 10)
@@ -125,7 +125,7 @@ def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> 
 def test_jobs_list_pages_under_a_header_and_says_how_to_see_more(redis_url: str) -> None:
     import redis
 
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
 
     jobs = JobStore(redis.Redis.from_url(redis_url), 10)
     made = [jobs.submit(f"rec-{i}", {"recallai_async": {}})[0] for i in range(5)]

@@ -12,10 +12,10 @@ import redis
 import requests
 from celery import Celery
 
-from tasks.jobs import JobStore
+from tasks.jobs.states import State
+from tasks.jobs.store import JobStore
 from tasks.keys import KOMBU_UNACKED
 from tasks.names import PIPELINE_QUEUE
-from tasks.states import State
 from tests.conftest import System
 from tests.helpers import Process, free_port, http_ready, recording_done, signed, wait_for
 

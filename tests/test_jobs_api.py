@@ -8,11 +8,11 @@ from flask.testing import FlaskClient
 from receiver.app import create_app
 from tasks.events import parse_event
 from tasks.formats import Format, render
-from tasks.jobs import default_idempotency_key
+from tasks.jobs.states import Step
+from tasks.jobs.store import default_idempotency_key
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
-from tasks.states import Step
 from tests.conftest import EmulatorHandle, Harness
 from tests.helpers import reconfigure, recording_done, wait_for
 

@@ -11,10 +11,10 @@ import pytest
 from celery import Celery
 from kombu.utils import json as kombu_json
 
+from tasks.jobs.states import Step
 from tasks.messages import ingest_message, sent_from, step_message
 from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
 from tasks.settings import load_settings
-from tasks.states import Step
 from tests.helpers import recording_done
 from worker.celery_app import create_worker_app
 

@@ -14,10 +14,10 @@ import redis
 from receiver.app import create_app
 from tasks import keys
 from tasks.connection import NotReplicated
-from tasks.jobs import JobStore
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobStore
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness, start_redis
 from tests.helpers import reconfigure, recording_done, signed, wait_for
 from tests.test_steps import run, start, state

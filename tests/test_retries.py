@@ -11,11 +11,11 @@ import redis
 
 from tasks import keys
 from tasks.events import parse_event
+from tasks.jobs.states import State, Step
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.client import INLINE_WAIT_S, RecallClient
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, Ticket, release_unused
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness
 from tests.helpers import reconfigure, transcript_event, wait_for
 from tests.test_steps import (

@@ -11,11 +11,11 @@ import redis
 from tasks import keys
 from tasks.events import parse_event
 from tasks.formats import Format, render
-from tasks.jobs import JobRecord
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobRecord
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness
 from tests.helpers import reconfigure, recording_done, transcript_event, wait_for
 from worker.sweeper import redrive_due

@@ -17,8 +17,8 @@ from flask.testing import FlaskClient
 from recall_transcribe import cli
 from receiver.app import create_app
 from tasks.formats import RENDER_MAX_BYTES, Format, render
+from tasks.jobs.states import State, Step
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness
 from tests.helpers import reconfigure, wait_for
 

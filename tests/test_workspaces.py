@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.app import create_app
 from tasks.events import parse_event
+from tasks.jobs.states import State, Step
 from tasks.names import EVENTS_QUEUE
 from tasks.outcomes import Outcome
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate
 from tasks.settings import ConfigError, Settings, load_settings
-from tasks.states import State, Step
 from tests.conftest import EmulatorHandle, Harness, System, emulator_process
 from tests.helpers import (
     OTHER_SECRET,

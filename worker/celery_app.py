@@ -16,7 +16,7 @@ from tasks.callbacks.send import Sender
 from tasks.connection import broker_options, broker_url, redis_client
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
-from tasks.jobs import JobStore
+from tasks.jobs.store import JobStore
 from tasks.metrics import Metrics
 from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline

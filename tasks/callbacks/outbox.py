@@ -19,7 +19,7 @@ from tasks.callbacks.model import (
     iso,
     task_id,
 )
-from tasks.jobs import JobRecord, JobStore
+from tasks.jobs.store import JobRecord, JobStore
 from tasks.messages import task_message
 
 log = logging.getLogger(__name__)

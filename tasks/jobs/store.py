@@ -29,11 +29,8 @@ from tasks import keys, limits
 from tasks.callbacks.deliveries import views
 from tasks.callbacks.model import ANONYMOUS, Callback, redact
 from tasks.connection import replicated
-from tasks.leases import Leases
-from tasks.names import PIPELINE_QUEUE
-from tasks.outcomes import ErrorCode
-from tasks.settings import Settings
-from tasks.states import (
+from tasks.jobs.leases import Leases
+from tasks.jobs.states import (
     ACTIVE,
     AWAITING,
     DONE,
@@ -48,6 +45,9 @@ from tasks.states import (
     sources,
     target,
 )
+from tasks.names import PIPELINE_QUEUE
+from tasks.outcomes import ErrorCode
+from tasks.settings import Settings
 from tasks.workspaces import DEFAULT
 
 _DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook path derives
@@ -293,7 +293,7 @@ class JobStore:
         self.deadline_s = deadline_s
         self.min_replicas = min_replicas
         self.leases = Leases(client, lease_s)
-        script = resources.files("tasks").joinpath("lua/jobs.lua").read_text()
+        script = resources.files("tasks.jobs").joinpath("jobs.lua").read_text()
         self._script = client.register_script(script)
 
     @classmethod
