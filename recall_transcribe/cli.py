@@ -240,7 +240,7 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     last = ""
     while True:
-        job = jobs.get(job_id)
+        job = jobs.record(job_id)
         if job is None:
             print("job vanished", file=sys.stderr)
             return 1
@@ -261,6 +261,8 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _jobs(args: argparse.Namespace, _: list[str]) -> int:
+    from tasks.callbacks.views import job_view
+
     dispatch = _dispatcher(load_settings())
     jobs = dispatch.jobs
     if args.action == "list":
@@ -275,7 +277,7 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
     if args.action == "retry" and not dispatch.retry(args.job_id):
         print(f"job {args.job_id} is not a failed job", file=sys.stderr)
         return 1
-    shown = jobs.get(args.job_id)
+    shown = job_view(jobs, args.job_id)
     if shown is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
@@ -333,7 +335,7 @@ def _transcript(jobs: JobStore, job_id: str, fmt: str) -> int:
     from tasks.jobs.states import State
     from tasks.store import open_store
 
-    job = jobs.get(job_id)
+    job = jobs.record(job_id)
     if job is None:
         print(f"no job {job_id}", file=sys.stderr)
         return 1

@@ -21,7 +21,7 @@ from receiver.jobs_api import (
     json_value_schemas,
 )
 from tasks.formats import Format
-from tasks.jobs.store import Job
+from tasks.jobs.views import Job
 from tasks.workspaces import DEFAULT
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]

@@ -117,7 +117,7 @@ def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> 
     env = {**os.environ, "REDIS_URL": redis_url}
     result = run(["jobs", "retry", "--failed", "--code", "recall_unavailable"], env)
     assert result.returncode == 0 and "1 failed job(s) queued again" in result.stdout
-    assert [jobs.get(j).state for j in (unavailable, limited)] == ["queued", "failed"]  # type: ignore[union-attr]
+    assert [jobs.record(j).state for j in (unavailable, limited)] == ["queued", "failed"]  # type: ignore[union-attr]
     bad = run(["jobs", "retry", "--failed", "--created-after", "yesterday"], env)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
 

@@ -50,7 +50,7 @@ def done_job(harness: Harness, emulator: EmulatorHandle, data: bytes | None = No
             emulator.state.transcripts[transcript["id"]].data = data
     harness.run(Step.AWAIT, job_id)
     harness.drain()
-    job = harness.pipeline.jobs.get(job_id)
+    job = harness.pipeline.jobs.record(job_id)
     assert job is not None and job.state == State.DONE
     return Path(harness.pipeline.settings.TRANSCRIPTS_STORE) / "r1" / f"{transcript['id']}.json"
 

@@ -11,6 +11,6 @@ message whose task id is derived from the event. Deliveries (`deliveries.py`,
 tasks/lua/callbacks.lua) are scheduled in their own due-set, paced per destination and shared out
 per client, and attempted by a small pool of threads in each worker process (worker/deliveries.py)
 under Standard Webhooks signatures (`send.py`), each attempt to an address checked at that moment,
-its name resolved on threads shared out per client (`guard.py`). The delivery records and the view
-a job shows of them, URLs redacted: `model.py`.
+its name resolved on threads shared out per client (`guard.py`). The delivery records and their
+ids: `model.py`; jobs as users see them, joined with the state of their callbacks: `views.py`.
 """

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal, cast
 
@@ -26,8 +25,6 @@ from pydantic import BaseModel, Field, field_validator
 from redis.client import Pipeline
 
 from tasks import keys, limits
-from tasks.callbacks.deliveries import views
-from tasks.callbacks.model import ANONYMOUS, Callback, redact
 from tasks.connection import replicated
 from tasks.jobs.leases import Leases
 from tasks.jobs.states import (
@@ -45,6 +42,7 @@ from tasks.jobs.states import (
     sources,
     target,
 )
+from tasks.jobs.views import Callback, Job, JobError, iso, redact
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode
 from tasks.settings import Settings
@@ -55,6 +53,7 @@ _GIVEN = uuid.UUID("0c3f9a8e-52d1-4b7e-8e9f-4a6d2b1c7e55")  # keys clients give 
 SCHEMA = "3"  # jobs with a phase, a deadline and a workspace (1: state and step)
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 MAX_CALLBACKS = 10  # callback_url destinations one job holds
+ANONYMOUS = "anonymous"  # who gave a callback URL without an API token (Dispatcher.submit)
 EarlyEvent = Literal["done", "failed"]
 Added = Literal["added", "known", "full"]
 Delay = float | Literal["keep", "never"]
@@ -76,12 +75,6 @@ def default_idempotency_key(recording_id: str, provider: dict[str, Any]) -> str:
     return f"{recording_id}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
 
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class Listing:
     """A recording's listing in progress: the transcripts seen and where it goes on."""
@@ -90,35 +83,6 @@ class Listing:
     cursor: str | None  # the next page's URL; None once complete
     started_at: float
     version: int  # the recording's version (our creates and deletes) when it began
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
-    sub_code: str | None = None
-
-
-class Job(BaseModel):
-    """A job as users see it (the jobs API and CLI)."""
-
-    id: str
-    recording_id: str
-    workspace: str = DEFAULT
-    state: State
-    transcript_id: str | None = None
-    attempts: int
-    error: JobError | None = None
-    idempotency_key: str
-    provider: dict[str, Any]
-    metadata: dict[str, Any]
-    callback_url: str | None = Field(
-        default=None,
-        description="the job's first callback_url, redacted to where it goes (the answer to the "
-        "request that gave one shows that one whole)",
-    )
-    callbacks: list[Callback] = Field(default_factory=list)
-    created_at: str | None
-    updated_at: str | None
 
 
 class Destination(BaseModel):
@@ -224,8 +188,8 @@ class JobRecord(BaseModel):
             metadata=self.metadata if limits.within(self.metadata) else limits.WITHHELD,
             callback_url=redact(self.destinations[0].url) if self.destinations else None,
             callbacks=callbacks or [],
-            created_at=_iso(self.created_at),
-            updated_at=_iso(self.updated_at),
+            created_at=iso(self.created_at),
+            updated_at=iso(self.updated_at),
         )
 
 
@@ -351,18 +315,6 @@ class JobStore:
     def record(self, job_id: str) -> JobRecord | None:
         return _decode(cast(dict[bytes, bytes], self.redis.hgetall(keys.job(job_id))))
 
-    def get(self, job_id: str) -> Job | None:
-        record = self.record(job_id)
-        return self.views([record])[0] if record else None
-
-    def views(self, records: list[JobRecord]) -> list[Job]:
-        """Jobs as users see them, with the state of their callbacks (one round trip)."""
-        deliveries = views(self.redis, [record.callbacks for record in records])
-        return [
-            record.view([d.view() for d in found])
-            for record, found in zip(records, deliveries, strict=True)
-        ]
-
     def now(self) -> float:
         """Redis's clock: the one every time in the job store is on."""
         seconds, micros = self.redis.time()
@@ -405,7 +357,7 @@ class JobStore:
         workspace: str | None = None,
         offset: int = 0,
         limit: int = 50,
-    ) -> list[Job]:
+    ) -> list[JobRecord]:
         """A page of jobs, newest first, filtered by recording, state and/or workspace."""
         if recording_id:
             members = cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
@@ -436,9 +388,8 @@ class JobStore:
             and (state is None or r.state == state)
             and (workspace is None or r.workspace == workspace)
         ]
-        jobs = self.views(chosen)
-        jobs.sort(key=lambda job: job.created_at or "", reverse=True)
-        return jobs[offset : offset + limit]
+        chosen.sort(key=lambda record: record.created_at, reverse=True)
+        return chosen[offset : offset + limit]
 
     # -- transitions (tasks/states.py) ------------------------------------------------------------
 
