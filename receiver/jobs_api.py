@@ -35,7 +35,7 @@ from tasks.callbacks.views import job_view, job_views
 from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
 from tasks.jobs.states import State
-from tasks.jobs.store import MAX_CALLBACKS
+from tasks.jobs.transitions import MAX_CALLBACKS
 from tasks.jobs.views import Job
 from tasks.outcomes import ErrorCode
 from tasks.store import Store

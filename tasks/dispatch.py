@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from tasks import limits
+from tasks.jobs.sending import Due, Message
 from tasks.jobs.states import State, Step
-from tasks.jobs.store import Due, JobStore, Message
+from tasks.jobs.store import JobStore
 from tasks.messages import step_message
 from tasks.settings import Settings
 from tasks.workspaces import DEFAULT

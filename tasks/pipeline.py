@@ -24,8 +24,9 @@ from tasks.connection import NotReplicated
 from tasks.dispatch import Dispatcher
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
 from tasks.formats import beside
+from tasks.jobs.record import JobRecord, Listing
 from tasks.jobs.states import State, Step
-from tasks.jobs.store import JobRecord, JobStore, Listing
+from tasks.jobs.store import JobStore
 from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.client import RecallClient

@@ -24,8 +24,9 @@ from emulator.quotas import RECALL_QUOTAS, scaled
 from emulator.server import KeepAliveHandler, create_emulator
 from emulator.state import EmulatorState
 from tasks.dispatch import Dispatcher
+from tasks.jobs.sending import Message
 from tasks.jobs.states import Step
-from tasks.jobs.store import JobStore, Message
+from tasks.jobs.store import JobStore
 from tasks.messages import step_message
 from tasks.names import PIPELINE_QUEUE, STEP_TASKS
 from tasks.outcomes import Result

@@ -12,6 +12,8 @@ import redis
 
 from tasks import keys
 from tasks.dispatch import Dispatcher
+from tasks.jobs.record import JobRecord
+from tasks.jobs.sending import Due
 from tasks.jobs.states import (
     AWAITING,
     CREATING,
@@ -28,7 +30,7 @@ from tasks.jobs.states import (
     Transition,
     target,
 )
-from tasks.jobs.store import Due, JobRecord, JobStore
+from tasks.jobs.store import JobStore
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode
 

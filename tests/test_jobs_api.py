@@ -8,8 +8,8 @@ from flask.testing import FlaskClient
 from receiver.app import create_app
 from tasks.events import parse_event
 from tasks.formats import Format, render
+from tasks.jobs.record import default_idempotency_key
 from tasks.jobs.states import Step
-from tasks.jobs.store import default_idempotency_key
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings

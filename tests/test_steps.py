@@ -11,8 +11,8 @@ import redis
 from tasks import keys
 from tasks.events import parse_event
 from tasks.formats import Format, render
+from tasks.jobs.record import JobRecord
 from tasks.jobs.states import State, Step
-from tasks.jobs.store import JobRecord
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.settings import Settings

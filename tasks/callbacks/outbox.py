@@ -18,7 +18,8 @@ from tasks.callbacks.model import (
     event_id,
     task_id,
 )
-from tasks.jobs.store import JobRecord, JobStore
+from tasks.jobs.record import JobRecord
+from tasks.jobs.store import JobStore
 from tasks.jobs.views import iso
 from tasks.messages import task_message
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tasks.callbacks.deliveries import views
-from tasks.jobs.store import JobRecord, JobStore
+from tasks.jobs.record import JobRecord
+from tasks.jobs.store import JobStore
 from tasks.jobs.views import Job
 
 
