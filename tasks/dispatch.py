@@ -1,9 +1,9 @@
 """Starting jobs and sending their steps: the one way in for the pipeline, the receiver, the CLI
 and other services' Celery messages.
 
-A step is sent as a hand-built Celery message (tasks/messages.py) by one Lua command that records
-it on its job (tasks/jobs.py `send`): a job gets one message per step on its way, never a second
-copy while the first waits in the queue, however long the backlog.
+A step is sent as a hand-built Celery message (tasks/messages.py) by one Lua command that records it
+on its job (tasks/jobs/sending.py `send`): a job gets one message per step on its way, never a
+second copy while the first waits in the queue, however long the backlog.
 """
 
 from __future__ import annotations

@@ -81,8 +81,9 @@ def create_celery(settings: Settings) -> Celery:
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=PIPELINE_QUEUE,
         task_routes=ROUTES,
-        # A step keeps its lease alive while it runs (tasks/leases.py), so these only stop a step
-        # hung past any of the Recall client's own deadlines (prefork pools; threads ignore them).
+        # A step keeps its lease alive while it runs (tasks/jobs/leases.py), so these only stop a
+        # step hung past any of the Recall client's own deadlines (prefork pools; threads ignore
+        # them).
         task_time_limit=STEP_TIME_LIMIT_S,
         task_soft_time_limit=STEP_TIME_LIMIT_S - 30,
     )

@@ -19,7 +19,7 @@ OPERATOR = ""  # the client of CALLBACK_URLS: paced per destination only, its ow
 
 
 class Outcome(StrEnum):
-    """What an attempt came to, as tasks/lua/callbacks.lua records it."""
+    """What an attempt came to, as tasks/callbacks/callbacks.lua records it."""
 
     DELIVERED = "delivered"
     FAILED = "failed"  # the receiver: no 2xx in time; its destination is marked failing

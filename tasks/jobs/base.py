@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager
-from importlib import resources
 from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel
 from redis.client import Pipeline
 
-from tasks import keys
+from tasks import keys, scripts
 from tasks.connection import replicated
 from tasks.jobs.leases import Leases
 from tasks.jobs.states import TRANSITIONS, Transition, sources, target
@@ -57,8 +56,7 @@ class JobStoreBase:
         self.deadline_s = deadline_s
         self.min_replicas = min_replicas
         self.leases = Leases(client, lease_s)
-        script = resources.files("tasks.jobs").joinpath("jobs.lua").read_text()
-        self._script = client.register_script(script)
+        self._script = scripts.register(client, __name__, "jobs.lua")
 
     def _run(
         self,
