@@ -10,14 +10,14 @@ import time
 from typing import TYPE_CHECKING
 
 from recall_transcribe.health import SERVICES
+from tasks.jobs.states import State
 from tasks.limits import OverLimit
 from tasks.logs import configure_logging
 from tasks.settings import ConfigError, Settings, load_settings
-from tasks.states import State
 
 if TYPE_CHECKING:
     from tasks.dispatch import Dispatcher
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -220,7 +220,7 @@ def _up(args: argparse.Namespace, _: list[str]) -> int:
 def _dispatcher(settings: Settings) -> Dispatcher:
     from tasks.connection import redis_client
     from tasks.dispatch import Dispatcher
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
 
     jobs = JobStore.from_settings(redis_client(settings), settings)
     return Dispatcher.from_settings(jobs, settings)
@@ -240,7 +240,7 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     last = ""
     while True:
-        job = jobs.get(job_id)
+        job = jobs.record(job_id)
         if job is None:
             print("job vanished", file=sys.stderr)
             return 1
@@ -261,6 +261,8 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _jobs(args: argparse.Namespace, _: list[str]) -> int:
+    from tasks.callbacks.views import job_view
+
     dispatch = _dispatcher(load_settings())
     jobs = dispatch.jobs
     if args.action == "list":
@@ -275,7 +277,7 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
     if args.action == "retry" and not dispatch.retry(args.job_id):
         print(f"job {args.job_id} is not a failed job", file=sys.stderr)
         return 1
-    shown = jobs.get(args.job_id)
+    shown = job_view(jobs, args.job_id)
     if shown is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
@@ -330,10 +332,10 @@ def _retry_failed(dispatch: Dispatcher, args: argparse.Namespace) -> int:
 def _transcript(jobs: JobStore, job_id: str, fmt: str) -> int:
     """Print the job's persisted transcript in `fmt`: streamed, with nothing a terminal runs."""
     from tasks.formats import CannotRender, Format, for_terminal, open_transcript
-    from tasks.states import State
+    from tasks.jobs.states import State
     from tasks.store import open_store
 
-    job = jobs.get(job_id)
+    job = jobs.record(job_id)
     if job is None:
         print(f"no job {job_id}", file=sys.stderr)
         return 1

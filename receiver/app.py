@@ -17,7 +17,7 @@ from tasks.callbacks.guard import Guard
 from tasks.connection import redis_client
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
-from tasks.jobs import JobStore
+from tasks.jobs.store import JobStore
 from tasks.metrics import Metrics, RedisCollector
 from tasks.names import DEFAULT
 from tasks.settings import ConfigError, Settings

@@ -31,12 +31,14 @@ from receiver.auth import bearer_is_one_of
 from tasks import limits
 from tasks.callbacks.guard import Guard, Refused
 from tasks.callbacks.model import owner
+from tasks.callbacks.views import job_view, job_views
 from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
-from tasks.jobs import MAX_CALLBACKS, Job
+from tasks.jobs.states import State
+from tasks.jobs.transitions import MAX_CALLBACKS
+from tasks.jobs.views import Job
 from tasks.names import DEFAULT
 from tasks.outcomes import ErrorCode
-from tasks.states import State
 from tasks.store import Store
 from tasks.workspaces import NAME
 
@@ -268,7 +270,7 @@ def create_job() -> tuple[Response, int]:
     job_id, created = dispatch.submit(
         body.recording_id, body.provider, body.metadata, key, workspace=body.workspace
     )
-    job = dispatch.jobs.get(job_id)
+    job = job_view(dispatch.jobs, job_id)
     if job is None:  # expired between the two calls
         return _error(503, "the job vanished while it was being created, retry")
     provider = dispatch.provider(body.provider, body.workspace)
@@ -297,7 +299,7 @@ def _check_callback(api: JobsApi, url: str, by: str) -> None:
 # Job ids are UUIDs (derived from idempotency keys): anything else is no job (404).
 @bp.get("/jobs/<uuid:job_id>")
 def get_job(job_id: UUID) -> tuple[Response, int]:
-    job = _api().dispatch.jobs.get(str(job_id))
+    job = job_view(_api().dispatch.jobs, str(job_id))
     if job is None:
         return _error(404, f"no job {job_id}")
     return _job(job, 200)
@@ -309,7 +311,7 @@ def get_transcript(job_id: UUID) -> tuple[Response, int]:
     memory a request holds is bounded (`open_transcript`)."""
     query = _model(TranscriptQuery, _query(()))
     api = _api()
-    job = api.dispatch.jobs.get(str(job_id))
+    job = api.dispatch.jobs.record(str(job_id))
     if job is None:
         return _error(404, f"no job {job_id}")
     if job.state != State.DONE or job.transcript_id is None:
@@ -327,13 +329,15 @@ def get_transcript(job_id: UUID) -> tuple[Response, int]:
 @bp.get("/jobs")
 def list_jobs() -> tuple[Response, int]:
     query = _model(JobListQuery, _query(("offset", "limit")))
-    jobs = _api().dispatch.jobs.page(
+    store = _api().dispatch.jobs
+    records = store.page(
         recording_id=query.recording_id,
         state=query.state,
         workspace=query.workspace,
         offset=query.offset,
         limit=query.limit,
     )
+    jobs = job_views(store, records)
     next_offset = query.offset + query.limit if len(jobs) == query.limit else None
     return jsonify(JobPage(jobs=jobs, next_offset=next_offset).model_dump(mode="json")), 200
 
@@ -352,12 +356,12 @@ def retry_jobs() -> tuple[Response, int]:
 @bp.post("/jobs/<uuid:job_id>/retry")
 def retry_job(job_id: UUID) -> tuple[Response, int]:
     dispatch, key = _api().dispatch, str(job_id)
-    job = dispatch.jobs.get(key)
+    job = job_view(dispatch.jobs, key)
     if job is None:
         return _error(404, f"no job {key}")
     if not dispatch.retry(key):
         return _error(409, f"job {key} is {job.state}; only failed jobs can be retried")
-    retried = dispatch.jobs.get(key)
+    retried = job_view(dispatch.jobs, key)
     return _job(retried or job, 202)
 
 

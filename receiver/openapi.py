@@ -21,7 +21,7 @@ from receiver.jobs_api import (
     json_value_schemas,
 )
 from tasks.formats import Format
-from tasks.jobs import Job
+from tasks.jobs.views import Job
 from tasks.names import DEFAULT
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]

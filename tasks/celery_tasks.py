@@ -17,13 +17,13 @@ from celery.exceptions import Reject, Retry
 
 from tasks.events import parse_event
 from tasks.inbox import Inbox
-from tasks.jobs import JobStore
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobStore
 from tasks.limits import OverLimit
 from tasks.messages import sent_from
 from tasks.names import DEFAULT, INGEST_TASK, STEP_TASKS, SUBMIT_TASK
 from tasks.outcomes import JobFailed, JobRetrying, Outcome, Result
 from tasks.pipeline import Pipeline
-from tasks.states import State, Step
 
 FINISHING = (Outcome.PERSISTED, Outcome.FAILED)
 

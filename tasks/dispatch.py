@@ -1,9 +1,9 @@
 """Starting jobs and sending their steps: the one way in for the pipeline, the receiver, the CLI
 and other services' Celery messages.
 
-A step is sent as a hand-built Celery message (tasks/messages.py) by one Lua command that records
-it on its job (tasks/jobs.py `send`): a job gets one message per step on its way, never a second
-copy while the first waits in the queue, however long the backlog.
+A step is sent as a hand-built Celery message (tasks/messages.py) by one Lua command that records it
+on its job (tasks/jobs/sending.py `send`): a job gets one message per step on its way, never a
+second copy while the first waits in the queue, however long the backlog.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from tasks import limits
-from tasks.jobs import Due, JobStore, Message
+from tasks.jobs.sending import Due, Message
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobStore
 from tasks.messages import step_message
 from tasks.names import DEFAULT
 from tasks.settings import Settings
-from tasks.states import State, Step
 
 
 class Dispatcher:

@@ -1,26 +1,25 @@
 """Accepted webhook events, kept until a worker has applied them.
 
 The receiver stores each new event here and pushes its ingest message in the same Lua command
-(tasks/lua/inbox.lua). The message alone is not enough: kombu's Redis transport pops a message
-before it records it as unacknowledged, so a Redis crash between the two loses it. A worker deletes
-the event once applied; the sweeper looks at any event still here after INBOX_RESEND_S, and sends
-it again if its message is provably lost (as steps are: tasks/jobs.py) or was taken by a worker
-and not applied. A message waiting in a backlog is never copied. An event sent
-INBOX_MAX_DELIVERIES times and never applied (a bug, or a body no worker can read) becomes a
-dead letter: kept, counted by `recall_transcribe_inbox_dead_events`, listed and replayed by
-`recall-transcribe events dead [--replay]`, never re-sent for ever.
+(tasks/inbox.lua). The message alone is not enough: kombu's Redis transport pops a message before it
+records it as unacknowledged, so a Redis crash between the two loses it. A worker deletes the event
+once applied; the sweeper looks at any event still here after INBOX_RESEND_S, and sends it again if
+its message is provably lost (as steps are: tasks/jobs/sending.py) or was taken by a worker and not
+applied. A message waiting in a backlog is never copied. An event sent INBOX_MAX_DELIVERIES times
+and never applied (a bug, or a body no worker can read) becomes a dead letter: kept, counted by
+`recall_transcribe_inbox_dead_events`, listed and replayed by `recall-transcribe events dead
+[--replay]`, never re-sent for ever.
 """
 
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from typing import cast
 
 import redis
 from redis.client import Pipeline
 
-from tasks import keys
+from tasks import keys, scripts
 from tasks.connection import replicated
 from tasks.messages import ingest_message
 from tasks.metrics import labelled
@@ -77,8 +76,7 @@ class Inbox:
         self._ttl = dedupe_ttl_s
         self._max_deliveries = max_deliveries
         self._replicas = min_replicas
-        script = resources.files("tasks").joinpath("lua/inbox.lua").read_text()
-        self._script = client.register_script(script)
+        self._script = scripts.register(client, __name__, "inbox.lua")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> Inbox:

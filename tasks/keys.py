@@ -3,7 +3,7 @@
 Python builds keys from the functions here; the Lua scripts take whole keys as KEYS, and, where
 one command walks many jobs (claim, prune), the prefixes below as arguments.
 
-rt:job:{id}                 hash: one job's record (tasks/jobs.py)
+rt:job:{id}                 hash: one job's record (tasks/jobs/record.py)
 rt:jobs                     zset: every job id, by creation time
 rt:schema                   how the job hashes are written (JobStore.upgrade)
 rt:state:{state}            zset: the job ids in that state, by last change

@@ -1,13 +1,13 @@
 """Celery task messages (protocol 2, kombu's Redis envelope) built without a producer.
 
 The receiver pushes these itself inside one Lua command (dedupe + keep + push), which is atomic and
-cheaper than `apply_async` in a hot HTTP handler (BENCHMARKS.md); the pipeline's steps are sent by
-a Lua command too (tasks/jobs.py `send`), which records each message on its job. A message's task
-id is also its delivery tag, the key kombu keeps it under while a worker holds it unacknowledged.
-No user data is ever a JSON object in a message: kombu's decoder would read an object whose keys
-are exactly `__type__` and `__value__` as a type tag (and refuse the message), so a webhook's body
-travels as a JSON string. `tests/test_messages.py` checks the messages against Celery's own
-`app.amqp.as_task_v2` for the same calls.
+cheaper than `apply_async` in a hot HTTP handler (BENCHMARKS.md); the pipeline's steps are sent by a
+Lua command too (tasks/jobs/sending.py `send`), which records each message on its job. A message's
+task id is also its delivery tag, the key kombu keeps it under while a worker holds it
+unacknowledged. No user data is ever a JSON object in a message: kombu's decoder would read an
+object whose keys are exactly `__type__` and `__value__` as a type tag (and refuse the message), so
+a webhook's body travels as a JSON string. `tests/test_messages.py` checks the messages against
+Celery's own `app.amqp.as_task_v2` for the same calls.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.jobs.states import Step
 from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
-from tasks.states import Step
 
 _EMBED_JSON = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 

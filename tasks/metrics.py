@@ -18,8 +18,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tasks import keys
+from tasks.jobs.states import State, Step
 from tasks.names import DEFAULT
-from tasks.states import State, Step
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.states import Step
+from tasks.jobs.states import Step
 
 DEFAULT = "default"  # the workspace of the single-workspace settings (tasks/workspaces.py)
 

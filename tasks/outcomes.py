@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 
-from tasks.states import State
+from tasks.jobs.states import State
 
 
 class ErrorCode(StrEnum):

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from tasks.formats import beside
-from tasks.jobs import JobRecord, Listing
+from tasks.jobs.record import JobRecord, Listing
+from tasks.jobs.states import Step
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.errors import BadRequest, FinalError, Throttled
 from tasks.recall.models import Transcript
-from tasks.states import Step
 from tasks.steps import Run, Steps, about, download_url
 
 log = logging.getLogger("tasks.pipeline")  # the pipeline's one log, whichever module writes

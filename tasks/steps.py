@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tasks.dispatch import Dispatcher
-from tasks.jobs import JobRecord, JobStore, Listing
+from tasks.jobs.record import JobRecord, Listing
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobStore
 from tasks.metrics import Metrics
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.client import RecallClient
@@ -19,7 +21,6 @@ from tasks.recall.limiter import Quota
 from tasks.recall.models import Transcript
 from tasks.retry import compute_backoff
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tasks.store import Store
 
 log = logging.getLogger("tasks.pipeline")  # the pipeline's one log, whichever module writes

@@ -18,7 +18,7 @@ from emulator.server import KeepAliveHandler, create_emulator
 from harness import API_KEY, SECRET, EmulatorHandle, System, command, free_port, start_redis
 from harness import start_system as start_whole_system
 from tasks.dispatch import Dispatcher
-from tasks.jobs import JobStore
+from tasks.jobs.store import JobStore
 from tasks.pipeline import Pipeline
 from tasks.recalls import recall_client
 from tasks.settings import Settings, load_settings

@@ -14,13 +14,14 @@ from typing import Any, cast
 import redis
 
 from harness import EmulatorHandle, wait_for
-from tasks.jobs import JobRecord, Message
+from tasks.jobs.record import JobRecord
+from tasks.jobs.sending import Message
+from tasks.jobs.states import Step
 from tasks.messages import step_message
 from tasks.names import DEFAULT, EVENTS_QUEUE, PIPELINE_QUEUE, STEP_TASKS
 from tasks.outcomes import Outcome, Result
 from tasks.pipeline import Pipeline
 from tasks.settings import load_settings
-from tasks.states import Step
 
 QUICK_EMULATOR = ("--processing-s", "0.2", "--retry-scale", "0.01", "--page-size", "4")
 FAST_RECOVERY = {

@@ -104,7 +104,7 @@ def test_worker_restarts_in_place_on_celerys_unrecoverable_error(
 def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> None:
     import redis
 
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
     from tasks.outcomes import ErrorCode
 
     jobs = JobStore(redis.Redis.from_url(redis_url), 10)
@@ -116,7 +116,7 @@ def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> 
     env = {**os.environ, "REDIS_URL": redis_url}
     result = run(["jobs", "retry", "--failed", "--code", "recall_unavailable"], env)
     assert result.returncode == 0 and "1 failed job(s) queued again" in result.stdout
-    assert [jobs.get(j).state for j in (unavailable, limited)] == ["queued", "failed"]  # type: ignore[union-attr]
+    assert [jobs.record(j).state for j in (unavailable, limited)] == ["queued", "failed"]  # type: ignore[union-attr]
     bad = run(["jobs", "retry", "--failed", "--created-after", "yesterday"], env)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
 
@@ -124,7 +124,7 @@ def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> 
 def test_jobs_list_pages_under_a_header_and_says_how_to_see_more(redis_url: str) -> None:
     import redis
 
-    from tasks.jobs import JobStore
+    from tasks.jobs.store import JobStore
 
     jobs = JobStore(redis.Redis.from_url(redis_url), 10)
     made = [jobs.submit(f"rec-{i}", {"recallai_async": {}})[0] for i in range(5)]

@@ -124,8 +124,8 @@ def test_the_monitoring_profile_scrapes_the_receiver_and_charts_only_metrics_it_
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
+    from tasks.jobs.states import Step
     from tasks.metrics import Metrics, RedisCollector
-    from tasks.states import Step
 
     for name in ("prometheus", "grafana"):
         assert compose["services"][name]["profiles"] == ["monitoring"]

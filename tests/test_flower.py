@@ -13,10 +13,10 @@ import requests
 from celery import Celery
 
 from harness import System, free_port, http_ready, recording_done, signed, wait_for
-from tasks.jobs import JobStore
+from tasks.jobs.states import State
+from tasks.jobs.store import JobStore
 from tasks.keys import KOMBU_UNACKED
 from tasks.names import PIPELINE_QUEUE
-from tasks.states import State
 
 AUTH = ("ops", "flower-password")
 

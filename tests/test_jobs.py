@@ -12,10 +12,9 @@ import redis
 
 from tasks import keys
 from tasks.dispatch import Dispatcher
-from tasks.jobs import Due, JobRecord, JobStore
-from tasks.names import PIPELINE_QUEUE
-from tasks.outcomes import ErrorCode
-from tasks.states import (
+from tasks.jobs.record import JobRecord
+from tasks.jobs.sending import Due
+from tasks.jobs.states import (
     AWAITING,
     CREATING,
     DONE,
@@ -31,6 +30,9 @@ from tasks.states import (
     Transition,
     target,
 )
+from tasks.jobs.store import JobStore
+from tasks.names import PIPELINE_QUEUE
+from tasks.outcomes import ErrorCode
 
 T1, T_OTHER = "t-1", "t-other"
 PROVIDER = {"recallai_async": {"language_code": "en"}}

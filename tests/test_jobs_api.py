@@ -9,11 +9,11 @@ from harness import EmulatorHandle, recording_done, wait_for
 from receiver.app import create_app
 from tasks.events import parse_event
 from tasks.formats import Format, render
-from tasks.jobs import default_idempotency_key
+from tasks.jobs.record import default_idempotency_key
+from tasks.jobs.states import Step
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
-from tasks.states import Step
 from tests.helpers import Harness, reconfigure
 
 AUTH = {"Authorization": "Bearer token-1"}
@@ -72,7 +72,7 @@ def test_a_client_cannot_take_a_recordings_job_by_naming_its_derived_key(
     assert taken.status_code == 202 and taken.json["recording_id"] == "Y"
     result = harness.pipeline.ingest(parse_event(recording_done("Z")))
     assert result.outcome == Outcome.JOB_CREATED and result.job_id != taken.json["id"]
-    job = harness.pipeline.jobs.get(result.job_id)
+    job = harness.pipeline.jobs.record(result.job_id)
     assert job is not None and job.recording_id == "Z"
     # Without a key, a client's job for Z is Z's own (one transcript for one recording).
     keyless = client.post("/api/v1/jobs", json={"recording_id": "Z"}, headers=AUTH)
@@ -186,10 +186,10 @@ def test_bulk_retry_reruns_the_failed_jobs_that_match_and_says_how_many(
     body = {"state": "failed", "error_code": "recall_unavailable", "recording_id": "b"}
     response = client.post("/api/v1/jobs/retry", json=body, headers=AUTH)
     assert (response.status_code, response.json) == (202, {"retried": 1})
-    assert jobs.get(made["b"]).state == "queued"  # type: ignore[union-attr]
+    assert jobs.record(made["b"]).state == "queued"  # type: ignore[union-attr]
     response = client.post("/api/v1/jobs/retry", json={"state": "failed"}, headers=AUTH)
     assert response.json == {"retried": 2}
-    states = {rid: jobs.get(job_id).state for rid, job_id in made.items()}  # type: ignore[union-attr]
+    states = {rid: jobs.record(job_id).state for rid, job_id in made.items()}  # type: ignore[union-attr]
     assert set(states.values()) == {"queued"}
     later = {"state": "failed", "created_after": "2999-01-01T00:00:00Z"}
     jobs.fail(made["d"], ErrorCode.INTERNAL, "x")

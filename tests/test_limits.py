@@ -15,6 +15,7 @@ from receiver.jobs_api import MAX_BODY_BYTES
 from tasks import keys
 from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.outbox import Outbox
+from tasks.callbacks.views import job_views
 from tasks.limits import MAX_DEPTH, MAX_FIELD_BYTES, WITHHELD, OverLimit
 from tasks.settings import Settings
 from tests.helpers import Harness, reconfigure
@@ -126,7 +127,7 @@ def test_one_job_that_cannot_be_read_holds_back_no_other_jobs_callbacks(
     deliveries = Deliveries.from_settings(rclient, settings)
     outbox = Outbox(jobs, deliveries, ["https://hooks.example.com/in"], None, "theirs")
     assert outbox.send_on() == 2
-    (callback,) = jobs.views([jobs.record(fine)])[0].callbacks  # type: ignore[list-item]
+    (callback,) = job_views(jobs, [jobs.record(fine)])[0].callbacks  # type: ignore[list-item]
     assert callback.state == "pending"
     assert rclient.zscore(keys.OUTBOX, f"{broken}:1") is not None  # kept, to be tried again
     assert rclient.zscore(keys.OUTBOX, f"{fine}:1") is None

@@ -12,10 +12,10 @@ from celery import Celery
 from kombu.utils import json as kombu_json
 
 from harness import recording_done
+from tasks.jobs.states import Step
 from tasks.messages import ingest_message, sent_from, step_message
 from tasks.names import EVENTS_QUEUE, INGEST_TASK, PIPELINE_QUEUE, STEP_TASKS
 from tasks.settings import load_settings
-from tasks.states import Step
 from worker.celery_app import create_worker_app
 
 # Headers that differ by nature: fresh ids, how arguments print, the sending host, and stamping

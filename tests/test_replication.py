@@ -15,10 +15,10 @@ from harness import EmulatorHandle, Process, recording_done, signed, start_redis
 from receiver.app import create_app
 from tasks import keys
 from tasks.connection import NotReplicated
-from tasks.jobs import JobStore
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobStore
 from tasks.outcomes import ErrorCode, Outcome
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.helpers import Harness, reconfigure, run, start, state
 
 pytestmark = pytest.mark.redis

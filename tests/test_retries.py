@@ -12,12 +12,12 @@ import redis
 from harness import EmulatorHandle, transcript_event, wait_for
 from tasks import keys
 from tasks.events import parse_event
+from tasks.jobs.states import State, Step
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.recall.client import INLINE_WAIT_S
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, Ticket, release_unused
 from tasks.recalls import recall_client
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.helpers import (
     Harness,
     job_whose_transcript_fails,

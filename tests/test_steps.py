@@ -12,10 +12,10 @@ from harness import EmulatorHandle, recording_done, transcript_event
 from tasks import keys
 from tasks.events import parse_event
 from tasks.formats import Format, render
+from tasks.jobs.states import State, Step
 from tasks.names import PIPELINE_QUEUE
 from tasks.outcomes import ErrorCode, Outcome, Result
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.helpers import (
     Harness,
     job_whose_transcript_fails,
@@ -163,7 +163,7 @@ def test_transcript_failed_webhook_fails_the_job_with_its_sub_code(
     assert harness.pipeline.ingest(parse_event(event)) == Result(
         Outcome.FAILED, job_id, detail=ErrorCode.TRANSCRIPT_FAILED
     )
-    job = harness.pipeline.jobs.get(job_id)
+    job = harness.pipeline.jobs.record(job_id)
     assert job is not None and job.state == "failed" and job.error is not None
     assert (job.error.code, job.error.sub_code) == (
         "transcript_failed",
@@ -189,7 +189,7 @@ def test_processing_past_the_timeout_fails_the_job(
     assert harness.run(Step.AWAIT, job_id) == Result(
         Outcome.FAILED, job_id, detail=ErrorCode.TIMEOUT
     )
-    job = harness.pipeline.jobs.get(job_id)
+    job = harness.pipeline.jobs.record(job_id)
     assert job is not None and job.error is not None and job.error.code == "timeout"
 
 
@@ -300,7 +300,7 @@ def test_limit_without_an_allowed_victim_fails_with_limit_reached(
     job_id = start(harness, emulator)
     emulator.seed("r1", 10, status)
     harness.drain(limit=3)
-    job = harness.pipeline.jobs.get(job_id)
+    job = harness.pipeline.jobs.record(job_id)
     assert job is not None and job.state == "failed" and job.error is not None
     assert job.error.code == ErrorCode.LIMIT_REACHED
     assert all(t["status"]["code"] == "done" for t in emulator.transcripts("r1"))
@@ -319,7 +319,7 @@ def test_retry_reruns_a_failed_job_with_a_new_create(
     assert harness.pipeline.dispatch.retry(job_id)
     assert not harness.pipeline.dispatch.retry(job_id)
     assert outcomes(harness.drain()) == [Outcome.CREATED]
-    job = harness.pipeline.jobs.get(job_id)
+    job = harness.pipeline.jobs.record(job_id)
     assert job is not None and job.attempts == 2 and job.error is None
 
 

@@ -18,8 +18,8 @@ from harness import EmulatorHandle, wait_for
 from recall_transcribe import cli
 from receiver.app import create_app
 from tasks.formats import RENDER_MAX_BYTES, Format, render
+from tasks.jobs.states import State, Step
 from tasks.settings import Settings
-from tasks.states import State, Step
 from tests.helpers import Harness, reconfigure
 
 AUTH = {"Authorization": "Bearer token-1"}
@@ -50,7 +50,7 @@ def done_job(harness: Harness, emulator: EmulatorHandle, data: bytes | None = No
             emulator.state.transcripts[transcript["id"]].data = data
     harness.run(Step.AWAIT, job_id)
     harness.drain()
-    job = harness.pipeline.jobs.get(job_id)
+    job = harness.pipeline.jobs.record(job_id)
     assert job is not None and job.state == State.DONE
     return Path(harness.pipeline.settings.TRANSCRIPTS_STORE) / "r1" / f"{transcript['id']}.json"
 

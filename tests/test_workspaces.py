@@ -28,11 +28,11 @@ from harness import (
 )
 from receiver.app import create_app
 from tasks.events import parse_event
+from tasks.jobs.states import State, Step
 from tasks.names import EVENTS_QUEUE
 from tasks.outcomes import Outcome
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate
 from tasks.settings import ConfigError, Settings, load_settings
-from tasks.states import State, Step
 from tests.helpers import (
     QUICK_EMULATOR,
     Harness,

@@ -16,7 +16,7 @@ from tasks.callbacks.send import Sender
 from tasks.connection import broker_options, broker_url, redis_client
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
-from tasks.jobs import JobStore
+from tasks.jobs.store import JobStore
 from tasks.metrics import Metrics
 from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
@@ -80,8 +80,9 @@ def create_celery(settings: Settings) -> Celery:
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=PIPELINE_QUEUE,
         task_routes=ROUTES,
-        # A step keeps its lease alive while it runs (tasks/leases.py), so these only stop a step
-        # hung past any of the Recall client's own deadlines (prefork pools; threads ignore them).
+        # A step keeps its lease alive while it runs (tasks/jobs/leases.py), so these only stop a
+        # step hung past any of the Recall client's own deadlines (prefork pools; threads ignore
+        # them).
         task_time_limit=STEP_TIME_LIMIT_S,
         task_soft_time_limit=STEP_TIME_LIMIT_S - 30,
     )

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from tasks.callbacks.deliveries import Deliveries
-from tasks.callbacks.model import CallbackState
 from tasks.callbacks.send import Sender
+from tasks.jobs.views import CallbackState
 from tasks.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,15 @@
-"""Callback deliveries in Redis (tasks/lua/callbacks.lua): created once per event and
+"""Callback deliveries in Redis (tasks/callbacks/callbacks.lua): created once per event and
 destination, their event's body stored once for all of them; claimed when due, at most a few at a
 time per destination and per client; and rescheduled or finished after each attempt."""
 
 from __future__ import annotations
 
 import json
-from importlib import resources
 from typing import cast
 
 import redis
 
-from tasks import keys
+from tasks import keys, scripts
 from tasks.callbacks.model import Delivery, Event, Outcome
 from tasks.settings import Settings
 
@@ -39,8 +38,7 @@ class Deliveries:
         self._caps = (per_destination, per_client)
         self._keep_s = keep_s
         self._lease_s = lease_s
-        script = resources.files("tasks").joinpath("lua/callbacks.lua").read_text()
-        self._script = client.register_script(script)
+        self._script = scripts.register(client, __name__, "callbacks.lua")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> Deliveries:

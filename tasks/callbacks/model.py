@@ -1,46 +1,30 @@
-"""A callback delivery as Redis keeps it, and as a job shows it; the ids of events and
-deliveries, derived so that working on an event twice makes nothing twice; and who a callback URL
-belongs to, which is what deliveries are shared out by."""
+"""A callback delivery as Redis keeps it (and shows it: a job's `Callback`, tasks/jobs/views.py);
+the ids of events and deliveries, derived so that working on an event twice makes nothing twice;
+and who a callback URL belongs to, which is what deliveries are shared out by."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from tasks.jobs.views import Callback, CallbackState, iso, redact
+
 _EVENTS = uuid.UUID("3b8e5f0a-9c1d-4e2b-8f7a-6d5c4b3a2e19")
 OPERATOR = ""  # the client of CALLBACK_URLS: paced per destination only, its own allowance
-ANONYMOUS = "anonymous"  # a callback URL given without an API token (Dispatcher.submit)
-
-
-class CallbackState(StrEnum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"  # every attempt of the schedule failed
 
 
 class Outcome(StrEnum):
-    """What an attempt came to, as tasks/lua/callbacks.lua records it."""
+    """What an attempt came to, as tasks/callbacks/callbacks.lua records it."""
 
     DELIVERED = "delivered"
     FAILED = "failed"  # the receiver: no 2xx in time; its destination is marked failing
     REFUSED = "refused"  # the address may not be reached, or the name did not resolve
     DEFERRED = "deferred"  # this process could not resolve in time: not counted at all
-
-
-class Callback(BaseModel):
-    """One destination of a job's callback, as the jobs API shows it."""
-
-    url: str  # redacted (`redact`): the URL may carry a token, and the viewer may not own it
-    state: CallbackState
-    attempts: int
-    last_status: int | str | None  # the HTTP status of the last attempt, or what went wrong
-    next_attempt_at: str | None
 
 
 class Delivery(BaseModel):
@@ -105,21 +89,3 @@ def destination(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
-def redact(url: str) -> str:
-    """Where a URL goes, without what it may carry: a token sits in the userinfo, the query or
-    the path (Slack's and Discord's hooks), so only scheme, host and port are shown."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "…"
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}/…"
-
-
-def iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")

@@ -16,10 +16,11 @@ from tasks.callbacks.model import (
     delivery_id,
     destination,
     event_id,
-    iso,
     task_id,
 )
-from tasks.jobs import JobRecord, JobStore
+from tasks.jobs.record import JobRecord
+from tasks.jobs.store import JobStore
+from tasks.jobs.views import iso
 from tasks.messages import task_message
 
 log = logging.getLogger(__name__)

@@ -25,12 +25,11 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import resources
 from typing import cast
 
 import redis
 
-from tasks import keys
+from tasks import keys, scripts
 
 
 class Family(StrEnum):
@@ -142,8 +141,7 @@ class Limiter:
         self._rates = rates
         self._workspace = workspace  # each workspace has quotas of its own
         self._inline_ms = round(inline_s * 1000)
-        script = resources.files("tasks.recall").joinpath("limiter.lua").read_text()
-        self._script = client.register_script(script)
+        self._script = scripts.register(client, __name__, "limiter.lua")
 
     def paces(self, family: Family) -> bool:
         return family in self._rates
@@ -198,7 +196,7 @@ class Limiter:
 
 def release_unused(client: redis.Redis, limiters: dict[str, Limiter], limit: int = 500) -> int:
     """Give back the slots of tickets whose jobs ended, or were retried, before using them
-    (tasks/lua/jobs.lua lists each beside its job's workspace); how many."""
+    (tasks/jobs/jobs.lua lists each beside its job's workspace); how many."""
     raw = cast(list[bytes] | None, client.lpop(keys.UNUSED_TICKETS, limit)) or []
     for entry in raw:
         workspace, _, text = entry.decode().partition("\n")

@@ -20,7 +20,7 @@ if command == 'outbox' then
 end
 
 -- sent: a job's news is sent on. KEYS[2] the outbox, ARGV[2] the member. Removed only while
--- still leased ahead: a destination added since (tasks/lua/jobs.lua add_callback) put it back
+-- still leased ahead: a destination added since (tasks/jobs/jobs.lua add_callback) put it back
 -- due now, and the next sweep sends on that one too.
 if command == 'sent' then
   local score = redis.call('ZSCORE', KEYS[2], ARGV[2])

@@ -3,7 +3,7 @@
 The lease is short (JOB_STEP_LEASE_S) so a job whose worker died resumes elsewhere within about a
 lease; the heartbeat (one thread per process, every third of a lease) extends the locks of the
 steps still running, so a long step (a slow download) never gets a second runner. The sweeper
-leaves a job alone while its lock is held (tasks/lua/jobs.lua, `claim`).
+leaves a job alone while its lock is held (tasks/jobs/jobs.lua, `claim`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The job state machine, in one screen: states, steps, and the one table of allowed transitions.
 
-A job's *phase* is its state plus, while it is active, the step that must run next (`creating`
-means create or remediate). `JobStore` (tasks/jobs.py) has one method per transition below; each
-is one Lua command (tasks/lua/jobs.lua) that refuses unless the job is in one of the transition's
-`source` phases, and that moves it only to a phase of its `target` set, both passed from this
-table, so a late, duplicated or out-of-order call changes nothing.
+A job's *phase* is its state plus, while it is active, the step that must run next (`creating` means
+create or remediate). `JobStore` (tasks/jobs/store.py) has one method per transition below; each is
+one Lua command (tasks/jobs/jobs.lua) that refuses unless the job is in one of the transition's
+`source` phases, and that moves it only to a phase of its `target` set, both passed from this table,
+so a late, duplicated or out-of-order call changes nothing.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
--- The job state machine's writes: one atomic command per transition (tasks/states.py has the table,
--- tasks/jobs.py calls these), plus sending steps and the sweeper's claim. A transition checks the
--- job's phase against its source phases and moves it to a target phase, both passed by the caller
--- from that table, and refuses (returns false) otherwise. Phases are compared as the strings the
--- caller passes; this script never spells one out. Every time is Redis's clock (TIME), in seconds.
+-- The job state machine's writes: one atomic command per transition (tasks/jobs/states.py has the
+-- table, tasks/jobs/base.py runs these), plus sending steps and the sweeper's claim. A transition
+-- checks the job's phase against its source phases and moves it to a target phase, both passed by
+-- the caller from that table, and refuses (returns false) otherwise. Phases are compared as the
+-- strings the caller passes; this script never spells one out. Every time is Redis's clock (TIME),
+-- in seconds.
 --
 -- KEYS[1]  the due-set            KEYS[2]  the job's hash ('' for claim and prune)
 -- KEYS[3]  the outbox: `job id:attempt` of every job that finished, until its news is sent on

@@ -1,0 +1,103 @@
+"""Reading jobs: one record, every record in a state, a page of them as the jobs API and CLI list
+them, and what the steps ask in passing (who owns a transcript, whether a job is active, the
+recording's version). Records are what this returns; the views users see are made where jobs are
+shown (tasks/callbacks/views.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import cast
+
+from tasks import keys
+from tasks.jobs.base import JobStoreBase
+from tasks.jobs.record import JobRecord, decode
+from tasks.jobs.states import State
+
+
+class Queries(JobStoreBase):
+    """Reads jobs (and keeps the recording version they are read by)."""
+
+    def record(self, job_id: str) -> JobRecord | None:
+        return decode(cast(dict[bytes, bytes], self.redis.hgetall(keys.job(job_id))))
+
+    def owner_of(self, transcript_id: str) -> str | None:
+        """The job that owns a transcript, if one of ours does."""
+        owner = self.redis.get(keys.transcript_owner(transcript_id))
+        return cast(bytes, owner).decode() if owner else None
+
+    def is_active(self, job_id: str) -> bool:
+        state = self.redis.hget(keys.job(job_id), "state")
+        return state is not None and State(cast(bytes, state).decode()).active
+
+    def records(self, state: State, recording_id: str | None = None) -> Iterator[JobRecord]:
+        """Every job in `state` (of one recording), oldest change first, read in batches."""
+        if recording_id:
+            ids = sorted(
+                m.decode()
+                for m in cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
+            )
+        else:
+            ids = [
+                m.decode() for m in cast(list[bytes], self.redis.zrange(keys.state(state), 0, -1))
+            ]
+        for start in range(0, len(ids), 500):
+            pipe = self.redis.pipeline()
+            for job_id in ids[start : start + 500]:
+                pipe.hgetall(keys.job(job_id))
+            for raw in cast(list[dict[bytes, bytes]], pipe.execute()):
+                record = decode(raw)
+                if record is not None and record.state == state:
+                    yield record
+
+    def page(
+        self,
+        *,
+        recording_id: str | None = None,
+        state: State | None = None,
+        workspace: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        """A page of jobs, newest first, filtered by recording, state and/or workspace."""
+        if recording_id:
+            members = cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
+            ids = [m.decode() for m in members]
+        elif workspace and state:  # a workspace's jobs, read whole to filter by state
+            ids = [
+                m.decode()
+                for m in cast(list[bytes], self.redis.zrange(keys.workspace(workspace), 0, -1))
+            ]
+        else:
+            key = (
+                keys.workspace(workspace)
+                if workspace
+                else keys.state(state)
+                if state
+                else keys.JOBS
+            )
+            window = cast(list[bytes], self.redis.zrevrange(key, offset, offset + limit - 1))
+            ids, offset = [m.decode() for m in window], 0
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        records = [decode(raw) for raw in cast(list[dict[bytes, bytes]], pipe.execute())]
+        chosen = [
+            r
+            for r in records
+            if r
+            and (state is None or r.state == state)
+            and (workspace is None or r.workspace == workspace)
+        ]
+        chosen.sort(key=lambda record: record.created_at, reverse=True)
+        return chosen[offset : offset + limit]
+
+    def recording_version(self, recording_id: str) -> int:
+        """Counts our creates and deletes on the recording that reached Recall and may have
+        changed what it holds (a listing is good while the version holds)."""
+        return int(cast(bytes | None, self.redis.get(keys.recording_version(recording_id))) or 0)
+
+    def recording_changed(self, recording_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.incr(keys.recording_version(recording_id))
+        pipe.expire(keys.recording_version(recording_id), 86400)  # remediations take minutes
+        pipe.execute()
