@@ -34,11 +34,11 @@ from tasks.callbacks.model import owner
 from tasks.callbacks.views import job_view, job_views
 from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State
 from tasks.jobs.transitions import MAX_CALLBACKS
 from tasks.jobs.views import Job
 from tasks.names import DEFAULT
-from tasks.outcomes import ErrorCode
 from tasks.store import Store
 from tasks.workspaces import NAME
 

@@ -81,7 +81,7 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[
         return job_id
 
     for step, name in STEP_TASKS.items():
-        _register_step(app, pipeline, step, name, finished)
+        _register_step(app, pipeline, Step(step), name, finished)
 
 
 def _register_step(

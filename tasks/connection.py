@@ -11,38 +11,17 @@ Recall sends again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.client import Pipeline
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from tasks.settings import Settings
 
 SOCKET = {"socket_timeout": 5, "socket_connect_timeout": 2}
-REPLICA_WAIT_MS = 1000  # replication takes milliseconds; a replica this late is as good as gone
-
-
-class NotReplicated(redis.RedisError):
-    """Fewer replicas than REDIS_MIN_REPLICAS confirmed a write: it may not survive a failover."""
-
-
-def replicated(client: redis.Redis, replicas: int, write: Callable[[Pipeline], object]) -> Any:
-    """Run `write` (commands on a pipeline), then, with `replicas` > 0, WAIT until that many
-    replicas confirm it, on the same connection (WAIT counts the writes of its own connection).
-    Returns the write's answer; raises `NotReplicated` when too few confirm in time."""
-    pipe = client.pipeline(transaction=False)
-    write(pipe)
-    if replicas:
-        pipe.wait(replicas, REPLICA_WAIT_MS)
-    answers = pipe.execute()
-    if replicas and answers[-1] < replicas:
-        raise NotReplicated(f"{answers[-1]} of {replicas} replica(s) confirmed the write in time")
-    return answers[0]
 
 
 def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:

@@ -20,10 +20,10 @@ import redis
 from redis.client import Pipeline
 
 from tasks import keys, scripts
-from tasks.connection import replicated
 from tasks.messages import ingest_message
 from tasks.metrics import labelled
 from tasks.names import DEFAULT, EVENTS_QUEUE
+from tasks.replicas import replicated
 from tasks.settings import Settings
 
 INBOX_KEYS = [

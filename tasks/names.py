@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tasks.jobs.states import Step
-
 DEFAULT = "default"  # the workspace of the single-workspace settings (tasks/workspaces.py)
 
 EVENTS_QUEUE = "recall.events"
@@ -12,10 +10,10 @@ QUEUES = (EVENTS_QUEUE, PIPELINE_QUEUE)
 
 INGEST_TASK = "recall.ingest_event"
 SUBMIT_TASK = "recall.submit_job"
-STEP_TASKS: dict[Step, str] = {
-    Step.CREATE: "recall.create_transcript",
-    Step.REMEDIATE: "recall.remediate_limit",
-    Step.AWAIT: "recall.await_completion",
-    Step.FETCH: "recall.fetch_and_persist",
+STEP_TASKS = {  # by step (tasks/jobs/states.py, Step)
+    "create": "recall.create_transcript",
+    "remediate": "recall.remediate_limit",
+    "await": "recall.await_completion",
+    "fetch": "recall.fetch_and_persist",
 }
 ROUTES = {INGEST_TASK: {"queue": EVENTS_QUEUE}}

@@ -1,11 +1,12 @@
 """The pipeline's steps as plain functions over a job; Celery-free and testable directly.
 
 A step runs only for its job's current message (a stale copy does nothing), under the job's
-lease; it reads the job's record, checks that its phase still calls for this step, does its work,
-and records the outcome with one transition (tasks/jobs/states.py). The next step is sent and is also
-due in the due-set, so a lost message costs a delay, never the job. Every call a step makes to
-Recall takes its quota through the step's `Quota`: the slot reserved for it on an earlier run is
-redeemed by the call it was reserved for, and given back if the step ends before that call.
+lease; it reads the job's record, checks that its phase still calls for this step, does its
+work, and records the outcome with one transition (tasks/jobs/states.py). The next step is
+sent and is also due in the due-set, so a lost message costs a delay, never the job. Every call
+a step makes to Recall takes its quota through the step's `Quota`: the slot reserved for it on
+an earlier run is redeemed by the call it was reserved for, and given back if the step ends
+before that call.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import ClassVar, Literal
 
 import redis
 
-from tasks.connection import NotReplicated
 from tasks.events import RECORDING_DONE, TRANSCRIPT_DONE, TRANSCRIPT_FAILED, WebhookEvent
 from tasks.formats import beside
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord
 from tasks.jobs.states import Step
 from tasks.names import DEFAULT
-from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.outcomes import Outcome, Result
 from tasks.recall.errors import (
     BadRequest,
     FinalError,
@@ -35,6 +36,7 @@ from tasks.recall.errors import (
 )
 from tasks.recall.limiter import Quota, Ticket
 from tasks.remediation import CutShort, Remediation
+from tasks.replicas import NotReplicated
 from tasks.steps import (
     HeldBack,
     Inconsistent,

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from tasks.formats import beside
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord, Listing
 from tasks.jobs.states import Step
-from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.outcomes import Outcome, Result
 from tasks.recall.errors import BadRequest, FinalError, Throttled
 from tasks.recall.models import Transcript
 from tasks.steps import Run, Steps, about, download_url

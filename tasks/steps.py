@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tasks.dispatch import Dispatcher
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord, Listing
 from tasks.jobs.states import State, Step
 from tasks.jobs.store import JobStore
 from tasks.metrics import Metrics
-from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.outcomes import Outcome, Result
 from tasks.recall.client import RecallClient
 from tasks.recall.errors import FinalError, RetryableError, Throttled
 from tasks.recall.limiter import Quota

@@ -90,7 +90,7 @@ class Harness:
 def _parsed(message: bytes) -> tuple[Step, str, str]:
     envelope = json.loads(message)
     args = json.loads(base64.b64decode(envelope["body"]))[0]
-    step = next(s for s, name in STEP_TASKS.items() if name == envelope["headers"]["task"])
+    step = Step(next(s for s, name in STEP_TASKS.items() if name == envelope["headers"]["task"]))
     return step, args[0], envelope["headers"]["id"]
 
 

@@ -18,9 +18,9 @@ from tasks import keys
 from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.model import owner
 from tasks.callbacks.outbox import Outbox
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.store import JobStore
 from tasks.jobs.transitions import MAX_CALLBACKS
-from tasks.outcomes import ErrorCode
 from tasks.settings import Settings
 from tests.helpers import reconfigure
 

@@ -104,8 +104,8 @@ def test_worker_restarts_in_place_on_celerys_unrecoverable_error(
 def test_jobs_retry_failed_replays_the_failed_jobs_of_a_code(redis_url: str) -> None:
     import redis
 
+    from tasks.jobs.errors import ErrorCode
     from tasks.jobs.store import JobStore
-    from tasks.outcomes import ErrorCode
 
     jobs = JobStore(redis.Redis.from_url(redis_url), 10)
     provider = {"recallai_async": {}}

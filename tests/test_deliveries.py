@@ -16,9 +16,9 @@ from tasks.callbacks import model
 from tasks.callbacks.deliveries import DEFER_S, RETRY_PAGE, Deliveries
 from tasks.callbacks.model import OPERATOR, Delivery, Event, Outcome, destination, event_id
 from tasks.callbacks.send import Attempt, Sender
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.store import JobStore
 from tasks.metrics import Metrics
-from tasks.outcomes import ErrorCode
 from worker.deliveries import DeliveryPool
 
 SCHEDULE = [0.0, 0.0, 0.0, 0.0, 0.0]

@@ -12,6 +12,7 @@ import redis
 
 from tasks import keys
 from tasks.dispatch import Dispatcher
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord
 from tasks.jobs.sending import Due
 from tasks.jobs.states import (
@@ -32,7 +33,6 @@ from tasks.jobs.states import (
 )
 from tasks.jobs.store import JobStore
 from tasks.names import PIPELINE_QUEUE
-from tasks.outcomes import ErrorCode
 
 T1, T_OTHER = "t-1", "t-other"
 PROVIDER = {"recallai_async": {"language_code": "en"}}

@@ -9,10 +9,11 @@ from harness import EmulatorHandle, recording_done, wait_for
 from receiver.app import create_app
 from tasks.events import parse_event
 from tasks.formats import Format, render
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import default_idempotency_key
 from tasks.jobs.states import Step
 from tasks.names import PIPELINE_QUEUE
-from tasks.outcomes import ErrorCode, Outcome
+from tasks.outcomes import Outcome
 from tasks.settings import Settings
 from tests.helpers import Harness, reconfigure
 

@@ -14,10 +14,11 @@ import redis
 from harness import EmulatorHandle, Process, recording_done, signed, start_redis, wait_for
 from receiver.app import create_app
 from tasks import keys
-from tasks.connection import NotReplicated
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State, Step
 from tasks.jobs.store import JobStore
-from tasks.outcomes import ErrorCode, Outcome
+from tasks.outcomes import Outcome
+from tasks.replicas import NotReplicated
 from tasks.settings import Settings
 from tests.helpers import Harness, reconfigure, run, start, state
 

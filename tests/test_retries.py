@@ -12,8 +12,9 @@ import redis
 from harness import EmulatorHandle, transcript_event, wait_for
 from tasks import keys
 from tasks.events import parse_event
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State, Step
-from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.outcomes import Outcome, Result
 from tasks.recall.client import INLINE_WAIT_S
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, Ticket, release_unused
 from tasks.recalls import recall_client

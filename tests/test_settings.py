@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.outcomes import ErrorCode
+from tasks.jobs.errors import ErrorCode
 from tasks.settings import ConfigError, load_settings
 
 

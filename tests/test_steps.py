@@ -12,9 +12,10 @@ from harness import EmulatorHandle, recording_done, transcript_event
 from tasks import keys
 from tasks.events import parse_event
 from tasks.formats import Format, render
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State, Step
 from tasks.names import PIPELINE_QUEUE
-from tasks.outcomes import ErrorCode, Outcome, Result
+from tasks.outcomes import Outcome, Result
 from tasks.settings import Settings
 from tests.helpers import (
     Harness,

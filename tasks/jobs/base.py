@@ -14,9 +14,9 @@ from pydantic import BaseModel
 from redis.client import Pipeline
 
 from tasks import keys, scripts
-from tasks.connection import replicated
 from tasks.jobs.leases import Leases
 from tasks.jobs.states import TRANSITIONS, Transition, sources, target
+from tasks.replicas import replicated
 
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 Delay = float | Literal["keep", "never"]

@@ -11,9 +11,9 @@ from typing import cast
 
 from tasks import keys
 from tasks.jobs.base import JobStoreBase
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import ACTIVE, FAILED, Phase, Step, Transition, sources, target
 from tasks.names import PIPELINE_QUEUE
-from tasks.outcomes import ErrorCode
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,32 @@ due jobs (`sending.py`), reading jobs (`queries.py`) and keeping the store in sh
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import redis
 
 from tasks.jobs.maintenance import Maintenance
 from tasks.jobs.queries import Queries
 from tasks.jobs.sending import Sending
 from tasks.jobs.transitions import Transitions
-from tasks.settings import Settings
+
+
+class StoreSettings(Protocol):
+    """What the store takes from the settings (tasks/settings.py)."""
+
+    @property
+    def JOB_STEP_LEASE_S(self) -> float: ...
+    @property
+    def JOB_DEADLINE_S(self) -> float: ...
+    @property
+    def REDIS_MIN_REPLICAS(self) -> int: ...
 
 
 class JobStore(Transitions, Sending, Queries, Maintenance):
     """Reads jobs and changes them, one method per transition of the table."""
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: Settings) -> JobStore:
+    def from_settings(cls, client: redis.Redis, settings: StoreSettings) -> JobStore:
         return cls(
             client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S, settings.REDIS_MIN_REPLICAS
         )

@@ -10,6 +10,7 @@ from typing import Any, Literal, cast
 
 from tasks import keys
 from tasks.jobs.base import JobStoreBase, fields_arg
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import (
     ANONYMOUS,
     Destination,
@@ -32,7 +33,6 @@ from tasks.jobs.states import (
     target,
 )
 from tasks.names import DEFAULT
-from tasks.outcomes import ErrorCode
 
 MAX_CALLBACKS = 10  # callback_url destinations one job holds
 Added = Literal["added", "known", "full"]

@@ -25,7 +25,7 @@ from email.utils import parsedate_to_datetime
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
-from tasks.outcomes import ErrorCode
+from tasks.jobs.errors import ErrorCode
 from tasks.recall.limiter import Ticket
 
 MAX_RETRY_AFTER_S = 3600.0  # Recall asks for seconds to minutes; an hour is the most we wait
