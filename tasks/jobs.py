@@ -54,7 +54,10 @@ _DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook
 _GIVEN = uuid.UUID("0c3f9a8e-52d1-4b7e-8e9f-4a6d2b1c7e55")  # keys clients give (API, CLI, Celery)
 SCHEMA = "3"  # jobs with a phase, a deadline and a workspace (1: state and step)
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
-MAX_CALLBACKS = 10  # callback_url destinations one job holds
+# callback_url destinations one caller (API token) may give a job. No total per job: a total
+# would let callers fill it for one another, and callers are the operator's API_TOKENS, so
+# a job holds at most this many per token.
+MAX_CALLBACKS_PER_CALLER = 3
 EarlyEvent = Literal["done", "failed"]
 Added = Literal["added", "known", "full"]
 Delay = float | Literal["keep", "never"]
@@ -614,17 +617,18 @@ class JobStore:
         return self._confirmed("archive", job_id, [], *args, replicas=self.min_replicas) is not None
 
     def add_callback(self, job_id: str, url: str, by: str) -> Added | None:
-        """Send the job's news to `url` too (given by `by`), at most MAX_CALLBACKS: 'added',
-        'known' (it is already), 'full', or None (no such job). Added to a finished job, its
-        news goes out again (to the new destination alone: the others have theirs). Not a
-        transition; with REDIS_MIN_REPLICAS, on that many replicas first (else `NotReplicated`)."""
+        """Send the job's news to `url` too (given by `by`): 'added', 'known' (it is already),
+        'full' (`by` gave it MAX_CALLBACKS_PER_CALLER already), or None (no such job). Added to
+        a finished job, its news goes out again (to the new destination alone: the others have
+        theirs). Not a transition; with REDIS_MIN_REPLICAS, on that many replicas first (else
+        `NotReplicated`)."""
         finished = ",".join(state for state in State if not state.active)
         added = self._confirmed(
             "add_callback",
             job_id,
             [],
             json.dumps(Destination(url=url, by=by).model_dump()),
-            MAX_CALLBACKS,
+            MAX_CALLBACKS_PER_CALLER,
             finished,
             ANONYMOUS,
             replicas=self.min_replicas,
