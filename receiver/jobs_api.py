@@ -36,7 +36,7 @@ from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State
-from tasks.jobs.transitions import MAX_CALLBACKS
+from tasks.jobs.transitions import MAX_CALLBACKS_PER_CALLER
 from tasks.jobs.views import Job
 from tasks.names import DEFAULT
 from tasks.store import Store
@@ -126,8 +126,9 @@ CallbackUrl = Annotated[
             "maxLength": MAX_URL,
             "pattern": DOCUMENTED_URL,
             "description": "where this job's job.done / job.failed is sent too (besides "
-            "CALLBACK_URLS and other callers' URLs, up to 10); plain http is accepted only to an "
-            "address inside CALLBACK_CLIENT_ALLOWED_NETWORKS",
+            f"CALLBACK_URLS and other callers' URLs; up to {MAX_CALLBACKS_PER_CALLER} per API "
+            "token and job, then 409); plain http is accepted only to an address inside "
+            "CALLBACK_CLIENT_ALLOWED_NETWORKS",
         }
     ),
 ]
@@ -283,7 +284,8 @@ def create_job() -> tuple[Response, int]:
     if added is None:
         return _error(503, "the job vanished while it was being created, retry")
     if added == "full":
-        return _error(409, f"callback_url: this job already has {MAX_CALLBACKS} callback URLs")
+        mine = f"you gave this job {MAX_CALLBACKS_PER_CALLER} callback URLs already"
+        return _error(409, f"callback_url: {mine}, the most")  # this caller's share alone
     return _job(job.model_copy(update={"callback_url": body.callback_url}), 202)  # the caller's
 
 

@@ -59,7 +59,10 @@ class Dispatcher:
     ) -> tuple[str, bool]:
         """Start a job in `workspace` unless one exists for the key, and send its create; (job
         id, created). Without a key the job is the recording's, the one its `recording.done`
-        starts. `OverLimit` when the provider or the metadata is over the limits."""
+        starts. `OverLimit` when the provider or the metadata is over the limits, or any of
+        them is not text."""
+        limits.text("recording_id", recording_id)
+        limits.text("idempotency_key", idempotency_key)
         limits.check("provider", provider)
         limits.check("metadata", metadata)
         job_id, created = self.jobs.submit(

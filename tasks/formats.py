@@ -10,7 +10,8 @@ tests, as independent readers, which they could not be if they had written it to
 
 Names and words come from meeting participants, so they are made plain before they are written:
 control characters (terminal escapes) become spaces, bidi controls go, whitespace runs are one
-space (a blank line would end a cue), and SRT's markup characters become parentheses (below).
+space (a blank line would end a cue), lone surrogates (a name cut inside a UTF-16 pair: no text,
+nothing can encode them) become U+FFFD, and SRT's markup characters become parentheses (below).
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ RENDER_MAX_BYTES = 8 * 1024 * 1024  # about 50,000 words, five hours of speech
 _CONTROLS = [*range(0x20), *range(0x7F, 0xA0)]  # C0, DEL and C1: ESC, BEL, NUL, CSI...
 # Bidi marks, embeddings, overrides and isolates show text in another order than it is written.
 _BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-_PLAIN = str.maketrans({**dict.fromkeys(_CONTROLS, " "), **dict.fromkeys(_BIDI)})
+_SURROGATES = range(0xD800, 0xE000)
+_PLAIN = str.maketrans(
+    {
+        **dict.fromkeys(_CONTROLS, " "),
+        **dict.fromkeys(_BIDI),
+        **dict.fromkeys(_SURROGATES, "\ufffd"),
+    }
+)
 # SRT has no escapes, and players read `<b>`, `<font>` and `{\an8}` as markup: parentheses are
 # shown as written everywhere, look like no markup, and turn `-->` into `--)`.
 _SRT_PLAIN = str.maketrans("<>{}", "()()")
@@ -108,10 +116,15 @@ class Cue:
 
 
 def render(data: bytes, fmt: Format) -> bytes:
-    """`data` (as downloaded from Recall) in `fmt`."""
+    """`data` (as downloaded from Recall) in `fmt`; `CannotRender` when it cannot be."""
     if fmt is Format.JSON:
         return data
-    return RENDERERS[fmt](words(data)).encode()
+    all_words = words(data)
+    try:
+        return RENDERERS[fmt](all_words).encode()
+    except Exception as exc:  # a fault of ours, whatever it is: said (409), the data kept
+        why = plain(f"{type(exc).__name__}: {exc}")  # one line
+        raise CannotRender(f"cannot be rendered as {fmt}: {why}") from None
 
 
 def words(data: bytes) -> list[Word]:
@@ -291,19 +304,25 @@ RENDERERS: dict[Format, Callable[[list[Word]], str]] = {
 
 
 def beside(staged: IO[bytes], formats: list[str]) -> dict[str, bytes]:
-    """The files to persist beside a transcript's data (TRANSCRIPT_FORMATS), by suffix; none
-    when the data cannot be read as a transcript (the data itself is kept whatever it holds)."""
+    """The files to persist beside a transcript's data (TRANSCRIPT_FORMATS), by suffix; a format
+    that cannot be rendered, for whatever reason, is logged and left out: the data itself is
+    kept whatever it holds (the route renders it on demand, or says why it cannot)."""
     chosen = [Format(name) for name in formats if name != Format.JSON]
     if not chosen:
         return {}
     staged.flush()
     staged.seek(0)
     data = staged.read()
-    try:
-        return {fmt.suffix: render(data, fmt) for fmt in chosen}
-    except UnreadableTranscript as exc:
-        log.warning("transcript formats not written: %s", exc)
-        return {}
+    rendered = {}
+    for fmt in chosen:
+        try:
+            rendered[fmt.suffix] = render(data, fmt)
+        except UnreadableTranscript as exc:
+            log.warning("transcript formats not written: %s", exc)
+            return {}
+        except Exception:  # any fault of a renderer: the data is persisted all the same
+            log.exception("transcript not written as %s", fmt)
+    return rendered
 
 
 def open_transcript(store: Store, recording_id: str, transcript_id: str, fmt: Format) -> Stored:

@@ -1,7 +1,9 @@
 """What a client may hand a job, enforced at every door (the jobs API, the submit task, the CLI):
 `provider` and `metadata` each at most MAX_DEPTH levels of arrays and objects and MAX_FIELD_BYTES
 as compact JSON. A job is shown, stored and copied into its callbacks, so one oversized or deeply
-nested value must be refused where it comes in, not met later by every reader of the job."""
+nested value must be refused where it comes in, not met later by every reader of the job. So is
+text that is not Unicode (a lone surrogate, which JSON's `\\ud800` escapes can carry): it can be
+neither stored nor shown."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ WITHHELD = {"withheld": "over the limits (stored before they applied)"}
 
 
 class OverLimit(ValueError):
-    """A value over the limits; the message names the field and the limit, in one line."""
+    """A value over the limits, or not text; the message names the field and why, in one line."""
 
 
 def depth(value: Any) -> int:
@@ -36,9 +38,27 @@ def check(name: str, value: Any) -> None:
         return
     if depth(value) > MAX_DEPTH:
         raise OverLimit(f"{name}: nested deeper than {MAX_DEPTH} levels")
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError as exc:
+        raise OverLimit(_not_text(name, exc)) from None
+    except (TypeError, ValueError) as exc:  # no JSON value: from Python callers alone
+        raise OverLimit(f"{name}: not a JSON value ({exc})") from None
     if size > MAX_FIELD_BYTES:
         raise OverLimit(f"{name}: {size} bytes as JSON, over the limit of {MAX_FIELD_BYTES}")
+
+
+def text(name: str, value: str | None) -> None:
+    """Raise `OverLimit` when `value` (a recording id, a key) holds a lone surrogate."""
+    try:
+        if value is not None:
+            value.encode()
+    except UnicodeEncodeError as exc:
+        raise OverLimit(_not_text(name, exc)) from None
+
+
+def _not_text(name: str, exc: UnicodeEncodeError) -> str:
+    return f"{name}: holds a lone surrogate, {exc.object[exc.start]!a}, which is not text"
 
 
 def within(value: Any) -> bool:

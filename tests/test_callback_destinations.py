@@ -1,6 +1,7 @@
 """Every caller that asked for a callback gets one, and sees no one else's URL: a job holds
 several callback_url destinations, added by each request that names the job (by key, by
-recording, or the job recording.done started), up to MAX_CALLBACKS; its news is stored once,
+recording, or the job recording.done started), up to MAX_CALLBACKS_PER_CALLER from each API
+token, so no caller can fill the job for another; its news is stored once,
 however many destinations it goes to. The jobs API, the outbox and the deliveries, on a real
 Redis."""
 
@@ -20,7 +21,7 @@ from tasks.callbacks.model import owner
 from tasks.callbacks.outbox import Outbox
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.store import JobStore
-from tasks.jobs.transitions import MAX_CALLBACKS
+from tasks.jobs.transitions import MAX_CALLBACKS_PER_CALLER
 from tasks.settings import Settings
 from tests.helpers import reconfigure
 
@@ -142,14 +143,32 @@ def test_a_destination_added_after_the_news_was_sent_on_still_gets_it(
     assert len(shown) == 3
 
 
-def test_a_job_holds_at_most_ten_callback_urls(client: FlaskClient) -> None:
-    for index in range(MAX_CALLBACKS):
+def test_one_caller_spends_only_its_own_share_of_a_jobs_callback_urls(
+    client: FlaskClient, jobs: JobStore
+) -> None:
+    """As the review reproduced it: one token gave a job 10 URLs (the limit per job), and every
+    other caller of that job was answered 409 and never called back. The limit is per caller."""
+    job_id = post(client, SECOND, idempotency_key="k").json["id"]  # the victim's job, no URL yet
+    for index in range(MAX_CALLBACKS_PER_CALLER):
         answer = post(client, FIRST, idempotency_key="k", callback_url=f"https://h{index}.example/")
         assert answer.status_code == 202
-    again = post(client, SECOND, idempotency_key="k", callback_url="https://h3.example/")
+    again = post(client, FIRST, idempotency_key="k", callback_url="https://h1.example/")
     assert again.status_code == 202  # known already: nothing more to hold
-    full = post(client, SECOND, idempotency_key="k", callback_url="https://one-more.example/")
-    assert full.status_code == 409 and "10 callback URLs" in full.json["error"]
+    full = post(client, FIRST, idempotency_key="k", callback_url="https://one-more.example/")
+    assert full.status_code == 409
+    assert full.json["error"] == (
+        f"callback_url: you gave this job {MAX_CALLBACKS_PER_CALLER} callback URLs already, "
+        "the most"
+    )
+    for index in range(MAX_CALLBACKS_PER_CALLER):  # the other caller has its whole share
+        url = f"https://victim{index}.example/"
+        assert post(client, SECOND, idempotency_key="k", callback_url=url).status_code == 202
+    record = jobs.record(job_id)
+    assert record is not None
+    held = [(d.by, d.url) for d in record.callback_urls]
+    assert held.count((owner("token-2"), "https://victim0.example/")) == 1
+    assert [by for by, _ in held].count(owner("token-1")) == MAX_CALLBACKS_PER_CALLER
+    assert len(held) == 2 * MAX_CALLBACKS_PER_CALLER
 
 
 def test_a_jobs_data_is_stored_once_however_many_destinations_it_goes_to(
@@ -157,20 +176,21 @@ def test_a_jobs_data_is_stored_once_however_many_destinations_it_goes_to(
 ) -> None:
     """As the review measured it: the metadata was copied into every delivery's body."""
     metadata = {"notes": "m" * 15_000}
-    for index in range(MAX_CALLBACKS):
+    for index in range(2 * MAX_CALLBACKS_PER_CALLER):
         url = f"https://h{index}.example/"
-        answer = post(client, FIRST, idempotency_key="k", metadata=metadata, callback_url=url)
+        caller = FIRST if index % 2 else SECOND
+        answer = post(client, caller, idempotency_key="k", metadata=metadata, callback_url=url)
         assert answer.status_code == 202
     job_id = answer.json["id"]
     jobs.fail(job_id, ErrorCode.TIMEOUT, "too slow")
     outbox.send_on()
-    assert len(sent_to(rclient, job_id)) == MAX_CALLBACKS + 1
+    assert len(sent_to(rclient, job_id)) == 2 * MAX_CALLBACKS_PER_CALLER + 1
     copies, used = 0, 0
     for key in rclient.scan_iter(f"{keys.PREFIX}callback*"):
         if rclient.type(key) == b"hash":
             copies += sum(value.count(b"m" * 15_000) for value in rclient.hvals(key))
             used += int(rclient.memory_usage(key) or 0)
     assert copies == 1
-    assert used < 2 * 15_000 + (MAX_CALLBACKS + 1) * 1024
+    assert used < 2 * 15_000 + (2 * MAX_CALLBACKS_PER_CALLER + 1) * 1024
     (message,) = rclient.lrange("theirs", 0, -1)
     assert json.loads(message)["headers"]["task"] == "theirs.job_finished"

@@ -48,6 +48,11 @@ def run(
             {},
             "provider: nested deeper than 8 levels",
         ),
+        (
+            ["enqueue", "r1", "--provider", '{"recallai_async": {"language_code": "\\ud800"}}'],
+            {},
+            "provider: holds a lone surrogate, '\\ud800', which is not text",
+        ),
     ],
 )
 def test_misconfiguration_stops_with_one_readable_line(

@@ -144,6 +144,39 @@ def test_a_deferred_attempt_is_not_counted_nor_marks_its_destination_failing(
     assert due is not None and due - time.time() > DEFER_S - 1
 
 
+def test_one_clients_4xx_on_a_shared_host_marks_it_failing_for_no_one(
+    rclient: redis.Redis,
+) -> None:
+    """As the review reproduced it: one client's bogus paths on a shared host (Slack's hooks
+    answer 404) marked it failing for an hour, so every other client's and the operator's
+    deliveries there went one at a time behind that client's retries. A 4xx is the delivery's
+    own failure (retried on its schedule); only a host that did not answer well is failing."""
+    store = deliveries(rclient)
+    bogus = [f"https://hooks.shared.example/services/bogus{i}" for i in range(8)]
+    hostile = add_for(store, "hostile", bogus, "h")
+    (victim,) = add_for(store, "victim", ["https://hooks.shared.example/services/T0/real"], "v")
+    failing = keys.CALLBACKS_FAILING_PREFIX + destination(bogus[0])
+    first = store.claim(8)
+    assert first == hostile[:4]
+    for delivery_id, status in zip(first, [404, 400, 410, 403], strict=True):
+        delivery = store.get(delivery_id)
+        assert delivery is not None
+        assert store.attempted(delivery, Outcome.FAILED, status) == "retry"  # its own schedule
+        assert rclient.exists(failing) == 0
+    second = store.claim(8)
+    assert second == hostile[4:8]  # four at a time still, not one (failing)
+    for delivery_id in second:
+        finish(store, delivery_id, delivered=True)
+    assert victim in store.claim(8)  # not behind the hostile client's retries
+    for status in [500, 503, 429, "timeout after 10s", "ConnectionError"]:
+        rclient.delete(failing)
+        (probe,) = add_for(store, "hostile", ["https://hooks.shared.example/x"], f"p{status}")
+        delivery = store.get(probe)
+        assert delivery is not None
+        store.attempted(delivery, Outcome.FAILED, status)
+        assert rclient.exists(failing) == 1, status  # the host itself did not answer well
+
+
 def failed_delivery(store: Deliveries, jobs: JobStore, job_id: str) -> Delivery:
     """The job's latest finish sent to one receiver that never answered."""
     record = jobs.record(job_id)

@@ -53,7 +53,11 @@ HOSTILE = [
     "\u2028",
     " ",
 ]
-texts = st.lists(st.sampled_from(HOSTILE) | st.text(max_size=8), max_size=6).map("".join)
+# A lone surrogate: a name cut inside a UTF-16 pair, as JSON's "\\ud83d" carries it.
+surrogates = st.characters(categories=["Cs"])
+texts = st.lists(st.sampled_from(HOSTILE) | st.text(max_size=8) | surrogates, max_size=6).map(
+    "".join
+)
 SRT_MARKUP = str.maketrans("<>{}", "()()")
 
 
@@ -88,8 +92,14 @@ def transcripts(draw: st.DrawFn) -> bytes:
 
 def unsafe(text: str) -> list[str]:
     """The characters a player or terminal could act on: controls (but a format's newline) and
-    bidi controls."""
-    return [c for c in text if (unicodedata.category(c) == "Cc" and c != "\n") or c in BIDI]
+    bidi controls; and lone surrogates, which no encoding writes."""
+    return [
+        c
+        for c in text
+        if (unicodedata.category(c) == "Cc" and c != "\n")
+        or c in BIDI
+        or unicodedata.category(c) == "Cs"
+    ]
 
 
 def millis(stamp: webvtt.models.Timestamp) -> int:
@@ -225,7 +235,7 @@ def test_data_the_renderer_cannot_handle_is_unreadable_not_a_crash(data: bytes) 
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5) | surrogates,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
     max_leaves=20,
 )

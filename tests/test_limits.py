@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
+from celery.exceptions import Reject
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
@@ -16,7 +18,10 @@ from tasks import keys
 from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.outbox import Outbox
 from tasks.callbacks.views import job_views
-from tasks.limits import MAX_DEPTH, MAX_FIELD_BYTES, WITHHELD, OverLimit
+from tasks.celery_tasks import register
+from tasks.inbox import Inbox
+from tasks.limits import MAX_DEPTH, MAX_FIELD_BYTES, WITHHELD, OverLimit, check
+from tasks.names import SUBMIT_TASK
 from tasks.settings import Settings
 from tests.helpers import Harness, reconfigure
 
@@ -98,6 +103,51 @@ def test_the_submit_task_and_the_cli_meet_the_same_limits(harness: Harness) -> N
         harness.pipeline.dispatch.submit("r1", None, nested(MAX_DEPTH + 1))
     with pytest.raises(OverLimit, match="provider: "):
         harness.pipeline.dispatch.submit("r1", {"recallai_async": {"v": "z" * MAX_FIELD_BYTES}})
+    assert harness.redis.zcard(keys.JOBS) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "body"),
+    [
+        ("metadata", b'{"recording_id": "r1", "metadata": {"a": "Ana \\ud83d"}}'),
+        ("metadata", b'{"recording_id": "r1", "metadata": {"\\udfff": 1}}'),
+        ("provider", b'{"recording_id": "r1", "provider": {"x": {"language_code": "\\ud800"}}}'),
+    ],
+)
+def test_a_lone_surrogate_is_400_in_one_line_not_500(
+    client: FlaskClient, field: str, body: bytes
+) -> None:
+    """As the review found it: text cut in the middle of a UTF-16 pair (JSON's `\\ud83d`) in a
+    key or a value made measuring the field raise, and the POST answer 500."""
+    answer = client.post(
+        "/api/v1/jobs", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 400
+    error = answer.json["error"]  # type: ignore[index]
+    assert error.startswith(f"{field}: holds a lone surrogate, ") and "\n" not in error
+    assert listed(client) == []
+
+
+def test_the_submit_task_and_the_dispatcher_refuse_a_lone_surrogate_anywhere(
+    harness: Harness,
+) -> None:
+    """The Celery submit task (JSON messages carry `\\ud800` too) rejects the message, naming
+    the field; `limits.check` raises nothing but `OverLimit`, whatever it is handed."""
+    app = Celery("review19", set_as_current=False)
+    register(app, harness.pipeline, Inbox(harness.redis, 60, 60), lambda: None)
+    submit = app.tasks[SUBMIT_TASK]
+    for field, kwargs in [
+        ("metadata", {"metadata": {"name": "Ana \ud83d"}}),
+        ("provider", {"provider": {"recallai_async": {"language_code": "\udc00"}}}),
+        ("recording_id", {"recording_id": "r\ud800"}),
+        ("idempotency_key", {"idempotency_key": "\udfff"}),
+    ]:
+        with pytest.raises(Reject) as refused:
+            submit(**{"recording_id": "r1", **kwargs})
+        assert refused.value.reason.startswith(f"{field}: holds a lone surrogate, ")
+        assert not refused.value.requeue
+    with pytest.raises(OverLimit, match="metadata: not a JSON value"):
+        check("metadata", {"a": {1, 2}})
     assert harness.redis.zcard(keys.JOBS) == 0
 
 

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from harness import EmulatorHandle, wait_for
 from recall_transcribe import cli
 from receiver.app import create_app
+from tasks import formats
 from tasks.formats import RENDER_MAX_BYTES, Format, render
 from tasks.jobs.states import State, Step
 from tasks.settings import Settings
@@ -78,6 +79,53 @@ def test_data_nested_too_deep_is_persisted_as_downloaded_and_answered_409(
         assert answer.status_code == 409, answer.data
         error = answer.json["error"]  # type: ignore[index]
         assert "not Recall's transcript data" in error and "\n" not in error
+
+
+# As the review found it: a name cut inside a UTF-16 pair (JSON.stringify writes "\\ud83d").
+CUT_NAME = (
+    b'[{"participant": {"id": 1, "name": "Ana \\ud83d"}, "words": [{"text": "hi", '
+    b'"start_timestamp": {"relative": 1.0}, "end_timestamp": {"relative": 1.5}}]}]'
+)
+
+
+def test_a_name_cut_inside_a_utf16_pair_is_persisted_and_shown_with_a_replacement_character(
+    client: FlaskClient, harness: Harness, emulator: EmulatorHandle
+) -> None:
+    """The lone surrogate left rendering raising UnicodeEncodeError: the data was never persisted
+    (the fetch failed at every try) and on-demand renders answered 500."""
+    data = done_job(harness, emulator, CUT_NAME)
+    assert data.read_bytes() == CUT_NAME
+    assert (
+        data.with_suffix(".srt").read_text() == "1\n00:00:01,000 --> 00:00:01,500\nAna \ufffd: hi\n"
+    )
+    assert data.with_suffix(".txt").read_text() == "[00:00:01] Ana \ufffd: hi\n"
+    answer = client.get(f"{route(harness)}?format=vtt", headers=AUTH)  # rendered on demand
+    assert answer.status_code == 200 and "<v Ana \ufffd>hi" in answer.data.decode()
+
+
+def test_a_rendering_that_fails_any_way_is_left_out_the_data_persisted_and_answered_409(
+    client: FlaskClient,
+    harness: Harness,
+    emulator: EmulatorHandle,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever a renderer raises (a fault of ours), the data is persisted as downloaded with
+    the other formats, and the route answers 409 in one line, never 500."""
+
+    def broken(_: object) -> str:
+        raise RuntimeError("a renderer's bug\nover two lines")
+
+    monkeypatch.setitem(formats.RENDERERS, Format.SRT, broken)
+    with caplog.at_level(logging.ERROR, logger="tasks.formats"):
+        data = done_job(harness, emulator)  # the job is done
+    assert not data.with_suffix(".srt").exists() and data.with_suffix(".txt").exists()
+    assert "transcript not written as srt" in caplog.text
+    answer = client.get(f"{route(harness)}?format=srt", headers=AUTH)
+    assert answer.status_code == 409
+    assert answer.json["error"].endswith(  # type: ignore[index]
+        "cannot be rendered as srt: RuntimeError: a renderer's bug over two lines"
+    )
 
 
 def streamed(client: FlaskClient, route: str) -> tuple[int, str, int]:

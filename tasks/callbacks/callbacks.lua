@@ -172,7 +172,9 @@ if command == 'claim' then
 end
 
 -- attempted: the outcome of an attempt. ARGV[9] id, ARGV[10] outcome: 'delivered', 'failed'
--- (the receiver: its destination is marked failing), 'refused' (counted, the destination not
+-- (the receiver: its destination is marked failing when it failed as a host, no answer, a 5xx or
+-- a 429; a 4xx is that delivery's own: on a shared host, one client's bad path is no one
+-- else's trouble), 'refused' (counted, the destination not
 -- marked: nothing reached it) or 'deferred' (this process could not resolve in time: not
 -- counted, tried again after ARGV[15] seconds); ARGV[11] last status, ARGV[12] the schedule
 -- (JSON list of delays, the first attempt's first), ARGV[13] how long a finished delivery is
@@ -188,7 +190,10 @@ if command == 'attempted' then
   if outcome == 'delivered' then
     redis.call('DEL', failing .. fields[2])
   elseif outcome == 'failed' then
-    redis.call('SET', failing .. fields[2], 1, 'EX', math.ceil(tonumber(ARGV[14])))
+    local status = tonumber(ARGV[11])  -- nil: no HTTP answer (connect error, timeout, cut)
+    if not status or status >= 500 or status == 429 then
+      redis.call('SET', failing .. fields[2], 1, 'EX', math.ceil(tonumber(ARGV[14])))
+    end
   end
   for _, group in ipairs(mine) do unpark(group, math.max(0, room(group))) end
   if fields[1] ~= 'pending' then return false end

@@ -22,7 +22,7 @@ class Outcome(StrEnum):
     """What an attempt came to, as tasks/callbacks/callbacks.lua records it."""
 
     DELIVERED = "delivered"
-    FAILED = "failed"  # the receiver: no 2xx in time; its destination is marked failing
+    FAILED = "failed"  # the receiver: no 2xx in time; failing its destination unless a 4xx
     REFUSED = "refused"  # the address may not be reached, or the name did not resolve
     DEFERRED = "deferred"  # this process could not resolve in time: not counted at all
 

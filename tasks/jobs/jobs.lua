@@ -184,7 +184,8 @@ if command == 'archive' then
 end
 
 -- add_callback: one more callback_url for the job (not a transition). ARGV[5] the destination
--- (JSON: url, by), ARGV[6] how many a job may hold, ARGV[7] the finished states, ARGV[8] who
+-- (JSON: url, by), ARGV[6] how many one caller (`by`) may give it: each caller spends only its
+-- own share, so none can fill the job for the others. ARGV[7] the finished states, ARGV[8] who
 -- gave a URL kept in `callback_url` (how a job kept its one URL before): moved into the list.
 -- Added to a finished job, its news goes back in the outbox, due now (tasks/callbacks/outbox.py
 -- makes only what is missing).
@@ -199,10 +200,12 @@ if command == 'add_callback' then
     redis.call('HSET', job, 'callback_urls', cjson.encode(list))
     redis.call('HDEL', job, 'callback_url')
   end
+  local mine = 0
   for _, known in ipairs(list) do
     if known.url == given.url then return 'known' end
+    if known.by == given.by then mine = mine + 1 end
   end
-  if #list >= tonumber(ARGV[6]) then return 'full' end
+  if mine >= tonumber(ARGV[6]) then return 'full' end
   table.insert(list, given)
   redis.call('HSET', job, 'callback_urls', cjson.encode(list))
   local fields = redis.call('HMGET', job, 'state', 'attempts')

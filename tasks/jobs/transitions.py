@@ -34,7 +34,10 @@ from tasks.jobs.states import (
 )
 from tasks.names import DEFAULT
 
-MAX_CALLBACKS = 10  # callback_url destinations one job holds
+# callback_url destinations one caller (API token) may give a job. No total per job: a total
+# would let callers fill it for one another, and callers are the operator's API_TOKENS, so
+# a job holds at most this many per token.
+MAX_CALLBACKS_PER_CALLER = 3
 Added = Literal["added", "known", "full"]
 
 
@@ -213,17 +216,18 @@ class Transitions(JobStoreBase):
         return self._confirmed("archive", job_id, [], *args, replicas=self.min_replicas) is not None
 
     def add_callback(self, job_id: str, url: str, by: str) -> Added | None:
-        """Send the job's news to `url` too (given by `by`), at most MAX_CALLBACKS: 'added',
-        'known' (it is already), 'full', or None (no such job). Added to a finished job, its
-        news goes out again (to the new destination alone: the others have theirs). Not a
-        transition; with REDIS_MIN_REPLICAS, on that many replicas first (else `NotReplicated`)."""
+        """Send the job's news to `url` too (given by `by`): 'added', 'known' (it is already),
+        'full' (`by` gave it MAX_CALLBACKS_PER_CALLER already), or None (no such job). Added to
+        a finished job, its news goes out again (to the new destination alone: the others have
+        theirs). Not a transition; with REDIS_MIN_REPLICAS, on that many replicas first (else
+        `NotReplicated`)."""
         finished = ",".join(state for state in State if not state.active)
         added = self._confirmed(
             "add_callback",
             job_id,
             [],
             json.dumps(Destination(url=url, by=by).model_dump()),
-            MAX_CALLBACKS,
+            MAX_CALLBACKS_PER_CALLER,
             finished,
             ANONYMOUS,
             replicas=self.min_replicas,
