@@ -22,6 +22,7 @@ from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
 from tasks.recall.client import INLINE_WAIT_S, RecallClient
 from tasks.recall.limiter import Limiter
+from tasks.reconcile import Periodic, reconciliations
 from tasks.settings import Settings
 from tasks.store import open_store
 from worker.deliveries import DeliveryPool
@@ -120,6 +121,14 @@ def create_worker_app(settings: Settings) -> Celery:
     sweep = Sweep(
         dispatch, inbox, outbox, pool, limiters, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S
     )
+    if settings.RECONCILE_INTERVAL_S > 0:
+        sweep.reconcile = Periodic(
+            client,
+            reconciliations(settings, dispatch, recalls, metrics),
+            settings.RECONCILE_INTERVAL_S,
+            settings.RECONCILE_LOOKBACK_S,
+            lease_s=max(60.0, 3 * settings.RECALL_HTTP_TIMEOUT_S),
+        )
     celery_tasks.register(app, pipeline, inbox, sweep.wake)
     app.steps["worker"].add(sweeper_step(sweep))
     return app
