@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -173,27 +174,36 @@ class EmulatorHandle:
         ).content
 
 
-@pytest.fixture
-def emulator() -> Iterator[EmulatorHandle]:
+@contextmanager
+def serving_emulator(**config: Any) -> Iterator[EmulatorHandle]:
+    """An emulator served in-process on a free loopback port, `config` over the tests' own."""
     port = free_port()
-    config = EmulatorConfig(
-        public_url=f"http://127.0.0.1:{port}",
-        api_key=API_KEY,
-        webhook_secret=SECRET,
-        processing_s=0.05,
-        retry_scale=0.01,
-        page_size=3,
-        quotas="none",  # this tier injects its 429s one by one
-    )
-    app = create_emulator(config)
+    settings: dict[str, Any] = {
+        "api_key": API_KEY,
+        "webhook_secret": SECRET,
+        "processing_s": 0.05,
+        "retry_scale": 0.01,
+        "page_size": 3,
+        "quotas": "none",  # this tier injects its 429s one by one
+    }
+    emulator_config = EmulatorConfig(public_url=f"http://127.0.0.1:{port}", **settings | config)
+    app = create_emulator(emulator_config)
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=KeepAliveHandler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
 
     emulator = app.extensions["emulator"]
-    yield EmulatorHandle(config.public_url, emulator.state)
-    server.shutdown()
-    emulator.scheduler.stop()
+    try:
+        yield EmulatorHandle(emulator_config.public_url, emulator.state)
+    finally:
+        server.shutdown()
+        emulator.scheduler.stop()
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorHandle]:
+    with serving_emulator() as handle:
+        yield handle
 
 
 @pytest.fixture
