@@ -202,11 +202,13 @@ def _reconciliation(reconciled: object, last_hook: object) -> Iterator[Metric]:
     )
     last = GaugeMetricFamily(
         f"{PREFIX}_last_webhook_timestamp_seconds",
-        "When the last webhook with a good signature arrived (Unix time), by workspace",
+        "When the last webhook with a good signature arrived (Unix time; 0: none yet), by "
+        "workspace",
         labels=["workspace"],
     )
-    for workspace, at in sorted(_decoded(last_hook).items()):
-        last.add_metric([workspace], float(at))
+    seen = _decoded(last_hook)
+    for workspace in sorted(set(seen) | {DEFAULT}):  # 0 until one came
+        last.add_metric([workspace], float(seen.get(workspace, 0)))
     yield last
 
 

@@ -312,6 +312,25 @@ def _scrape(client: redis.Redis) -> str:
     return generate_latest(registry).decode()
 
 
+def test_alert_rules_name_metrics_we_serve_and_prometheus_loads_them(rclient: redis.Redis) -> None:
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    served = _scrape(rclient)
+    [group] = yaml.safe_load((root / "deploy/alerts.yml").read_text())["groups"]
+    rules = {rule["alert"]: rule["expr"] for rule in group["rules"]}
+    assert set(rules) == {"NoWebhooksWhileRecordingsFinish", "ReconciliationSubmittedJobs"}
+    for expr in rules.values():
+        for name in re.findall(r"recall_transcribe_[a-z_]+", expr):
+            assert f"\n{name}{{" in served, name
+    prometheus = yaml.safe_load((root / "deploy/prometheus.yml").read_text())
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    [rule_file] = prometheus["rule_files"]
+    assert f"./deploy/alerts.yml:{rule_file}:ro" in compose["services"]["prometheus"]["volumes"]
+
+
 def test_cli_reconcile_dry_run_then_for_real(
     settings: Settings, emulator: EmulatorHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
