@@ -112,37 +112,39 @@ class Reconciliation:
         the recordings still processing too (for the mark). `save` after every page."""
         phases = len(PHASES) if pending else 1
         quota, failures = Quota(), 0
-        while walk.phase < phases:
-            try:
-                pages = self.recall.list_recordings(
-                    PHASES[walk.phase],
-                    _datetime(walk.after),
-                    _datetime(walk.before),
-                    walk.cursor,
-                    quota,
-                )
-                for recordings, next_page in pages:
-                    failures = 0
-                    classified = self._page(walk, recordings)
-                    walk.cursor, walk.pages = next_page, walk.pages + 1
-                    if next_page is None:
-                        walk.phase += 1
-                    if save is not None:
-                        save(walk)
-                    if progress is not None:
-                        progress(walk, classified)
-            except Throttled as exc:  # our own pacing: the slot reserved for the next call
-                quota.ticket = exc.ticket
-                self.wait(exc.retry_after or 0.0)
-            except RateLimited as exc:  # Recall's 429: the limiter paused the whole fleet
-                self.wait(exc.retry_after or 1.0)
-            except RetryableError as exc:
-                failures += 1
-                if failures >= UNAVAILABLE_TRIES:
-                    raise
-                log.warning("reconcile %s: %s; trying again", self.workspace, exc.message)
-                self.wait(UNAVAILABLE_WAIT_S * failures)
-        self.recall.release(quota)
+        try:
+            while walk.phase < phases:
+                try:
+                    pages = self.recall.list_recordings(
+                        PHASES[walk.phase],
+                        _datetime(walk.after),
+                        _datetime(walk.before),
+                        walk.cursor,
+                        quota,
+                    )
+                    for recordings, next_page in pages:
+                        failures = 0
+                        classified = self._page(walk, recordings)
+                        walk.cursor, walk.pages = next_page, walk.pages + 1
+                        if next_page is None:
+                            walk.phase += 1
+                        if save is not None:
+                            save(walk)
+                        if progress is not None:
+                            progress(walk, classified)
+                except Throttled as exc:  # our own pacing: the slot reserved for the next call
+                    quota.ticket = exc.ticket
+                    self.wait(exc.retry_after or 0.0)
+                except RateLimited as exc:  # Recall's 429: the limiter paused the whole fleet
+                    self.wait(exc.retry_after or 1.0)
+                except RetryableError as exc:
+                    failures += 1
+                    if failures >= UNAVAILABLE_TRIES:
+                        raise
+                    log.warning("reconcile %s: %s; trying again", self.workspace, exc.message)
+                    self.wait(UNAVAILABLE_WAIT_S * failures)
+        finally:
+            self.recall.release(quota)  # a slot reserved for a call the walk no longer makes
         return walk
 
     def _page(self, walk: Walk, recordings: list[Recording]) -> Classified:
