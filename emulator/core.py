@@ -14,7 +14,15 @@ from flask import Response, abort, current_app, jsonify, request
 from emulator.config import EmulatorConfig
 from emulator.quotas import Quotas, parse_quotas, retry_after_header
 from emulator.scheduler import Scheduler
-from emulator.state import EmulatorState, Fault, Transcript, download_signature, iso
+from emulator.state import (
+    RECORDING_TTL_S,
+    EmulatorState,
+    Fault,
+    Recording,
+    Transcript,
+    download_signature,
+    iso,
+)
 from emulator.webhooks import WebhookSender
 
 
@@ -73,10 +81,13 @@ class Emulator:
 
     def view(self, transcript: Transcript) -> dict[str, Any]:
         """The transcript object as Recall's API answers it."""
-        recording = self.state.recordings.get(transcript.recording_id, {})
+        recording = self.state.recordings.get(transcript.recording_id)
         return {
             "id": transcript.id,
-            "recording": {"id": transcript.recording_id, "metadata": recording.get("metadata", {})},
+            "recording": {
+                "id": transcript.recording_id,
+                "metadata": recording.metadata if recording is not None else {},
+            },
             "created_at": iso(transcript.created_at),
             "expires_at": iso(transcript.created_at + 7 * 86400),
             "status": {
@@ -93,6 +104,28 @@ class Emulator:
             "provider": transcript.provider,
         }
 
+    def recording_view(self, recording: Recording) -> dict[str, Any]:
+        """The recording object as List Recordings answers it."""
+        transcript = self.state.newest_transcript(recording.id)
+        finished = recording.completed_at
+        return {
+            "id": recording.id,
+            "created_at": iso(recording.created_at),
+            "started_at": iso(recording.started_at) if recording.started_at is not None else None,
+            "completed_at": iso(finished) if finished is not None else None,
+            "expires_at": iso(finished + RECORDING_TTL_S) if finished is not None else None,
+            "status": {
+                "code": recording.status,
+                "sub_code": recording.sub_code,
+                "updated_at": iso(recording.updated_at),
+            },
+            "metadata": recording.metadata,
+            "bot": recording.bot,
+            "media_shortcuts": {
+                "transcript": self.view(transcript) if transcript is not None else None
+            },
+        }
+
     # -- webhooks ------------------------------------------------------------------------------
 
     def event(
@@ -105,8 +138,8 @@ class Emulator:
                 "sub_code": transcript.sub_code if transcript else None,
                 "updated_at": iso(time.time()),
             },
-            "recording": {"id": recording_id, "metadata": recording["metadata"]},
-            "bot": recording["bot"],
+            "recording": {"id": recording_id, "metadata": recording.metadata},
+            "bot": recording.bot,
         }
         if transcript is not None:
             data["transcript"] = {"id": transcript.id, "metadata": transcript.metadata}

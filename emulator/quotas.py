@@ -1,8 +1,9 @@
 """Recall's rate limits, enforced as sliding windows with an honest Retry-After.
 
-Per endpoint family: create per recording (Recall: 5/min per bot), retrieve, list and delete per
-workspace. A call over its quota is answered 429 and not counted. `scale` shrinks every window
-(tests and benchmarks: 1 min -> 10 s is 1/6) and keeps the counts.
+Per endpoint family: create per recording (Recall: 5/min per bot), retrieve, list (List
+Transcripts), delete and recordings (List Recordings) per workspace. A call over its quota is
+answered 429 and not counted. `scale` shrinks every window (tests and benchmarks: 1 min -> 10 s
+is 1/6) and keeps the counts.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import threading
 import time
 from collections import deque
 
-RECALL_QUOTAS = "create=5/60,retrieve=300/60,list=60/60,delete=60/60"
-FAMILIES = ("create", "retrieve", "list", "delete")
+RECALL_QUOTAS = "create=5/60,retrieve=300/60,list=60/60,delete=60/60,recordings=60/60"
+FAMILIES = ("create", "retrieve", "list", "delete", "recordings")
 
 
 def parse_quotas(text: str) -> dict[str, tuple[int, float]]:

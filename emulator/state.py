@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import math
 import random
 import threading
 import time
@@ -115,6 +117,31 @@ class Transcript:
     data: bytes | None = None
 
 
+RECORDING_STATUSES = ("processing", "paused", "done", "failed")
+FINISHED = ("done", "failed")
+RECORDING_TTL_S = 7 * 86400  # how long after it finished a recording's media is kept
+
+
+class AlreadyFinished(Exception):
+    """A recording that had ended already cannot end again."""
+
+
+@dataclass
+class Recording:
+    """A recording as List Recordings shows it (`bot` None: a Desktop SDK upload)."""
+
+    id: str
+    created_at: float
+    status: str = "done"
+    sub_code: str | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    updated_at: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+    bot: dict[str, Any] | None = None
+    desktop_sdk_upload_id: str | None = None
+
+
 @dataclass
 class Fault:
     """One injected fault: what it targets, what it does, how often."""
@@ -141,8 +168,10 @@ class EmulatorState:
 
     def reset(self) -> None:
         with self.lock:
-            self.recordings: dict[str, dict[str, Any]] = {}
+            self.recordings: dict[str, Recording] = {}
+            self.recording_order: list[str] = []  # ids, sorted: List Recordings' order
             self.transcripts: dict[str, Transcript] = {}
+            self.transcripts_by_recording: dict[str, list[str]] = {}
             self.idempotency: dict[tuple[str, str], tuple[float, int | None, Any]] = {}
             self.faults: list[Fault] = []
             self.calls: Counter[str] = Counter()
@@ -151,12 +180,56 @@ class EmulatorState:
 
     # -- recordings and transcripts -------------------------------------------------------------
 
-    def add_recording(self, recording_id: str | None = None) -> dict[str, Any]:
+    def add_recording(self, recording_id: str | None = None, **fields: Any) -> Recording:
+        """A new recording (finished now unless `fields` say otherwise); an existing id is left
+        as it is."""
         with self.lock:
-            rid = recording_id or str(uuid.uuid4())
-            return self.recordings.setdefault(
-                rid, {"id": rid, "metadata": {}, "bot": {"id": str(uuid.uuid4()), "metadata": {}}}
-            )
+            return self.add_recordings([recording_id], [fields])[0]
+
+    def add_recordings(
+        self, ids: list[str | None], fields: list[dict[str, Any]]
+    ) -> list[Recording]:
+        """Many recordings at once (one sort of the order however many)."""
+        now = time.time()
+        made: list[Recording] = []
+        with self.lock:
+            fresh = []
+            for recording_id, given in zip(ids, fields, strict=True):
+                rid = recording_id or str(uuid.uuid4())
+                if rid not in self.recordings:
+                    self.recordings[rid] = _recording(rid, now, **given)
+                    fresh.append(rid)
+                made.append(self.recordings[rid])
+            if len(fresh) == 1:
+                bisect.insort(self.recording_order, fresh[0])
+            elif fresh:
+                self.recording_order.extend(fresh)
+                self.recording_order.sort()
+        return made
+
+    def finish_recording(
+        self, recording_id: str, status: str, sub_code: str | None, at: float | None
+    ) -> Recording:
+        """A processing (or paused) recording ends done or failed; KeyError if unknown,
+        AlreadyFinished if it had ended."""
+        with self.lock:
+            recording = self.recordings[recording_id]
+            if recording.status in FINISHED:
+                raise AlreadyFinished(f"recording {recording_id} is already {recording.status}")
+            when = time.time() if at is None else at
+            recording.status, recording.sub_code = status, sub_code
+            recording.completed_at = recording.updated_at = when
+            return recording
+
+    def newest_transcript(self, recording_id: str) -> Transcript | None:
+        """What `media_shortcuts.transcript` shows: the newest transcript not deleted."""
+        with self.lock:
+            live = [
+                self.transcripts[t]
+                for t in self.transcripts_by_recording.get(recording_id, ())
+                if self.transcripts[t].status != "deleted"
+            ]
+            return live[-1] if live else None
 
     def live_count(self, recording_id: str) -> int:
         with self.lock:
@@ -178,6 +251,7 @@ class EmulatorState:
                 created_at=time.time(),
             )
             self.transcripts[transcript.id] = transcript
+            self.transcripts_by_recording.setdefault(recording_id, []).append(transcript.id)
             self.created_by_recording[recording_id] += 1
             return transcript
 
@@ -241,13 +315,55 @@ class EmulatorState:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             statuses = Counter(t.status for t in self.transcripts.values())
+            recordings = Counter(r.status for r in self.recordings.values())
             return {
                 "calls": dict(self.calls),
                 "throttled": dict(self.throttled),
                 "created_by_recording": dict(self.created_by_recording),
                 "transcripts_by_status": dict(statuses),
                 "recordings": len(self.recordings),
+                "recordings_by_status": dict(recordings),
             }
+
+
+def _recording(
+    rid: str,
+    now: float,
+    created_at: float | None = None,
+    status: str = "done",
+    sub_code: str | None = None,
+    completed_at: float | None = None,
+    duration_s: float = 1800.0,
+    metadata: dict[str, str] | None = None,
+    bot_id: str | None = "",
+    bot_metadata: dict[str, str] | None = None,
+    desktop_sdk_upload_id: str | None = None,
+) -> Recording:
+    """A recording created at `created_at` (default now), started then; a finished one completed
+    `duration_s` later (never after now) unless `completed_at` says when. `bot_id` "" is a new
+    bot, None none (a Desktop SDK upload)."""
+    # to the millisecond, as shown: a filter given a shown time finds the recording
+    created = math.floor((now if created_at is None else created_at) * 1000) / 1000
+    if status in FINISHED:
+        completed = min(now, created + duration_s) if completed_at is None else completed_at
+        completed = max(completed, created)
+    else:
+        completed = None
+    bot = None
+    if bot_id is not None:
+        bot = {"id": bot_id or str(uuid.uuid4()), "metadata": dict(bot_metadata or {})}
+    return Recording(
+        id=rid,
+        created_at=created,
+        status=status,
+        sub_code=sub_code,
+        started_at=created,
+        completed_at=completed,
+        updated_at=completed if completed is not None else created,
+        metadata=dict(metadata or {}),
+        bot=bot,
+        desktop_sdk_upload_id=desktop_sdk_upload_id,
+    )
 
 
 def download_signature(secret: bytes, transcript_id: str, expires: int) -> str:

@@ -1,5 +1,5 @@
 """`recall-transcribe SUBCOMMAND`: receiver, worker, flower, emulator, up, enqueue, jobs, events,
-callbacks, health."""
+callbacks, health, reconcile."""
 
 from __future__ import annotations
 
@@ -115,6 +115,17 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument(
         "--replay", action="store_true", help="put them back in the inbox and apply them again"
     )
+
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="submit the jobs of finished recordings whose recording.done never reached us",
+    )
+    reconcile.add_argument(
+        "--since", default=None, help="3d, 12h, 90m or ISO 8601 (default: RECONCILE_LOOKBACK_S)"
+    )
+    reconcile.add_argument("--until", default=None, help="ISO 8601 or a duration (default: now)")
+    reconcile.add_argument("--workspace", default=None, help="only this workspace (default: all)")
+    reconcile.add_argument("--dry-run", action="store_true", help="only print what it would submit")
     return parser
 
 
@@ -398,6 +409,28 @@ def _summary(event_json: str) -> tuple[str, str]:
         return "?", "?"
 
 
+def _reconcile(args: argparse.Namespace, _: list[str]) -> int:
+    from recall_transcribe import reconcile
+    from tasks.connection import redis_client
+    from tasks.dispatch import Dispatcher
+    from tasks.jobs.store import JobStore
+    from tasks.metrics import Metrics
+    from tasks.recalls import recall_clients
+    from tasks.reconcile import reconciliations
+
+    settings = load_settings()
+    if args.workspace is not None and args.workspace not in settings.workspaces:
+        raise ConfigError(f"--workspace: no workspace {args.workspace!r} is set up")
+    client = redis_client(settings)
+    dispatch = Dispatcher.from_settings(JobStore.from_settings(client, settings), settings)
+    metrics = Metrics(client)
+    recalls = recall_clients(settings, client, metrics)[1]  # paced as the fleet is, in its windows
+    if args.workspace is not None:
+        recalls = {args.workspace: recalls[args.workspace]}
+    chosen = reconciliations(settings, dispatch, recalls, metrics, dry_run=args.dry_run)
+    return reconcile.run(settings, chosen, args.since, args.until, args.dry_run)
+
+
 def _health(args: argparse.Namespace, _: list[str]) -> int:
     from recall_transcribe.health import check, running
 
@@ -423,4 +456,5 @@ COMMANDS = {
     "events": _events,
     "callbacks": _callbacks,
     "health": _health,
+    "reconcile": _reconcile,
 }

@@ -77,6 +77,7 @@ def receive(workspace: str) -> tuple[Response, int]:
     except SignatureError as exc:
         metrics.webhook("unauthorized")
         return _error(401, str(exc))
+    metrics.webhook_verified()
     try:
         event = parse_event_json(body)
         text = body.decode()  # kept as sent (pydantic-core has checked it is UTF-8 JSON)

@@ -39,6 +39,9 @@ rt:workspace:{name}         zset: the workspace's job ids, by creation time
 rt:rate:{ws}:{family}:{scope}  zset: a workspace's Recall calls made and reserved
                             (tasks/recall/limiter.py), with `:pause`, `:seq` and `:pace` (the
                             pace learned from Recall's 429s) beside it
+rt:reconcile:{ws}           hash: a workspace's reconciliation (tasks/reconcile/): its high-water
+                            mark, when the last periodic run ended, the walk in progress
+rt:reconcile:{ws}:lease     lease held by the one worker reconciling the workspace
 rt:stats:...                the fleet's metrics counters (tasks/metrics.py)
 unacked                     kombu's hash of delivered, unacknowledged messages, by delivery tag
 """
@@ -78,6 +81,8 @@ EVENTS_IGNORED = f"{PREFIX}stats:events_ignored"
 METRIC_WEBHOOKS = f"{PREFIX}stats:webhooks"
 METRIC_RECALL = f"{PREFIX}stats:recall_requests"
 METRIC_RATE_LIMITED = f"{PREFIX}stats:rate_limited_seconds"
+METRIC_RECONCILED = f"{PREFIX}stats:reconciled"
+METRIC_LAST_WEBHOOK = f"{PREFIX}stats:last_webhook"
 KOMBU_UNACKED = "unacked"  # kombu's Redis transport default (`unacked_key`); we set no prefix
 
 
@@ -143,3 +148,11 @@ def callback(delivery_id: str) -> str:
 
 def callback_event(event_id: str) -> str:
     return f"{CALLBACK_EVENT_PREFIX}{event_id}"
+
+
+def reconcile(workspace: str) -> str:
+    return f"{PREFIX}reconcile:{workspace}"
+
+
+def reconcile_lease(workspace: str) -> str:
+    return f"{PREFIX}reconcile:{workspace}:lease"

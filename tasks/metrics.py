@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -34,6 +35,9 @@ WEBHOOK_OUTCOMES = (
     "unavailable",
 )
 CALLBACK_OUTCOMES = ("delivered", "retried", "refused", "failed")
+RECONCILE_OUTCOMES = ("submitted", "known", "transcribed", "unfinished")
+WEBHOOK_MARK_EVERY_S = 1.0  # the last verified webhook's time is written at most this often
+_webhook_marked: dict[str, float] = {}  # per workspace, in this process (time.monotonic)
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -67,6 +71,21 @@ class Metrics:
     def rate_limited(self, endpoint: str, seconds: float) -> None:
         field = labelled(endpoint, self.workspace)
         self._add(lambda pipe: pipe.hincrbyfloat(keys.METRIC_RATE_LIMITED, field, seconds))
+
+    def reconciled(self, outcome: str, count: int = 1) -> None:
+        """Recordings reconciliation classified (tasks/reconcile/)."""
+        field = labelled(outcome, self.workspace)
+        self._add(lambda pipe: pipe.hincrby(keys.METRIC_RECONCILED, field, count))
+
+    def webhook_verified(self) -> None:
+        """A webhook with a good signature came: its time, to the second (written at most once
+        a second per process and workspace, so the hot path pays nothing for it)."""
+        now = time.monotonic()
+        if now - _webhook_marked.get(self.workspace, -WEBHOOK_MARK_EVERY_S) < WEBHOOK_MARK_EVERY_S:
+            return
+        _webhook_marked[self.workspace] = now
+        at = time.time()
+        self._add(lambda pipe: pipe.hset(keys.METRIC_LAST_WEBHOOK, self.workspace, at))
 
     def step(self, step: Step, seconds: float) -> None:
         """One step's duration, into the step's histogram (bucket counts, sum, count)."""
@@ -107,12 +126,14 @@ class RedisCollector(Collector):
         pipe.hgetall(keys.METRIC_RECALL)
         pipe.hgetall(keys.METRIC_RATE_LIMITED)
         pipe.hgetall(keys.METRIC_CALLBACKS)
+        pipe.hgetall(keys.METRIC_RECONCILED)
+        pipe.hgetall(keys.METRIC_LAST_WEBHOOK)
         for step in Step:
             pipe.hgetall(keys.metric_step(step))
         answers = pipe.execute()
         states, rest = answers[: len(State)], answers[len(State) :]
-        due, inbox, dead, webhooks, recall, limited, callbacks = rest[:7]
-        steps = rest[7:]
+        due, inbox, dead, webhooks, recall, limited, callbacks, reconciled, last_hook = rest[:9]
+        steps = rest[9:]
 
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state", labels=["state"])
         for state, count in zip(State, states, strict=True):
@@ -127,16 +148,9 @@ class RedisCollector(Collector):
             "Accepted webhooks set aside after INBOX_MAX_DELIVERIES deliveries",
             value=dead,
         )
-        hooks = CounterMetricFamily(
-            f"{PREFIX}_webhooks",
-            "Webhooks received, by outcome and workspace",
-            labels=["outcome", "workspace"],
+        yield _by_outcome(
+            "webhooks", "Webhooks received, by outcome and workspace", webhooks, WEBHOOK_OUTCOMES
         )
-        counts = _by_labels(webhooks, 2)
-        for workspace in sorted({labels[1] for labels in counts} | {DEFAULT}):
-            for outcome in WEBHOOK_OUTCOMES:
-                hooks.add_metric([outcome, workspace], counts.get((outcome, workspace), 0.0))
-        yield hooks
         calls = CounterMetricFamily(
             f"{PREFIX}_recall_requests",
             "Calls to Recall's API, by endpoint family, HTTP status and workspace",
@@ -163,6 +177,7 @@ class RedisCollector(Collector):
         for outcome in CALLBACK_OUTCOMES:
             sent.add_metric([outcome], float(counted.get(outcome, 0)))
         yield sent
+        yield from _reconciliation(reconciled, last_hook)
         durations = HistogramMetricFamily(
             f"{PREFIX}_step_duration_seconds", "How long each step ran", labels=["step"]
         )
@@ -174,6 +189,39 @@ class RedisCollector(Collector):
                 buckets.append((bound, float(cumulative)))
             durations.add_metric([step.value], buckets, float(fields.get("sum", 0)))
         yield durations
+
+
+def _reconciliation(reconciled: object, last_hook: object) -> Iterator[Metric]:
+    """Whether webhooks are being lost: what reconciliation found, when a webhook last came."""
+    yield _by_outcome(
+        "reconciled",
+        "Finished recordings reconciliation listed, by outcome (submitted: no webhook had "
+        "started its job) and workspace",
+        reconciled,
+        RECONCILE_OUTCOMES,
+    )
+    last = GaugeMetricFamily(
+        f"{PREFIX}_last_webhook_timestamp_seconds",
+        "When the last webhook with a good signature arrived (Unix time; 0: none yet), by "
+        "workspace",
+        labels=["workspace"],
+    )
+    seen = _decoded(last_hook)
+    for workspace in sorted(set(seen) | {DEFAULT}):  # 0 until one came
+        last.add_metric([workspace], float(seen.get(workspace, 0)))
+    yield last
+
+
+def _by_outcome(
+    name: str, about: str, raw: object, outcomes: tuple[str, ...]
+) -> CounterMetricFamily:
+    """A counter by outcome and workspace, every outcome shown (0 until counted)."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", about, labels=["outcome", "workspace"])
+    counts = _by_labels(raw, 2)
+    for workspace in sorted({labels[1] for labels in counts} | {DEFAULT}):
+        for outcome in outcomes:
+            family.add_metric([outcome, workspace], counts.get((outcome, workspace), 0.0))
+    return family
 
 
 def _decoded(raw: object) -> dict[str, str]:

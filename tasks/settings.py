@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     TRANSCRIPT_FORMATS: str = "json"
     RECALL_WORKSPACES: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     _workspaces: dict[str, Workspace] = PrivateAttr(default_factory=dict)  # read once, validating
+    RECONCILE_INTERVAL_S: float = Field(3600.0, ge=0)  # 0: no periodic reconciliation
+    RECONCILE_LOOKBACK_S: float = Field(3 * 24 * 3600.0, gt=0)
+    RECONCILE_GRACE_S: float = Field(600.0, ge=0)
+    RECONCILE_SKIP_TRANSCRIBED: bool = True
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)

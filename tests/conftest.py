@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from hypothesis import settings as hypothesis_settings
-from werkzeug.serving import make_server
 
-from emulator.config import EmulatorConfig
 from emulator.quotas import RECALL_QUOTAS, scaled
-from emulator.server import KeepAliveHandler, create_emulator
-from harness import API_KEY, SECRET, EmulatorHandle, System, command, free_port, start_redis
+from harness import API_KEY, SECRET, EmulatorHandle, System, command, start_redis
 from harness import start_system as start_whole_system
 from tasks.dispatch import Dispatcher
 from tasks.jobs.store import JobStore
@@ -23,7 +19,7 @@ from tasks.pipeline import Pipeline
 from tasks.recalls import recall_client
 from tasks.settings import Settings, load_settings
 from tasks.store.local import LocalStore
-from tests.helpers import QUICK_EMULATOR, Harness
+from tests.helpers import QUICK_EMULATOR, Harness, serving_emulator
 
 hypothesis_settings.register_profile("full", max_examples=150)
 hypothesis_settings.register_profile("fast", max_examples=25)  # `make test-fast`
@@ -99,25 +95,8 @@ def rclient(redis_url: str) -> redis.Redis:
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorHandle]:
-    port = free_port()
-    config = EmulatorConfig(
-        public_url=f"http://127.0.0.1:{port}",
-        api_key=API_KEY,
-        webhook_secret=SECRET,
-        processing_s=0.05,
-        retry_scale=0.01,
-        page_size=3,
-        quotas="none",  # this tier injects its 429s one by one
-    )
-    app = create_emulator(config)
-    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=KeepAliveHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-
-    emulator = app.extensions["emulator"]
-    yield EmulatorHandle(config.public_url, emulator.state)
-    server.shutdown()
-    emulator.scheduler.stop()
+    with serving_emulator() as handle:
+        yield handle
 
 
 @pytest.fixture

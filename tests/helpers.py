@@ -7,13 +7,17 @@ import base64
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from werkzeug.serving import make_server
 
-from harness import EmulatorHandle, wait_for
+from emulator.config import EmulatorConfig
+from emulator.server import KeepAliveHandler, create_emulator
+from harness import API_KEY, SECRET, EmulatorHandle, free_port, wait_for
 from tasks.jobs.record import JobRecord
 from tasks.jobs.sending import Message
 from tasks.jobs.states import Step
@@ -131,6 +135,32 @@ def job_whose_transcript_fails(harness: Harness, emulator: EmulatorHandle) -> tu
     transcript_id = state(harness, job_id).transcript_id
     assert transcript_id is not None
     return job_id, transcript_id
+
+
+@contextmanager
+def serving_emulator(**config: Any) -> Iterator[EmulatorHandle]:
+    """An emulator served in-process on a free loopback port, `config` over the tests' own."""
+    port = free_port()
+    settings: dict[str, Any] = {
+        "api_key": API_KEY,
+        "webhook_secret": SECRET,
+        "processing_s": 0.05,
+        "retry_scale": 0.01,
+        "page_size": 3,
+        "quotas": "none",  # this tier injects its 429s one by one
+    }
+    emulator_config = EmulatorConfig(public_url=f"http://127.0.0.1:{port}", **settings | config)
+    app = create_emulator(emulator_config)
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=KeepAliveHandler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+
+    emulator = app.extensions["emulator"]
+    try:
+        yield EmulatorHandle(emulator_config.public_url, emulator.state)
+    finally:
+        server.shutdown()
+        emulator.scheduler.stop()
 
 
 def queued_events(rclient: redis.Redis) -> list[dict[str, object]]:

@@ -21,6 +21,7 @@ from tasks.metrics import Metrics
 from tasks.names import PIPELINE_QUEUE, QUEUES, ROUTES
 from tasks.pipeline import Pipeline
 from tasks.recalls import recall_clients
+from tasks.reconcile import Periodic, reconciliations
 from tasks.settings import Settings
 from tasks.store import open_store
 from worker.deliveries import DeliveryPool
@@ -113,6 +114,14 @@ def create_worker_app(settings: Settings) -> Celery:
     sweep = Sweep(
         dispatch, inbox, outbox, pool, limiters, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S
     )
+    if settings.RECONCILE_INTERVAL_S > 0:
+        sweep.reconcile = Periodic(
+            client,
+            reconciliations(settings, dispatch, recalls, metrics),
+            settings.RECONCILE_INTERVAL_S,
+            settings.RECONCILE_LOOKBACK_S,
+            lease_s=max(60.0, 3 * settings.RECALL_HTTP_TIMEOUT_S),
+        )
     celery_tasks.register(app, pipeline, inbox, sweep.wake)
     app.steps["worker"].add(sweeper_step(sweep))
     return app

@@ -21,6 +21,7 @@ from tasks.callbacks.outbox import Outbox
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
 from tasks.recall.limiter import Limiter, release_unused
+from tasks.reconcile import Periodic
 from worker.deliveries import DeliveryPool
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Sweep:
     interval: float
     retention_s: float
     woken: threading.Event = field(default_factory=threading.Event)
+    reconcile: Periodic | None = None  # the fleet's periodic reconciliation (RECONCILE_INTERVAL_S)
 
     def wake(self) -> None:
         """A job finished here: send its news now, not at the next tick."""
@@ -71,6 +73,8 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
             sweep.woken.set()
             if sweep.pool is not None:
                 sweep.pool.stop()
+            if sweep.reconcile is not None:
+                sweep.reconcile.stop()
 
         def _loop(self) -> None:
             pause, housekept = sweep.interval, 0.0
@@ -84,7 +88,7 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
                 chores = duties
                 if time.monotonic() - housekept >= sweep.interval:
                     housekept = time.monotonic()
-                    chores = [*duties, self._housekeep]
+                    chores = [*duties, self._housekeep, self._reconcile]
                 for chore in chores:  # each on its own: one failing never holds up the others
                     try:
                         pause = min(pause, chore() or pause)
@@ -115,5 +119,10 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
             sweep.inbox.resend_due()
             sweep.dispatch.jobs.prune_finished(sweep.retention_s)
             release_unused(sweep.dispatch.jobs.redis, sweep.limiters)
+
+        def _reconcile(self) -> None:
+            """Start a reconciliation when one is due (it runs in a thread of its own)."""
+            if sweep.reconcile is not None:
+                sweep.reconcile.tick()
 
     return Sweeper

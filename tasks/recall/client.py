@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -31,7 +32,7 @@ from tasks.recall.errors import (
     error_for_exception,
 )
 from tasks.recall.limiter import Family, Limiter, Quota, Ticket
-from tasks.recall.models import Transcript
+from tasks.recall.models import Recording, Transcript
 from tasks.recall.workspace import Timeouts, Workspace
 
 INLINE_WAIT_S = 0.25  # a quota slot this close is waited for in place; a later one reschedules
@@ -245,6 +246,35 @@ class RecallClient:
                 raise Rejected("list transcripts: a next link to another host; not followed")
             yield list(page.get("results", [])), url
 
+    def list_recordings(
+        self,
+        status_code: str,
+        created_after: datetime,
+        created_before: datetime,
+        cursor: str | None,
+        quota: Quota,
+    ) -> Iterator[tuple[list[Recording], str | None]]:
+        """List Recordings of one status created in the window, a page at a time, each with the
+        `next` URL (None at the end); `cursor`, a `next` URL seen before, resumes there. Paced in
+        its own family (`recordings`), so it never takes the pipeline's slots."""
+        url: str | None = cursor or f"{self._base}/api/v1/recording/"
+        params: dict[str, str] | None = None
+        if not cursor:
+            params = {
+                "status_code": status_code,
+                "created_at_after": _iso(created_after),
+                "created_at_before": _iso(created_before),
+            }
+        while url:
+            answer = self._call(
+                "GET", url, "list recordings", Family.RECORDINGS, quota, params=params
+            )
+            page = self._json(answer, "list recordings")
+            url, params = page.get("next"), None
+            if url and not _same_origin(url, self._base):  # it would carry our API key there
+                raise Rejected("list recordings: a next link to another host; not followed")
+            yield [Recording.model_validate(r) for r in page.get("results", [])], url
+
     def delete_transcript(
         self, transcript_id: str, quota: Quota, sending: Callable[[], object] | None = None
     ) -> None:
@@ -261,6 +291,11 @@ class RecallClient:
             )
         except NotFound:
             return
+
+
+def _iso(moment: datetime) -> str:
+    """A UTC date-time as Recall writes them (`2024-11-27T20:10:19.719000Z`)."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _same_origin(url: str, base: str) -> bool:

@@ -37,6 +37,7 @@ class Family(StrEnum):
     RETRIEVE = "retrieve"
     LIST = "list"
     DELETE = "delete"
+    RECORDINGS = "recordings"  # List Recordings (reconciliation: tasks/reconcile/), per workspace
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,16 @@ class Rate:
         return min(0.5, self.seconds * 0.05)
 
 
-# Recall's documented quotas (list, retrieve, create); delete is not documented: as list.
+# Recall's documented quotas (list, retrieve, create, recordings); delete is undocumented: as list.
 DEFAULT_RATES = {
     Family.CREATE: Rate(5, 60),
     Family.RETRIEVE: Rate(300, 60),
     Family.LIST: Rate(60, 60),
     Family.DELETE: Rate(60, 60),
+    Family.RECORDINGS: Rate(60, 60),
 }
-_RATE = re.compile(r"^\s*(create|retrieve|list|delete)\s*=\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*$")
+_FAMILIES = "|".join(Family)
+_RATE = re.compile(rf"^\s*({_FAMILIES})\s*=\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
 
 def parse_rates(text: str) -> dict[Family, Rate] | None:
@@ -72,7 +75,7 @@ def parse_rates(text: str) -> dict[Family, Rate] | None:
         match = _RATE.match(part)
         if match is None:
             raise ValueError(
-                f"{part!r} is not FAMILY=COUNT/SECONDS (families: create, retrieve, list, delete)"
+                f"{part!r} is not FAMILY=COUNT/SECONDS (families: {', '.join(Family)})"
             )
         count, seconds = int(match[2]), float(match[3])
         if count < 1 or seconds <= 0:

@@ -57,3 +57,36 @@ class Transcript(BaseModel):
         """The job of ours this transcript is tagged with (its metadata), if any."""
         owner = (self.metadata or {}).get("job_id")
         return str(owner) if owner else None
+
+
+class RecordingStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+    sub_code: str | None = None
+    updated_at: datetime | None = None
+
+
+class MediaShortcuts(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    transcript: dict[str, Any] | None = None  # one of its transcripts (which one: undocumented)
+
+
+class Recording(BaseModel):
+    """A recording as List Recordings shows it (reconciliation reads these)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+    status: RecordingStatus | None = None
+    media_shortcuts: MediaShortcuts | None = None
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """When it finished: its `completed_at`, else when its status last changed."""
+        return self.completed_at or (self.status.updated_at if self.status else None)
+
+    @property
+    def transcribed(self) -> bool:
+        """Recall already holds a transcript of it (ours or anyone's)."""
+        return self.media_shortcuts is not None and self.media_shortcuts.transcript is not None

@@ -1,0 +1,220 @@
+"""One reconciliation: the recordings Recall finished in a window, each classified, and the job
+its `recording.done` would have started submitted for each one no webhook brought.
+
+A walk reads List Recordings (`status_code=done` and the window's `created_at` bounds) to the
+end of its cursor pages (their order is undocumented, so it never stops early). A walk that keeps
+a high-water mark (the periodic run, periodic.py) then lists the recordings still `processing`
+or `paused`: the oldest of those, and of the finished ones left to their webhook, is where the
+next run must look again. After each page the walk's position (phase, cursor, counts) is saved,
+so a run cut short resumes at that page; a page handled twice submits nothing twice, since a
+recording's job id is derived from its recording and provider, as the webhook path derives it.
+A walk waits for its slots of the `recordings` quota family (its own: it never takes the
+pipeline's) and waits out Recall's 429s; neither is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import cast
+
+from tasks import keys
+from tasks.dispatch import Dispatcher
+from tasks.metrics import Metrics
+from tasks.recall.client import RecallClient
+from tasks.recall.errors import RateLimited, RetryableError, Throttled
+from tasks.recall.limiter import Quota
+from tasks.recall.models import Recording
+
+log = logging.getLogger(__name__)
+
+SOURCE = "reconcile"  # the `source` of the jobs reconciliation starts (in their metadata)
+PHASES = ("done", "processing", "paused")  # `done` is reconciled; the others only hold the mark
+UNAVAILABLE_TRIES = 5  # Recall down or unreachable this many times in a row ends the run
+UNAVAILABLE_WAIT_S = 5.0
+
+
+class Outcome(StrEnum):
+    """What reconciliation did with one finished recording."""
+
+    SUBMITTED = "submitted"  # no job here: the one its `recording.done` would have started
+    KNOWN = "known"  # a job exists here for it (any source)
+    TRANSCRIBED = "transcribed"  # Recall holds a transcript of it (RECONCILE_SKIP_TRANSCRIBED)
+    UNFINISHED = "unfinished"  # finished less than RECONCILE_GRACE_S ago: left to its webhook
+
+
+class Stopped(Exception):
+    """The walk must stop where it is (its lease was lost, or the worker stops)."""
+
+
+@dataclass
+class Walk:
+    """Where a walk of one window stands (Unix times); saved after every page."""
+
+    after: float
+    before: float
+    phase: int = 0  # index in PHASES
+    cursor: str | None = None  # the next page of the phase (None: its first)
+    pages: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    oldest_pending: float | None = None  # created_at of the oldest recording not reconciled yet
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def load(cls, text: str | bytes | None) -> Walk | None:
+        """The walk `dump` wrote; None for nothing or anything unreadable (then a new walk)."""
+        if not text:
+            return None
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+    def count(self, outcome: Outcome) -> int:
+        return self.counts.get(outcome, 0)
+
+    def summary(self) -> str:
+        return ", ".join(f"{outcome} {self.count(outcome)}" for outcome in Outcome)
+
+
+Classified = list[tuple[Recording, Outcome]]
+
+
+@dataclass
+class Reconciliation:
+    """Reconciles one workspace with Recall, a window at a time."""
+
+    dispatch: Dispatcher
+    recall: RecallClient
+    workspace: str
+    grace_s: float
+    skip_transcribed: bool
+    metrics: Metrics | None = None
+    dry_run: bool = False
+    wait: Callable[[float], None] = time.sleep  # may raise Stopped
+
+    def walk(
+        self,
+        walk: Walk,
+        *,
+        pending: bool = False,
+        save: Callable[[Walk], None] | None = None,
+        progress: Callable[[Walk, Classified], None] | None = None,
+    ) -> Walk:
+        """Go through the window from where `walk` stands to its end; with `pending`, through
+        the recordings still processing too (for the mark). `save` after every page."""
+        phases = len(PHASES) if pending else 1
+        quota, failures = Quota(), 0
+        try:
+            while walk.phase < phases:
+                try:
+                    pages = self.recall.list_recordings(
+                        PHASES[walk.phase],
+                        _datetime(walk.after),
+                        _datetime(walk.before),
+                        walk.cursor,
+                        quota,
+                    )
+                    for recordings, next_page in pages:
+                        failures = 0
+                        classified = self._page(walk, recordings)
+                        walk.cursor, walk.pages = next_page, walk.pages + 1
+                        if next_page is None:
+                            walk.phase += 1
+                        if save is not None:
+                            save(walk)
+                        if progress is not None:
+                            progress(walk, classified)
+                except Throttled as exc:  # our own pacing: the slot reserved for the next call
+                    quota.ticket = exc.ticket
+                    self.wait(exc.retry_after or 0.0)
+                except RateLimited as exc:  # Recall's 429: the limiter paused the whole fleet
+                    self.wait(exc.retry_after or 1.0)
+                except RetryableError as exc:
+                    failures += 1
+                    if failures >= UNAVAILABLE_TRIES:
+                        raise
+                    log.warning("reconcile %s: %s; trying again", self.workspace, exc.message)
+                    self.wait(UNAVAILABLE_WAIT_S * failures)
+        finally:
+            self.recall.release(quota)  # a slot reserved for a call the walk no longer makes
+        return walk
+
+    def _page(self, walk: Walk, recordings: list[Recording]) -> Classified:
+        if PHASES[walk.phase] != "done":
+            for recording in recordings:
+                walk.oldest_pending = _oldest(walk.oldest_pending, recording)
+            return []
+        classified = self.classify(recordings)
+        submitted = []
+        for recording, outcome in classified:
+            walk.counts[outcome] = walk.count(outcome) + 1
+            if outcome == Outcome.UNFINISHED:
+                walk.oldest_pending = _oldest(walk.oldest_pending, recording)
+            elif outcome == Outcome.SUBMITTED:
+                submitted.append(recording.id)
+        if submitted and not self.dry_run:
+            log.warning(
+                "reconcile %s: no recording.done came for %d finished recording(s); submitted "
+                "their jobs: %s",
+                self.workspace,
+                len(submitted),
+                ", ".join(submitted),
+                extra={"outcome": Outcome.SUBMITTED},
+            )
+        if self.metrics is not None and not self.dry_run:
+            for outcome in Outcome:
+                found = sum(1 for _, o in classified if o == outcome)
+                if found:
+                    self.metrics.reconciled(outcome, found)
+        return classified
+
+    def classify(self, recordings: list[Recording]) -> Classified:
+        """Each finished recording's outcome; those `submitted` have their job (unless dry)."""
+        jobs = self.dispatch.jobs
+        pipe = jobs.redis.pipeline(transaction=False)
+        for recording in recordings:
+            pipe.exists(keys.recording(recording.id))  # the recording's jobs (any source)
+        known = cast(list[int], pipe.execute()) if recordings else []
+        now = jobs.now()
+        out: Classified = []
+        for recording, has_job in zip(recordings, known, strict=True):
+            finished = recording.finished_at
+            if has_job:
+                outcome = Outcome.KNOWN
+            elif self.skip_transcribed and recording.transcribed:
+                outcome = Outcome.TRANSCRIBED
+            elif finished is not None and now - finished.timestamp() < self.grace_s:
+                outcome = Outcome.UNFINISHED
+            elif self.dry_run:
+                outcome = Outcome.SUBMITTED
+            else:
+                outcome = Outcome.SUBMITTED if self._submit(recording) else Outcome.KNOWN
+            out.append((recording, outcome))
+        return out
+
+    def _submit(self, recording: Recording) -> bool:
+        """The job `recording.done` would start: no key (so the derived one), the workspace's
+        provider; False when it exists (a webhook came meanwhile)."""
+        _, created = self.dispatch.submit(
+            recording.id, None, {"source": SOURCE}, None, workspace=self.workspace
+        )
+        return created
+
+
+def _oldest(current: float | None, recording: Recording) -> float | None:
+    if recording.created_at is None:
+        return current
+    created = recording.created_at.timestamp()
+    return created if current is None else min(current, created)
+
+
+def _datetime(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

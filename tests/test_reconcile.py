@@ -1,0 +1,427 @@
+"""Reconciliation with Recall's List Recordings (issue 21): the recordings whose `recording.done`
+never reached us get exactly the job it would have started, once, and nothing else does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from harness import EmulatorHandle, System, recording_done, signed, wait_for
+from receiver.app import create_app
+from tasks import keys
+from tasks.events import parse_event
+from tasks.jobs.states import State
+from tasks.metrics import Metrics, RedisCollector
+from tasks.outcomes import Outcome as StepOutcome
+from tasks.recall.client import INLINE_WAIT_S
+from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, parse_rates
+from tasks.recalls import recall_client
+from tasks.reconcile import OVERLAP_S, Outcome, Periodic, Reconciliation, Walk, reconciliations
+from tasks.reconcile.walk import PHASES
+from tasks.settings import Settings
+from tests.helpers import Harness, reconfigure
+
+HOURS_AGO = 2
+
+
+def _iso(hours_ago: float) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours_ago)).isoformat()
+
+
+def _recordings(emulator: EmulatorHandle, prefix: str, count: int, **fields: Any) -> list[str]:
+    """`count` recordings at "Recall", created two hours ago, ended without their webhook unless
+    the test sends it."""
+    response = requests.post(
+        f"{emulator.url}/_emulator/recordings",
+        json={
+            "count": count,
+            "id_prefix": prefix,
+            "created_from": _iso(HOURS_AGO + 0.5),
+            "created_to": _iso(HOURS_AGO),
+            "duration_s": 600,
+            "send_done": False,
+            **fields,
+        },
+        timeout=10,
+    )
+    response.raise_for_status()
+    ids: list[str] = response.json()["ids"]
+    return ids
+
+
+def _scenario(emulator: EmulatorHandle) -> dict[str, list[str]]:
+    """The issue's: 10 announced, 10 finished silently, 2 transcribed at Recall, 2 processing."""
+    return {
+        "announced": _recordings(emulator, "announced-", 10),
+        "silent": _recordings(emulator, "silent-", 10),
+        "transcribed": _recordings(emulator, "transcribed-", 2, transcript=True),
+        "processing": _recordings(emulator, "processing-", 2, status="processing"),
+    }
+
+
+def _reconciliation(harness: Harness, *, dry_run: bool = False) -> Reconciliation:
+    settings = harness.pipeline.settings
+    found = reconciliations(
+        settings,
+        harness.pipeline.dispatch,
+        harness.pipeline.recalls,
+        Metrics(harness.redis),
+        dry_run=dry_run,
+    )
+    return found["default"]
+
+
+def _periodic(harness: Harness, interval_s: float = 3600.0) -> Periodic:
+    return Periodic(
+        harness.redis,
+        {"default": _reconciliation(harness)},
+        interval_s,
+        harness.pipeline.settings.RECONCILE_LOOKBACK_S,
+        lease_s=10,
+    )
+
+
+def _ingest_done(harness: Harness, recording_id: str) -> StepOutcome:
+    return harness.pipeline.ingest(parse_event(recording_done(recording_id))).outcome
+
+
+def _persist_all(harness: Harness) -> None:
+    """Run every queued step, and the polls they fall due for, until no job is unfinished."""
+
+    def finished() -> bool:
+        harness.drain(200)
+        due, _ = harness.pipeline.jobs.claim_due()
+        harness.pipeline.dispatch.redrive(due)
+        harness.drain(200)
+        jobs = harness.pipeline.jobs
+        return not any(next(jobs.records(state), None) for state in State if state.active)
+
+    wait_for(finished, 30, interval=0.1, what="every job finished")
+
+
+def _jobs_of(harness: Harness, recording_id: str) -> list[str]:
+    members = harness.redis.smembers(keys.recording(recording_id))
+    return sorted(m.decode() for m in members)  # type: ignore[union-attr]
+
+
+def _creates(emulator: EmulatorHandle) -> dict[str, int]:
+    created: dict[str, int] = emulator.stats()["created_by_recording"]
+    return created
+
+
+def test_missed_webhooks_found_and_each_transcribed_once(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    ids = _scenario(emulator)
+    for recording_id in ids["announced"]:
+        assert _ingest_done(harness, recording_id) == StepOutcome.JOB_CREATED
+
+    assert _periodic(harness).run("default")
+    _persist_all(harness)
+
+    creates = _creates(emulator)
+    for recording_id in ids["announced"] + ids["silent"]:
+        assert creates.get(recording_id) == 1, recording_id
+        [job_id] = _jobs_of(harness, recording_id)
+        job = harness.pipeline.jobs.record(job_id)
+        assert job is not None and job.state == State.DONE
+        assert any((Path(harness.pipeline.settings.TRANSCRIPTS_STORE) / recording_id).iterdir())
+    for recording_id in ids["silent"]:
+        [job_id] = _jobs_of(harness, recording_id)
+        job = harness.pipeline.jobs.record(job_id)
+        assert job is not None and job.metadata == {"source": "reconcile"}
+    for recording_id in ids["transcribed"]:  # only the transcript someone else had made
+        assert creates.get(recording_id) == 1 and _jobs_of(harness, recording_id) == []
+    for recording_id in ids["processing"]:
+        assert recording_id not in creates and _jobs_of(harness, recording_id) == []
+
+    # The ten missed webhooks arrive late (Svix's last retry, a replay): nothing new.
+    harness.clear()
+    for recording_id in ids["silent"]:
+        assert _ingest_done(harness, recording_id) == StepOutcome.JOB_EXISTS
+    assert harness.queued() == []
+    assert _creates(emulator) == creates
+
+    text = _scrape(harness.redis)
+    assert (
+        'recall_transcribe_reconciled_total{outcome="submitted",workspace="default"} 10.0' in text
+    )
+    assert 'recall_transcribe_reconciled_total{outcome="known",workspace="default"} 10.0' in text
+    assert 'outcome="transcribed",workspace="default"} 2.0' in text
+
+
+def test_second_reconciliation_adds_nothing(harness: Harness, emulator: EmulatorHandle) -> None:
+    ids = _scenario(emulator)
+    reconciliation = _reconciliation(harness)
+    window = {"after": time.time() - 86400, "before": time.time()}
+    first = reconciliation.walk(Walk(**window))
+    assert (first.count(Outcome.SUBMITTED), first.count(Outcome.KNOWN)) == (20, 0)
+    queued = harness.queued()
+
+    second = reconciliation.walk(Walk(**window))
+    assert second.counts == {"known": 20, "transcribed": 2}
+    assert harness.queued() == queued  # no step sent again
+    assert sum(len(_jobs_of(harness, r)) for group in ids.values() for r in group) == 20
+
+
+def test_dry_run_creates_nothing(harness: Harness, emulator: EmulatorHandle) -> None:
+    ids = _scenario(emulator)
+    walk = _reconciliation(harness, dry_run=True).walk(
+        Walk(after=time.time() - 86400, before=time.time())
+    )
+    assert walk.counts == {"submitted": 20, "transcribed": 2}
+    assert harness.queued() == []
+    assert all(_jobs_of(harness, r) == [] for group in ids.values() for r in group)
+    assert harness.redis.hgetall(keys.METRIC_RECONCILED) == {}  # nothing done, nothing counted
+
+
+def test_recently_finished_left_to_their_webhook(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    recent = _recordings(
+        emulator, "recent-", 3, created_from=_iso(0.2), created_to=_iso(0.1), duration_s=300
+    )
+    walk = _reconciliation(harness).walk(Walk(after=time.time() - 86400, before=time.time()))
+    assert walk.counts == {"unfinished": 3}
+    assert all(_jobs_of(harness, r) == [] for r in recent)
+    assert walk.oldest_pending is not None  # the next periodic run looks at them again
+
+
+def test_transcribed_ones_submitted_when_not_skipped(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings
+) -> None:
+    ids = _recordings(emulator, "transcribed-", 2, transcript=True)
+    reconciliation = _reconciliation(harness)
+    reconciliation.skip_transcribed = False
+    walk = reconciliation.walk(Walk(after=time.time() - 86400, before=time.time()))
+    assert walk.counts == {"submitted": 2}
+    assert all(len(_jobs_of(harness, r)) == 1 for r in ids)
+
+
+def test_walk_resumes_after_a_crash_mid_walk(
+    harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silent = _recordings(emulator, "silent-", 10)  # pages of 3: 4 pages
+    periodic = _periodic(harness)
+    real_page = Reconciliation._page
+    handled = []
+
+    def crashing(self: Reconciliation, walk: Walk, recordings: list[Any]) -> Any:
+        if len(handled) == 2:
+            raise RuntimeError("the worker died here")
+        handled.append(walk.pages)
+        return real_page(self, walk, recordings)
+
+    monkeypatch.setattr(Reconciliation, "_page", crashing)
+    assert periodic.run_due() == 0  # the run failed on its third page
+    saved = Walk.load(harness.redis.hget(keys.reconcile("default"), "walk"))
+    assert saved is not None and saved.pages == 2 and saved.cursor is not None
+    assert periodic.due("default")
+
+    monkeypatch.setattr(Reconciliation, "_page", real_page)
+    calls_before = emulator.stats()["calls"]["recordings"]
+    assert periodic.run("default")  # another worker, or this one later: goes on at page 3
+    # pages 3 and 4, then the processing and paused recordings (one page each)
+    assert emulator.stats()["calls"]["recordings"] - calls_before == 2 + len(PHASES) - 1
+    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    state = harness.redis.hgetall(keys.reconcile("default"))
+    assert b"walk" not in state and b"mark" in state
+    assert not periodic.due("default")
+
+
+def test_one_worker_at_a_time_and_the_high_water_mark(
+    harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recordings(emulator, "processing-", 1, status="processing")
+    one, other = _periodic(harness), _periodic(harness)
+    lease = harness.redis.lock(keys.reconcile_lease("default"), timeout=10)
+    assert lease.acquire(blocking=False)
+    assert not other.run("default")  # the lease is held: no second walk
+    lease.release()
+
+    assert one.run("default")
+    mark = float(harness.redis.hget(keys.reconcile("default"), "mark") or 0)
+    # Held back to the recording still processing (created two hours ago and a half).
+    assert time.time() - (HOURS_AGO + 0.5) * 3600 - 60 < mark < time.time() - HOURS_AGO * 3600
+
+    # The next run starts an hour before the mark.
+    harness.redis.hset(keys.reconcile("default"), "ended_at", 0)
+    started: list[Walk] = []
+    real_walk = Reconciliation.walk
+
+    def spy(self: Reconciliation, walk: Walk, **kwargs: Any) -> Walk:
+        started.append(Walk(**json.loads(walk.dump())))
+        return real_walk(self, walk, **kwargs)
+
+    monkeypatch.setattr(Reconciliation, "walk", spy)
+    assert other.run("default")
+    assert started[0].after == pytest.approx(mark - OVERLAP_S)
+
+
+def test_backfill_waits_for_its_own_quota_and_recalls_429s(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings
+) -> None:
+    silent = _recordings(emulator, "silent-", 12)  # 4 pages of 3
+    emulator.fault(target="recordings", action="status", status=429, retry_after=1, times=1)
+    paced = reconfigure(settings, RECALL_RATE_LIMITS="recordings=2/1")
+    limiter = Limiter(harness.redis, paced.rate_limits, INLINE_WAIT_S)
+    recall = recall_client(paced, limiter)
+    reconciliation = Reconciliation(
+        harness.pipeline.dispatch, recall, "default", paced.RECONCILE_GRACE_S, True
+    )
+    started = time.monotonic()
+    walk = reconciliation.walk(Walk(after=time.time() - 86400, before=time.time()))
+    assert walk.count(Outcome.SUBMITTED) == 12
+    assert time.monotonic() - started >= 1.0  # waited, never failed
+    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    assert harness.redis.zcard(keys.rate("default", Family.RECORDINGS)) > 0
+    assert harness.redis.zcard(keys.rate("default", Family.LIST)) == 0  # not the pipeline's
+
+
+def test_recordings_is_a_family_of_its_own() -> None:
+    assert DEFAULT_RATES[Family.RECORDINGS] == Rate(60, 60)
+    rates = parse_rates("recordings=30/60")
+    assert rates is not None and rates[Family.RECORDINGS] == Rate(30, 60)
+    assert rates[Family.LIST] == Rate(60, 60)
+    with pytest.raises(ValueError, match="recordings"):
+        parse_rates("records=1/1")
+
+
+def test_last_verified_webhook_time_is_a_metric(settings: Settings, rclient: redis.Redis) -> None:
+    client = create_app(settings).test_client()
+    before = time.time()
+    body, headers = signed(recording_done("rec-1"))
+    assert client.post("/webhooks/recall", data=body, headers=headers).status_code == 200
+    at = float(rclient.hget(keys.METRIC_LAST_WEBHOOK, "default") or 0)
+    assert before - 1 <= at <= time.time()
+    assert "recall_transcribe_last_webhook_timestamp_seconds" in _scrape(rclient)
+
+
+def _scrape(client: redis.Redis) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(client))
+    return generate_latest(registry).decode()
+
+
+def test_alert_rules_name_metrics_we_serve_and_prometheus_loads_them(rclient: redis.Redis) -> None:
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    served = _scrape(rclient)
+    [group] = yaml.safe_load((root / "deploy/alerts.yml").read_text())["groups"]
+    rules = {rule["alert"]: rule["expr"] for rule in group["rules"]}
+    assert set(rules) == {"NoWebhooksWhileRecordingsFinish", "ReconciliationSubmittedJobs"}
+    for expr in rules.values():
+        for name in re.findall(r"recall_transcribe_[a-z_]+", expr):
+            assert f"\n{name}{{" in served, name
+    prometheus = yaml.safe_load((root / "deploy/prometheus.yml").read_text())
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    [rule_file] = prometheus["rule_files"]
+    assert f"./deploy/alerts.yml:{rule_file}:ro" in compose["services"]["prometheus"]["volumes"]
+
+
+def test_cli_reconcile_dry_run_then_for_real(
+    settings: Settings, emulator: EmulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recall_transcribe.cli import main
+
+    silent = _recordings(emulator, "silent-", 4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", settings.REDIS_URL)
+        patch.setenv("RECALL_API_BASE_URL", settings.RECALL_API_BASE_URL)
+        patch.setenv("RECALL_API_KEY", "test-key")
+        patch.setenv("TRANSCRIPTS_STORE", settings.TRANSCRIPTS_STORE)
+        assert main(["reconcile", "--since", "1d", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "submitted 4, known 0" in out and "dry run" in out
+        assert all(f"would submit {r}" in out for r in silent)
+        assert main(["reconcile", "--since", "1d"]) == 0
+        out = capsys.readouterr().out
+        assert "default: submitted 4, known 0, transcribed 0, unfinished 0" in out
+        assert main(["reconcile", "--since", "1d", "--until", datetime.now(UTC).isoformat()]) == 0
+        assert "submitted 0, known 4" in capsys.readouterr().out
+        assert main(["reconcile", "--since", "yesterday"]) == 2
+        assert main(["reconcile", "--workspace", "nowhere"]) == 2
+
+
+def test_reconcile_logs_the_recordings_it_submitted(
+    harness: Harness, emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    silent = _recordings(emulator, "silent-", 2)
+    with caplog.at_level(logging.WARNING, logger="tasks.reconcile.walk"):
+        _reconciliation(harness).walk(Walk(after=time.time() - 86400, before=time.time()))
+    [line] = [r.getMessage() for r in caplog.records if "recording.done" in r.getMessage()]
+    assert all(r in line for r in silent)
+
+
+@pytest.mark.system
+def test_fleet_reconciles_missed_webhooks_once(start_system: Any) -> None:
+    system: System = start_system(
+        workers=0, RECONCILE_INTERVAL_S="2", RECONCILE_GRACE_S="60", RECALL_POLL_INITIAL_S="1"
+    )
+    emulator = system.emulator
+    # What Recall holds when the fleet starts (its first run looks back RECONCILE_LOOKBACK_S).
+    ids = {
+        "announced": _recordings(emulator, "announced-", 10, send_done=True),
+        "silent": _recordings(emulator, "silent-", 10),
+        "transcribed": _recordings(emulator, "transcribed-", 2, transcript=True),
+        "processing": _recordings(emulator, "processing-", 2, status="processing"),
+    }
+    system.start_worker("w1")
+    system.start_worker("w2")
+    done = ids["announced"] + ids["silent"]
+
+    def all_persisted() -> bool:
+        return all((system.store / r).is_dir() and any((system.store / r).iterdir()) for r in done)
+
+    wait_for(all_persisted, 90, interval=0.5, what="the 20 finished recordings persisted")
+    creates = _creates(emulator)
+    assert all(creates.get(r) == 1 for r in done), creates
+    assert all(creates.get(r) == 1 for r in ids["transcribed"])  # the one seeded
+    assert not any(r in creates for r in ids["processing"])
+
+    # The ten missed webhooks arrive late (new message ids: as Svix's last retry or a replay).
+    for recording_id in ids["silent"]:
+        body, headers = signed(recording_done(recording_id))
+        answer = requests.post(
+            f"{system.receiver_url}/webhooks/recall", data=body, headers=headers, timeout=5
+        )
+        assert answer.json() == {"status": "enqueued"}
+    time.sleep(3)  # the workers apply them (and a periodic run passes again)
+    assert _creates(emulator) == creates
+    jobs = requests.get(
+        f"{system.receiver_url}/api/v1/jobs?limit=100",
+        headers={"Authorization": "Bearer test-token"},
+        timeout=5,
+    ).json()["jobs"]
+    assert len(jobs) == 20 and all(job["state"] == "done" for job in jobs)
+    metrics = requests.get(f"{system.receiver_url}/metrics", timeout=5).text
+    assert 'recall_transcribe_reconciled_total{outcome="submitted",workspace="default"} 10.0' in (
+        metrics
+    )
+
+    # The two long meetings end later, silently: the mark was held back for them.
+    for recording_id in ids["processing"]:
+        requests.post(
+            f"{emulator.url}/_emulator/recordings/{recording_id}/finish",
+            json={"send_done": False, "completed_at": _iso(0.1)},
+            timeout=5,
+        ).raise_for_status()
+    wait_for(
+        lambda: all(_creates(emulator).get(r) == 1 for r in ids["processing"]),
+        30,
+        interval=0.5,
+        what="the long meetings found once they ended",
+    )
