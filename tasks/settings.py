@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     WEBHOOK_DEDUPE_TTL_S: int = Field(7 * 24 * 3600, gt=0)
     CELERY_VISIBILITY_TIMEOUT_S: int = Field(300, gt=0)
     CALLBACK_RETRY_SCHEDULE_S: str = "0,5,300,1800,7200,18000,36000,36000"  # Svix's
+    CALLBACK_TIMEOUT_S: float = Field(10.0, gt=0)
     CALLBACK_THREADS: int = Field(32, ge=1)
     CALLBACK_PER_DESTINATION: int = Field(4, ge=1)
     CALLBACK_PER_CLIENT: int = Field(8, ge=1)

@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tasks.callbacks import send
 from tasks.callbacks.guard import Guard
 from tasks.callbacks.model import Delivery
 from tasks.callbacks.send import Sender
@@ -208,15 +207,15 @@ def test_a_trickling_recall_api_answer_ends_with_an_error_at_the_deadline(
 
 @pytest.mark.parametrize(("case", "tls"), cases(list(HEADERS)))
 def test_a_callback_whose_answer_trickles_its_headers_ends_at_the_deadline(
-    host: Host, case: str, tls: bool, monkeypatch: pytest.MonkeyPatch
+    host: Host, case: str, tls: bool
 ) -> None:
     """Only the status line and headers are read; a byte every TRICKLE_S never lets the read
-    timeout (TIMEOUT_S too) fire, only the deadline. Without a whole status line the attempt has
-    timed out; after one, the cut may read as the end of the headers (send.py's to judge)."""
-    monkeypatch.setattr(send, "TIMEOUT_S", DEADLINE)
+    timeout (the attempt's timeout too) fire, only the deadline. Without a whole status line the
+    attempt has timed out; after one, the cut may read as the end of the headers (send.py judges)."""
     url = f"{host(case, tls)}/hook"
     delivery = Delivery(id="d", job_id="j", event_id="msg_1", url=url, destination="x", body="{}")
-    sender = Sender("whsec_dGVzdA==", Guard([ipaddress.ip_network("127.0.0.1/32")]))
+    loopback = Guard([ipaddress.ip_network("127.0.0.1/32")])
+    sender = Sender("whsec_dGVzdA==", loopback, timeout_s=DEADLINE)
     started = time.monotonic()
     attempt = sender.attempt(delivery)
     within_the_deadline(started)

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tasks.callbacks import send
 from tasks.callbacks.guard import Guard
 from tasks.callbacks.model import Delivery, Outcome
 from tasks.callbacks.send import CONNECT_S, FAILING_CONNECT_S, Sender
@@ -54,12 +53,11 @@ def trickling() -> Iterator[str]:
 
 
 def test_an_answer_cut_mid_headers_by_the_deadline_is_never_delivered(
-    trickling: str, monkeypatch: pytest.MonkeyPatch
+    trickling: str,
 ) -> None:
     """As the review reproduced it: after the cut, http.client reads the end of the stream as
     the end of the headers and returns the status line it had; that is no answer."""
-    monkeypatch.setattr(send, "TIMEOUT_S", 1.0)
-    attempt = Sender(NEW, LOOPBACK).attempt(delivery(trickling))
+    attempt = Sender(NEW, LOOPBACK, timeout_s=1.0).attempt(delivery(trickling))
     assert attempt.outcome == Outcome.FAILED and attempt.status == "timeout after 1s"
 
 

@@ -21,7 +21,7 @@ from tasks.callbacks.model import OPERATOR, Delivery, Outcome
 from tasks.deadlines import WatchedHTTPPool, WatchedHTTPSPool, deadline
 from tasks.settings import Settings
 
-TIMEOUT_S = 10.0
+TIMEOUT_S = 10.0  # an attempt, connection to answer (CALLBACK_TIMEOUT_S)
 CONNECT_S = 5.0
 FAILING_CONNECT_S = 2.0  # a destination whose last attempt failed: likely to fail again
 USER_AGENT = "recall-transcribe/0.1 (callbacks)"
@@ -46,10 +46,17 @@ class Sender:
     """Signs and sends callback attempts: the operator's URLs checked by `guard`, clients' by
     `client_guard` (the same when not given)."""
 
-    def __init__(self, secrets: str, guard: Guard, client_guard: Guard | None = None) -> None:
+    def __init__(
+        self,
+        secrets: str,
+        guard: Guard,
+        client_guard: Guard | None = None,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
         self._hooks = [Webhook(s.strip()) for s in secrets.split(",") if s.strip()]
         self._guard = guard
         self._client_guard = client_guard or guard
+        self._timeout_s = timeout_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Sender:
@@ -59,6 +66,7 @@ class Sender:
             ",".join(settings.callback_secrets),
             Guard(settings.callback_networks, resolver),
             Guard(settings.client_callback_networks, resolver),
+            settings.CALLBACK_TIMEOUT_S,
         )
 
     def headers(self, delivery: Delivery, when: datetime) -> dict[str, str]:
@@ -89,7 +97,7 @@ class Sender:
         shown = f"[{host}]" if ":" in host else host  # an IPv6 literal, as URLs write it
         headers["Host"] = shown if parts.port is None else f"{shown}:{port}"
         connect = FAILING_CONNECT_S if delivery.failing else CONNECT_S
-        timeout = Timeout(connect=min(connect, TIMEOUT_S), read=TIMEOUT_S)
+        timeout = Timeout(connect=min(connect, self._timeout_s), read=self._timeout_s)
         if parts.scheme == "https":
             pool: HTTPConnectionPool = WatchedHTTPSPool(
                 str(address),
@@ -104,7 +112,7 @@ class Sender:
         else:
             pool = WatchedHTTPPool(str(address), port, timeout=timeout, retries=False, maxsize=1)
         try:
-            with deadline(TIMEOUT_S) as cut:
+            with deadline(self._timeout_s) as cut:
                 try:
                     response = pool.urlopen(
                         "POST",
@@ -118,11 +126,11 @@ class Sender:
                     )
                 except (HTTPError, OSError, ValueError) as exc:  # ValueError: a URL unsendable
                     if cut.passed:
-                        return Attempt(Outcome.FAILED, f"timeout after {TIMEOUT_S:g}s")
+                        return Attempt(Outcome.FAILED, f"timeout after {self._timeout_s:g}s")
                     return Attempt(Outcome.FAILED, f"{type(exc).__name__}")
                 # A cut may read as the end of the headers: what came before it is no answer.
                 if cut.passed:
-                    return Attempt(Outcome.FAILED, f"timeout after {TIMEOUT_S:g}s")
+                    return Attempt(Outcome.FAILED, f"timeout after {self._timeout_s:g}s")
         finally:
             pool.close()
         delivered = 200 <= response.status < 300
