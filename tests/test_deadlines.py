@@ -211,7 +211,7 @@ def test_a_callback_whose_answer_trickles_its_headers_ends_at_the_deadline(
 ) -> None:
     """Only the status line and headers are read; a byte every TRICKLE_S never lets the read
     timeout (the attempt's timeout too) fire, only the deadline. Without a whole status line the
-    attempt has timed out; after one, the cut may read as the end of the headers (send.py judges)."""
+    attempt has timed out; after one, the cut may read as the end of the headers (send.py says)."""
     url = f"{host(case, tls)}/hook"
     delivery = Delivery(id="d", job_id="j", event_id="msg_1", url=url, destination="x", body="{}")
     loopback = Guard([ipaddress.ip_network("127.0.0.1/32")])
