@@ -27,8 +27,13 @@ wheel: install
 run: install
 	$(BIN)/recall-transcribe up
 
+# The suite on TEST_PROCESSES processes (pytest-xdist): the system tests mostly wait on their
+# processes, so more than the cores; the timing-sensitive ones share one (xdist_group "timing").
+TEST_PROCESSES ?= 4
+
 test: wheel
-	RECALL_TRANSCRIBE_BIN=$(CURDIR)/$(WHEEL)/venv/bin/recall-transcribe $(BIN)/pytest --durations=25
+	RECALL_TRANSCRIBE_BIN=$(CURDIR)/$(WHEEL)/venv/bin/recall-transcribe $(BIN)/pytest \
+		-n $(TEST_PROCESSES) --dist loadgroup --durations=25
 
 test-fast: install  # the unit and Redis tiers: the loop to live in (about a minute)
 	$(BIN)/pytest -m "not system" -q --hypothesis-profile fast

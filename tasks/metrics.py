@@ -37,7 +37,6 @@ WEBHOOK_OUTCOMES = (
 CALLBACK_OUTCOMES = ("delivered", "retried", "refused", "failed")
 RECONCILE_OUTCOMES = ("submitted", "known", "transcribed", "unfinished")
 WEBHOOK_MARK_EVERY_S = 1.0  # the last verified webhook's time is written at most this often
-_webhook_marked: dict[str, float] = {}  # per workspace, in this process (time.monotonic)
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -50,12 +49,20 @@ class Metrics:
     """Adds to the fleet's counters, for one workspace where one applies; a metric never fails
     what it measures."""
 
-    def __init__(self, client: redis.Redis, workspace: str = DEFAULT) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        workspace: str = DEFAULT,
+        webhook_marked: dict[str, float] | None = None,
+    ) -> None:
         self._redis = client
         self.workspace = workspace
+        # when each workspace's last verified webhook was written (time.monotonic), shared by
+        # this object and every one `for_workspace` makes
+        self._webhook_marked = {} if webhook_marked is None else webhook_marked
 
     def for_workspace(self, workspace: str) -> Metrics:
-        return Metrics(self._redis, workspace)
+        return Metrics(self._redis, workspace, self._webhook_marked)
 
     def webhook(self, outcome: str) -> None:
         field = labelled(outcome, self.workspace)
@@ -79,11 +86,12 @@ class Metrics:
 
     def webhook_verified(self) -> None:
         """A webhook with a good signature came: its time, to the second (written at most once
-        a second per process and workspace, so the hot path pays nothing for it)."""
+        a second per app and workspace, so the hot path pays nothing for it)."""
         now = time.monotonic()
-        if now - _webhook_marked.get(self.workspace, -WEBHOOK_MARK_EVERY_S) < WEBHOOK_MARK_EVERY_S:
+        marked = self._webhook_marked
+        if now - marked.get(self.workspace, -WEBHOOK_MARK_EVERY_S) < WEBHOOK_MARK_EVERY_S:
             return
-        _webhook_marked[self.workspace] = now
+        marked[self.workspace] = now
         at = time.time()
         self._add(lambda pipe: pipe.hset(keys.METRIC_LAST_WEBHOOK, self.workspace, at))
 

@@ -22,6 +22,9 @@ from harness import System, recording_done, signed, start_redis, wait_for
 from tasks import keys
 from tests.helpers import FAST_RECOVERY
 
+# Timing-sensitive (their windows and rates are measured): one xdist worker runs them in turn.
+pytestmark = pytest.mark.xdist_group("timing")
+
 RECORDINGS = int(os.environ.get("CHAOS_RECORDINGS", "200"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261125"))
 TERMINAL = ("done", "failed")

@@ -20,6 +20,9 @@ from harness import System, free_port, http_ready, recording_done, signed, wait_
 from tasks import keys
 from tests.cluster import Cluster, cluster, wait_until_promoted
 
+# Timing-sensitive (their windows and rates are measured): one xdist worker runs them in turn.
+pytestmark = pytest.mark.xdist_group("timing")
+
 RECORDINGS = 120
 
 

@@ -22,6 +22,9 @@ from tasks.recall.limiter import (
     parse_rates,
 )
 
+# Timing-sensitive (their windows and rates are measured): one xdist worker runs them in turn.
+pytestmark = pytest.mark.xdist_group("timing")
+
 INLINE_S = 0.25
 
 

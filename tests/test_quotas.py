@@ -16,6 +16,9 @@ from emulator.server import create_emulator
 from harness import System, recording_done, wait_for
 from tasks import keys
 
+# Timing-sensitive (their windows and rates are measured): one xdist worker runs them in turn.
+pytestmark = pytest.mark.xdist_group("timing")
+
 BURST = 120
 SCALE = 1 / 6  # every quota window: 1 min -> 10 s
 # Recall's, and a workspace whose retrieve and list quotas the burst exceeds several times over.
