@@ -101,6 +101,45 @@ def test_calls_whose_jobs_come_back_late_still_fit_recalls_window(rclient: redis
     assert len(refused) == 40 and refused == [None] * 40
 
 
+def test_a_late_call_never_squeezes_in_before_calls_already_placed(
+    rclient: redis.Redis,
+) -> None:
+    """2 per 0.5 s: A and B go now, C and D hold slots at 0.5 s, E and F at 1 s. E and F come
+    back a little early and are placed at 1 s; C comes back late, at 0.9 s. The window ending
+    at C has room (D alone), the one ending at F would not (C, E, F): C goes after them.
+    Recall, fed each call when it goes, admits all six."""
+    rate = Rate(2, 0.5)
+    recall = Quotas({"retrieve": (rate.count, rate.seconds)})
+    pacing = limiter(rclient, {Family.RETRIEVE: rate})
+    slots = [pacing.acquire(Family.RETRIEVE) for _ in range(6)]
+    assert [slot.wait for slot in slots] == pytest.approx(
+        [0, 0, 0.525, 0.525, 1.05, 1.05], abs=0.02
+    )
+    refused, lock = [], threading.Lock()
+
+    def job(slot: Slot, shift: float) -> None:
+        """Comes back `shift` seconds after its slot (before it if negative), then calls."""
+        if slot.wait > 0:
+            assert slot.ticket is not None
+            time.sleep(slot.wait + shift)
+            slot = pacing.redeem(slot.ticket)
+            while slot.wait > INLINE_S:
+                assert slot.ticket is not None
+                time.sleep(slot.wait)
+                slot = pacing.redeem(slot.ticket)
+            time.sleep(slot.wait)
+        with lock:
+            refused.append(recall.admit("retrieve"))
+
+    shifts = [0, 0, 0.375, 0, -0.2, -0.2]
+    threads = [threading.Thread(target=job, args=pair) for pair in zip(slots, shifts, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert refused == [None] * 6
+
+
 def test_a_429_pauses_the_family_for_everyone_until_its_retry_after(
     rclient: redis.Redis,
 ) -> None:

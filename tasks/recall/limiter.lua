@@ -56,9 +56,12 @@ local function reserve()
   return add(at)
 end
 
--- The earliest time from `at` when a call fits every window that ends with it, counting every
--- call made or reserved before it: Recall judges each call by the window ending at its arrival.
-local function earliest_fit(at)
+-- The earliest time from `at` when a call fits every window that holds it: Recall judges each
+-- call by the window ending at its arrival. Counted: every call made or reserved before it, and
+-- the calls already placed to go before `committed` (redeemed and sleeping their last wait): a
+-- call placed late into a gap must not overfill their windows, so it goes after them. Later
+-- reservations are not counted: they are placed again when redeemed, behind it.
+local function earliest_fit(at, committed)
   for _ = 1, 100 do
     local moved = false
     for _, window in ipairs(windows) do
@@ -67,6 +70,16 @@ local function earliest_fit(at)
       if n >= window.count then
         at = tonumber(held[2 * (n - window.count + 1)]) + window.span  -- its oldest call leaves
         moved = true
+      else
+        local until_ = math.min(at + window.span, committed)
+        local later = redis.call('ZRANGEBYSCORE', calls, '(' .. at, '(' .. until_, 'WITHSCORES')
+        for i = 2, #later, 2 do
+          local placed = tonumber(later[i])
+          if redis.call('ZCOUNT', calls, '(' .. (placed - window.span), placed) >= window.count then
+            at, moved = placed, true  -- that call's window is full: go after it
+            break
+          end
+        end
       end
     end
     if not moved then return at end
@@ -117,7 +130,7 @@ if command == 'redeem' then
   at = tonumber(at)
   if at > now + tonumber(ARGV[6]) then return {at - now, member} end
   redis.call('ZREM', calls, member)
-  return add(earliest_fit(math.max(at, now)))
+  return add(earliest_fit(math.max(at, now), now + tonumber(ARGV[6])))
 end
 
 -- release: ARGV[5] a reserved member no call used.
