@@ -51,7 +51,7 @@ class Emulator:
         scope = (recording_id or "") if target == "create" else ""  # create: per bot
         wait = self.quotas.admit(target, scope)
         if wait is not None:
-            self.state.throttled[target] += 1
+            self.state.throttle(target)
             response = error(429, "Request was throttled.")
             response.headers["Retry-After"] = retry_after_header(wait)
             abort(response)

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -164,6 +164,7 @@ class EmulatorState:
     def __init__(self, seed: int | None = None) -> None:
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
+        self.started = time.monotonic()
         self.reset()
 
     def reset(self) -> None:
@@ -176,6 +177,9 @@ class EmulatorState:
             self.faults: list[Fault] = []
             self.calls: Counter[str] = Counter()
             self.throttled: Counter[str] = Counter()
+            # When the newest 429s of each family were answered (s since the emulator started):
+            # a test tells an opening burst from refusals that go on.
+            self.throttled_at: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
             self.created_by_recording: Counter[str] = Counter()
 
     # -- recordings and transcripts -------------------------------------------------------------
@@ -295,6 +299,12 @@ class EmulatorState:
             self.faults.append(fault)
         return fault
 
+    def throttle(self, target: str) -> None:
+        """Count a call answered 429, and when."""
+        with self.lock:
+            self.throttled[target] += 1
+            self.throttled_at[target].append(time.monotonic() - self.started)
+
     def take_fault(self, target: str, recording_id: str | None = None) -> Fault | None:
         """The first matching fault that fires now (consuming one of its `times`; -1 is forever)."""
         with self.lock:
@@ -319,6 +329,9 @@ class EmulatorState:
             return {
                 "calls": dict(self.calls),
                 "throttled": dict(self.throttled),
+                "throttled_at": {
+                    f: [round(t, 3) for t in at] for f, at in self.throttled_at.items()
+                },
                 "created_by_recording": dict(self.created_by_recording),
                 "transcripts_by_status": dict(statuses),
                 "recordings": len(self.recordings),
