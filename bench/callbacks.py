@@ -142,12 +142,8 @@ def receiver_down(workdir: Path, jobs: int, down_s: float) -> dict[str, Any]:
         CALLBACK_ALLOWED_NETWORKS=LOOPBACK,
     )
     try:
-        ids = [f"down-{index}" for index in range(jobs)]
-        system.emulator.recordings(ids)
-        started = time.monotonic()
-        deliver_recordings_done(system.receiver_url, ids)
-        wait_for(lambda: system.count("done") >= jobs, 120 + jobs, what="all persisted")
-        time.sleep(max(0.0, down_s - (time.monotonic() - started)))
+        seconds = system.persist_all([f"down-{index}" for index in range(jobs)])
+        time.sleep(max(0.0, down_s - seconds))
         back = time.monotonic()
         sink.start()
         wait_for(lambda: len(sink.arrivals) >= jobs, 600, what="every event delivered")

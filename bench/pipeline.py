@@ -60,19 +60,11 @@ def start_system(
 
 def run_jobs(system: System, count: int, prefix: str, timeout: float) -> dict[str, Any]:
     """Start `count` jobs and wait until all are done; jobs/s, CPU and cost per job."""
-    ids = [f"{prefix}-{i}" for i in range(count)]
-    system.emulator.recordings(ids)
     client = system.redis
     commands_before = _commands(client)
     calls_before = system.emulator.stats()["calls"]
     cpu_before = system.cpu()
-    done_before = system.count("done")
-    started = time.monotonic()
-    deliver_recordings_done(system.receiver_url, ids)
-    wait_for(
-        lambda: system.count("done") - done_before >= count, timeout, what=f"{count} jobs done"
-    )
-    seconds = time.monotonic() - started
+    seconds = system.persist_all([f"{prefix}-{i}" for i in range(count)], timeout)
     cpu_after = system.cpu()
     calls_after = system.emulator.stats()["calls"]
     commands = {k: v - commands_before.get(k, 0) for k, v in _commands(client).items()}

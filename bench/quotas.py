@@ -29,12 +29,8 @@ def _persist_all(
         RECALL_RATE_LIMITS=declared,
     )
     try:
-        ids = [f"{prefix}-{index}" for index in range(recordings)]
-        system.emulator.recordings(ids)
-        started = time.monotonic()
-        deliver_recordings_done(system.receiver_url, ids)
-        wait_for(lambda: system.count("done") >= recordings, 120 + recordings, what="all persisted")
-        return time.monotonic() - started, system.emulator.stats()
+        seconds = system.persist_all([f"{prefix}-{index}" for index in range(recordings)])
+        return seconds, system.emulator.stats()
     finally:
         system.stop()
 

@@ -4,6 +4,7 @@ started and stopped together, and read as a user would (the jobs API) or as Redi
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import requests
 
 from emulator.state import EmulatorState
 from harness.processes import Process, free_port, http_ready, recall_transcribe, wait_for
-from harness.webhooks import SECRET, WEBHOOK_PATH, post_webhook
+from harness.webhooks import SECRET, WEBHOOK_PATH, deliver_recordings_done, post_webhook
 from tasks import keys
 
 API_KEY = "test-key"
@@ -153,6 +154,20 @@ class System:
     ) -> requests.Response:
         """A signed webhook delivered to the receiver once; its answer."""
         return post_webhook(self.receiver_url, event, secret, msg_id)
+
+    def persist_all(self, ids: list[str], timeout: float | None = None) -> float:
+        """Recordings finished at Recall at once, each `recording.done` delivered: the seconds
+        until every one's job is done (a burst's makespan)."""
+        self.emulator.recordings(ids)
+        done_before = self.count("done")
+        started = time.monotonic()
+        deliver_recordings_done(self.receiver_url, ids)
+        wait_for(
+            lambda: self.count("done") - done_before >= len(ids),
+            timeout or 120 + len(ids),
+            what=f"{len(ids)} jobs done",
+        )
+        return time.monotonic() - started
 
     def jobs(self, state: str | None = None, **filters: str) -> list[dict[str, Any]]:
         """Jobs as the jobs API lists them (up to 500)."""
