@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from recall_transcribe.health import SERVICES
 from tasks.jobs.states import State
+from tasks.jobs.views import Source
 from tasks.limits import OverLimit
 from tasks.logs import configure_logging
 from tasks.settings import ConfigError, Settings, load_settings
@@ -243,7 +244,12 @@ def _enqueue(args: argparse.Namespace, _: list[str]) -> int:
     if not dispatch.knows(args.workspace):
         raise ConfigError(f"--workspace: no workspace {args.workspace!r} is set up")
     job_id, created = dispatch.submit(
-        args.recording_id, args.provider, None, args.idempotency_key, workspace=args.workspace
+        args.recording_id,
+        args.provider,
+        None,
+        args.idempotency_key,
+        workspace=args.workspace,
+        source=Source.API,
     )
     print(f"job {job_id} ({'queued' if created else 'already exists'})")
     if not args.wait:

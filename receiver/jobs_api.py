@@ -37,7 +37,7 @@ from tasks.formats import CannotRender, Format, open_transcript
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State
 from tasks.jobs.transitions import MAX_CALLBACKS_PER_CALLER
-from tasks.jobs.views import Job
+from tasks.jobs.views import Job, Source
 from tasks.names import DEFAULT
 from tasks.store import Store
 from tasks.workspaces import NAME
@@ -269,7 +269,12 @@ def create_job() -> tuple[Response, int]:
     if not dispatch.knows(body.workspace):
         raise BadInput(f"workspace: no workspace {body.workspace!r} is set up here")
     job_id, created = dispatch.submit(
-        body.recording_id, body.provider, body.metadata, key, workspace=body.workspace
+        body.recording_id,
+        body.provider,
+        body.metadata,
+        key,
+        workspace=body.workspace,
+        source=Source.API,
     )
     job = job_view(dispatch.jobs, job_id)
     if job is None:  # expired between the two calls

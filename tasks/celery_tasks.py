@@ -19,6 +19,7 @@ from tasks.events import parse_event
 from tasks.inbox import Inbox
 from tasks.jobs.states import State, Step
 from tasks.jobs.store import JobStore
+from tasks.jobs.views import Source
 from tasks.limits import OverLimit
 from tasks.messages import sent_from
 from tasks.names import DEFAULT, INGEST_TASK, STEP_TASKS, SUBMIT_TASK
@@ -72,7 +73,12 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[
         try:
             with sent_from(self.request.id, self.request.root_id):
                 job_id, _ = pipeline.dispatch.submit(
-                    recording_id, provider, metadata, idempotency_key, workspace=workspace
+                    recording_id,
+                    provider,
+                    metadata,
+                    idempotency_key,
+                    workspace=workspace,
+                    source=Source.TASK,
                 )
         except OverLimit as exc:  # nothing to retry: the message itself is refused
             raise Reject(str(exc), requeue=False) from None

@@ -14,6 +14,7 @@ from tasks import limits
 from tasks.jobs.sending import Due, Message
 from tasks.jobs.states import State, Step
 from tasks.jobs.store import JobStore
+from tasks.jobs.views import Source
 from tasks.messages import step_message
 from tasks.names import DEFAULT
 from tasks.settings import Settings
@@ -56,11 +57,12 @@ class Dispatcher:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         workspace: str = DEFAULT,
+        source: Source = Source.API,
     ) -> tuple[str, bool]:
         """Start a job in `workspace` unless one exists for the key, and send its create; (job
         id, created). Without a key the job is the recording's, the one its `recording.done`
-        starts. `OverLimit` when the provider or the metadata is over the limits, or any of
-        them is not text."""
+        starts; `source` says what started it (a job that exists keeps its own). `OverLimit`
+        when the provider or the metadata is over the limits, or any of them is not text."""
         limits.text("recording_id", recording_id)
         limits.text("idempotency_key", idempotency_key)
         limits.check("provider", provider)
@@ -72,6 +74,7 @@ class Dispatcher:
             idempotency_key,
             callback_url,
             workspace,
+            source,
         )
         if created:
             self(Step.CREATE, job_id, recording_id)

@@ -24,6 +24,7 @@ from tasks.formats import beside
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord
 from tasks.jobs.states import Step
+from tasks.jobs.views import Source
 from tasks.names import DEFAULT
 from tasks.outcomes import Outcome, Result
 from tasks.recall.errors import (
@@ -68,7 +69,10 @@ class Pipeline(Remediation):
         recording = event.data.recording
         if event.event == RECORDING_DONE and recording is not None:
             job_id, created = self.dispatch.submit(
-                recording.id, metadata={"source": event.event}, workspace=workspace
+                recording.id,
+                metadata={"source": event.event},
+                workspace=workspace,
+                source=Source.WEBHOOK,
             )
             return Result(Outcome.JOB_CREATED if created else Outcome.JOB_EXISTS, job_id)
         transcript = event.data.transcript

@@ -138,6 +138,7 @@ def test_missed_webhooks_found_and_each_transcribed_once(
         [job_id] = _jobs_of(harness, recording_id)
         job = harness.pipeline.jobs.record(job_id)
         assert job is not None and job.metadata == {"source": "reconcile"}
+        assert job.view().source == "reconcile"
     for recording_id in ids["transcribed"]:  # only the transcript someone else had made
         assert creates.get(recording_id) == 1 and _jobs_of(harness, recording_id) == []
     for recording_id in ids["processing"]:
@@ -149,6 +150,10 @@ def test_missed_webhooks_found_and_each_transcribed_once(
         assert _ingest_done(harness, recording_id) == StepOutcome.JOB_EXISTS
     assert harness.queued() == []
     assert _creates(emulator) == creates
+    for recording_id in ids["silent"]:  # the first source stays
+        [job_id] = _jobs_of(harness, recording_id)
+        job = harness.pipeline.jobs.record(job_id)
+        assert job is not None and job.view().source == "reconcile"
 
     text = _scrape(harness.redis)
     assert (

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from tasks import limits
 from tasks.jobs.states import Phase, State, Step
-from tasks.jobs.views import Callback, Job, JobError, iso, redact
+from tasks.jobs.views import Callback, Job, JobError, Source, iso, redact
 from tasks.names import DEFAULT
 
 _DERIVED = uuid.UUID("6f1d7c2e-6a55-4f0c-9d7b-2f3c1e9a8b40")  # keys the webhook path derives
@@ -64,6 +64,7 @@ class JobRecord(BaseModel):
     idempotency_key: str
     provider: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    source: Source | None = None  # None in records from before it was kept (`started_by`)
     callback_url: str | None = None  # its one callback_url, as jobs before several kept it
     callback_urls: list[Destination] = Field(default_factory=list)  # add_callback's
     callbacks: list[str] = Field(default_factory=list)  # deliveries of its latest finish
@@ -125,6 +126,17 @@ class JobRecord(BaseModel):
         return old + self.callback_urls
 
     @property
+    def started_by(self) -> Source:
+        """The job's source; a record from before it was kept has the one its metadata names
+        (webhook jobs said `recording.done`), else it came through the API."""
+        if self.source is not None:
+            return self.source
+        named = self.metadata.get("source")
+        if named == "recording.done":
+            return Source.WEBHOOK
+        return Source(named) if named in tuple(Source) else Source.API
+
+    @property
     def create_key(self) -> str:
         """The Idempotency-Key of this job's next create call."""
         return f"{self.id}:{self.create_seq}"
@@ -151,6 +163,7 @@ class JobRecord(BaseModel):
             metadata=self.metadata if limits.within(self.metadata) else limits.WITHHELD,
             callback_url=redact(self.destinations[0].url) if self.destinations else None,
             callbacks=callbacks or [],
+            source=self.started_by,
             created_at=iso(self.created_at),
             updated_at=iso(self.updated_at),
         )

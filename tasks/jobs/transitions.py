@@ -32,6 +32,7 @@ from tasks.jobs.states import (
     sources,
     target,
 )
+from tasks.jobs.views import Source
 from tasks.names import DEFAULT
 
 # callback_url destinations one caller (API token) may give a job. No total per job: a total
@@ -52,9 +53,11 @@ class Transitions(JobStoreBase):
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         workspace: str = DEFAULT,
+        source: Source = Source.API,
     ) -> tuple[str, bool]:
         """Create the job for this key in this workspace unless it exists; returns (job id,
         created). Without a key, the job is the recording's (its `recording.done` starts it).
+        `source` is kept only by the submission that creates the job.
         With REDIS_MIN_REPLICAS, the job is on that many replicas before this returns (else
         `NotReplicated`): a job the API accepted survives a failover."""
         key = idempotency_key or default_idempotency_key(recording_id, provider)
@@ -66,6 +69,7 @@ class Transitions(JobStoreBase):
             "idempotency_key": key,
             "provider": provider,
             "metadata": metadata or {},
+            "source": source,
             "callback_urls": [{"url": callback_url, "by": ANONYMOUS}] if callback_url else None,
         }
         created = self._confirmed(

@@ -22,6 +22,16 @@ class CallbackState(StrEnum):
     FAILED = "failed"  # every attempt of the schedule failed
 
 
+class Source(StrEnum):
+    """What started a job: set when it is created, never changed by a later submission of the
+    same job from elsewhere (the first source wins)."""
+
+    WEBHOOK = "webhook"  # Recall's recording.done
+    API = "api"  # the jobs API's POST or `recall-transcribe enqueue`
+    TASK = "task"  # another service's Celery message (the submit task)
+    RECONCILE = "reconcile"  # reconciliation found the recording without its webhook
+
+
 class Callback(BaseModel):
     """One destination of a job's callback, as the jobs API shows it."""
 
@@ -57,6 +67,7 @@ class Job(BaseModel):
         "request that gave one shows that one whole)",
     )
     callbacks: list[Callback] = Field(default_factory=list)
+    source: Source = Field(description="what started the job: webhook, api, task or reconcile")
     created_at: str | None
     updated_at: str | None
 

@@ -25,6 +25,7 @@ from typing import cast
 
 from tasks import keys
 from tasks.dispatch import Dispatcher
+from tasks.jobs.views import Source
 from tasks.metrics import Metrics
 from tasks.recall.client import RecallClient
 from tasks.recall.errors import RateLimited, RetryableError, Throttled
@@ -33,7 +34,7 @@ from tasks.recall.models import Recording
 
 log = logging.getLogger(__name__)
 
-SOURCE = "reconcile"  # the `source` of the jobs reconciliation starts (in their metadata)
+SOURCE = Source.RECONCILE  # the jobs reconciliation starts (also in their metadata, as before)
 PHASES = ("done", "processing", "paused")  # `done` is reconciled; the others only hold the mark
 UNAVAILABLE_TRIES = 5  # Recall down or unreachable this many times in a row ends the run
 UNAVAILABLE_WAIT_S = 5.0
@@ -204,7 +205,7 @@ class Reconciliation:
         """The job `recording.done` would start: no key (so the derived one), the workspace's
         provider; False when it exists (a webhook came meanwhile)."""
         _, created = self.dispatch.submit(
-            recording.id, None, {"source": SOURCE}, None, workspace=self.workspace
+            recording.id, None, {"source": SOURCE}, None, workspace=self.workspace, source=SOURCE
         )
         return created
 
