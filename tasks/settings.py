@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     RECONCILE_LOOKBACK_S: float = Field(3 * 24 * 3600.0, gt=0)
     RECONCILE_GRACE_S: float = Field(600.0, ge=0)
     RECONCILE_SKIP_TRANSCRIBED: bool = True
+    RECONCILE_LEASE_S: float = Field(60.0, gt=0)  # a dead worker's walk waits this long for another
 
     # Operational knobs beyond the contract (documented in the README).
     JOB_STEP_LEASE_S: float = Field(15.0, gt=0)

@@ -85,7 +85,7 @@ def _periodic(harness: Harness, interval_s: float = 3600.0) -> Periodic:
         {"default": _reconciliation(harness)},
         interval_s,
         harness.pipeline.settings.RECONCILE_LOOKBACK_S,
-        lease_s=10,
+        10,
     )
 
 
@@ -240,6 +240,34 @@ def test_walk_resumes_after_a_crash_mid_walk(
     state = harness.redis.hgetall(keys.reconcile("default"))
     assert b"walk" not in state and b"mark" in state
     assert not periodic.due("default")
+
+
+def test_jobs_submitted_before_redis_cut_a_page_short_are_still_counted_and_logged(
+    harness: Harness,
+    emulator: EmulatorHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    silent = _recordings(emulator, "silent-", 10)  # pages of 3
+    periodic = _periodic(harness)
+    real_submit = Reconciliation._submit
+    submitted: list[str] = []
+
+    def failing(self: Reconciliation, recording: Any) -> bool:
+        if len(submitted) == 4:  # the second job of the second page
+            raise redis.ConnectionError("Redis is failing over")
+        submitted.append(recording.id)
+        return real_submit(self, recording)
+
+    with caplog.at_level(logging.WARNING, logger="tasks.reconcile.walk"):
+        monkeypatch.setattr(Reconciliation, "_submit", failing)
+        assert periodic.run_due() == 0
+        monkeypatch.setattr(Reconciliation, "_submit", real_submit)
+        assert periodic.run("default")
+    logged = " ".join(r.getMessage() for r in caplog.records if "recording.done" in r.getMessage())
+    assert all(r in logged for r in silent)
+    assert 'outcome="submitted",workspace="default"} 10.0' in _scrape(harness.redis)
+    assert 'outcome="known",workspace="default"} 0.0' in _scrape(harness.redis)
 
 
 def test_one_worker_at_a_time_and_the_high_water_mark(

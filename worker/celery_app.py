@@ -120,7 +120,7 @@ def create_worker_app(settings: Settings) -> Celery:
             reconciliations(settings, dispatch, recalls, metrics),
             settings.RECONCILE_INTERVAL_S,
             settings.RECONCILE_LOOKBACK_S,
-            lease_s=max(60.0, 3 * settings.RECALL_HTTP_TIMEOUT_S),
+            settings.RECONCILE_LEASE_S,
         )
     celery_tasks.register(app, pipeline, inbox, sweep.wake)
     app.steps["worker"].add(sweeper_step(sweep))

@@ -45,7 +45,7 @@ class Periodic:
         reconciliations: Mapping[str, Reconciliation],
         interval_s: float,
         lookback_s: float,
-        lease_s: float = 60.0,
+        lease_s: float,
     ) -> None:
         self._redis = client
         self._reconciliations = reconciliations
@@ -131,7 +131,7 @@ class Periodic:
             now = self._now()
             mark = float(cast(bytes, raw_mark)) if raw_mark else None
             after = now - self.lookback_s if mark is None else mark - OVERLAP_S
-            walk = Walk(after=after, before=now)
+            walk = Walk(after=after, before=now, started_at=now)
             self._redis.hset(key, "walk", walk.dump())
         else:
             log.info("reconcile %s: resuming a walk at page %d", workspace, walk.pages + 1)

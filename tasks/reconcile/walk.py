@@ -64,6 +64,7 @@ class Walk:
     pages: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     oldest_pending: float | None = None  # created_at of the oldest recording not reconciled yet
+    started_at: float | None = None  # Redis's clock; its own jobs are those created since
 
     def dump(self) -> str:
         return json.dumps(asdict(self))
@@ -153,7 +154,7 @@ class Reconciliation:
             for recording in recordings:
                 walk.oldest_pending = _oldest(walk.oldest_pending, recording)
             return []
-        classified = self.classify(recordings)
+        classified = self.classify(recordings, walk.started_at)
         submitted = []
         for recording, outcome in classified:
             walk.counts[outcome] = walk.count(outcome) + 1
@@ -177,19 +178,22 @@ class Reconciliation:
                     self.metrics.reconciled(outcome, found)
         return classified
 
-    def classify(self, recordings: list[Recording]) -> Classified:
-        """Each finished recording's outcome; those `submitted` have their job (unless dry)."""
+    def classify(self, recordings: list[Recording], since: float | None = None) -> Classified:
+        """Each finished recording's outcome; those `submitted` have their job (unless dry).
+        A job this walk submitted before it was cut short (the walk began at `since`) is still
+        `submitted`, so that it is counted and logged when its page is handled again."""
         jobs = self.dispatch.jobs
         pipe = jobs.redis.pipeline(transaction=False)
         for recording in recordings:
-            pipe.exists(keys.recording(recording.id))  # the recording's jobs (any source)
-        known = cast(list[int], pipe.execute()) if recordings else []
+            pipe.smembers(keys.recording(recording.id))  # the recording's jobs (any source)
+        known = cast(list[set[bytes]], pipe.execute()) if recordings else []
+        ours = self._submitted_since(recordings, known, since)
         now = jobs.now()
         out: Classified = []
         for recording, has_job in zip(recordings, known, strict=True):
             finished = recording.finished_at
             if has_job:
-                outcome = Outcome.KNOWN
+                outcome = Outcome.SUBMITTED if recording.id in ours else Outcome.KNOWN
             elif self.skip_transcribed and recording.transcribed:
                 outcome = Outcome.TRANSCRIBED
             elif finished is not None and now - finished.timestamp() < self.grace_s:
@@ -200,6 +204,23 @@ class Reconciliation:
                 outcome = Outcome.SUBMITTED if self._submit(recording) else Outcome.KNOWN
             out.append((recording, outcome))
         return out
+
+    def _submitted_since(
+        self, recordings: list[Recording], known: list[set[bytes]], since: float | None
+    ) -> set[str]:
+        """The recordings with a job reconciliation created at or after `since`."""
+        if since is None:
+            return set()
+        pairs = [(r.id, j.decode()) for r, ids in zip(recordings, known, strict=True) for j in ids]
+        pipe = self.dispatch.jobs.redis.pipeline(transaction=False)
+        for _, job_id in pairs:
+            pipe.hmget(keys.job(job_id), ["source", "created_at"])
+        found = cast(list[list[bytes | None]], pipe.execute()) if pairs else []
+        return {
+            recording_id
+            for (recording_id, _), (source, created) in zip(pairs, found, strict=True)
+            if source == SOURCE.encode() and created is not None and float(created) >= since
+        }
 
     def _submit(self, recording: Recording) -> bool:
         """The job `recording.done` would start: no key (so the derived one), the workspace's
