@@ -8,7 +8,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -27,6 +27,7 @@ from tasks.recalls import recall_client
 from tasks.reconcile import OVERLAP_S, Outcome, Periodic, Reconciliation, Walk, reconciliations
 from tasks.reconcile.walk import PHASES
 from tasks.settings import Settings
+from tests.cluster import cluster, wait_until_promoted
 from tests.helpers import Harness, reconfigure
 
 HOURS_AGO = 2
@@ -399,27 +400,45 @@ def test_reconcile_logs_the_recordings_it_submitted(
     assert all(r in line for r in silent)
 
 
-@pytest.mark.system
-def test_fleet_reconciles_missed_webhooks_once(start_system: Any) -> None:
-    system: System = start_system(
-        workers=0, RECONCILE_INTERVAL_S="2", RECONCILE_GRACE_S="60", RECALL_POLL_INITIAL_S="1"
-    )
-    emulator = system.emulator
-    # What Recall holds when the fleet starts (its first run looks back RECONCILE_LOOKBACK_S).
-    ids = {
+# The fleet's periodic reconciliation, as real processes: quick runs, a short lease, and a walk
+# of many small pages paced at one a second, so that a test can break into the middle of one.
+QUICK_RECONCILE = {
+    "RECONCILE_INTERVAL_S": "2",
+    "RECONCILE_GRACE_S": "60",
+    "RECALL_POLL_INITIAL_S": "1",
+}
+SLOW_WALK = {
+    **QUICK_RECONCILE,
+    "RECONCILE_LEASE_S": "3",
+    "RECALL_RATE_LIMITS": "recordings=1/1",
+    "JOB_STEP_LEASE_S": "3",
+    "INBOX_RESEND_S": "3",
+    "CELERY_VISIBILITY_TIMEOUT_S": "5",
+}
+SMALL_PAGES = ("--page-size", "3")  # the 22 finished recordings: 8 pages, ~10 s with the rest
+
+
+def _fleet_scenario(emulator: EmulatorHandle) -> dict[str, list[str]]:
+    """What Recall holds when the fleet starts (its first run looks back RECONCILE_LOOKBACK_S):
+    the issue's scenario, the announced ten sent to the receiver."""
+    return {
         "announced": _recordings(emulator, "announced-", 10, send_done=True),
         "silent": _recordings(emulator, "silent-", 10),
         "transcribed": _recordings(emulator, "transcribed-", 2, transcript=True),
         "processing": _recordings(emulator, "processing-", 2, status="processing"),
     }
-    system.start_worker("w1")
-    system.start_worker("w2")
+
+
+def _each_transcribed_once(system: System, ids: dict[str, list[str]]) -> None:
+    """The 20 finished recordings persisted with one create each, none for the other 4, and the
+    10 missed webhooks arriving late add nothing."""
+    emulator = system.emulator
     done = ids["announced"] + ids["silent"]
 
     def all_persisted() -> bool:
         return all((system.store / r).is_dir() and any((system.store / r).iterdir()) for r in done)
 
-    wait_for(all_persisted, 90, interval=0.5, what="the 20 finished recordings persisted")
+    wait_for(all_persisted, 120, interval=0.5, what="the 20 finished recordings persisted")
     creates = _creates(emulator)
     assert all(creates.get(r) == 1 for r in done), creates
     assert all(creates.get(r) == 1 for r in ids["transcribed"])  # the one seeded
@@ -427,23 +446,34 @@ def test_fleet_reconciles_missed_webhooks_once(start_system: Any) -> None:
 
     # The ten missed webhooks arrive late (new message ids: as Svix's last retry or a replay).
     for recording_id in ids["silent"]:
-        body, headers = signed(recording_done(recording_id))
-        answer = requests.post(
-            f"{system.receiver_url}/webhooks/recall", data=body, headers=headers, timeout=5
-        )
-        assert answer.json() == {"status": "enqueued"}
+        assert system.post(recording_done(recording_id)).json() == {"status": "enqueued"}
     time.sleep(3)  # the workers apply them (and a periodic run passes again)
     assert _creates(emulator) == creates
-    jobs = requests.get(
-        f"{system.receiver_url}/api/v1/jobs?limit=100",
-        headers={"Authorization": "Bearer test-token"},
-        timeout=5,
-    ).json()["jobs"]
+    jobs = system.jobs()
     assert len(jobs) == 20 and all(job["state"] == "done" for job in jobs)
+    sources = {job["recording_id"]: job["source"] for job in jobs}
+    assert all(sources[r] == "reconcile" for r in ids["silent"]), sources
+    assert all(sources[r] == "webhook" for r in ids["announced"]), sources
     metrics = requests.get(f"{system.receiver_url}/metrics", timeout=5).text
     assert 'recall_transcribe_reconciled_total{outcome="submitted",workspace="default"} 10.0' in (
         metrics
     )
+
+
+def _walked(client: redis.Redis) -> int:
+    """How many pages the walk in progress has handled (0: none in progress)."""
+    walk = Walk.load(cast(bytes | None, client.hget(keys.reconcile("default"), "walk")))
+    return walk.pages if walk is not None else 0
+
+
+@pytest.mark.system
+def test_fleet_reconciles_missed_webhooks_once(start_system: Any) -> None:
+    system: System = start_system(workers=0, **QUICK_RECONCILE)
+    emulator = system.emulator
+    ids = _fleet_scenario(emulator)
+    system.start_worker("w1")
+    system.start_worker("w2")
+    _each_transcribed_once(system, ids)
 
     # The two long meetings end later, silently: the mark was held back for them.
     for recording_id in ids["processing"]:
@@ -458,3 +488,50 @@ def test_fleet_reconciles_missed_webhooks_once(start_system: Any) -> None:
         interval=0.5,
         what="the long meetings found once they ended",
     )
+
+
+@pytest.mark.system
+def test_a_worker_killed_mid_walk_leaves_it_to_another(start_system: Any) -> None:
+    """SIGKILLed in the middle of a periodic reconciliation: its lease runs out
+    (RECONCILE_LEASE_S) and the next worker goes on from the page saved."""
+    system: System = start_system(workers=0, emulator_args=SMALL_PAGES, **SLOW_WALK)
+    ids = _fleet_scenario(system.emulator)
+    client = redis.Redis.from_url(system.redis_url)
+    first = system.start_worker("w1")
+    wait_for(lambda: _walked(client) >= 3, 60, interval=0.1, what="a walk under way")
+    first.kill()
+    assert client.exists(keys.reconcile_lease("default"))  # held by the dead worker, for now
+    assert 3 <= _walked(client) < 10
+    second = system.start_worker("w2")
+    _each_transcribed_once(system, ids)
+    assert "resuming a walk at page" in second.log()
+
+
+@pytest.mark.system
+def test_a_redis_failover_mid_walk_loses_and_repeats_nothing(
+    start_system: Any, tmp_path: Path
+) -> None:
+    """The primary SIGKILLed in the middle of a periodic reconciliation; Sentinel promotes its
+    replica and the fleet goes on from what the replica holds."""
+    nodes = cluster(tmp_path / "cluster")
+    old = nodes.primary_port
+    try:
+        system: System = start_system(
+            workers=0,
+            emulator_args=SMALL_PAGES,
+            REDIS_URL=f"redis://127.0.0.1:{old}/0",  # through Sentinel, only its database counts
+            REDIS_SENTINELS=nodes.sentinels,
+            REDIS_MIN_REPLICAS="1",
+            **SLOW_WALK,
+        )
+        ids = _fleet_scenario(system.emulator)
+        system.start_worker("w1")
+        system.start_worker("w2")
+        primary = redis.Redis(port=old)
+        wait_for(lambda: _walked(primary) >= 3, 60, 0.1, what="a walk under way")
+        nodes.kill(old)
+        wait_until_promoted(nodes, old)
+        nodes.start_server(old)  # back, as the new primary's replica
+        _each_transcribed_once(system, ids)
+    finally:
+        nodes.stop()
