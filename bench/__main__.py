@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import callbacks, failover, ingest, limiter, pipeline, quotas, workspaces
+from bench import callbacks, failover, ingest, limiter, pipeline, quotas, reconcile, workspaces
 from bench.report import render, write_section
 from harness import start_redis, system_env
 
@@ -39,6 +39,7 @@ SIZES = {
         "callback_down": (1000, 30.0),
         "workspaces": (600, 1.0, 4),
         "failover_runs": 3,
+        "backfill": (10000, 600, 2, 1 / 6),  # recordings, burst, bursts, quota windows x
     },
     "smoke": {
         "ingest_s": 1,
@@ -58,6 +59,7 @@ SIZES = {
         "callback_down": (20, 2.0),
         "workspaces": (20, 0.05, 2),
         "failover_runs": 1,
+        "backfill": (200, 20, 1, 1 / 60),
     },
 }
 BENCHES = (
@@ -73,6 +75,7 @@ BENCHES = (
     "callbacks",
     "workspaces",
     "failover",
+    "reconcile",
 )
 
 
@@ -224,6 +227,10 @@ def _callbacks(work: Path, size: dict[str, Any], profile: bool) -> Any:
     }
 
 
+def _reconcile(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return reconcile.backfill(work, *size["backfill"])
+
+
 RUNNERS = {
     "ingest": _ingest,
     "throughput": _throughput,
@@ -237,6 +244,7 @@ RUNNERS = {
     "callbacks": _callbacks,
     "workspaces": _workspaces,
     "failover": _failover,
+    "reconcile": _reconcile,
 }
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,12 @@ def start_system(
     names: list[str] | None = None,
     quotas: str = "none",
     quota_scale: float = 1.0,
+    before_workers: Callable[[System], None] | None = None,
     **env_overrides: str,
 ) -> System:
     """The system on its own Redis; the emulator enforces `quotas` (windows x `quota_scale`)
-    and the workers, logging at WARNING, pace themselves to the same."""
+    and the workers, logging at WARNING, pace themselves to the same. `before_workers` sets
+    the scene (what Recall holds) before any worker starts."""
     redis_proc, redis_url = start_redis(workdir / "redis")
     emulator = ["--processing-s", str(processing_s), "--latency-s", str(latency_s)]
     emulator += ["--quotas", quotas, "--quota-scale", str(quota_scale)]
@@ -48,6 +51,8 @@ def start_system(
         **{"RECALL_RATE_LIMITS": scaled(quotas, quota_scale), **env_overrides},
     )
     try:  # stopped by PID if starting fails or is interrupted
+        if before_workers is not None:
+            before_workers(system)
         nodes = names or [f"w{i + 1}" for i in range(workers)]
         for node in nodes:
             system.start_worker(node, "--loglevel", "WARNING", concurrency=concurrency, wait=False)

@@ -231,6 +231,17 @@ def render(results: dict[str, Any]) -> str:
         ]
         out += [f"- {k}: {v}" for k, v in results["failover"]["partition"].items()]
         out += [""]
+    if "reconcile" in results:
+        out += ["### 13. A reconciliation backfill at Recall's quotas", ""]
+        out += [
+            "The fleet's first periodic run (two workers) walks three days of finished recordings",
+            "(each already transcribed at Recall, so it submits nothing) through List Recordings",
+            "at Recall's quotas, windows scaled; bursts of recordings go through the pipeline",
+            "during the walk, and on the same fleet with reconciliation off:",
+            "",
+        ]
+        out += [f"- {k}: {v}" for k, v in results["reconcile"].items()]
+        out += [""]
     return "\n".join(out)
 
 

@@ -1,16 +1,16 @@
 """The fleet's periodic reconciliation: every RECONCILE_INTERVAL_S, one worker per workspace.
 
 Each workspace's reconciliation is held by one worker at a time: a lease in Redis
-(`rt:reconcile:{ws}:lease`), extended while the walk runs and while it waits for quota, given
-back when it ends. What the fleet knows of a workspace lives beside it (`rt:reconcile:{ws}`):
-the high-water mark (recordings created before it were reconciled), when the last run ended, and
-the walk in progress (its window, phase, cursor and counts, saved after every page). A run
-starts from the mark minus an hour of overlap (the first looks back RECONCILE_LOOKBACK_S) up to
-now; a worker that dies, stops or loses Redis mid-walk leaves the walk in Redis, and whichever
-worker takes the lease next goes on from the page saved. The new mark is the window's end, held
-back to the oldest recording still processing or left to its webhook (so a long meeting is
-looked at again once it finishes), but never more than RECONCILE_LOOKBACK_S (a recording stuck
-in processing holds no mark for ever).
+(`rt:reconcile:{ws}:lease`, RECONCILE_LEASE_S), extended while the walk runs and while it waits for
+quota, given back when it ends. What the fleet knows of a workspace lives beside it
+(`rt:reconcile:{ws}`): the high-water mark (recordings created before it were reconciled), when the
+last run began and ended, and the walk in progress (its window, phase, cursor and counts, saved
+after every page). A run starts from the mark minus an hour of overlap (the first looks back
+RECONCILE_LOOKBACK_S) up to now; a worker that dies, stops or loses Redis mid-walk leaves the walk
+in Redis, and whichever worker takes the lease next goes on from the page saved. The new mark is the
+window's end, held back to the oldest recording still processing or left to its webhook (so a long
+meeting is looked at again once it finishes), but never more than RECONCILE_LOOKBACK_S (a recording
+stuck in processing holds no mark for ever).
 """
 
 from __future__ import annotations
@@ -138,7 +138,11 @@ class Periodic:
         walk = self._reconciliations[workspace].walk(walk, pending=True, save=self._saver(key))
         self._held()  # the mark is written only by the lease's holder
         pipe = self._redis.pipeline()
-        pipe.hset(key, mapping={"mark": self.mark_after(walk), "ended_at": self._now()})
+        ended = self._now()
+        started = walk.started_at or ended
+        pipe.hset(
+            key, mapping={"mark": self.mark_after(walk), "started_at": started, "ended_at": ended}
+        )
         pipe.hdel(key, "walk")
         pipe.execute()
         log.info("reconcile %s: %s (%d pages)", workspace, walk.summary(), walk.pages)
