@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import subprocess
+import textwrap
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -167,15 +168,13 @@ def render(results: dict[str, Any]) -> str:
         out += [f"- {k}: {v}" for k, v in results["quotas"]["crash"].items()]
         out += [""]
     if "faulty_burst" in results:
-        out += ["### 8. A burst with faults, quotas known to the fleet", ""]
-        out += [
-            "Two workers; a workspace whose Retrieve quota binds (40/min, windows x 0.1); a fifth",
-            "of the transcript webhooks dropped (those jobs poll), a tenth of the create answers",
+        out += _listed(
+            "### 8. A burst with faults, quotas known to the fleet",
+            "Two workers; a workspace whose Retrieve quota binds (40/min, windows x 0.1); a fifth "
+            "of the transcript webhooks dropped (those jobs poll), a tenth of the create answers "
             "lost. What Recall refused (429):",
-            "",
-        ]
-        out += [f"- {k}: {v}" for k, v in results["faulty_burst"].items()]
-        out += [""]
+            results["faulty_burst"],
+        )
     if "backlog" in results:
         out += ["### 9. A backlog longer than a lease", ""]
         out += [
@@ -232,17 +231,21 @@ def render(results: dict[str, Any]) -> str:
         out += [f"- {k}: {v}" for k, v in results["failover"]["partition"].items()]
         out += [""]
     if "reconcile" in results:
-        out += ["### 13. A reconciliation backfill at Recall's quotas", ""]
-        out += [
-            "The fleet's first periodic run (two workers) walks three days of finished recordings",
-            "(each already transcribed at Recall, so it submits nothing) through List Recordings",
-            "at Recall's quotas, windows scaled; bursts of recordings go through the pipeline",
+        out += _listed(
+            "### 13. A reconciliation backfill at Recall's quotas",
+            "The fleet's first periodic run (two workers) walks three days of finished recordings "
+            "(each already transcribed at Recall, so it submits nothing) through List Recordings "
+            "at Recall's quotas, windows scaled; bursts of recordings go through the pipeline "
             "during the walk, and on the same fleet with reconciliation off:",
-            "",
-        ]
-        out += [f"- {k}: {v}" for k, v in results["reconcile"].items()]
-        out += [""]
+            results["reconcile"],
+        )
     return "\n".join(out)
+
+
+def _listed(title: str, intro: str, figures: dict[str, Any]) -> list[str]:
+    """A section of its title, a paragraph, and its figures one a line."""
+    lines = [f"- {k}: {v}" for k, v in figures.items()]
+    return [title, "", *textwrap.wrap(intro, 92), "", *lines, ""]
 
 
 def write_section(path: Path, text: str) -> None:
