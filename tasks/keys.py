@@ -4,6 +4,7 @@ Python builds keys from the functions here; the Lua scripts take whole keys as K
 one command walks many jobs (claim, prune), the prefixes below as arguments.
 
 rt:job:{id}                 hash: one job's record (tasks/jobs/record.py)
+rt:job:{id}:history         list: the job's events, oldest first (tasks/jobs/history.py)
 rt:jobs                     zset: every job id, by creation time
 rt:schema                   how the job hashes are written (JobStore.upgrade)
 rt:state:{state}            zset: the job ids in that state, by last change
@@ -83,11 +84,18 @@ METRIC_RECALL = f"{PREFIX}stats:recall_requests"
 METRIC_RATE_LIMITED = f"{PREFIX}stats:rate_limited_seconds"
 METRIC_RECONCILED = f"{PREFIX}stats:reconciled"
 METRIC_LAST_WEBHOOK = f"{PREFIX}stats:last_webhook"
+METRIC_JOB_DURATION = f"{PREFIX}stats:job_duration"
+METRIC_JOB_FAILURES = f"{PREFIX}stats:job_failures"
 KOMBU_UNACKED = "unacked"  # kombu's Redis transport default (`unacked_key`); we set no prefix
 
 
 def job(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
+
+
+def history(job_id: str) -> str:
+    """Named after the job's hash: jobs.lua reaches it from that key alone."""
+    return f"{job(job_id)}:history"
 
 
 def state(name: str) -> str:

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     JOB_RETENTION_S: float = Field(30 * 24 * 3600.0, gt=0)
     LOG_FORMAT: Literal["text", "json"] = "text"
     JOB_DEADLINE_S: float = Field(24 * 3600.0, gt=0)
+    JOB_HISTORY_MAX: int = Field(100, ge=1)  # the newest events kept in a job's history
     RECALL_DOWNLOAD_TIMEOUT_S: float = Field(300.0, gt=0)
     INBOX_MAX_DELIVERIES: int = Field(10, ge=1)
     METRICS_TOKEN: SecretStr | None = None

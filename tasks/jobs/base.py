@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from redis.client import Pipeline
 
 from tasks import keys, scripts
+from tasks.jobs import history
 from tasks.jobs.leases import Leases
 from tasks.jobs.states import TRANSITIONS, Transition, sources, target
 from tasks.replicas import replicated
@@ -50,8 +51,10 @@ class JobStoreBase:
         lease_s: float,
         deadline_s: float = 24 * 3600.0,
         min_replicas: int = 0,
+        history_max: int = 100,
     ) -> None:
         self.redis = client
+        self.history_max = history_max
         self.lease_s = lease_s
         self.deadline_s = deadline_s
         self.min_replicas = min_replicas
@@ -67,8 +70,9 @@ class JobStoreBase:
         client: redis.Redis | Pipeline | None = None,
     ) -> Any:
         job_key = keys.job(job_id) if job_id else ""
+        counters = [keys.METRIC_JOB_DURATION, keys.METRIC_JOB_FAILURES]
         return self._script(
-            keys=[keys.DUE, job_key, keys.OUTBOX, keys.UNUSED_TICKETS, *extra_keys],
+            keys=[keys.DUE, job_key, keys.OUTBOX, keys.UNUSED_TICKETS, *extra_keys, *counters],
             args=[command, keys.STATE_PREFIX, keys.JOB_PREFIX, job_id, *args],
             client=client,
         )
@@ -80,15 +84,18 @@ class JobStoreBase:
         *,
         due_in: Delay = "keep",
         replicas: int = 0,
+        met: tuple[str, str] | None = None,
         **fields: Any,
     ) -> bool:
-        """Apply a transition whose target is one phase (or none); False when refused. With
-        `replicas`, only once that many replicas confirmed it (else `NotReplicated`)."""
+        """Apply a transition whose target is one phase (or none), recording it in the job's
+        history with the error `met` (code, message); False when refused. With `replicas`,
+        only once that many replicas confirmed it (else `NotReplicated`)."""
         targets = TRANSITIONS[transition].target
         if len(targets) > 1:
             raise ValueError(f"{transition} has several targets: it has its own command")
         to = target(transition, next(iter(targets))) if targets else ["", ""]
-        args = [sources(transition), *to, _delay(due_in), fields_arg(fields)]
+        event = self._event(transition, *(met or ()))
+        args = [sources(transition), *to, _delay(due_in), fields_arg(fields), event]
         return self._confirmed("move", job_id, [], *args, replicas=replicas) is not None
 
     def _confirmed(
@@ -101,6 +108,10 @@ class JobStoreBase:
             replicas,
             lambda pipe: self._run(command, job_id, extra_keys, *args, client=pipe),
         )
+
+    def _event(self, event: str, code: str | None = None, message: str = "") -> str:
+        """A history argument of jobs.lua: `event` (a transition, or `submitted`) to record."""
+        return history.spec(self.history_max, event, code, message)
 
     def now(self) -> float:
         """Redis's clock: the one every time in the job store is on."""

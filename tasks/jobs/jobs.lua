@@ -8,15 +8,17 @@
 -- KEYS[1]  the due-set            KEYS[2]  the job's hash ('' for claim and prune)
 -- KEYS[3]  the outbox: `job id:attempt` of every job that finished, until its news is sent on
 -- KEYS[4]  quota tickets to give back: reserved for a step that will not run (tasks/recall/)
--- KEYS[5..] per command
+-- KEYS[5..] per command, then (last) the job-duration histogram and failures by code (metrics)
 -- ARGV[1]  command                ARGV[2]  state-set key prefix    ARGV[3]  job-hash key prefix
 -- ARGV[4]  job id                 ARGV[5..] per command, below. A target is two arguments: the
 -- state, then the phase. A delay is seconds from now; '' keeps the due time, 'never' leaves.
+-- A history is `MAX EVENT[ CODE MESSAGE]`: the event (tasks/jobs/history.py) to record.
 -- The state sets (prefix .. state) and, in claim and prune, the jobs walked are reached through
 -- the prefixes: one Redis primary is assumed.
 
 local due, job, outbox, unused = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local command, state_prefix, job_prefix, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local durations, failures = KEYS[#KEYS - 1], KEYS[#KEYS]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 
@@ -53,6 +55,34 @@ local function set_fields(json)
   end
 end
 
+-- A job finished: a failure's code, and at its first finish only the time since submission in its
+-- power-of-two bucket (`e` .. exponent, 'inf' past 2^17 s), into the fleet's counters.
+local function count_finish()
+  local f = redis.call('HMGET', job, 'state', 'attempts', 'created_at', 'workspace', 'error')
+  local workspace = f[4] or 'default'
+  local label = f[1] .. '|' .. workspace
+  if f[1] == 'failed' then
+    local code = cjson.decode(f[5] or '{}').code or 'internal'
+    redis.call('HINCRBY', failures, code .. '|' .. workspace, 1)
+  end
+  if f[2] ~= '1' or not f[3] then return end
+  local seconds, exponent = now - tonumber(f[3]), 0
+  while exponent <= 17 and 2 ^ exponent < seconds do exponent = exponent + 1 end
+  redis.call('HINCRBY', durations, label .. (exponent > 17 and '|inf' or '|e' .. exponent), 1)
+  redis.call('HINCRBYFLOAT', durations, label .. '|sum', seconds)
+end
+
+-- Append an event to the job's history, the list beside its hash, keeping the newest MAX.
+local function record(history, code, message)
+  local max, event, err = string.match(history, '^(%d+) (%S+) ?(.*)$')
+  local f = redis.call('HMGET', job, 'created_at', 'phase')
+  local line = math.floor((now - (tonumber(f[1]) or now)) * 1000) .. ' ' .. event .. ' ' .. f[2]
+  if code then err = code .. ' ' .. message end
+  if err ~= '' then line = line .. ' ' .. err end
+  redis.call('RPUSH', job .. ':history', line)
+  redis.call('LTRIM', job .. ':history', -tonumber(max), -1)
+end
+
 -- When the job is next looked at: `delay` seconds from now, never after its deadline.
 local function schedule(delay)
   if delay == nil or delay == '' then return end
@@ -60,6 +90,7 @@ local function schedule(delay)
     drop_ticket()
     redis.call('ZREM', due, id)
     redis.call('ZADD', outbox, now, id .. ':' .. redis.call('HGET', job, 'attempts'))
+    count_finish()
     return
   end
   local at = now + tonumber(delay)
@@ -85,9 +116,12 @@ local function fail(old, state, phase, error_json)
   enter(old, state, phase, 'never')
 end
 
-local function transcript_failed(sub_code)
-  return cjson.encode({code = 'transcript_failed', sub_code = sub_code,
-    message = 'Recall reported the transcript failed (sub_code: ' .. sub_code .. ')'})
+-- Fail the job as Recall reported its transcript failed, and record it with `history`.
+local function transcript_failed(old, state, phase, sub_code, history)
+  local message = 'Recall reported the transcript failed (sub_code: ' .. sub_code .. ')'
+  fail(old, state, phase, cjson.encode({code = 'transcript_failed', sub_code = sub_code,
+    message = message}))
+  record(history, 'transcript_failed', message)
 end
 
 -- True when a step message is provably gone: no worker holds it (kombu's unacked hash, by its
@@ -100,8 +134,8 @@ local function lost(seq, task_id, queue, unacked, consumed)
 end
 
 -- submit. KEYS[5] every job, KEYS[6] the recording's jobs, KEYS[7] the workspace's jobs.
--- ARGV[5] fields (JSON), ARGV[6] delay, ARGV[7] deadline (seconds), ARGV[8..9] target.
--- Returns 1 when created, 0 when it exists.
+-- ARGV[5] fields (JSON), ARGV[6] delay, ARGV[7] deadline (seconds), ARGV[8..9] target,
+-- ARGV[10] history. Returns 1 when created, 0 when it exists.
 if command == 'submit' then
   if redis.call('EXISTS', job) == 1 then return 0 end
   set_fields(ARGV[5])
@@ -110,24 +144,26 @@ if command == 'submit' then
   redis.call('SADD', KEYS[6], id)
   redis.call('ZADD', KEYS[7], now, id)
   enter(ARGV[8], ARGV[8], ARGV[9], ARGV[6])
+  record(ARGV[10])
   return 1
 end
 
 -- move: the plain transitions. ARGV[5] sources, ARGV[6..7] target ('' stays), ARGV[8] delay,
--- ARGV[9] fields (JSON). Returns the old state.
+-- ARGV[9] fields (JSON), ARGV[10] history. Returns the old state.
 if command == 'move' then
   local old = current_in(ARGV[5])
   if not old then return false end
   hdel(job, SCRATCH)
   set_fields(ARGV[9])
   if ARGV[6] ~= '' then enter(old, ARGV[6], ARGV[7], ARGV[8]) else schedule(ARGV[8]) end
+  record(ARGV[10])
   return old
 end
 
 -- created: the create call answered (or a listing found our transcript). KEYS[5] the transcript's
 -- owner key. ARGV[5] sources, ARGV[6] transcript id, ARGV[7] first poll (delay), ARGV[8] lease,
--- ARGV[9..10] awaiting, ARGV[11..12] fetching, ARGV[13..14] failed. Honours a transcript event
--- kept before the answer. Returns the new state.
+-- ARGV[9..10] awaiting, ARGV[11..12] fetching, ARGV[13..14] failed, ARGV[15] history. Honours a
+-- transcript event kept before the answer. Returns the new state.
 if command == 'created' then
   local old = current_in(ARGV[5])
   if not old then return false end
@@ -141,19 +177,22 @@ if command == 'created' then
              'remediations')
   if early[2] == transcript and early[1] == 'done' then
     enter(old, ARGV[11], ARGV[12], ARGV[8])
+    record(ARGV[15])
     return ARGV[11]
   end
   if early[2] == transcript and early[1] == 'failed' then
-    fail(old, ARGV[13], ARGV[14], transcript_failed(early[3]))
+    transcript_failed(old, ARGV[13], ARGV[14], early[3], ARGV[15])
     return ARGV[13]
   end
   enter(old, ARGV[9], ARGV[10], ARGV[7])
+  record(ARGV[15])
   return ARGV[9]
 end
 
 -- transcript: Recall says a transcript finished (webhook or poll). ARGV[5] sources when it is the
 -- job's transcript, ARGV[6] sources for keeping it until the create answer, ARGV[7] transcript
--- id, ARGV[8] 'done' or 'failed', ARGV[9] sub_code, ARGV[10] lease, ARGV[11..12] target.
+-- id, ARGV[8] 'done' or 'failed', ARGV[9] sub_code, ARGV[10] lease, ARGV[11..12] target,
+-- ARGV[13] history when it finishes, ARGV[14] when it is kept.
 -- Returns 'fetching', 'failed', 'kept' or 'ignored'.
 if command == 'transcript' then
   local transcript = ARGV[7]
@@ -162,24 +201,27 @@ if command == 'transcript' then
   if old and owned == transcript then
     if ARGV[8] == 'done' then
       enter(old, ARGV[11], ARGV[12], ARGV[10])
+      record(ARGV[13])
     else
-      fail(old, ARGV[11], ARGV[12], transcript_failed(ARGV[9]))
+      transcript_failed(old, ARGV[11], ARGV[12], ARGV[9], ARGV[13])
     end
     return ARGV[11]
   end
   if current_in(ARGV[6]) and (not owned or owned == transcript) then
     redis.call('HSET', job, EARLY[1], ARGV[8], EARLY[2], transcript, EARLY[3], ARGV[9])
+    record(ARGV[14])
     return 'kept'
   end
   return 'ignored'
 end
 
 -- archive: another job's remediation archived this finished job's transcript and will delete it
--- at Recall. ARGV[5] sources, ARGV[6] transcript id. Returns 1, or false (the job is active again:
--- the transcript must not be deleted).
+-- at Recall. ARGV[5] sources, ARGV[6] transcript id, ARGV[7] history. Returns 1, or false (the
+-- job is active again: the transcript must not be deleted).
 if command == 'archive' then
   if not current_in(ARGV[5]) then return false end
   redis.call('HSET', job, 'archived_transcript_id', ARGV[6], 'updated_at', now)
+  record(ARGV[7])
   return 1
 end
 
@@ -219,7 +261,8 @@ end
 -- archive when another job's remediation archived its transcript, else a known transcript is
 -- awaited (or fetched) again, else the create step runs, reconciling first if a create may have
 -- happened (create_pending and the create key are kept). ARGV[5] sources, ARGV[6..7] queued,
--- ARGV[8..9] awaiting, ARGV[10..11] done, ARGV[12] deadline (seconds). Returns the new phase.
+-- ARGV[8..9] awaiting, ARGV[10..11] done, ARGV[12] deadline (seconds), ARGV[13] history.
+-- Returns the new phase.
 if command == 'retry' then
   local old = current_in(ARGV[5])
   if not old then return false end
@@ -229,18 +272,17 @@ if command == 'retry' then
   redis.call('HINCRBY', job, 'attempts', 1)
   redis.call('HSET', job, 'polls', '0', 'deadline_at', now + tonumber(ARGV[12]))
   local archived = redis.call('HGET', job, 'archived_transcript_id')
+  local state, phase, delay = ARGV[6], ARGV[7], 0
   if archived then
     redis.call('HSET', job, 'transcript_id', archived)
-    enter(old, ARGV[10], ARGV[11], 'never')
-    return ARGV[11]
-  end
-  if redis.call('HEXISTS', job, 'transcript_id') == 1 then
+    state, phase, delay = ARGV[10], ARGV[11], 'never'
+  elseif redis.call('HEXISTS', job, 'transcript_id') == 1 then
     redis.call('HSET', job, 'transcript_created_at', now)  -- the wait for it starts again
-    enter(old, ARGV[8], ARGV[9], 0)
-    return ARGV[9]
+    state, phase = ARGV[8], ARGV[9]
   end
-  enter(old, ARGV[6], ARGV[7], 0)
-  return ARGV[7]
+  enter(old, state, phase, delay)
+  record(ARGV[13])
+  return phase
 end
 
 -- send: queue step messages, recording each on its job so that it is sent once. KEYS[5] the
@@ -289,7 +331,7 @@ end
 -- claim: the sweeper takes the due jobs, pushing each one lease ahead so one sweeper takes it.
 -- KEYS[5] the queue, KEYS[6] kombu's unacked hash, KEYS[7] the highest message number taken.
 -- ARGV[5] limit, ARGV[6] lease, ARGV[7] job-lock key prefix, ARGV[8] sources of a failure,
--- ARGV[9..10] failed, ARGV[11] the deadline's error (JSON).
+-- ARGV[9..10] failed, ARGV[11] the deadline's error (JSON), ARGV[12] its history.
 -- Returns {seconds until the next due job (-1: none), id, phase, recording, ...}: the jobs whose
 -- step must be sent. A finished or vanished job leaves the due-set; a job past its deadline
 -- fails; a job whose step still runs (its lock held, kept alive by a heartbeat) is looked at
@@ -311,6 +353,7 @@ if command == 'claim' then
       redis.call('ZADD', due, now + held / 1000, each)
     elseif f[4] and now >= tonumber(f[4]) then
       fail(f[1], ARGV[9], ARGV[10], ARGV[11])
+      record(ARGV[12])
     elseif f[5] and not lost(f[5], f[6], KEYS[5], KEYS[6], KEYS[7]) then
       redis.call('ZADD', due, now + lease, each)
     else
@@ -343,7 +386,7 @@ if command == 'prune' then
       if fields[2] and redis.call('GET', ARGV[8] .. fields[2]) == each then
         redis.call('DEL', ARGV[8] .. fields[2])
       end
-      redis.call('DEL', hash)
+      redis.call('DEL', hash, hash .. ':history')
       redis.call('ZREM', KEYS[5], each)
       redis.call('ZREM', set, each)
       redis.call('ZREM', due, each)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import cast
 
 from tasks import keys
+from tasks.jobs import history
 from tasks.jobs.base import JobStoreBase
 from tasks.jobs.record import JobRecord, decode
 from tasks.jobs.states import State
@@ -19,6 +20,16 @@ class Queries(JobStoreBase):
 
     def record(self, job_id: str) -> JobRecord | None:
         return decode(cast(dict[bytes, bytes], self.redis.hgetall(keys.job(job_id))))
+
+    def history(self, job_id: str) -> history.History | None:
+        """The job's events, oldest first; None when there is no such job."""
+        pipe = self.redis.pipeline()
+        pipe.hget(keys.job(job_id), "created_at")
+        pipe.lrange(keys.history(job_id), 0, -1)
+        created, lines = pipe.execute()
+        if created is None:
+            return None
+        return history.History(job_id=job_id, events=history.decode(float(created), lines))
 
     def owner_of(self, transcript_id: str) -> str | None:
         """The job that owns a transcript, if one of ours does."""

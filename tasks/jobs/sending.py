@@ -91,6 +91,7 @@ class Sending(JobStoreBase):
                 sources(Transition.FAIL),
                 *target(Transition.FAIL, FAILED),
                 json.dumps(deadline),
+                self._event(Transition.FAIL, deadline["code"], deadline["message"]),
             ),
         )
         head, rest = flat[0], cast(list[bytes], flat[1:])

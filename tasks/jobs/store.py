@@ -32,6 +32,8 @@ class StoreSettings(Protocol):
     def JOB_DEADLINE_S(self) -> float: ...
     @property
     def REDIS_MIN_REPLICAS(self) -> int: ...
+    @property
+    def JOB_HISTORY_MAX(self) -> int: ...
 
 
 class JobStore(Transitions, Sending, Queries, Maintenance):
@@ -40,5 +42,9 @@ class JobStore(Transitions, Sending, Queries, Maintenance):
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: StoreSettings) -> JobStore:
         return cls(
-            client, settings.JOB_STEP_LEASE_S, settings.JOB_DEADLINE_S, settings.REDIS_MIN_REPLICAS
+            client,
+            settings.JOB_STEP_LEASE_S,
+            settings.JOB_DEADLINE_S,
+            settings.REDIS_MIN_REPLICAS,
+            settings.JOB_HISTORY_MAX,
         )

@@ -11,6 +11,7 @@ from typing import Any, Literal, cast
 from tasks import keys
 from tasks.jobs.base import JobStoreBase, fields_arg
 from tasks.jobs.errors import ErrorCode
+from tasks.jobs.history import SUBMITTED
 from tasks.jobs.record import (
     ANONYMOUS,
     Destination,
@@ -80,6 +81,7 @@ class Transitions(JobStoreBase):
             self.lease_s,
             self.deadline_s,
             *[str(QUEUED.state), str(QUEUED)],
+            self._event(SUBMITTED),
             replicas=self.min_replicas,
         )
         return job_id, bool(created)
@@ -143,6 +145,7 @@ class Transitions(JobStoreBase):
             *target(transition, AWAITING),
             *target(transition, FETCHING),
             *target(transition, FAILED),
+            self._event(transition),
         )
         return State(cast(bytes, result).decode()) if result else None
 
@@ -163,6 +166,8 @@ class Transitions(JobStoreBase):
             sub_code or "unknown",
             self.lease_s,
             *target(finish, FETCHING if outcome == "done" else FAILED),
+            self._event(finish),
+            self._event(Transition.KEEP_EARLY_EVENT),
         )
         return cast(Literal["fetching", "failed", "kept", "ignored"], cast(bytes, result).decode())
 
@@ -189,12 +194,13 @@ class Transitions(JobStoreBase):
     ) -> bool:
         """The same step again after `delay_s`, counting one more failure of kind `code` (unless
         it was only a wait for quota); it keeps for that run the quota slot reserved for it and
-        the listing it had begun."""
+        the listing it had begun. The history shows the error, unless only quota was waited for."""
         failures = {**job.failures, code: job.failures.get(code, 0) + 1} if count else None
         return self._move(
             Transition.RETRY_LATER,
             job.id,
             due_in=delay_s,
+            met=(code, why) if count else None,
             failures=failures,
             last_error=why,
             quota_ticket=quota_ticket,
@@ -207,7 +213,7 @@ class Transitions(JobStoreBase):
     def fail(self, job_id: str, code: ErrorCode, message: str, **extra: Any) -> bool:
         """Fail an unfinished job with a readable error."""
         error = {"code": code, "message": message, **extra}
-        return self._move(Transition.FAIL, job_id, due_in="never", error=error)
+        return self._move(Transition.FAIL, job_id, due_in="never", met=(code, message), error=error)
 
     def record_archive(self, job_id: str, transcript_id: str) -> bool:
         """Another job's remediation archived this finished job's transcript, and deletes it at
@@ -216,7 +222,7 @@ class Transitions(JobStoreBase):
         the mark is on that many replicas first (else `NotReplicated`): a failover that forgot
         it would let a retry past Recall's replay window create a second transcript."""
         transition = Transition.RECORD_ARCHIVE
-        args = [sources(transition), transcript_id]
+        args = [sources(transition), transcript_id, self._event(transition)]
         return self._confirmed("archive", job_id, [], *args, replicas=self.min_replicas) is not None
 
     def add_callback(self, job_id: str, url: str, by: str) -> Added | None:
@@ -251,6 +257,7 @@ class Transitions(JobStoreBase):
             *target(transition, AWAITING),
             *target(transition, DONE),
             self.deadline_s,
+            self._event(transition),
         ]
         result = self._confirmed("retry", job_id, [], *args, replicas=self.min_replicas)
         return Phase.parse(cast(bytes, result).decode()) if result else None
