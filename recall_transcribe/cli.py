@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument(
         "--format", default="json", choices=("json", "text", "srt", "vtt"), help="transcript"
     )
+    jobs.add_argument("--json", action="store_true", help="show: the job and history as JSON")
 
     callbacks = sub.add_parser("callbacks", help="callbacks whose every attempt failed")
     callbacks.add_argument("action", choices=("retry",))
@@ -294,10 +295,15 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
     if args.action == "retry" and not dispatch.retry(args.job_id):
         print(f"job {args.job_id} is not a failed job", file=sys.stderr)
         return 1
-    shown = job_view(jobs, args.job_id)
-    if shown is None:
+    shown, history = job_view(jobs, args.job_id), jobs.history(args.job_id)
+    if shown is None or history is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
+    if args.action == "show":
+        from recall_transcribe.show import show
+
+        show(shown, history, args.json, sys.stdout)
+        return 0
     print(json.dumps(shown.model_dump(mode="json"), indent=2))
     return 0
 

@@ -21,6 +21,7 @@ from receiver.jobs_api import (
     json_value_schemas,
 )
 from tasks.formats import Format
+from tasks.jobs.history import History
 from tasks.jobs.views import Job
 from tasks.names import DEFAULT
 
@@ -83,6 +84,7 @@ def _schemas() -> dict[str, Any]:
         JobRequest,
         Job,
         JobPage,
+        History,
         ErrorBody,
         JobListQuery,
         TranscriptQuery,
@@ -287,6 +289,18 @@ def _document() -> dict[str, Any]:
                             }.items()
                         },
                     },
+                }
+            },
+            "/api/v1/jobs/{job_id}/history": {
+                "get": {
+                    "operationId": "getJobHistory",
+                    "summary": "every transition of the job, oldest first (the newest "
+                    "JOB_HISTORY_MAX kept): the state and step after it, and the error met",
+                    "security": BEARER,
+                    "parameters": job_id,
+                    "responses": _answers(
+                        ("200", History, "the job's history"), "401", "404", "503"
+                    ),
                 }
             },
             "/api/v1/jobs/{job_id}/retry": {

@@ -38,6 +38,10 @@ CALLBACK_OUTCOMES = ("delivered", "retried", "refused", "failed")
 RECONCILE_OUTCOMES = ("submitted", "known", "transcribed", "unfinished")
 WEBHOOK_MARK_EVERY_S = 1.0  # the last verified webhook's time is written at most this often
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# A job's duration falls in the least bucket 2^e s (e = 0..17: 1 s to 36 h) that holds it, the
+# field `e{e}` of its outcome and workspace (counted by tasks/jobs/jobs.lua), else `inf`.
+JOB_BUCKETS = (*((str(float(2**e)), f"e{e}") for e in range(18)), ("+Inf", "inf"))
+FINISHED = (State.DONE, State.FAILED)
 
 
 def labelled(*values: object) -> str:
@@ -136,12 +140,15 @@ class RedisCollector(Collector):
         pipe.hgetall(keys.METRIC_CALLBACKS)
         pipe.hgetall(keys.METRIC_RECONCILED)
         pipe.hgetall(keys.METRIC_LAST_WEBHOOK)
+        pipe.hgetall(keys.METRIC_JOB_DURATION)
+        pipe.hgetall(keys.METRIC_JOB_FAILURES)
         for step in Step:
             pipe.hgetall(keys.metric_step(step))
         answers = pipe.execute()
         states, rest = answers[: len(State)], answers[len(State) :]
         due, inbox, dead, webhooks, recall, limited, callbacks, reconciled, last_hook = rest[:9]
-        steps = rest[9:]
+        job_durations, job_failures = rest[9:11]
+        steps = rest[11:]
 
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state", labels=["state"])
         for state, count in zip(State, states, strict=True):
@@ -159,22 +166,18 @@ class RedisCollector(Collector):
         yield _by_outcome(
             "webhooks", "Webhooks received, by outcome and workspace", webhooks, WEBHOOK_OUTCOMES
         )
-        calls = CounterMetricFamily(
-            f"{PREFIX}_recall_requests",
+        yield _counter(
+            "recall_requests",
             "Calls to Recall's API, by endpoint family, HTTP status and workspace",
-            labels=["endpoint", "status", "workspace"],
+            ["endpoint", "status", "workspace"],
+            recall,
         )
-        for labels, count in sorted(_by_labels(recall, 3).items()):
-            calls.add_metric(list(labels), count)
-        yield calls
-        waited = CounterMetricFamily(
-            f"{PREFIX}_rate_limited_seconds",
+        yield _counter(
+            "rate_limited_seconds",
             "Seconds jobs waited for Recall's quota, by endpoint family and workspace",
-            labels=["endpoint", "workspace"],
+            ["endpoint", "workspace"],
+            limited,
         )
-        for labels, seconds in sorted(_by_labels(limited, 2).items()):
-            waited.add_metric(list(labels), seconds)
-        yield waited
         sent = CounterMetricFamily(
             f"{PREFIX}_callbacks",
             "Callback attempts, by outcome (retried: failed, another attempt to come; "
@@ -186,6 +189,7 @@ class RedisCollector(Collector):
             sent.add_metric([outcome], float(counted.get(outcome, 0)))
         yield sent
         yield from _reconciliation(reconciled, last_hook)
+        yield from _finished_jobs(job_durations, job_failures)
         durations = HistogramMetricFamily(
             f"{PREFIX}_step_duration_seconds", "How long each step ran", labels=["step"]
         )
@@ -197,6 +201,35 @@ class RedisCollector(Collector):
                 buckets.append((bound, float(cumulative)))
             durations.add_metric([step.value], buckets, float(fields.get("sum", 0)))
         yield durations
+
+
+def _finished_jobs(durations: object, failures: object) -> Iterator[Metric]:
+    """How long jobs took to their first outcome, and why jobs failed (each time one did)."""
+    histogram = HistogramMetricFamily(
+        f"{PREFIX}_job_duration_seconds",
+        "Seconds from a job's submission to its first finish (done or failed), by workspace and "
+        "outcome; a job retried after it failed is not counted again",
+        labels=["workspace", "outcome"],
+    )
+    counts = _decoded(durations)
+    workspaces = {field.split("|")[1] for field in counts} | {DEFAULT}
+    for workspace in sorted(workspaces):
+        for outcome in FINISHED:
+            label = f"{outcome}|{workspace}|"
+            cumulative, buckets = 0, []
+            for bound, field in JOB_BUCKETS:
+                cumulative += int(counts.get(label + field, 0))
+                buckets.append((bound, float(cumulative)))
+            histogram.add_metric(
+                [workspace, outcome.value], buckets, float(counts.get(label + "sum", 0))
+            )
+    yield histogram
+    yield _counter(
+        "job_failures",
+        "Jobs that failed, by error code and workspace (a retried job failing again counts again)",
+        ["code", "workspace"],
+        failures,
+    )
 
 
 def _reconciliation(reconciled: object, last_hook: object) -> Iterator[Metric]:
@@ -229,6 +262,14 @@ def _by_outcome(
     for workspace in sorted({labels[1] for labels in counts} | {DEFAULT}):
         for outcome in outcomes:
             family.add_metric([outcome, workspace], counts.get((outcome, workspace), 0.0))
+    return family
+
+
+def _counter(name: str, about: str, labels: list[str], raw: object) -> CounterMetricFamily:
+    """A counter by its labels, from a hash of label values (the workspace last)."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", about, labels=labels)
+    for values, count in sorted(_by_labels(raw, len(labels)).items()):
+        family.add_metric(list(values), count)
     return family
 
 

@@ -74,7 +74,7 @@ def test_enqueue_waits_for_the_transcript_and_jobs_shows_it(start_system: Any) -
     job_id = result.stdout.split()[1]
     listed = run(["jobs", "list"], system.env)
     assert job_id in listed.stdout and "done" in listed.stdout
-    shown = run(["jobs", "show", job_id], system.env)
+    shown = run(["jobs", "show", job_id, "--json"], system.env)
     assert '"state": "done"' in shown.stdout
     again = run(["enqueue", "cli-rec"], system.env)
     assert f"job {job_id} (already exists)" in again.stdout

@@ -1,0 +1,232 @@
+"""A job's history: every transition with the state and step after it and the error it met,
+written by the command that makes the transition, trimmed, pruned with its job, served over HTTP
+and printed by the CLI; and the time-to-transcript metric counted once per job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import redis
+import requests
+from prometheus_client.core import Metric
+
+from harness import API_TOKEN, EmulatorHandle, System, command, transcript_event, wait_for
+from tasks import keys
+from tasks.events import parse_event
+from tasks.jobs.errors import ErrorCode
+from tasks.jobs.history import Event
+from tasks.jobs.states import State, Step
+from tasks.jobs.store import JobStore
+from tasks.metrics import RedisCollector
+from tasks.outcomes import Outcome
+from tests.helpers import (
+    Harness,
+    job_whose_transcript_fails,
+    run,
+    start,
+    state,
+    wait_transcript_done,
+)
+
+PROVIDER = {"recallai_async": {"language_code": "en"}}
+
+
+def events(jobs: JobStore, job_id: str) -> list[Event]:
+    history = jobs.history(job_id)
+    assert history is not None
+    return history.events
+
+
+def timeline(jobs: JobStore, job_id: str) -> list[tuple[str, State, Step | None]]:
+    return [(e.event, e.state, e.step) for e in events(jobs, job_id)]
+
+
+def test_a_job_that_met_a_503_and_a_429_shows_both_retries_then_done(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id = start(harness, emulator)
+    emulator.fault(target="create", action="status", status=503)
+    assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    emulator.fault(target="create", action="status", status=429, retry_after=0.01)
+    assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
+    wait_transcript_done(emulator, "r1")
+    assert run(harness, Step.AWAIT, job_id) == Outcome.FETCH
+    harness.drain()
+    jobs = harness.pipeline.jobs
+    assert state(harness, job_id).state == State.DONE
+    shown = events(jobs, job_id)
+    assert [e.event for e in shown][:5] == [
+        "submitted",
+        "start_create",
+        "retry_later",
+        "start_create",
+        "retry_later",
+    ]
+    assert shown[2].error and shown[2].error.code == ErrorCode.RECALL_UNAVAILABLE
+    assert shown[4].error and shown[4].error.code == ErrorCode.RATE_LIMITED
+    assert (shown[-1].event, shown[-1].state, shown[-1].step) == ("finish", State.DONE, None)
+    assert "record_created" in [e.event for e in shown]
+    assert [e.at for e in shown] == sorted(e.at for e in shown)
+
+
+def test_a_failed_job_shows_the_error_it_failed_with(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    job_id, transcript_id = job_whose_transcript_fails(harness, emulator)
+    event = transcript_event(
+        "transcript.failed", "r1", transcript_id, {"job_id": job_id}, "provider_connection_failed"
+    )
+    harness.pipeline.ingest(parse_event(event))
+    last = events(harness.pipeline.jobs, job_id)[-1]
+    assert (last.event, last.state, last.step) == ("transcript_failed", State.FAILED, None)
+    assert last.error is not None and last.error.code == ErrorCode.TRANSCRIPT_FAILED
+    assert "provider_connection_failed" in last.error.message
+
+
+def test_after_every_transition_the_last_event_is_the_jobs_state(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, lease_s=30)
+    job_id, _ = jobs.submit("r1", PROVIDER)
+
+    def agrees() -> None:
+        job = jobs.record(job_id)
+        assert job is not None
+        last = events(jobs, job_id)[-1]
+        assert (last.state, last.step) == (job.state, job.step)
+
+    agrees()
+    assert jobs.start_create(_job(jobs, job_id), jobs.now())
+    agrees()
+    assert jobs.retry_later(_job(jobs, job_id), 0, ErrorCode.RECALL_UNAVAILABLE, "503")
+    agrees()
+    assert jobs.record_created(job_id, "t-1", 60) == State.AWAITING
+    agrees()
+    assert jobs.poll_later(_job(jobs, job_id), 60)
+    agrees()
+    assert jobs.fail(job_id, ErrorCode.TIMEOUT, "still processing")
+    agrees()
+    assert jobs.record_archive(job_id, "t-1")
+    agrees()
+    assert jobs.retry(job_id) is not None
+    agrees()
+    assert not jobs.finish(job_id)  # refused: nothing recorded
+    agrees()
+    assert timeline(jobs, job_id)[-3:] == [
+        ("fail", State.FAILED, None),
+        ("record_archive", State.FAILED, None),
+        ("retry", State.DONE, None),
+    ]
+
+
+def test_a_quota_wait_is_an_event_without_an_error(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, lease_s=30)
+    job_id, _ = jobs.submit("r1", PROVIDER)
+    jobs.retry_later(_job(jobs, job_id), 1, ErrorCode.RATE_LIMITED, "quota", count=False)
+    last = events(jobs, job_id)[-1]
+    assert last.event == "retry_later" and last.error is None
+
+
+def test_the_history_keeps_the_newest_job_history_max_events(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, lease_s=30, history_max=5)
+    job_id, _ = jobs.submit("r1", PROVIDER)
+    for n in range(8):
+        jobs.retry_later(_job(jobs, job_id), 0, ErrorCode.RECALL_UNAVAILABLE, f"try {n}")
+    kept = events(jobs, job_id)
+    assert len(kept) == 5 and rclient.llen(keys.history(job_id)) == 5
+    assert [e.error.message for e in kept if e.error] == [f"try {n}" for n in range(3, 8)]
+
+
+def test_prune_deletes_the_history_with_its_job(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, lease_s=30)
+    job_id, _ = jobs.submit("r1", PROVIDER)
+    assert jobs.fail(job_id, ErrorCode.INTERNAL, "boom")
+    assert rclient.exists(keys.history(job_id))
+    assert jobs.prune_finished(retention_s=0.0) == 1
+    assert not rclient.exists(keys.history(job_id)) and jobs.history(job_id) is None
+
+
+def test_a_job_past_its_deadline_shows_why_it_failed(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, lease_s=30, deadline_s=0.01)
+    job_id, _ = jobs.submit("r1", PROVIDER)
+    wait_for(lambda: jobs.claim_due()[0] == [] and not jobs.is_active(job_id), 5, what="failed")
+    last = events(jobs, job_id)[-1]
+    assert (last.event, last.state) == ("fail", State.FAILED)
+    assert last.error is not None and last.error.code == ErrorCode.DEADLINE_EXCEEDED
+
+
+def test_job_duration_counts_each_job_once_at_its_first_finish(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, lease_s=30)
+    done, _ = jobs.submit("r-done", PROVIDER)
+    failed, _ = jobs.submit("r-failed", PROVIDER)
+    jobs.start_create(_job(jobs, done), jobs.now())
+    jobs.record_created(done, "t-1", 60)
+    jobs.transcript_finished(done, "t-1", "done", None)
+    assert jobs.finish(done)
+    assert jobs.fail(failed, ErrorCode.RECALL_REJECTED, "no")
+    assert jobs.retry(failed) is not None
+    assert jobs.fail(failed, ErrorCode.RECALL_REJECTED, "no, again")  # not a first finish
+    scraped = {m.name: m for m in RedisCollector(rclient).collect()}
+    counts = _samples(scraped["recall_transcribe_job_duration_seconds"], "_count")
+    assert counts == {("default", "done"): 1.0, ("default", "failed"): 1.0}
+    one_second = _samples(scraped["recall_transcribe_job_duration_seconds"], "_bucket", le="1.0")
+    assert one_second == {("default", "done"): 1.0, ("default", "failed"): 1.0}
+    failures = _samples(scraped["recall_transcribe_job_failures"], "_total")
+    assert failures == {("recall_rejected", "default"): 2.0}
+
+
+def test_history_is_served_over_http_and_printed_by_the_cli(start_system: Any) -> None:
+    system: System = start_system()
+    system.emulator.recording("hist-rec")
+    system.emulator.fault(target="create", action="status", status=503)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    created = requests.post(
+        f"{system.receiver_url}/api/v1/jobs",
+        json={"recording_id": "hist-rec"},
+        headers=auth,
+        timeout=10,
+    )
+    job_id = created.json()["id"]
+    url = f"{system.receiver_url}/api/v1/jobs/{job_id}/history"
+    wait_for(
+        lambda: requests.get(url, headers=auth, timeout=10).json()["events"][-1]["state"] == "done",
+        60,
+        what="job done",
+    )
+    body = requests.get(url, headers=auth, timeout=10).json()
+    assert body["job_id"] == job_id and body["events"][0]["event"] == "submitted"
+    retried = [e for e in body["events"] if e["event"] == "retry_later"]
+    assert retried and retried[0]["error"]["code"] == "recall_unavailable"
+    assert set(body["events"][0]) == {"at", "event", "state", "step", "error"}
+    assert requests.get(url, timeout=10).status_code == 401
+    unknown = f"{system.receiver_url}/api/v1/jobs/00000000-0000-0000-0000-000000000000/history"
+    assert requests.get(unknown, headers=auth, timeout=10).status_code == 404
+
+    shown = _cli(["jobs", "show", job_id], system.env)
+    assert shown.returncode == 0, shown.stderr
+    rows = shown.stdout.splitlines()
+    assert any("retry_later" in row and "recall_unavailable" in row for row in rows)
+    assert rows[-1].split()[1:3] == ["finish", "done"]
+    as_json = json.loads(_cli(["jobs", "show", job_id, "--json"], system.env).stdout)
+    assert as_json["state"] == "done" and as_json["history"] == body["events"]
+
+
+def _job(jobs: JobStore, job_id: str) -> Any:
+    found = jobs.record(job_id)
+    assert found is not None
+    return found
+
+
+def _samples(metric: Metric, suffix: str, **match: str) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(v for k, v in s.labels.items() if k != "le"): s.value
+        for s in metric.samples
+        if s.name == metric.name + suffix
+        and all(s.labels.get(k) == v for k, v in match.items())
+        and s.value
+    }
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*command(), *args], env=env, capture_output=True, text=True, timeout=60)
