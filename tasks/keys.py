@@ -3,8 +3,8 @@
 Python builds keys from the functions here; the Lua scripts take whole keys as KEYS, and, where
 one command walks many jobs (claim, prune), the prefixes below as arguments.
 
-rt:job:{id}                 hash: one job's record (tasks/jobs/record.py)
-rt:job:{id}:history         list: the job's events, oldest first (tasks/jobs/history.py)
+rt:job:{id}                 hash: one job's record (tasks/jobs/record.py) and its history
+                            (the field `history`, tasks/jobs/history.py)
 rt:jobs                     zset: every job id, by creation time
 rt:schema                   how the job hashes are written (JobStore.upgrade)
 rt:state:{state}            zset: the job ids in that state, by last change
@@ -91,11 +91,6 @@ KOMBU_UNACKED = "unacked"  # kombu's Redis transport default (`unacked_key`); we
 
 def job(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
-
-
-def history(job_id: str) -> str:
-    """Named after the job's hash: jobs.lua reaches it from that key alone."""
-    return f"{job(job_id)}:history"
 
 
 def state(name: str) -> str:

@@ -1,18 +1,22 @@
 """A job's history: one event per transition, appended by the Lua command that makes it
 (tasks/jobs/jobs.lua), so the history never disagrees with the job's state.
 
-Kept compact because every finished job stays in Redis for JOB_RETENTION_S: a list beside the
-job's hash (`rt:job:{id}:history`, the newest JOB_HISTORY_MAX kept), one string per event,
-`MS EVENT PHASE[ CODE MESSAGE]`: milliseconds since the job's creation, the event's short code
-(below), the phase after it, and the error met, if any. A wait for our own quota is an event
-without an error (waiting for quota is not an error).
+Kept compact because every finished job stays in Redis for JOB_RETENTION_S: a field of the job's
+hash (`history`: no key of its own to pay for, gone with the hash), the newest JOB_HISTORY_MAX
+events, a line each, `MS EVENT PHASE[ CODE MESSAGE]`: milliseconds since the job's creation, the
+event's short code (below), the phase after it (each word's first letter: `cc` is
+creating:create, `f` failed), and the error met, if any. A finished job's five events stay under
+64 bytes, so its hash keeps Redis's compact encoding (`hash-max-listpack-value`). A wait for our
+own quota is an event without an error (waiting for quota is not an error).
 """
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel
 
-from tasks.jobs.states import Phase, State, Step, Transition
+from tasks.jobs.states import PHASES, State, Step, Transition
 from tasks.jobs.views import iso
 
 SUBMITTED = "submitted"
@@ -35,12 +39,14 @@ CODES: dict[str, str] = {
     Transition.RETRY: "r",
 }
 NAMES = {code: name for name, code in CODES.items()}
+SHORT_PHASES = {re.sub(r"([a-z])[a-z]*:?", r"\1", str(phase)): phase for phase in PHASES}
 
 
 def spec(limit: int, event: str, code: str | None = None, message: str = "") -> str:
-    """What a Lua command takes to record an event: `MAX EVENT[ CODE MESSAGE]`."""
+    """What a Lua command takes to record an event: `MAX EVENT[ CODE MESSAGE]` (a message on one
+    line: the history is a line per event)."""
     text = f"{limit} {CODES[event]}"
-    return f"{text} {code} {message[:MAX_MESSAGE]}" if code else text
+    return f"{text} {code} {' '.join(message[:MAX_MESSAGE].splitlines())}" if code else text
 
 
 class EventError(BaseModel):
@@ -68,7 +74,7 @@ def decode(created_at: float, lines: list[bytes]) -> list[Event]:
     events = []
     for line in lines:
         ms, event, phase, *error = line.decode().split(" ", 4)
-        state, step = Phase.parse(phase)
+        state, step = SHORT_PHASES[phase]
         events.append(
             Event(
                 at=iso(created_at + int(ms) / 1000) or "",

@@ -12,7 +12,7 @@
 -- ARGV[1]  command                ARGV[2]  state-set key prefix    ARGV[3]  job-hash key prefix
 -- ARGV[4]  job id                 ARGV[5..] per command, below. A target is two arguments: the
 -- state, then the phase. A delay is seconds from now; '' keeps the due time, 'never' leaves.
--- A history is `MAX EVENT[ CODE MESSAGE]`: the event (tasks/jobs/history.py) to record.
+-- A history is `MAX EVENT[ CODE MESSAGE]`, the event to record (tasks/jobs/history.py).
 -- The state sets (prefix .. state) and, in claim and prune, the jobs walked are reached through
 -- the prefixes: one Redis primary is assumed.
 
@@ -60,11 +60,8 @@ end
 local function count_finish()
   local f = redis.call('HMGET', job, 'state', 'attempts', 'created_at', 'workspace', 'error')
   local workspace = f[4] or 'default'
-  local label = f[1] .. '|' .. workspace
-  if f[1] == 'failed' then
-    local code = cjson.decode(f[5] or '{}').code or 'internal'
-    redis.call('HINCRBY', failures, code .. '|' .. workspace, 1)
-  end
+  local label, code = f[1] .. '|' .. workspace, cjson.decode(f[5] or '{}').code or 'internal'
+  if f[1] == 'failed' then redis.call('HINCRBY', failures, code .. '|' .. workspace, 1) end
   if f[2] ~= '1' or not f[3] then return end
   local seconds, exponent = now - tonumber(f[3]), 0
   while exponent <= 17 and 2 ^ exponent < seconds do exponent = exponent + 1 end
@@ -72,15 +69,17 @@ local function count_finish()
   redis.call('HINCRBYFLOAT', durations, label .. '|sum', seconds)
 end
 
--- Append an event to the job's history, the list beside its hash, keeping the newest MAX.
+-- Append an event to the job's history (a field, a line per event), keeping the newest MAX.
 local function record(history, code, message)
   local max, event, err = string.match(history, '^(%d+) (%S+) ?(.*)$')
-  local f = redis.call('HMGET', job, 'created_at', 'phase')
-  local line = math.floor((now - (tonumber(f[1]) or now)) * 1000) .. ' ' .. event .. ' ' .. f[2]
-  if code then err = code .. ' ' .. message end
+  local f = redis.call('HMGET', job, 'created_at', 'phase', 'history')
+  local phase = string.gsub(f[2], '(%a)%a*:?', '%1')  -- each word's first letter
+  local line = math.floor((now - (tonumber(f[1]) or now)) * 1000) .. ' ' .. event .. ' ' .. phase
+  if code then err = code .. ' ' .. string.gsub(message, '\n', ' ') end
   if err ~= '' then line = line .. ' ' .. err end
-  redis.call('RPUSH', job .. ':history', line)
-  redis.call('LTRIM', job .. ':history', -tonumber(max), -1)
+  local kept, count = string.gsub(f[3] and f[3] .. '\n' .. line or line, '\n', '\n')
+  for _ = tonumber(max), count do kept = string.sub(kept, string.find(kept, '\n', 1, true) + 1) end
+  redis.call('HSET', job, 'history', kept)
 end
 
 -- When the job is next looked at: `delay` seconds from now, never after its deadline.
@@ -386,7 +385,7 @@ if command == 'prune' then
       if fields[2] and redis.call('GET', ARGV[8] .. fields[2]) == each then
         redis.call('DEL', ARGV[8] .. fields[2])
       end
-      redis.call('DEL', hash, hash .. ':history')
+      redis.call('DEL', hash)
       redis.call('ZREM', KEYS[5], each)
       redis.call('ZREM', set, each)
       redis.call('ZREM', due, each)

@@ -53,8 +53,8 @@ class Maintenance(JobStoreBase):
         return upgraded
 
     def prune_finished(self, retention_s: float, limit: int = 500) -> int:
-        """Forget finished jobs older than `retention_s` (their records, histories and index
-        entries; the stored transcripts stay); returns how many."""
+        """Forget finished jobs older than `retention_s` (their records and index entries; the
+        stored transcripts stay); returns how many."""
         return int(
             self._run(
                 "prune",

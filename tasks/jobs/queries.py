@@ -23,13 +23,13 @@ class Queries(JobStoreBase):
 
     def history(self, job_id: str) -> history.History | None:
         """The job's events, oldest first; None when there is no such job."""
-        pipe = self.redis.pipeline()
-        pipe.hget(keys.job(job_id), "created_at")
-        pipe.lrange(keys.history(job_id), 0, -1)
-        created, lines = pipe.execute()
+        created, lines = cast(
+            list[bytes | None], self.redis.hmget(keys.job(job_id), "created_at", "history")
+        )
         if created is None:
             return None
-        return history.History(job_id=job_id, events=history.decode(float(created), lines))
+        events = history.decode(float(created), lines.split(b"\n") if lines else [])
+        return history.History(job_id=job_id, events=events)
 
     def owner_of(self, transcript_id: str) -> str | None:
         """The job that owns a transcript, if one of ours does."""
