@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tasks import keys
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State, Step
 from tasks.names import DEFAULT
 
@@ -224,11 +225,12 @@ def _finished_jobs(durations: object, failures: object) -> Iterator[Metric]:
                 [workspace, outcome.value], buckets, float(counts.get(label + "sum", 0))
             )
     yield histogram
-    yield _counter(
+    yield _by_outcome(
         "job_failures",
         "Jobs that failed, by error code and workspace (a retried job failing again counts again)",
-        ["code", "workspace"],
         failures,
+        tuple(ErrorCode),
+        label="code",
     )
 
 
@@ -254,10 +256,11 @@ def _reconciliation(reconciled: object, last_hook: object) -> Iterator[Metric]:
 
 
 def _by_outcome(
-    name: str, about: str, raw: object, outcomes: tuple[str, ...]
+    name: str, about: str, raw: object, outcomes: tuple[str, ...], label: str = "outcome"
 ) -> CounterMetricFamily:
-    """A counter by outcome and workspace, every outcome shown (0 until counted)."""
-    family = CounterMetricFamily(f"{PREFIX}_{name}", about, labels=["outcome", "workspace"])
+    """A counter by outcome (or another `label`) and workspace, every outcome shown (0 until
+    counted)."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", about, labels=[label, "workspace"])
     counts = _by_labels(raw, 2)
     for workspace in sorted({labels[1] for labels in counts} | {DEFAULT}):
         for outcome in outcomes:
