@@ -147,11 +147,16 @@ def snapshot(client: redis.Redis, job_id: str) -> tuple[object, ...]:
     return client.hgetall(keys.job(job_id)), due, sets
 
 
-def assert_consistent(client: redis.Redis, job: JobRecord) -> None:
-    """The job is in exactly the state set of its state, and in the due-set while active."""
+def assert_consistent(jobs: JobStore, job: JobRecord) -> None:
+    """The job is in exactly the state set of its state, in the due-set while active, and its
+    history's last event left it where it is."""
+    client = jobs.redis
     members = [s for s in State if client.zscore(keys.state(s), job.id) is not None]
     assert members == [job.state]
     assert (client.zscore(keys.DUE, job.id) is not None) == job.state.active
+    history = jobs.history(job.id)
+    assert history is not None
+    assert (history.events[-1].state, history.events[-1].step) == (job.state, job.step)
 
 
 def test_the_table_names_every_phase_and_every_transition_once() -> None:
@@ -176,16 +181,18 @@ def test_each_transition_from_each_phase_does_what_the_table_says(
 
     assert happened == expected(transition, phase)
     after = record(jobs, job_id)
-    assert_consistent(rclient, after)
+    assert_consistent(jobs, after)
     if happened is None:
         assert snapshot(rclient, job_id) == untouched, "a refused transition wrote something"
         return
+    history = jobs.history(job_id)
+    assert history is not None and history.events[-1].event == happened
     target = TRANSITIONS[happened].target
     assert after.phase in target if target else after.phase == phase
 
     # The same call again, late or duplicated: the table decides from the new phase.
     assert APPLY[transition](jobs, job_id) == expected(transition, after.phase)
-    assert_consistent(rclient, record(jobs, job_id))
+    assert_consistent(jobs, record(jobs, job_id))
 
 
 def test_submitting_the_same_key_twice_finds_the_same_job(jobs: JobStore) -> None:
