@@ -17,7 +17,7 @@ def show(job: Job, history: History, as_json: bool, out: TextIO) -> None:
         print(json.dumps({**job.model_dump(mode="json"), "history": events}, indent=2), file=out)
         return
     print(f"job         {job.id}  ({job.workspace})", file=out)
-    print(f"recording   {job.recording_id}", file=out)
+    print(f"recording   {job.recording_id}  (started by {job.source})", file=out)
     print(f"state       {job.state}  (attempt {job.attempts})", file=out)
     print(f"transcript  {job.transcript_id or '-'}", file=out)
     print(f"submitted   {job.created_at}", file=out)

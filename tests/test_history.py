@@ -208,6 +208,7 @@ def test_history_is_served_over_http_and_printed_by_the_cli(start_system: Any) -
     shown = _cli(["jobs", "show", job_id], system.env)
     assert shown.returncode == 0, shown.stderr
     rows = shown.stdout.splitlines()
+    assert "(started by api)" in shown.stdout
     assert any("retry_later" in row and "recall_unavailable" in row for row in rows)
     assert rows[-1].split()[1:3] == ["finish", "done"]
     as_json = json.loads(_cli(["jobs", "show", job_id, "--json"], system.env).stdout)
