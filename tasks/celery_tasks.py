@@ -32,10 +32,11 @@ FINISHING = (Outcome.PERSISTED, Outcome.FAILED)
 def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[], None]) -> None:
     """Register ingest, submit and one task per step on `app`. Messages a task sends are its
     children in Flower (root and parent ids), so a job's chain shows there. `finished` is told
-    when a task finished a job (its callbacks go out at once)."""
+    when a task finished a job (its callbacks go out at once). Not shared: Celery would hand a
+    shared task to every app made later in the process, bound to this app's pipeline."""
 
     # These two have no job in the due-set yet: if Redis stays away, requeue rather than ack.
-    @app.task(name=INGEST_TASK, bind=True)
+    @app.task(name=INGEST_TASK, bind=True, shared=False)
     def ingest_event(
         self: Task[Any, Any],
         event_json: str | dict[str, Any],
@@ -58,7 +59,7 @@ def register(app: Celery, pipeline: Pipeline, inbox: Inbox, finished: Callable[[
             finished()
         return str(result)
 
-    @app.task(name=SUBMIT_TASK, bind=True)
+    @app.task(name=SUBMIT_TASK, bind=True, shared=False)
     def submit_job(
         self: Task[Any, Any],
         recording_id: str,
@@ -103,7 +104,8 @@ def _register_step(
         return _shown(result, pipeline.jobs)
 
     run.__name__ = name.rsplit(".", 1)[-1]
-    app.task(name=name, bind=True, throws=(JobFailed,))(run)  # expected: logged without a trace
+    # JobFailed is expected: logged without a trace.
+    app.task(name=name, bind=True, shared=False, throws=(JobFailed,))(run)
 
 
 def _shown(result: Result, jobs: JobStore) -> str:
