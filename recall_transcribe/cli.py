@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from recall_transcribe.health import SERVICES
+from recall_transcribe.listing import list_jobs, moment
 from tasks.jobs.states import State
 from tasks.jobs.views import Source
 from tasks.limits import OverLimit
@@ -90,12 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--workspace", default=None, help="list: only this workspace's jobs")
     jobs.add_argument("--limit", type=int, default=20, help="list: rows per page")
     jobs.add_argument("--offset", type=int, default=0, help="list: rows to skip")
+    jobs.add_argument("--cursor", default=None, help="list: go on from a page's next cursor")
+    jobs.add_argument("--created-before", default=None, help="list: created before (ISO 8601)")
     jobs.add_argument("--failed", action="store_true", help="retry: every failed job that matches")
     jobs.add_argument(
-        "--code", default=None, help="retry --failed: only jobs failed with this code"
+        "--code", default=None, help="list, retry --failed: only jobs failed with this code"
     )
     jobs.add_argument(
-        "--created-after", default=None, help="retry --failed: only jobs created after (ISO 8601)"
+        "--created-after", default=None, help="list, retry --failed: created at or after (ISO)"
     )
     jobs.add_argument(
         "--format", default="json", choices=("json", "text", "srt", "vtt"), help="transcript"
@@ -284,7 +287,7 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
     dispatch = _dispatcher(load_settings())
     jobs = dispatch.jobs
     if args.action == "list":
-        return _list_jobs(jobs, args)
+        return list_jobs(jobs, args)
     if args.action == "retry" and args.failed:
         return _retry_failed(dispatch, args)
     if not args.job_id:
@@ -308,43 +311,8 @@ def _jobs(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def _list_jobs(jobs: JobStore, args: argparse.Namespace) -> int:
-    """A page of jobs under a header, and how to see the next page when there is one."""
-    state = State(args.state) if args.state else None
-    limit, offset = max(1, args.limit), max(0, args.offset)
-    page = jobs.page(
-        recording_id=args.recording_id,
-        state=state,
-        workspace=args.workspace,
-        offset=offset,
-        limit=limit + 1,
-    )
-    print(f"{'JOB':<36}  {'STATE':<9} {'RECORDING':<36}  {'TRANSCRIPT':<36}  ERROR")
-    for job in page[:limit]:
-        error = job.error.code if job.error else ""
-        print(
-            f"{job.id:<36}  {job.state:<9} {job.recording_id:<36}  "
-            f"{job.transcript_id or '-':<36}  {error}".rstrip()
-        )
-    if len(page) > limit:
-        print(f"(more: --offset {offset + limit})")
-    elif not page:
-        print("(no jobs)")
-    return 0
-
-
 def _retry_failed(dispatch: Dispatcher, args: argparse.Namespace) -> int:
-    from datetime import datetime
-
-    after = None
-    if args.created_after:
-        try:
-            when = datetime.fromisoformat(args.created_after)
-        except ValueError:
-            raise ConfigError(
-                f"--created-after: not an ISO 8601 time: {args.created_after}"
-            ) from None
-        after = (when if when.tzinfo else when.astimezone()).timestamp()
+    after = moment("--created-after", args.created_after)
     retried = dispatch.retry_failed(
         error_code=args.code, recording_id=args.recording_id, created_after=after
     )

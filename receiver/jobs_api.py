@@ -10,6 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
@@ -35,6 +36,7 @@ from tasks.callbacks.views import job_view, job_views
 from tasks.dispatch import Dispatcher
 from tasks.formats import CannotRender, Format, open_transcript
 from tasks.jobs.errors import ErrorCode
+from tasks.jobs.listing import CURSOR, Cursor, Filters
 from tasks.jobs.states import State
 from tasks.jobs.transitions import MAX_CALLBACKS_PER_CALLER
 from tasks.jobs.views import Job, Source
@@ -48,6 +50,7 @@ TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 KEY = r"^[^\x00-\x1f\x7f]+$"
 HEADER_KEY = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, as headers carry
 DIGITS = re.compile(r"[0-9]{1,9}")
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 MAX_KEY = 200
 WORKSPACE = f"^{NAME.pattern}$"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -164,20 +167,33 @@ class TranscriptQuery(BaseModel):
     format: Format = Format.JSON
 
 
+def _text_only(value: Any) -> Any:
+    """A date-time written out (pydantic would also read a number, or digits, as Unix time)."""
+    if not isinstance(value, str) or not ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
+def _on_the_clock(value: datetime) -> datetime:
+    value.timestamp()  # an overflow (year 1 east of UTC) is a ValueError too, so a 400
+    return value
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_text_only), AfterValidator(_on_the_clock)]
+
+
 class JobListQuery(BaseModel):
-    """Query of `GET /api/v1/jobs`."""
+    """Query of `GET /api/v1/jobs`: every filter is read from an index, any of them combined."""
 
     recording_id: str | None = Field(default=None, pattern=RECORDING_ID)
     state: State | None = None
     workspace: str | None = Field(default=None, pattern=WORKSPACE)
-    offset: int = Field(default=0, ge=0, le=999_999_999)
+    error_code: ErrorCode | None = None
+    created_after: Moment | None = Field(default=None, description="created at or after")
+    created_before: Moment | None = Field(default=None, description="created before")
+    cursor: str | None = Field(default=None, pattern=CURSOR, description="a page's next_cursor")
+    offset: int = Field(default=0, ge=0, le=999_999_999, description="matches to skip: use cursor")
     limit: int = Field(default=50, ge=1, le=500)
-
-
-def _text_only(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 date-time string")
-    return value
 
 
 class BulkRetry(BaseModel):
@@ -187,7 +203,7 @@ class BulkRetry(BaseModel):
     state: Literal["failed"]
     error_code: ErrorCode | None = None
     recording_id: str | None = Field(default=None, pattern=RECORDING_ID)
-    created_after: Annotated[AwareDatetime, BeforeValidator(_text_only)] | None = None
+    created_after: Moment | None = None
 
 
 class BulkRetried(BaseModel):
@@ -196,6 +212,7 @@ class BulkRetried(BaseModel):
 
 class JobPage(BaseModel):
     jobs: list[Job]
+    next_cursor: str | None = Field(description="the next page's cursor; null after the last")
     next_offset: int | None
 
 
@@ -337,16 +354,24 @@ def get_transcript(job_id: UUID) -> tuple[Response, int]:
 def list_jobs() -> tuple[Response, int]:
     query = _model(JobListQuery, _query(("offset", "limit")))
     store = _api().dispatch.jobs
-    records = store.page(
+    after, before = query.created_after, query.created_before
+    filters = Filters(
         recording_id=query.recording_id,
         state=query.state,
         workspace=query.workspace,
-        offset=query.offset,
-        limit=query.limit,
+        error_code=query.error_code,
+        created_after=after.timestamp() if after else None,
+        created_before=before.timestamp() if before else None,
     )
-    jobs = job_views(store, records)
-    next_offset = query.offset + query.limit if len(jobs) == query.limit else None
-    return jsonify(JobPage(jobs=jobs, next_offset=next_offset).model_dump(mode="json")), 200
+    cursor = Cursor.parse(query.cursor) if query.cursor else None
+    page = store.page(filters, cursor=cursor, offset=query.offset, limit=query.limit)
+    more = page.next_cursor is not None
+    answer = JobPage(
+        jobs=job_views(store, page.records),
+        next_cursor=str(page.next_cursor) if more else None,
+        next_offset=query.offset + query.limit if more and not cursor else None,
+    )
+    return jsonify(answer.model_dump(mode="json")), 200
 
 
 @bp.post("/jobs/retry")

@@ -6,9 +6,11 @@ one command walks many jobs (claim, prune), the prefixes below as arguments.
 rt:job:{id}                 hash: one job's record (tasks/jobs/record.py) and its history
                             (the field `history`, tasks/jobs/history.py)
 rt:jobs                     zset: every job id, by creation time
+rt:jobs:state:{state}       zset: the job ids in that state, by creation time (listings)
+rt:jobs:state:{state}:error:{code}  zset: the job ids in that state with that error, by creation
+rt:jobs:recording:{rid}     zset: the recording's job ids, by creation time
 rt:schema                   how the job hashes are written (JobStore.upgrade)
 rt:state:{state}            zset: the job ids in that state, by last change
-rt:recording:{rid}          set: the recording's job ids
 rt:recording:{rid}:version  counter: our creates and deletes on the recording that reached Recall
 rt:transcript:{tid}         string: the id of the job that owns a transcript
 rt:due                      zset: unfinished job ids, by when a worker must next look at them
@@ -54,6 +56,8 @@ JOB_PREFIX = f"{PREFIX}job:"
 STATE_PREFIX = f"{PREFIX}state:"
 LOCK_PREFIX = f"{PREFIX}lock:"
 RECORDING_PREFIX = f"{PREFIX}recording:"
+RECORDING_JOBS_PREFIX = f"{PREFIX}jobs:recording:"
+STATE_INDEX_PREFIX = f"{PREFIX}jobs:state:"
 OWNER_PREFIX = f"{PREFIX}transcript:"
 JOBS = f"{PREFIX}jobs"
 SCHEMA = f"{PREFIX}schema"
@@ -97,7 +101,21 @@ def state(name: str) -> str:
     return f"{STATE_PREFIX}{name}"
 
 
+def state_index(name: str) -> str:
+    return f"{STATE_INDEX_PREFIX}{name}"
+
+
+def error_index(state_name: str, code: str) -> str:
+    """Built in jobs.lua too, from STATE_INDEX_PREFIX (it indexes a job when it fails)."""
+    return f"{STATE_INDEX_PREFIX}{state_name}:error:{code}"
+
+
 def recording(recording_id: str) -> str:
+    return f"{RECORDING_JOBS_PREFIX}{recording_id}"
+
+
+def old_recording_set(recording_id: str) -> str:
+    """A recording's job ids as a set, as releases before schema 4 kept them (upgrade deletes)."""
     return f"{RECORDING_PREFIX}{recording_id}"
 
 

@@ -136,11 +136,15 @@ def test_jobs_list_pages_under_a_header_and_says_how_to_see_more(redis_url: str)
     env = {**os.environ, "REDIS_URL": redis_url}
     first = run(["jobs", "list", "--limit", "3"], env).stdout.splitlines()
     assert first[0].split() == ["JOB", "STATE", "RECORDING", "TRANSCRIPT", "ERROR"]
-    assert len(first) == 5 and first[-1] == "(more: --offset 3)"
-    rest = run(["jobs", "list", "--limit", "3", "--offset", "3"], env).stdout.splitlines()
+    assert len(first) == 5 and first[-1].startswith("(more: --cursor ")
+    cursor = first[-1].removeprefix("(more: --cursor ").rstrip(")")
+    rest = run(["jobs", "list", "--limit", "3", "--cursor", cursor], env).stdout.splitlines()
     assert len(rest) == 3 and "more" not in rest[-1]
     listed = {line.split()[0] for line in first[1:4] + rest[1:]}
     assert listed == set(made)
+    for bad in (["--cursor", "yesterday"], ["--created-before", "soon"], ["--code", "nope"]):
+        refused = run(["jobs", "list", *bad], env)
+        assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
 
 
 def test_health_says_whether_each_service_is_ready_in_one_line(start_system: Any) -> None:

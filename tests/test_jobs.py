@@ -148,11 +148,22 @@ def snapshot(client: redis.Redis, job_id: str) -> tuple[object, ...]:
 
 
 def assert_consistent(jobs: JobStore, job: JobRecord) -> None:
-    """The job is in exactly the state set of its state, in the due-set while active, and its
-    history's last event left it where it is."""
+    """The job is in exactly the state set and listing index of its state, in the error index of
+    its error only while failed, in the due-set while active, and its history's last event left
+    it where it is."""
     client = jobs.redis
     members = [s for s in State if client.zscore(keys.state(s), job.id) is not None]
     assert members == [job.state]
+    indexed = [s for s in State if client.zscore(keys.state_index(s), job.id) == job.created_at]
+    assert indexed == [job.state]
+    by_error = {
+        key.decode()
+        for code in ErrorCode
+        for key in client.keys(keys.error_index("*", code))
+        if client.zscore(key, job.id) is not None
+    }
+    expected = {keys.error_index(job.state, job.error.code)} if job.error else set()
+    assert by_error == expected and (not job.error or job.state == State.FAILED)
     assert (client.zscore(keys.DUE, job.id) is not None) == job.state.active
     history = jobs.history(job.id)
     assert history is not None

@@ -109,7 +109,7 @@ def _persist_all(harness: Harness) -> None:
 
 
 def _jobs_of(harness: Harness, recording_id: str) -> list[str]:
-    members = harness.redis.smembers(keys.recording(recording_id))
+    members = harness.redis.zrange(keys.recording(recording_id), 0, -1)
     return sorted(m.decode() for m in members)  # type: ignore[union-attr]
 
 

@@ -19,6 +19,7 @@ from recall_transcribe import cli
 from receiver.app import create_app
 from tasks import formats
 from tasks.formats import RENDER_MAX_BYTES, Format, render
+from tasks.jobs.listing import Filters
 from tasks.jobs.states import State, Step
 from tasks.settings import Settings
 from tests.helpers import Harness, reconfigure
@@ -57,7 +58,7 @@ def done_job(harness: Harness, emulator: EmulatorHandle, data: bytes | None = No
 
 
 def route(harness: Harness) -> str:
-    (job,) = harness.pipeline.jobs.page(recording_id="r1", state=None, offset=0, limit=1)
+    (job,) = harness.pipeline.jobs.page(Filters(recording_id="r1"), limit=1).records
     return f"/api/v1/jobs/{job.id}/transcript"
 
 
@@ -187,7 +188,7 @@ def test_jobs_transcript_prints_stored_json_with_nothing_a_terminal_runs(
     data = done_job(harness, emulator, hostile.encode())
     for name in ("REDIS_URL", "TRANSCRIPTS_STORE"):
         monkeypatch.setenv(name, str(getattr(settings, name)))
-    (job,) = harness.pipeline.jobs.page(recording_id="r1", state=None, offset=0, limit=1)
+    (job,) = harness.pipeline.jobs.page(Filters(recording_id="r1"), limit=1).records
     assert cli._transcript(harness.pipeline.jobs, job.id, "json") == 0
     shown = capsysbinary.readouterr().out
     assert data.read_bytes() == hostile.encode()

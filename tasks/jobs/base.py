@@ -21,6 +21,7 @@ from tasks.replicas import replicated
 
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 Delay = float | Literal["keep", "never"]
+_PREFIXES = f"{keys.STATE_PREFIX} {keys.STATE_INDEX_PREFIX}"  # jobs.lua's ARGV[2]
 
 
 def fields_arg(fields: dict[str, Any]) -> str:
@@ -73,7 +74,7 @@ class JobStoreBase:
         counters = [keys.METRIC_JOB_DURATION, keys.METRIC_JOB_FAILURES]
         return self._script(
             keys=[keys.DUE, job_key, keys.OUTBOX, keys.UNUSED_TICKETS, *extra_keys, *counters],
-            args=[command, keys.STATE_PREFIX, keys.JOB_PREFIX, job_id, *args],
+            args=[command, _PREFIXES, keys.JOB_PREFIX, job_id, *args],
             client=client,
         )
 

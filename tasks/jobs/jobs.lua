@@ -9,7 +9,9 @@
 -- KEYS[3]  the outbox: `job id:attempt` of every job that finished, until its news is sent on
 -- KEYS[4]  quota tickets to give back: reserved for a step that will not run (tasks/recall/)
 -- KEYS[5..] per command, then (last) the job-duration histogram and failures by code (metrics)
--- ARGV[1]  command                ARGV[2]  state-set key prefix    ARGV[3]  job-hash key prefix
+-- ARGV[1]  command    ARGV[2]  two key prefixes, space-separated: the state sets (by last change),
+-- then the listing indexes by state (by creation; `{prefix}{state}:error:{code}` holds the jobs
+-- in that state with that error)    ARGV[3]  job-hash key prefix
 -- ARGV[4]  job id                 ARGV[5..] per command, below. A target is two arguments: the
 -- state, then the phase. A delay is seconds from now; '' keeps the due time, 'never' leaves.
 -- A history is `MAX EVENT[ CODE MESSAGE]`, the event to record (tasks/jobs/history.py).
@@ -17,7 +19,8 @@
 -- the prefixes: one Redis primary is assumed.
 
 local due, job, outbox, unused = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local command, state_prefix, job_prefix, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local command, job_prefix, id = ARGV[1], ARGV[3], ARGV[4]
+local state_prefix, index_prefix = string.match(ARGV[2], '^(%S+) (%S+)$')
 local durations, failures = KEYS[#KEYS - 1], KEYS[#KEYS]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -98,15 +101,29 @@ local function schedule(delay)
   redis.call('ZADD', due, at, id)
 end
 
--- Enter a phase, moving the job between the state sets. A new phase is progress: the retry
--- budgets start again, and a step message still on its way is for the old phase (stale).
+-- The listing index of the job's error in `state` (nil without an error).
+local function error_index(state)
+  local error_json = redis.call('HGET', job, 'error')
+  if not error_json then return nil end
+  return index_prefix .. state .. ':error:' .. tostring(cjson.decode(error_json).code)
+end
+
+-- Enter a phase, moving the job between the state sets and listing indexes. A new phase is
+-- progress: the retry budgets start again, and a step message on its way is stale.
 local function enter(old, state, phase, delay)
   if phase ~= redis.call('HGET', job, 'phase') then
     redis.call('HDEL', job, 'failures', unpack(SENT))
   end
+  local by_error = error_index(old)
+  if by_error then redis.call('ZREM', by_error, id) end
   redis.call('HSET', job, 'state', state, 'phase', phase, 'updated_at', now)
   redis.call('ZREM', state_prefix .. old, id)
   redis.call('ZADD', state_prefix .. state, now, id)
+  local created = redis.call('HGET', job, 'created_at')
+  redis.call('ZREM', index_prefix .. old, id)
+  redis.call('ZADD', index_prefix .. state, created, id)
+  by_error = error_index(state)
+  if by_error then redis.call('ZADD', by_error, created, id) end
   schedule(delay)
 end
 
@@ -140,7 +157,7 @@ if command == 'submit' then
   set_fields(ARGV[5])
   redis.call('HSET', job, 'attempts', '1', 'created_at', now, 'deadline_at', now + tonumber(ARGV[7]))
   redis.call('ZADD', KEYS[5], now, id)
-  redis.call('SADD', KEYS[6], id)
+  redis.call('ZADD', KEYS[6], now, id)
   redis.call('ZADD', KEYS[7], now, id)
   enter(ARGV[8], ARGV[8], ARGV[9], ARGV[6])
   record(ARGV[10])
@@ -267,6 +284,8 @@ if command == 'retry' then
   if not old then return false end
   drop_ticket()
   hdel(job, SCRATCH)
+  local by_error = error_index(old)
+  if by_error then redis.call('ZREM', by_error, id) end
   redis.call('HDEL', job, 'error', 'failures', 'last_error', 'remediations')
   redis.call('HINCRBY', job, 'attempts', 1)
   redis.call('HSET', job, 'polls', '0', 'deadline_at', now + tonumber(ARGV[12]))
@@ -367,9 +386,30 @@ if command == 'claim' then
   return out
 end
 
+-- reindex: put jobs written before the listing indexes into them (JobStore.upgrade), and drop
+-- their recording's set of job ids as those releases kept it. ARGV[5] recording-index prefix,
+-- ARGV[6] old recording-set prefix, ARGV[7..] job ids. Returns how many were not indexed yet.
+if command == 'reindex' then
+  local indexed = 0
+  for i = 7, #ARGV do
+    id, job = ARGV[i], job_prefix .. ARGV[i]
+    local f = redis.call('HMGET', job, 'state', 'created_at', 'recording_id')
+    if f[1] and f[2] then
+      indexed = indexed + redis.call('ZADD', index_prefix .. f[1], f[2], id)
+      local by_error = error_index(f[1])
+      if by_error then redis.call('ZADD', by_error, f[2], id) end
+      if f[3] then
+        redis.call('ZADD', ARGV[5] .. f[3], f[2], id)
+        redis.call('DEL', ARGV[6] .. f[3])
+      end
+    end
+  end
+  return indexed
+end
+
 -- prune: finished jobs past their retention leave Redis with their index entries (the state
 -- sets are scored by when a job entered its state). KEYS[5] every job. ARGV[5] age (seconds),
--- ARGV[6] limit, ARGV[7] recording-set prefix, ARGV[8] transcript-owner prefix, ARGV[9]
+-- ARGV[6] limit, ARGV[7] recording-index prefix, ARGV[8] transcript-owner prefix, ARGV[9]
 -- workspace-set prefix, ARGV[10..] the finished states. Returns how many.
 if command == 'prune' then
   local pruned = 0
@@ -379,8 +419,12 @@ if command == 'prune' then
                            tonumber(ARGV[6]))
     for _, each in ipairs(ids) do
       local hash = job_prefix .. each
+      job = hash
+      local by_error = error_index(ARGV[i])
+      if by_error then redis.call('ZREM', by_error, each) end
+      redis.call('ZREM', index_prefix .. ARGV[i], each)
       local fields = redis.call('HMGET', hash, 'recording_id', 'transcript_id', 'workspace')
-      if fields[1] then redis.call('SREM', ARGV[7] .. fields[1], each) end
+      if fields[1] then redis.call('ZREM', ARGV[7] .. fields[1], each) end
       redis.call('ZREM', ARGV[9] .. (fields[3] or 'default'), each)
       if fields[2] and redis.call('GET', ARGV[8] .. fields[2]) == each then
         redis.call('DEL', ARGV[8] .. fields[2])

@@ -1,7 +1,7 @@
-"""Reading jobs: one record, every record in a state, a page of them as the jobs API and CLI list
-them, and what the steps ask in passing (who owns a transcript, whether a job is active, the
-recording's version). Records are what this returns; the views users see are made where jobs are
-shown (tasks/callbacks/views.py)."""
+"""Reading jobs: one record, every record in a state (pages of them: listing.py), and what the
+steps ask in passing (who owns a transcript, whether a job is active, the recording's version).
+Records are what this returns; the views users see are made where jobs are shown
+(tasks/callbacks/views.py)."""
 
 from __future__ import annotations
 
@@ -41,16 +41,9 @@ class Queries(JobStoreBase):
         return state is not None and State(cast(bytes, state).decode()).active
 
     def records(self, state: State, recording_id: str | None = None) -> Iterator[JobRecord]:
-        """Every job in `state` (of one recording), oldest change first, read in batches."""
-        if recording_id:
-            ids = sorted(
-                m.decode()
-                for m in cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
-            )
-        else:
-            ids = [
-                m.decode() for m in cast(list[bytes], self.redis.zrange(keys.state(state), 0, -1))
-            ]
+        """Every job in `state` (of one recording), oldest first, read in batches."""
+        key = keys.recording(recording_id) if recording_id else keys.state(state)
+        ids = [m.decode() for m in cast(list[bytes], self.redis.zrange(key, 0, -1))]
         for start in range(0, len(ids), 500):
             pipe = self.redis.pipeline()
             for job_id in ids[start : start + 500]:
@@ -59,48 +52,6 @@ class Queries(JobStoreBase):
                 record = decode(raw)
                 if record is not None and record.state == state:
                     yield record
-
-    def page(
-        self,
-        *,
-        recording_id: str | None = None,
-        state: State | None = None,
-        workspace: str | None = None,
-        offset: int = 0,
-        limit: int = 50,
-    ) -> list[JobRecord]:
-        """A page of jobs, newest first, filtered by recording, state and/or workspace."""
-        if recording_id:
-            members = cast(set[bytes], self.redis.smembers(keys.recording(recording_id)))
-            ids = [m.decode() for m in members]
-        elif workspace and state:  # a workspace's jobs, read whole to filter by state
-            ids = [
-                m.decode()
-                for m in cast(list[bytes], self.redis.zrange(keys.workspace(workspace), 0, -1))
-            ]
-        else:
-            key = (
-                keys.workspace(workspace)
-                if workspace
-                else keys.state(state)
-                if state
-                else keys.JOBS
-            )
-            window = cast(list[bytes], self.redis.zrevrange(key, offset, offset + limit - 1))
-            ids, offset = [m.decode() for m in window], 0
-        pipe = self.redis.pipeline()
-        for job_id in ids:
-            pipe.hgetall(keys.job(job_id))
-        records = [decode(raw) for raw in cast(list[dict[bytes, bytes]], pipe.execute())]
-        chosen = [
-            r
-            for r in records
-            if r
-            and (state is None or r.state == state)
-            and (workspace is None or r.workspace == workspace)
-        ]
-        chosen.sort(key=lambda record: record.created_at, reverse=True)
-        return chosen[offset : offset + limit]
 
     def recording_version(self, recording_id: str) -> int:
         """Counts our creates and deletes on the recording that reached Recall and may have

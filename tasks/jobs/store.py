@@ -7,8 +7,9 @@ sets and in the due-set. Times are Redis's clock. Key names: tasks/keys.py.
 
 `JobStore` is one object composed of its parts, each a mixin over `JobStoreBase` (the client and
 the script) in a file of its own: the transitions (`transitions.py`), sending steps and claiming
-due jobs (`sending.py`), reading jobs (`queries.py`) and keeping the store in shape
-(`maintenance.py`). Callers hold one store and see one API.
+due jobs (`sending.py`), reading jobs (`queries.py`), pages of them read from indexes
+(`listing.py`) and keeping the store in shape (`maintenance.py`). Callers hold one store and
+see one API.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 
 import redis
 
+from tasks.jobs.listing import Listing
 from tasks.jobs.maintenance import Maintenance
 from tasks.jobs.queries import Queries
 from tasks.jobs.sending import Sending
@@ -36,7 +38,7 @@ class StoreSettings(Protocol):
     def JOB_HISTORY_MAX(self) -> int: ...
 
 
-class JobStore(Transitions, Sending, Queries, Maintenance):
+class JobStore(Transitions, Sending, Queries, Listing, Maintenance):
     """Reads jobs and changes them, one method per transition of the table."""
 
     @classmethod

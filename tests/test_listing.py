@@ -1,0 +1,187 @@
+"""Listings read from indexes: every filter, alone and combined, equals a brute-force filter of
+the same jobs; cursors neither repeat nor skip while jobs come and go; a page's walk is bounded;
+jobs written before the indexes are upgraded into them."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from receiver.app import create_app
+from tasks import keys
+from tasks.jobs import listing
+from tasks.jobs.errors import ErrorCode
+from tasks.jobs.listing import Filters, Page
+from tasks.jobs.record import JobRecord, decode
+from tasks.jobs.states import State
+from tasks.jobs.store import JobStore
+from tasks.settings import Settings
+from tests.helpers import reconfigure
+
+PROVIDER = {"recallai_async": {}}
+CODES = (ErrorCode.LIMIT_REACHED, ErrorCode.TIMEOUT)
+AUTH = {"Authorization": "Bearer token-1"}
+
+
+@pytest.fixture
+def jobs(rclient: redis.Redis) -> JobStore:
+    return JobStore(rclient, lease_s=30)
+
+
+def populate(jobs: JobStore, count: int = 60) -> None:
+    """Jobs over three recordings and two workspaces, in every kind of state: queued,
+    creating, awaiting, done, failed with one of two codes, and failed then retried."""
+    for i in range(count):
+        job_id, _ = jobs.submit(
+            f"rec-{i % 3}", PROVIDER, workspace=f"ws-{i % 2}", idempotency_key=f"k-{i}"
+        )
+        kind = i % 6
+        if kind in (1, 2, 3):
+            jobs.start_create(cast(JobRecord, jobs.record(job_id)), time.time())
+        if kind in (2, 3):
+            jobs.record_created(job_id, f"t-{i}", 60)
+        if kind == 3:
+            jobs.transcript_finished(job_id, f"t-{i}", "done", None)
+            jobs.finish(job_id)
+        if kind in (4, 5):
+            jobs.fail(job_id, CODES[i % 2], "no")
+        if kind == 5 and i % 4 == 1:
+            jobs.retry(job_id)
+
+
+def everything(jobs: JobStore) -> list[JobRecord]:
+    ids = [m.decode() for m in cast(list[bytes], jobs.redis.zrange(keys.JOBS, 0, -1))]
+    found = [decode(cast(dict[bytes, bytes], jobs.redis.hgetall(keys.job(i)))) for i in ids]
+    return sorted((r for r in found if r), key=lambda r: (r.created_at, r.id), reverse=True)
+
+
+def walk(jobs: JobStore, filters: Filters, limit: int = 7) -> Iterator[Page]:
+    page = jobs.page(filters, limit=limit)
+    yield page
+    for _ in range(1000):
+        if page.next_cursor is None:
+            return
+        page = jobs.page(filters, cursor=page.next_cursor, limit=limit)
+        yield page
+
+
+def combinations(records: list[JobRecord]) -> Iterator[Filters]:
+    window = (records[len(records) * 2 // 3].created_at, records[len(records) // 3].created_at)
+    for recording, state, workspace, code, created in itertools.product(
+        (None, "rec-1"),
+        (None, State.FAILED, State.QUEUED, State.DONE),
+        (None, "ws-1"),
+        (None, CODES[0]),
+        (None, window),
+    ):
+        yield Filters(
+            recording_id=recording,
+            state=state,
+            workspace=workspace,
+            error_code=code,
+            created_after=created[0] if created else None,
+            created_before=created[1] if created else None,
+        )
+
+
+def test_every_filter_alone_and_combined_equals_a_brute_force_filter(jobs: JobStore) -> None:
+    populate(jobs)
+    records = everything(jobs)
+    assert {r.state for r in records} >= {State.QUEUED, State.AWAITING, State.DONE, State.FAILED}
+    for filters in combinations(records):
+        listed = [r.id for page in walk(jobs, filters) for r in page.records]
+        assert listed == [r.id for r in records if filters.keeps(r)], filters
+
+
+def test_offset_pages_as_before(jobs: JobStore) -> None:
+    populate(jobs, 20)
+    records = everything(jobs)
+    page = jobs.page(Filters(workspace="ws-0"), offset=3, limit=4)
+    assert [r.id for r in page.records] == [r.id for r in records if r.workspace == "ws-0"][3:7]
+
+
+def test_cursor_pages_neither_repeat_nor_skip_while_jobs_come_and_go(jobs: JobStore) -> None:
+    populate(jobs, 40)
+    present = {r.id for r in everything(jobs)}
+    listed: list[str] = []
+    added: list[str] = []
+    for page in walk(jobs, Filters(), limit=5):
+        listed += [r.id for r in page.records]
+        for _ in range(3):  # newer jobs, before and after the cursor's place in time
+            added.append(jobs.submit(f"new-{len(added)}", PROVIDER)[0])
+        for gone in sorted(present - set(listed))[:2]:  # ... and some leave (finished, pruned)
+            jobs.fail(gone, ErrorCode.TIMEOUT, "gone")
+        jobs.prune_finished(0)
+    assert len(listed) == len(set(listed))
+    throughout = {job_id for job_id in present if jobs.record(job_id) is not None}
+    assert len(throughout) > 10 and throughout <= set(listed)
+    assert not set(listed) & set(added)  # newer than the first page: a fresh listing shows them
+
+
+def test_a_page_reads_a_bounded_number_of_index_entries(
+    jobs: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listing, "CALL_READS", 30)
+    monkeypatch.setattr(listing, "PAGE_READS", 100)
+    rare, _ = jobs.submit("rec-rare", PROVIDER, workspace="ws-a")
+    jobs.fail(rare, ErrorCode.TIMEOUT, "the one")
+    for i in range(250):  # the same workspace queued, and failed jobs of another workspace
+        job_id, _ = jobs.submit(f"rec-{i}", PROVIDER, workspace="ws-a" if i % 2 else "ws-b")
+        if i % 2 == 0:
+            jobs.fail(job_id, ErrorCode.TIMEOUT, "no")
+    script, reads = jobs._pages, []
+
+    def counted(**kwargs: Any) -> Any:
+        answer = script(**kwargs)
+        reads.append(int(answer[0]))
+        return answer
+
+    jobs.__dict__["_pages"] = counted
+    filters, found, pages = Filters(state=State.FAILED, workspace="ws-a"), [], 0
+    for page in walk(jobs, filters, limit=10):
+        found += [r.id for r in page.records]
+        pages += 1
+    assert found == [rare] and pages >= 2  # the first page ended short, with a cursor
+    assert max(reads) <= 30 and sum(reads) <= 100 * pages
+
+
+def test_jobs_written_before_the_indexes_are_upgraded_into_them(jobs: JobStore) -> None:
+    populate(jobs, 30)
+    client = jobs.redis
+    indexes = cast(list[bytes], client.keys(f"{keys.STATE_INDEX_PREFIX}*"))
+    indexes += cast(list[bytes], client.keys(f"{keys.RECORDING_JOBS_PREFIX}*"))
+    client.delete(*indexes)
+    for record in everything(jobs):  # as schema 3 kept a recording's jobs
+        client.sadd(keys.old_recording_set(record.recording_id), record.id)
+    client.set(keys.SCHEMA, "3")
+    assert jobs.upgrade() == 30 and jobs.upgrade() == 0
+    assert not client.exists(*(keys.old_recording_set(f"rec-{i}") for i in range(3)))
+    records = everything(jobs)
+    for filters in itertools.islice(combinations(records), 0, None, 5):
+        listed = [r.id for page in walk(jobs, filters) for r in page.records]
+        assert listed == [r.id for r in records if filters.keeps(r)], filters
+
+
+def test_the_api_pages_by_cursor_and_refuses_bad_parameters_in_one_line(
+    settings: Settings, jobs: JobStore
+) -> None:
+    client: FlaskClient = create_app(reconfigure(settings, API_TOKENS="token-1")).test_client()
+    populate(jobs, 12)
+    expected = [r.id for r in everything(jobs) if r.error and r.error.code == CODES[0]]
+    first = client.get(f"/api/v1/jobs?error_code={CODES[0]}&limit=1", headers=AUTH).json
+    assert [j["id"] for j in first["jobs"]] == expected[:1] and first["next_cursor"]
+    rest = client.get(
+        f"/api/v1/jobs?error_code={CODES[0]}&cursor={first['next_cursor']}", headers=AUTH
+    ).json
+    assert [j["id"] for j in rest["jobs"]] == expected[1:] and rest["next_cursor"] is None
+    dated = client.get("/api/v1/jobs?created_after=2000-01-01T00:00:00Z", headers=AUTH).json
+    assert len(dated["jobs"]) == 12
+    for bad in ("cursor=yesterday", "created_after=2024-13-01", "created_before=today"):
+        answer = client.get(f"/api/v1/jobs?{bad}", headers=AUTH)
+        assert answer.status_code == 400 and "\n" not in answer.json["error"], bad
