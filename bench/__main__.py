@@ -16,7 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import callbacks, failover, ingest, limiter, pipeline, quotas, reconcile, workspaces
+from bench import (
+    callbacks,
+    failover,
+    footprint,
+    ingest,
+    limiter,
+    listing,
+    pipeline,
+    quotas,
+    reconcile,
+    workspaces,
+)
 from bench.report import render, write_section
 from harness import start_redis, system_env
 
@@ -40,6 +51,8 @@ SIZES = {
         "workspaces": (600, 1.0, 4),
         "failover_runs": 3,
         "backfill": (10000, 600, 2, 1 / 6),  # recordings, burst, bursts, quota windows x
+        "listings": ([500, 5000], 100),
+        "footprint": (100_000, 20_000),
     },
     "smoke": {
         "ingest_s": 1,
@@ -60,6 +73,8 @@ SIZES = {
         "workspaces": (20, 0.05, 2),
         "failover_runs": 1,
         "backfill": (200, 20, 1, 1 / 60),
+        "listings": ([50, 500], 3),
+        "footprint": (200, 50),
     },
 }
 BENCHES = (
@@ -76,6 +91,8 @@ BENCHES = (
     "workspaces",
     "failover",
     "reconcile",
+    "listings",
+    "footprint",
 )
 
 
@@ -87,10 +104,16 @@ def main() -> int:
         "--out", type=Path, default=None, help="report file (default BENCHMARKS.md)"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the receiver and a worker")
+    parser.add_argument(
+        "--listing-jobs", default=None, help="listings: job counts instead, e.g. 1000000"
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every process a benchmark started is stopped by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     size = SIZES["smoke" if args.smoke else "full"]
+    if args.listing_jobs:
+        counts = [int(count) for count in args.listing_jobs.split(",")]
+        size = {**size, "listings": (counts, 30)}
     chosen = [name for name in args.only.split(",") if name]
     unknown = set(chosen) - set(BENCHES)
     if unknown:
@@ -231,6 +254,14 @@ def _reconcile(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return reconcile.backfill(work, *size["backfill"])
 
 
+def _listings(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return listing.measure(work, *size["listings"])
+
+
+def _footprint(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return footprint.measure(work, *size["footprint"])
+
+
 RUNNERS = {
     "ingest": _ingest,
     "throughput": _throughput,
@@ -245,6 +276,8 @@ RUNNERS = {
     "workspaces": _workspaces,
     "failover": _failover,
     "reconcile": _reconcile,
+    "listings": _listings,
+    "footprint": _footprint,
 }
 
 if __name__ == "__main__":

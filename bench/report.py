@@ -239,6 +239,14 @@ def render(results: dict[str, Any]) -> str:
             "during the walk, and on the same fleet with reconciliation off:",
             results["reconcile"],
         )
+    if "listings" in results:
+        out += listings(results["listings"])
+    if "footprint" in results:
+        out += _listed(
+            "### 15. Redis bytes per finished job",
+            "The growth of used_memory while the job store's own transitions finish the jobs:",
+            results["footprint"],
+        )
     return "\n".join(out)
 
 
@@ -246,6 +254,40 @@ def _listed(title: str, intro: str, figures: dict[str, Any]) -> list[str]:
     """A section of its title, a paragraph, and its figures one a line."""
     lines = [f"- {k}: {v}" for k, v in figures.items()]
     return [title, "", *textwrap.wrap(intro, 92), "", *lines, ""]
+
+
+def listings(sizes: dict[str, Any]) -> list[str]:
+    """One row per filter combination, p50 / p99 per size, and the largest to smallest median."""
+    out = ["### 14. Listings at volume", ""]
+    out += [
+        "A 50-job page of `GET /api/v1/jobs` over HTTP (the first page, then by `next_cursor`),",
+        "for every combination of its filters; the jobs written straight into Redis:",
+        "",
+    ]
+    out += [
+        f"- {name}: filled in {row['fill (s)']} s, used_memory {row['used_memory (MB)']} MB"
+        for name, row in sizes.items()
+    ]
+    names = list(sizes)
+    header = " | ".join(f"{name} p50 / p99 ms" for name in names)
+    out += [
+        "",
+        "A cell: p50 / p99 ms (jobs on the page). The ratio compares medians of pages holding as",
+        f"many jobs as at {names[0]} (a page of a rare combination fills as the jobs grow; its",
+        'cost per job returned is the rendering, not the walk: "same page" figures).',
+        "",
+        f"| filters | {header} | p50 {names[-1]} / {names[0]}, same page |",
+    ]
+    out += ["|---" * (len(names) + 2) + "|"]
+    if len(names) == 1:  # one size: nothing to compare
+        out[-2], out[-1] = f"| filters | {header} |", "|---|---|"
+    for combination in sizes[names[0]]["pages"]:
+        rows = [sizes[name]["pages"][combination] for name in names]
+        cells = " | ".join(f"{r['p50 ms']} / {r['p99 ms']} ({r['jobs on a page']})" for r in rows)
+        last = rows[-1].get("same page p50 ms", rows[-1]["p50 ms"])
+        ratio = f" {round(last / rows[0]['p50 ms'], 2)} |" if len(names) > 1 else ""
+        out += [f"| {combination} | {cells} |{ratio}"]
+    return [*out, ""]
 
 
 def write_section(path: Path, text: str) -> None:
