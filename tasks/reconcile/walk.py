@@ -185,8 +185,8 @@ class Reconciliation:
         jobs = self.dispatch.jobs
         pipe = jobs.redis.pipeline(transaction=False)
         for recording in recordings:
-            pipe.smembers(keys.recording(recording.id))  # the recording's jobs (any source)
-        known = cast(list[set[bytes]], pipe.execute()) if recordings else []
+            pipe.zrange(keys.recording(recording.id), 0, -1)  # the recording's jobs (any source)
+        known = cast(list[list[bytes]], pipe.execute()) if recordings else []
         ours = self._submitted_since(recordings, known, since)
         now = jobs.now()
         out: Classified = []
@@ -206,7 +206,7 @@ class Reconciliation:
         return out
 
     def _submitted_since(
-        self, recordings: list[Recording], known: list[set[bytes]], since: float | None
+        self, recordings: list[Recording], known: list[list[bytes]], since: float | None
     ) -> set[str]:
         """The recordings with a job reconciliation created at or after `since`."""
         if since is None:
