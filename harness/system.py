@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 import requests
@@ -190,6 +190,15 @@ class System:
     def count(self, state: str) -> int:
         """How many jobs are in `state`, read from Redis's state index."""
         return int(self.redis.zcard(keys.state(state)))
+
+    def done_in(self, workspace: str) -> int:
+        """How many of `workspace`'s jobs are done, read from Redis's workspace index."""
+        client = self.redis
+        job_ids = cast(list[str], client.zrange(keys.workspace(workspace), 0, -1))
+        pipe = client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "state")
+        return sum(state == "done" for state in pipe.execute())
 
     def cpu(self) -> dict[str, float]:
         return {name: proc.cpu_seconds() for name, proc in self.processes.items()}
