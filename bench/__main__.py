@@ -16,7 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import callbacks, failover, ingest, limiter, pipeline, quotas, reconcile, workspaces
+from bench import (
+    callbacks,
+    failover,
+    ingest,
+    limiter,
+    pipeline,
+    quotas,
+    reconcile,
+    shares,
+    workspaces,
+)
 from bench.report import render, write_section
 from harness import start_redis, system_env
 
@@ -38,6 +48,7 @@ SIZES = {
         "callback_deliveries": 2000,
         "callback_down": (1000, 30.0),
         "workspaces": (600, 1.0, 4),
+        "shares": (100, 20),
         "failover_runs": 3,
         "backfill": (10000, 600, 2, 1 / 6),  # recordings, burst, bursts, quota windows x
     },
@@ -58,6 +69,7 @@ SIZES = {
         "callback_deliveries": 50,
         "callback_down": (20, 2.0),
         "workspaces": (20, 0.05, 2),
+        "shares": (10, 4),
         "failover_runs": 1,
         "backfill": (200, 20, 1, 1 / 60),
     },
@@ -74,6 +86,7 @@ BENCHES = (
     "backlog",
     "callbacks",
     "workspaces",
+    "shares",
     "failover",
     "reconcile",
 )
@@ -214,6 +227,10 @@ def _workspaces(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return workspaces.burst(work, *size["workspaces"])
 
 
+def _shares(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return shares.burst(work, *size["shares"])
+
+
 def _failover(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return failover.measure(work, size["failover_runs"])
 
@@ -243,6 +260,7 @@ RUNNERS = {
     "backlog": _backlog,
     "callbacks": _callbacks,
     "workspaces": _workspaces,
+    "shares": _shares,
     "failover": _failover,
     "reconcile": _reconcile,
 }

@@ -212,6 +212,10 @@ def render(results: dict[str, Any]) -> str:
             calls = ", ".join(f"{f} {n}" for f, n in row["calls per job"].items())
             out += [f"| {name} | {row['seconds']} | {calls} | {row['refused (429)']} |"]
         out += [""]
+    if "shares" in results:
+        out += ["### 11b. A workspace whose Recall hangs, beside a healthy burst", ""]
+        out += [f"- {k}: {v}" for k, v in results["shares"].items()]
+        out += [""]
     if "failover" in results:
         out += ["### 12. Redis failover mid-burst", ""]
         out += [

@@ -3,6 +3,7 @@ started and stopped together, and read as a user would (the jobs API) or as Redi
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -266,3 +267,9 @@ def start_system(
         system.stop()
         raise
     return system
+
+
+def another_workspace(name: str, port: int, api_key: str, secret: str) -> str:
+    """RECALL_WORKSPACES naming one more workspace, whose Recall is an emulator on `port`."""
+    base_url = f"http://127.0.0.1:{port}"
+    return json.dumps({name: {"api_key": api_key, "base_url": base_url, "webhook_secret": secret}})

@@ -114,6 +114,7 @@ class Pipeline(Remediation):
                 return self._defer(job)
             started = time.monotonic()
             result = self._outcome_of(step, job)
+            self.shares.ended(job.workspace, failed=result.outcome == Outcome.RETRY)
         if self.metrics is not None:
             self.metrics.step(step, time.monotonic() - started)
         extra = about(job, step=step, outcome=result.outcome, transcript_id=result.transcript_id)

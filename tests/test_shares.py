@@ -4,7 +4,6 @@ not run, not lost, not run twice, no attempt counted, its quota ticket kept."""
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,6 +18,7 @@ from harness import (
     OTHER_SECRET,
     EmulatorHandle,
     System,
+    another_workspace,
     deliver_recordings_done,
     free_port,
     wait_for,
@@ -53,34 +53,70 @@ def taken(shares: Shares, workspace: str, count: int, stack: ExitStack) -> int:
 # -- the cap ----------------------------------------------------------------------------------
 
 
-def test_a_workspace_alone_borrows_every_thread_but_one() -> None:
+def healthy(shares: Shares, *workspaces: str) -> Shares:
+    """Shares whose `workspaces` have had steps succeed (each may hold every thread)."""
+    for workspace in workspaces:
+        for _ in range(shares.threads):
+            shares.ended(workspace, failed=False)
+    return shares
+
+
+def test_a_workspace_alone_uses_every_thread_even_before_any_step_succeeded() -> None:
     shares = Shares(["us", "eu"], threads=8)
     with ExitStack() as stack:
+        assert taken(shares, "eu", 10, stack) == 8
+    assert taken(Shares(["us"], threads=4), "us", 10, ExitStack()) == 4
+
+
+def test_a_workspace_gets_its_share_back_from_one_that_borrowed_every_thread() -> None:
+    shares = healthy(Shares(["us", "eu"], threads=8), "us", "eu")
+    with ExitStack() as stack:
         assert shares.share == 4
-        assert taken(shares, "eu", 10, stack) == 7  # the spare stays free for a newcomer
-        assert taken(shares, "us", 1, stack) == 1
+        assert taken(shares, "eu", 10, stack) == 8
+        assert taken(shares, "us", 10, stack) == 4  # as eu's borrowed steps end
+    with ExitStack() as stack:
+        assert taken(shares, "eu", 10, stack) == 4  # us wants threads: its share is kept
 
 
 def test_a_workspace_holds_at_most_its_share_while_another_wants_threads() -> None:
     clock = Clock()
-    shares = Shares(["us", "eu"], threads=8, clock=clock)
+    shares = healthy(Shares(["us", "eu"], threads=8, clock=clock), "us", "eu")
     with ExitStack() as stack:
         assert taken(shares, "us", 1, stack) == 1
         assert taken(shares, "eu", 10, stack) == 4
-        assert taken(shares, "us", 10, stack) == 3  # its share, the other's threads untouched
-    with ExitStack() as stack:  # us has no step in flight, but asked lately: still contended
+        assert taken(shares, "us", 10, stack) == 3
+    with ExitStack() as stack:  # us has no step in flight, but asked lately: its share is kept
         assert taken(shares, "eu", 10, stack) == 4
         clock.now += QUIET_S + 1  # us quiet long enough: eu borrows
+        assert taken(shares, "eu", 10, stack) == 4
+        assert shares.running("eu") == 8
+
+
+def test_a_workspace_whose_steps_fail_holds_one_thread_until_they_succeed_again() -> None:
+    shares = healthy(Shares(["us", "eu"], threads=8), "us", "eu")
+    for _ in range(3):
+        shares.ended("eu", failed=True)  # 8, 4, 2, 1
+    with ExitStack() as stack:
+        assert taken(shares, "us", 1, stack) == 1
+        assert taken(shares, "eu", 10, stack) == 1
+        assert taken(shares, "us", 10, stack) == 6  # eu keeps no more than it may hold
+    for _ in range(2):
+        shares.ended("eu", failed=False)
+    with ExitStack() as stack:
         assert taken(shares, "eu", 10, stack) == 3
-        assert shares.running("eu") == 7
 
 
-def test_workspace_threads_sets_the_share_and_one_workspace_is_never_capped() -> None:
+def test_a_workspace_new_to_a_busy_worker_starts_with_one_thread() -> None:
+    shares = healthy(Shares(["us", "eu"], threads=8), "us")
+    with ExitStack() as stack:
+        assert taken(shares, "us", 1, stack) == 1
+        assert taken(shares, "eu", 10, stack) == 1  # until its steps succeed
+        assert taken(shares, "us", 10, stack) == 6  # eu keeps only the thread it may hold
+
+
+def test_workspace_threads_sets_the_share() -> None:
     assert Shares(["us", "eu", "ap"], threads=8, configured=2).share == 2
     assert Shares(["us", "eu", "ap"], threads=2).share == 1
-    alone = Shares(["us"], threads=4)
-    with ExitStack() as stack:
-        assert taken(alone, "us", 10, stack) == 4
 
 
 # -- deferral (real Redis, the steps run in-process) ---------------------------------------------
@@ -158,15 +194,10 @@ def test_a_hung_workspace_never_holds_more_than_its_share_while_another_bursts(
     of 100 recordings runs on two workers of 4 threads: the burst finishes, and eu never had
     more calls in flight than its share (2) per worker."""
     eu_port = free_port()
-    workspaces = {
-        "eu": {
-            "api_key": "eu-key",
-            "base_url": f"http://127.0.0.1:{eu_port}",
-            "webhook_secret": OTHER_SECRET,
-        }
-    }
     system: System = start_system(  # no reconciliation: its own thread, not a worker's
-        workers=0, RECALL_WORKSPACES=json.dumps(workspaces), RECONCILE_INTERVAL_S="0"
+        workers=0,
+        RECALL_WORKSPACES=another_workspace("eu", eu_port, "eu-key", OTHER_SECRET),
+        RECONCILE_INTERVAL_S="0",
     )
     for name in ("w1", "w2"):
         system.start_worker(name, concurrency=4)
