@@ -213,9 +213,12 @@ def render(results: dict[str, Any]) -> str:
             out += [f"| {name} | {row['seconds']} | {calls} | {row['refused (429)']} |"]
         out += [""]
     if "shares" in results:
-        out += ["### 11b. A workspace whose Recall hangs, beside a healthy burst", ""]
-        out += [f"- {k}: {v}" for k, v in results["shares"].items()]
-        out += [""]
+        out += _listed(
+            "### 11b. A workspace whose Recall hangs, beside a healthy burst",
+            "One workspace's burst alone (one workspace configured, then two), and again while "
+            "every call to the other workspace's Recall hangs until the client's timeout:",
+            results["shares"],
+        )
     if "failover" in results:
         out += ["### 12. Redis failover mid-burst", ""]
         out += [
