@@ -27,7 +27,7 @@ from tasks.store import Store
 
 log = logging.getLogger("tasks.pipeline")  # the pipeline's one log, whichever module writes
 
-DEFER_S = 1.0  # a step deferred for its workspace's share falls due again this much later
+DEFER_S = 1.0  # a step refused a thread (tasks/shares.py) falls due again this much later
 
 
 @dataclass
@@ -106,14 +106,16 @@ class Steps:
         return Result(Outcome.WAIT, job.id, detail=f"quota: in {wait:.1f}s")
 
     def _defer(self, job: JobRecord) -> Result:
-        """The job's workspace has its share of this process's threads and another workspace
-        wants them: the step is not run, and its job falls due again shortly. No transition:
+        """The job's workspace holds all the threads of this process it may (tasks/shares.py):
+        the step is not run, and its job falls due again shortly. No transition:
         no attempt counted, the quota ticket kept, nothing called; the message was consumed,
         so the sweeper sends a new one (tasks/jobs/sending.py), run under the job's lease."""
         self.jobs.nudge(job.id, DEFER_S)
         if self.metrics is not None:
             self.metrics.for_workspace(job.workspace).step_deferred()
-        return Result(Outcome.DEFERRED, job.id, detail=f"workspace {job.workspace} at its share")
+        return Result(
+            Outcome.DEFERRED, job.id, detail=f"workspace {job.workspace} holds its threads"
+        )
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
         """The same step after a backoff. Each kind of error has its own budget in a phase;
