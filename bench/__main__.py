@@ -26,6 +26,7 @@ from bench import (
     pipeline,
     quotas,
     reconcile,
+    shares,
     workspaces,
 )
 from bench.report import render, write_section
@@ -49,6 +50,7 @@ SIZES = {
         "callback_deliveries": 2000,
         "callback_down": (1000, 30.0),
         "workspaces": (600, 1.0, 4),
+        "shares": (100, 20),
         "failover_runs": 3,
         "backfill": (10000, 600, 2, 1 / 6),  # recordings, burst, bursts, quota windows x
         "listings": ([500, 5000], 100),
@@ -71,6 +73,7 @@ SIZES = {
         "callback_deliveries": 50,
         "callback_down": (20, 2.0),
         "workspaces": (20, 0.05, 2),
+        "shares": (10, 4),
         "failover_runs": 1,
         "backfill": (200, 20, 1, 1 / 60),
         "listings": ([50, 500], 3),
@@ -89,6 +92,7 @@ BENCHES = (
     "backlog",
     "callbacks",
     "workspaces",
+    "shares",
     "failover",
     "reconcile",
     "listings",
@@ -237,6 +241,10 @@ def _workspaces(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return workspaces.burst(work, *size["workspaces"])
 
 
+def _shares(work: Path, size: dict[str, Any], profile: bool) -> Any:
+    return shares.burst(work, *size["shares"])
+
+
 def _failover(work: Path, size: dict[str, Any], profile: bool) -> Any:
     return failover.measure(work, size["failover_runs"])
 
@@ -274,6 +282,7 @@ RUNNERS = {
     "backlog": _backlog,
     "callbacks": _callbacks,
     "workspaces": _workspaces,
+    "shares": _shares,
     "failover": _failover,
     "reconcile": _reconcile,
     "listings": _listings,

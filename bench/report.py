@@ -212,6 +212,13 @@ def render(results: dict[str, Any]) -> str:
             calls = ", ".join(f"{f} {n}" for f, n in row["calls per job"].items())
             out += [f"| {name} | {row['seconds']} | {calls} | {row['refused (429)']} |"]
         out += [""]
+    if "shares" in results:
+        out += _listed(
+            "### 11b. A workspace whose Recall hangs, beside a healthy burst",
+            "One workspace's burst alone (one workspace configured, then two), and again while "
+            "every call to the other workspace's Recall hangs until the client's timeout:",
+            results["shares"],
+        )
     if "failover" in results:
         out += ["### 12. Redis failover mid-burst", ""]
         out += [

@@ -8,7 +8,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from bench.pipeline import start_system
 from emulator.quotas import RECALL_QUOTAS, parse_quotas, scaled
@@ -81,7 +81,7 @@ def _run(workdir: Path, recordings: int, scale: float, count: int) -> dict[str, 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workspaces unfinished: {set(names) - set(finished)}")
             for name in names:
-                if name not in finished and _done(system, name) >= recordings:
+                if name not in finished and system.done_in(name) >= recordings:
                     finished[name] = time.monotonic() - started
             time.sleep(0.2)
         stats = {name: emulators[name].stats() for name in names}
@@ -114,14 +114,3 @@ def _emulator(system: System, name: str, port: int, secret: str, scale: float) -
     return system.start_emulator(
         *args, workspace=name, api_key=f"key-{name}", secret=secret, port=port
     )
-
-
-def _done(system: System, name: str) -> int:
-    from tasks import keys
-
-    client = system.redis
-    job_ids = cast(list[str], client.zrange(keys.workspace(name), 0, -1))
-    pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hget(keys.job(job_id), "state")
-    return sum(state == "done" for state in pipe.execute())

@@ -28,6 +28,7 @@ FAULT_ACTIONS = {
     "status",
     "latency",
     "reset",
+    "hang",
     "lose_response",
     "delay_response",
     "drop",

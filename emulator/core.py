@@ -4,6 +4,7 @@ scheduler and webhook sender, and what every endpoint needs (views, faults, webh
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 from typing import Any
@@ -24,6 +25,9 @@ from emulator.state import (
     iso,
 )
 from emulator.webhooks import WebhookSender
+
+HANG_MAX_S = 3600.0
+HANG_POLL_S = 0.05
 
 
 class Emulator:
@@ -66,6 +70,9 @@ class Emulator:
         if fault.action == "status":
             abort(error(fault.status, f"injected {fault.status}", fault.retry_after))
         if fault.action == "reset":  # the connection closes before any answer; nothing happened
+            abort(drop_connection())
+        if fault.action == "hang":  # a region that never answers: the client's timeout ends it
+            hang(fault, self.state)
             abort(drop_connection())
         return fault
 
@@ -181,6 +188,29 @@ def error(status: int, detail: str, retry_after: float | None = None) -> Respons
     if retry_after is not None:
         response.headers["Retry-After"] = str(int(retry_after) if retry_after >= 1 else retry_after)
     return response
+
+
+def hang(fault: Fault, state: EmulatorState) -> None:
+    """Answer nothing until the client goes away, the fault is cleared, or its `seconds` (when
+    set; an hour at most) have passed."""
+    sock = request.environ.get("werkzeug.socket")
+    deadline = time.monotonic() + (fault.seconds or HANG_MAX_S)
+    while time.monotonic() < deadline and fault in state.faults:
+        if sock is None:
+            time.sleep(HANG_POLL_S)
+        elif _closed(sock):
+            return
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the peer closed `sock`, waiting a little for it: the call counts as in flight
+    until then, so it ends as soon as its client leaves. What the client sent is read and
+    dropped (a body no one reads would hide the end of the stream), as no answer will come."""
+    readable, _, _ = select.select([sock], [], [], HANG_POLL_S)
+    try:
+        return bool(readable) and not sock.recv(65536)
+    except OSError:
+        return True
 
 
 def drop_connection() -> Response:

@@ -23,6 +23,17 @@ bp = Blueprint("recall_api", __name__, url_prefix="/api/v1")
 
 
 @bp.before_request
+def _arrived() -> None:
+    """Count the call in flight (first, so that `_left` always has one to take off)."""
+    emulator().state.call_began()
+
+
+@bp.teardown_request
+def _left(_: BaseException | None) -> None:
+    emulator().state.call_ended()
+
+
+@bp.before_request
 def _check_auth() -> None:
     """`Authorization: Token <key>` (the prefix optional); any key unless one is configured."""
     expected = emulator().config.api_key

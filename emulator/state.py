@@ -165,6 +165,7 @@ class EmulatorState:
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
         self.started = time.monotonic()
+        self.in_flight = 0  # API calls being answered now (a hung one until its client left)
         self.reset()
 
     def reset(self) -> None:
@@ -181,6 +182,7 @@ class EmulatorState:
             # a test tells an opening burst from refusals that go on.
             self.throttled_at: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
             self.created_by_recording: Counter[str] = Counter()
+            self.peak_in_flight = self.in_flight  # calls still being answered stay counted
 
     # -- recordings and transcripts -------------------------------------------------------------
 
@@ -291,6 +293,15 @@ class EmulatorState:
             started = self.idempotency.get(scope, (time.time(), None, None))[0]
             self.idempotency[scope] = (started, status, body)
 
+    def call_began(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def call_ended(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
     # -- faults ---------------------------------------------------------------------------------
 
     def add_fault(self, spec: dict[str, Any]) -> Fault:
@@ -336,6 +347,8 @@ class EmulatorState:
                 "transcripts_by_status": dict(statuses),
                 "recordings": len(self.recordings),
                 "recordings_by_status": dict(recordings),
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
             }
 
 

@@ -11,7 +11,15 @@ from harness.processes import (
     start_redis,
     wait_for,
 )
-from harness.system import API_KEY, API_TOKEN, EmulatorHandle, System, start_system, system_env
+from harness.system import (
+    API_KEY,
+    API_TOKEN,
+    EmulatorHandle,
+    System,
+    another_workspace,
+    start_system,
+    system_env,
+)
 from harness.webhooks import (
     OTHER_SECRET,
     SECRET,
@@ -32,6 +40,7 @@ __all__ = [
     "EmulatorHandle",
     "Process",
     "System",
+    "another_workspace",
     "command",
     "deliver_recordings_done",
     "free_port",

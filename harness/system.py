@@ -3,11 +3,12 @@ started and stopped together, and read as a user would (the jobs API) or as Redi
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 import requests
@@ -191,6 +192,15 @@ class System:
         """How many jobs are in `state`, read from Redis's state index."""
         return int(self.redis.zcard(keys.state(state)))
 
+    def done_in(self, workspace: str) -> int:
+        """How many of `workspace`'s jobs are done, read from Redis's workspace index."""
+        client = self.redis
+        job_ids = cast(list[str], client.zrange(keys.workspace(workspace), 0, -1))
+        pipe = client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "state")
+        return sum(state == "done" for state in pipe.execute())
+
     def cpu(self) -> dict[str, float]:
         return {name: proc.cpu_seconds() for name, proc in self.processes.items()}
 
@@ -257,3 +267,9 @@ def start_system(
         system.stop()
         raise
     return system
+
+
+def another_workspace(name: str, port: int, api_key: str, secret: str) -> str:
+    """RECALL_WORKSPACES naming one more workspace, whose Recall is an emulator on `port`."""
+    base_url = f"http://127.0.0.1:{port}"
+    return json.dumps({name: {"api_key": api_key, "base_url": base_url, "webhook_secret": secret}})

@@ -90,6 +90,7 @@ METRIC_RECONCILED = f"{PREFIX}stats:reconciled"
 METRIC_LAST_WEBHOOK = f"{PREFIX}stats:last_webhook"
 METRIC_JOB_DURATION = f"{PREFIX}stats:job_duration"
 METRIC_JOB_FAILURES = f"{PREFIX}stats:job_failures"
+METRIC_STEPS = f"{PREFIX}stats:steps"
 KOMBU_UNACKED = "unacked"  # kombu's Redis transport default (`unacked_key`); we set no prefix
 
 

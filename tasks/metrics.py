@@ -37,6 +37,7 @@ WEBHOOK_OUTCOMES = (
 )
 CALLBACK_OUTCOMES = ("delivered", "retried", "refused", "failed")
 RECONCILE_OUTCOMES = ("submitted", "known", "transcribed", "unfinished")
+STEP_OUTCOMES = ("deferred",)
 WEBHOOK_MARK_EVERY_S = 1.0  # the last verified webhook's time is written at most this often
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # A job's duration falls in the least bucket 2^e s (e = 0..17: 1 s to 36 h) that holds it, the
@@ -88,6 +89,11 @@ class Metrics:
         """Recordings reconciliation classified (tasks/reconcile/)."""
         field = labelled(outcome, self.workspace)
         self._add(lambda pipe: pipe.hincrby(keys.METRIC_RECONCILED, field, count))
+
+    def step_deferred(self) -> None:
+        """A step not run: its workspace had its share of a worker's threads (tasks/shares.py)."""
+        field = labelled("deferred", self.workspace)
+        self._add(lambda pipe: pipe.hincrby(keys.METRIC_STEPS, field, 1))
 
     def webhook_verified(self) -> None:
         """A webhook with a good signature came: its time, to the second (written at most once
@@ -143,13 +149,14 @@ class RedisCollector(Collector):
         pipe.hgetall(keys.METRIC_LAST_WEBHOOK)
         pipe.hgetall(keys.METRIC_JOB_DURATION)
         pipe.hgetall(keys.METRIC_JOB_FAILURES)
+        pipe.hgetall(keys.METRIC_STEPS)
         for step in Step:
             pipe.hgetall(keys.metric_step(step))
         answers = pipe.execute()
         states, rest = answers[: len(State)], answers[len(State) :]
         due, inbox, dead, webhooks, recall, limited, callbacks, reconciled, last_hook = rest[:9]
-        job_durations, job_failures = rest[9:11]
-        steps = rest[11:]
+        job_durations, job_failures, outcomes = rest[9:12]
+        steps = rest[12:]
 
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state", labels=["state"])
         for state, count in zip(State, states, strict=True):
@@ -191,6 +198,13 @@ class RedisCollector(Collector):
         yield sent
         yield from _reconciliation(reconciled, last_hook)
         yield from _finished_jobs(job_durations, job_failures)
+        yield _by_outcome(
+            "steps",
+            "Steps by outcome and workspace (deferred: not run, the workspace had its share of "
+            "a worker's threads)",
+            outcomes,
+            STEP_OUTCOMES,
+        )
         durations = HistogramMetricFamily(
             f"{PREFIX}_step_duration_seconds", "How long each step ran", labels=["step"]
         )

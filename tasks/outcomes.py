@@ -15,6 +15,7 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # not ours, not handled, or the job is past it
     KEPT = "kept"  # a transcript event before the create answer, kept for the create step
     BUSY = "busy"  # another step of the job holds it: looked at again within a second
+    DEFERRED = "deferred"  # its workspace has its share of the threads: looked at again soon
     STALE = "stale"  # the job no longer calls for this step (a late or duplicated message)
     CREATED = "created"  # the transcript was created or adopted
     REMEDIATE = "remediate"  # the recording is at the limit: remediation is next

@@ -109,8 +109,12 @@ class Pipeline(Remediation):
         job = self.jobs.record(job_id)
         if job is None or job.step != step:
             return Result(Outcome.STALE, job_id)
-        started = time.monotonic()
-        result = self._outcome_of(step, job)
+        with self.shares.slot(job.workspace) as granted:
+            if not granted:
+                return self._defer(job)
+            started = time.monotonic()
+            result = self._outcome_of(step, job)
+            self.shares.ended(job.workspace, failed=result.outcome == Outcome.RETRY)
         if self.metrics is not None:
             self.metrics.step(step, time.monotonic() - started)
         extra = about(job, step=step, outcome=result.outcome, transcript_id=result.transcript_id)

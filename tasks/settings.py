@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     CALLBACK_RETRY_SCHEDULE_S: str = "0,5,300,1800,7200,18000,36000,36000"  # Svix's
     CALLBACK_TIMEOUT_S: float = Field(10.0, gt=0)
     CALLBACK_THREADS: int = Field(32, ge=1)
+    WORKSPACE_THREADS: int = Field(0, ge=0)  # a workspace's share of a worker's threads; 0: fair
     CALLBACK_PER_DESTINATION: int = Field(4, ge=1)
     CALLBACK_PER_CLIENT: int = Field(8, ge=1)
 

@@ -22,9 +22,12 @@ from tasks.recall.limiter import Quota
 from tasks.recall.models import Transcript
 from tasks.retry import compute_backoff
 from tasks.settings import Settings
+from tasks.shares import Shares
 from tasks.store import Store
 
 log = logging.getLogger("tasks.pipeline")  # the pipeline's one log, whichever module writes
+
+DEFER_S = 1.0  # a step refused a thread (tasks/shares.py) falls due again this much later
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Steps:
         store: Store,
         dispatch: Dispatcher,
         metrics: Metrics | None = None,
+        shares: Shares | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -56,6 +60,7 @@ class Steps:
         self.store = store
         self.dispatch = dispatch
         self.metrics = metrics
+        self.shares = shares or Shares(recalls, threads=1 << 16)  # outside a worker: no cap
 
     def _created(self, job: JobRecord, transcript_id: str) -> Result:
         state = self.jobs.record_created(job.id, transcript_id, self.settings.RECALL_POLL_INITIAL_S)
@@ -99,6 +104,18 @@ class Steps:
             count=False,
         )
         return Result(Outcome.WAIT, job.id, detail=f"quota: in {wait:.1f}s")
+
+    def _defer(self, job: JobRecord) -> Result:
+        """The job's workspace holds all the threads of this process it may (tasks/shares.py):
+        the step is not run, and its job falls due again shortly. No transition:
+        no attempt counted, the quota ticket kept, nothing called; the message was consumed,
+        so the sweeper sends a new one (tasks/jobs/sending.py), run under the job's lease."""
+        self.jobs.nudge(job.id, DEFER_S)
+        if self.metrics is not None:
+            self.metrics.for_workspace(job.workspace).step_deferred()
+        return Result(
+            Outcome.DEFERRED, job.id, detail=f"workspace {job.workspace} holds its threads"
+        )
 
     def _retry_later(self, job: JobRecord, exc: RetryableError) -> Result:
         """The same step after a backoff. Each kind of error has its own budget in a phase;

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
 from emulator.config import EmulatorConfig
@@ -194,3 +196,15 @@ def serve_connections(
 def reconfigure(settings: Any, **changes: Any) -> Any:
     """A validated copy of `settings` with some values changed."""
     return load_settings(**{**dict(settings), **changes})
+
+
+def by_workspace(receiver_url: str, name: str, **labels: str) -> dict[str, float]:
+    """The samples of metric `name` with `labels` that the receiver's /metrics shows, by
+    workspace."""
+    text = requests.get(f"{receiver_url}/metrics", timeout=5).text
+    return {
+        sample.labels["workspace"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    }

@@ -13,7 +13,6 @@ import redis
 import requests
 from celery import Celery
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness import (
     OTHER_SECRET,
@@ -36,6 +35,7 @@ from tasks.settings import ConfigError, Settings, load_settings
 from tests.helpers import (
     QUICK_EMULATOR,
     Harness,
+    by_workspace,
     queued_events,
     reconfigure,
     run,
@@ -319,15 +319,12 @@ def test_jobs_of_two_workspaces_each_call_their_own_recall_through_every_step(
         "eu-celery",
         "eu-full",
     ]
-    metrics = requests.get(f"{system.receiver_url}/metrics", timeout=5).text
-    creates = {
-        sample.labels["workspace"]: sample.value
-        for family in text_string_to_metric_families(metrics)
-        for sample in family.samples
-        if sample.name == "recall_transcribe_recall_requests_total"
-        and sample.labels["endpoint"] == "create"
-        and sample.labels["status"] == "201"
-    }
+    creates = by_workspace(
+        system.receiver_url,
+        "recall_transcribe_recall_requests_total",
+        endpoint="create",
+        status="201",
+    )
     assert creates == {"default": 3, "eu": 5}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.app.amqp import AMQP
 from kombu import Connection, Queue
 
@@ -23,6 +23,7 @@ from tasks.pipeline import Pipeline
 from tasks.recalls import recall_clients
 from tasks.reconcile import Periodic, reconciliations
 from tasks.settings import Settings
+from tasks.shares import Shares
 from tasks.store import open_store
 from worker.deliveries import DeliveryPool
 from worker.sweeper import Sweep, sweeper_step
@@ -101,7 +102,8 @@ def create_worker_app(settings: Settings) -> Celery:
     metrics = Metrics(client)
     limiters, recalls = recall_clients(settings, client, metrics)
     store = open_store(settings.TRANSCRIPTS_STORE, settings.S3_ENDPOINT_URL)
-    pipeline = Pipeline(settings, jobs, recalls, store, dispatch, metrics)
+    shares = Shares(recalls, app.conf.worker_concurrency, settings.WORKSPACE_THREADS)
+    pipeline = Pipeline(settings, jobs, recalls, store, dispatch, metrics, shares)
     deliveries = Deliveries.from_settings(client, settings)
     outbox = Outbox(
         jobs, deliveries, settings.callback_urls, settings.CALLBACK_TASK, settings.CALLBACK_QUEUE
@@ -124,4 +126,17 @@ def create_worker_app(settings: Settings) -> Celery:
         )
     celery_tasks.register(app, pipeline, inbox, sweep.wake)
     app.steps["worker"].add(sweeper_step(sweep))
+    app.steps["worker"].add(shares_step(shares))
     return app
+
+
+def shares_step(shares: Shares) -> type[bootsteps.Step]:
+    """A bootstep telling `shares` the worker's concurrency (`--concurrency` reaches the worker,
+    not the app's configuration)."""
+
+    class SharesStep(bootsteps.Step):
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            shares.threads = worker.concurrency
+
+    return SharesStep
