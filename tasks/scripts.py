@@ -11,10 +11,12 @@ import redis
 from redis.commands.core import Script
 
 
-def register(client: redis.Redis, module: str, name: str) -> Script:
-    """The script `name` from the package of `module` (the caller's `__name__`), ready to run
-    on `client`."""
-    return client.register_script(_read(module.rpartition(".")[0], name))
+def register(client: redis.Redis, module: str, *names: str) -> Script:
+    """The script from the package of `module` (the caller's `__name__`), ready to run on
+    `client`: the file `names`, or several joined in that order (one script too long to read at
+    once, split by concern: each part stays small, and the whole still runs atomically)."""
+    package = module.rpartition(".")[0]
+    return client.register_script("\n".join(_read(package, name) for name in names))
 
 
 @cache

@@ -1,7 +1,8 @@
-"""What every part of the job store stands on: the Redis client, the jobs.lua script (one atomic
-command per transition of tasks/jobs/states.py), Redis's clock and the leases of running steps.
-The store's parts (transitions, sending, queries, maintenance) are mixins over this base, composed
-into one `JobStore` (tasks/jobs/store.py) as redis-py composes `Redis` from its command mixins."""
+"""What every part of the job store stands on: the Redis client, the jobs script (jobs.lua and its
+parts: one atomic command per transition of tasks/jobs/states.py), Redis's clock and the leases
+of running steps. The store's parts (transitions, sending, queries, maintenance) are mixins over
+this base, composed into one `JobStore` (tasks/jobs/store.py) as redis-py composes `Redis` from
+its command mixins."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from tasks.replicas import replicated
 
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 Delay = float | Literal["keep", "never"]
+# The jobs script, in the order its parts are joined (jobs.lua says what each holds).
+SCRIPT = ("jobs.lua", "transitions.lua", "sending.lua", "maintenance.lua")
 _PREFIXES = f"{keys.STATE_PREFIX} {keys.STATE_INDEX_PREFIX}"  # jobs.lua's ARGV[2]
 
 
@@ -60,7 +63,7 @@ class JobStoreBase:
         self.deadline_s = deadline_s
         self.min_replicas = min_replicas
         self.leases = Leases(client, lease_s)
-        self._script = scripts.register(client, __name__, "jobs.lua")
+        self._script = scripts.register(client, __name__, *SCRIPT)
 
     def _run(
         self,
