@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from receiver import history_api, jobs_api, webhooks
+from receiver import jobs_api, webhooks
 from receiver.auth import bearer_is_one_of
 from receiver.openapi import openapi_document
 from tasks.callbacks.guard import Guard
@@ -56,7 +56,6 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["metrics"] = Metrics(client)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(jobs_api.bp)
-    app.register_blueprint(history_api.bp)
     document = openapi_document(list(workspaces), callbacks=guard is not None)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(client))

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from receiver.jobs_api import (
+from receiver.schemas import (
     HEADER_KEY,
     JSON_VALUE_MARKER,
     JSON_VALUE_REF,

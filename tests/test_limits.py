@@ -13,7 +13,7 @@ from celery.exceptions import Reject
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
-from receiver.jobs_api import MAX_BODY_BYTES
+from receiver.schemas import MAX_BODY_BYTES
 from tasks import keys
 from tasks.callbacks.deliveries import Deliveries
 from tasks.callbacks.outbox import Outbox
