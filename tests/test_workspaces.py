@@ -27,6 +27,7 @@ from harness import (
 )
 from receiver.app import create_app
 from tasks.events import parse_event
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State, Step
 from tasks.names import EVENTS_QUEUE
 from tasks.outcomes import Outcome
@@ -228,6 +229,22 @@ def test_a_step_of_a_workspace_this_worker_lacks_waits_for_a_worker_that_has_it(
     assert state(harness, job_id).state == State.QUEUED
     harness.pipeline.recalls["eu"] = harness.pipeline.recalls["default"]  # now it has eu
     assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
+
+
+def test_a_wait_for_a_missing_workspace_never_fails_a_job_whose_retry_budget_is_spent(
+    harness: Harness, emulator: EmulatorHandle, settings: Settings
+) -> None:
+    """A wait spends no budget, even when errors of the same kind spent it in this phase: the
+    job waits for a worker that has its workspace instead of failing."""
+    harness.pipeline.settings = reconfigure(settings, MAX_STEP_RETRIES=1)
+    emulator.recording("r2")
+    job_id = harness.submit("r2", {"recallai_async": {}}, workspace="eu")
+    spent = harness.pipeline.jobs.record(job_id)
+    assert spent is not None
+    harness.pipeline.jobs.retry_later(spent, 0, ErrorCode.INTERNAL, "a disk was full")
+    assert state(harness, job_id).failures == {ErrorCode.INTERNAL: 1}  # the budget is spent
+    assert run(harness, Step.CREATE, job_id) == Outcome.RETRY
+    assert state(harness, job_id).state == State.QUEUED
 
 
 def test_a_transcript_event_from_another_workspace_never_moves_a_job(
