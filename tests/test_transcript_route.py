@@ -15,7 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from harness import EmulatorHandle, wait_for
-from recall_transcribe import cli
+from recall_transcribe import jobs as jobs_commands
 from receiver.app import create_app
 from tasks import formats
 from tasks.formats import RENDER_MAX_BYTES, Format, render
@@ -189,7 +189,7 @@ def test_jobs_transcript_prints_stored_json_with_nothing_a_terminal_runs(
     for name in ("REDIS_URL", "TRANSCRIPTS_STORE"):
         monkeypatch.setenv(name, str(getattr(settings, name)))
     (job,) = harness.pipeline.jobs.page(Filters(recording_id="r1"), limit=1).records
-    assert cli._transcript(harness.pipeline.jobs, job.id, "json") == 0
+    assert jobs_commands._transcript(harness.pipeline.jobs, job.id, "json") == 0
     shown = capsysbinary.readouterr().out
     assert data.read_bytes() == hostile.encode()
     assert not [c for c in shown.decode() if unicodedata.category(c) == "Cc" or c == "\u202e"]
