@@ -2,9 +2,27 @@
 
 -- submit. KEYS[5] every job, KEYS[6] the recording's jobs, KEYS[7] the workspace's jobs.
 -- ARGV[5] fields (JSON), ARGV[6] delay, ARGV[7] deadline (seconds), ARGV[8..9] target,
--- ARGV[10] history. Returns 1 when created, 0 when it exists.
+-- ARGV[10] history, ARGV[11] the jobs of the recording that stand for this one ('' none,
+-- 'automatic' a webhook or reconcile job, 'any' any job) in the same workspace. Returns 1 when
+-- created, 0 when it exists, or the id of the recording's job that stands for it.
 if command == 'submit' then
   if redis.call('EXISTS', job) == 1 then return 0 end
+  if ARGV[11] ~= '' then
+    local workspace = cjson.decode(ARGV[5]).workspace
+    for _, other in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+      local f = redis.call('HMGET', job_prefix .. other, 'state', 'workspace', 'source', 'metadata')
+      local source = f[3]
+      if not source and f[4] then  -- a record from before `source` was kept: its metadata's
+        local metadata = cjson.decode(f[4])
+        source = type(metadata) == 'table' and metadata.source or nil
+        if source == 'recording.done' then source = 'webhook' end
+      end
+      if f[1] and (f[2] or 'default') == workspace
+          and (ARGV[11] == 'any' or source == 'webhook' or source == 'reconcile') then
+        return other
+      end
+    end
+  end
   set_fields(ARGV[5])
   redis.call('HSET', job, 'attempts', '1', 'created_at', now, 'deadline_at', now + tonumber(ARGV[7]))
   redis.call('ZADD', KEYS[5], now, id)

@@ -43,6 +43,17 @@ MAX_CALLBACKS_PER_CALLER = 3
 Added = Literal["added", "known", "full"]
 
 
+def _standing_in(source: Source) -> str:
+    """Which existing jobs of the recording (same workspace) a submission without a key takes
+    instead of creating one (jobs.lua `submit`): automatic submissions never pay twice for a
+    recording, whatever provider each was configured with; API and task ones keep their own."""
+    if source == Source.RECONCILE:
+        return "any"
+    if source == Source.WEBHOOK:
+        return "automatic"
+    return ""
+
+
 class Transitions(JobStoreBase):
     """One method per transition of the table."""
 
@@ -58,7 +69,10 @@ class Transitions(JobStoreBase):
     ) -> tuple[str, bool]:
         """Create the job for this key in this workspace unless it exists; returns (job id,
         created). Without a key, the job is the recording's (its `recording.done` starts it).
-        `source` is kept only by the submission that creates the job.
+        `source` is kept only by the submission that creates the job. A job no key names,
+        started by a webhook or reconciliation, is the recording's own in its workspace: the
+        recording's webhook or reconciliation job there stands for it (whatever its provider),
+        and reconciliation takes any job of the recording there; checked in the same command.
         With REDIS_MIN_REPLICAS, the job is on that many replicas before this returns (else
         `NotReplicated`): a job the API accepted survives a failover."""
         key = idempotency_key or default_idempotency_key(recording_id, provider)
@@ -82,8 +96,11 @@ class Transitions(JobStoreBase):
             self.deadline_s,
             *[str(QUEUED.state), str(QUEUED)],
             self._event(SUBMITTED),
+            _standing_in(source) if idempotency_key is None else "",
             replicas=self.min_replicas,
         )
+        if isinstance(created, bytes | str):  # another job of the recording stands for this one
+            return created.decode() if isinstance(created, bytes) else created, False
         return job_id, bool(created)
 
     def start_create(self, job: JobRecord, key_at: float) -> bool:
