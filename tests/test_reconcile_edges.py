@@ -8,16 +8,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+import requests
+
 from harness import EmulatorHandle
 from tasks import keys
 from tasks.dispatch import Dispatcher
 from tasks.jobs.views import Source
 from tasks.reconcile import Reconciliation, Walk
+from tasks.reconcile.walk import PHASES
 from tests.helpers import Harness
 from tests.test_reconcile import (
     _creates,
     _ingest_done,
     _jobs_of,
+    _periodic,
     _persist_all,
     _reconciliation,
     _recordings,
@@ -104,3 +109,54 @@ def test_webhook_in_another_workspace_is_not_taken(
     first, _ = dispatch.submit(rid, None, workspace="default", source=Source.WEBHOOK)
     second, created = dispatch.submit(rid, None, workspace="b", source=Source.WEBHOOK)
     assert created and first != second
+
+
+# -- a recording finishing while the walk lists ------------------------------------------------
+
+
+class FinishingAt:
+    """Recall as it is: the recording goes processing -> done (its webhook lost) just before
+    the walk's listing number `at` (0 is the first)."""
+
+    def __init__(self, real: Any, emulator: EmulatorHandle, recording_id: str, at: int) -> None:
+        self.real, self._emulator, self._id, self._at = real, emulator, recording_id, at
+        self.listings: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def list_recordings(self, status_code: str, *args: Any) -> Any:
+        if len(self.listings) == self._at:
+            requests.post(
+                f"{self._emulator.url}/_emulator/recordings/{self._id}/finish",
+                json={"silent": True},
+                timeout=10,
+            ).raise_for_status()
+        self.listings.append(status_code)
+        return self.real.list_recordings(status_code, *args)
+
+
+@pytest.mark.parametrize("at", range(1, len(PHASES)))
+def test_a_recording_finishing_between_two_listings_is_reconciled_later(
+    harness: Harness, emulator: EmulatorHandle, at: int
+) -> None:
+    """Whichever listing it finishes before, it holds the mark back, and a later run (once its
+    webhook's grace is over) submits its job."""
+    [meeting] = _recordings(emulator, "long-", 1, status="processing")
+    periodic = _periodic(harness, interval_s=0.0)
+    reconciliation = periodic._reconciliations["default"]
+    finishing = FinishingAt(reconciliation.recall, emulator, meeting, at)
+    reconciliation.recall = finishing  # type: ignore[assignment]
+    assert periodic.run("default")
+    assert finishing.listings == list(PHASES) and not _jobs_of(harness, meeting)
+    reconciliation.recall = finishing.real
+    reconciliation.grace_s = 0.0
+    assert periodic.run("default")
+    assert len(_jobs_of(harness, meeting)) == 1
+
+
+def test_a_walk_saved_with_the_old_order_starts_its_window_again() -> None:
+    old = '{"after": 1.0, "before": 2.0, "phase": 1, "cursor": "https://x/?cursor=a", "pages": 3}'
+    walk = Walk.load(old)
+    assert walk is not None and (walk.phase, walk.cursor, walk.pages) == (0, None, 3)
+    assert Walk.load(walk.dump()) == walk

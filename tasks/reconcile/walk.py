@@ -3,11 +3,16 @@ its `recording.done` would have started submitted for each one no webhook brough
 
 A walk reads List Recordings (`status_code=done` and the window's `created_at` bounds) to the
 end of its cursor pages (their order is undocumented, so it never stops early). A walk that keeps
-a high-water mark (the periodic run, periodic.py) then lists the recordings still `processing`
-or `paused`: the oldest of those, and of the finished ones left to their webhook, is where the
-next run must look again. After each page the walk's position (phase, cursor, counts) is saved,
-so a run cut short resumes at that page; a page handled twice submits nothing twice, since a
-recording's job id is derived from its recording and provider, as the webhook path derives it.
+a high-water mark (the periodic run, periodic.py) first lists the recordings still `processing`,
+then `paused`, and only then the `done` ones: the oldest of the pending ones, and of the finished
+ones left to their webhook, is where the next run must look again. Pending first, because a
+recording only moves on towards `done`: one pending at its listing holds the mark, and one that
+finished since is in the `done` listing after it (done first, a recording finishing between the
+listings was in neither, and the mark passed it). Only one that resumes from `paused` between
+the two pending listings and is still not done at the last is missed by a run.
+After each page the walk's position (phase, cursor, counts) is saved, so a run cut short
+resumes at that page; a page handled twice submits nothing twice, since a recording's automatic
+job is found by the submit itself (tasks/jobs/transitions.lua), whatever its provider.
 A walk waits for its slots of the `recordings` quota family (its own: it never takes the
 pipeline's) and waits out Recall's 429s; neither is a failure.
 """
@@ -35,7 +40,8 @@ from tasks.recall.models import Recording
 log = logging.getLogger(__name__)
 
 SOURCE = Source.RECONCILE  # the jobs reconciliation starts (also in their metadata, as before)
-PHASES = ("done", "processing", "paused")  # `done` is reconciled; the others only hold the mark
+PHASES = ("processing", "paused", "done")  # `done` is reconciled; the others only hold the mark
+DONE = PHASES.index("done")
 UNAVAILABLE_TRIES = 5  # Recall down or unreachable this many times in a row ends the run
 UNAVAILABLE_WAIT_S = 5.0
 
@@ -60,6 +66,7 @@ class Walk:
     after: float
     before: float
     phase: int = 0  # index in PHASES
+    order: str = ",".join(PHASES)  # the PHASES `phase` counts in (a walk saved before: restart)
     cursor: str | None = None  # the next page of the phase (None: its first)
     pages: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -75,8 +82,11 @@ class Walk:
         if not text:
             return None
         try:
-            return cls(**json.loads(text))
-        except (ValueError, TypeError):
+            fields = json.loads(text)
+            if fields.get("order") != ",".join(PHASES):  # saved with the old order: from the start
+                fields.update(order=",".join(PHASES), phase=0, cursor=None)
+            return cls(**fields)
+        except (ValueError, TypeError, AttributeError):
             return None
 
     def count(self, outcome: Outcome) -> int:
@@ -112,10 +122,11 @@ class Reconciliation:
     ) -> Walk:
         """Go through the window from where `walk` stands to its end; with `pending`, through
         the recordings still processing too (for the mark). `save` after every page."""
-        phases = len(PHASES) if pending else 1
+        if not pending and walk.phase < DONE:
+            walk.phase, walk.cursor = DONE, None
         quota, failures = Quota(), 0
         try:
-            while walk.phase < phases:
+            while walk.phase < len(PHASES):
                 try:
                     pages = self.recall.list_recordings(
                         PHASES[walk.phase],
