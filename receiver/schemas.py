@@ -28,7 +28,7 @@ from tasks.jobs.views import Job
 from tasks.names import DEFAULT
 from tasks.workspaces import NAME
 
-RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+RECORDING_ID = limits.RECORDING_ID
 # Text without control characters (tab, newline and carriage return allowed in values).
 TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 KEY = r"^[^\x00-\x1f\x7f]+$"

@@ -8,11 +8,18 @@ neither stored nor shown."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_DEPTH = 8
+RECORDING_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"  # what a recording id may be, at every door
 MAX_FIELD_BYTES = 16 * 1024
 WITHHELD = {"withheld": "over the limits (stored before they applied)"}
+
+
+def recording_id(value: object) -> bool:
+    """`value` is a recording id we may submit (and use in a URL path or a Redis key)."""
+    return isinstance(value, str) and re.fullmatch(RECORDING_ID, value) is not None
 
 
 class OverLimit(ValueError):

@@ -5,6 +5,7 @@ lost."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from tasks import keys
 from tasks.dispatch import Dispatcher
 from tasks.jobs.views import Source
 from tasks.reconcile import Reconciliation, Walk
+from tasks.reconcile import walk as walk_module
 from tasks.reconcile.walk import PHASES
 from tests.helpers import Harness
 from tests.test_reconcile import (
@@ -160,3 +162,89 @@ def test_a_walk_saved_with_the_old_order_starts_its_window_again() -> None:
     walk = Walk.load(old)
     assert walk is not None and (walk.phase, walk.cursor, walk.pages) == (0, None, 3)
     assert Walk.load(walk.dump()) == walk
+
+
+# -- hostile List Recordings answers -----------------------------------------------------------
+
+BAD_ITEMS: dict[str, Any] = {
+    "no id": {"created_at": None},
+    "status as a string": {"id": "x-1", "status": "done"},
+    "bad created_at": {"id": "x-2", "created_at": "yesterday"},
+    "not an object": "x-3",
+    "empty id": {"id": "", "status": {"code": "done"}},
+    "lone surrogate": {"id": "\ud800", "status": {"code": "done"}},
+    "long id": {"id": "x" * 100_000, "status": {"code": "done"}},
+    "a path": {"id": "../../transcript/abc", "status": {"code": "done"}},
+}
+
+
+def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(walk_module, "UNAVAILABLE_WAIT_S", 0.0)
+
+
+def _hostile(
+    monkeypatch: pytest.MonkeyPatch, recall: Any, change: Any, *, times: int = 10**9
+) -> list[int]:
+    """Every `done` page's JSON passed through `change`, the first `times` times."""
+    real_json, seen = recall._json, [0]
+
+    def hostile_json(response: Any, what: str) -> Any:
+        page = real_json(response, what)
+        if "status_code=done" in response.url and seen[0] < times:
+            seen[0] += 1
+            return change(page)
+        return page
+
+    monkeypatch.setattr(recall, "_json", hostile_json)
+    return seen
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_ITEMS))
+def test_an_item_that_is_not_a_recording_is_left_out_and_the_rest_reconciled(
+    harness: Harness,
+    emulator: EmulatorHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    bad: str,
+) -> None:
+    silent = _recordings(emulator, "silent-", 2)
+    periodic = _periodic(harness, interval_s=0.0)
+    recall = periodic._reconciliations["default"].recall
+    item = BAD_ITEMS[bad]
+    _hostile(monkeypatch, recall, lambda page: {**page, "results": [item, *page["results"]]})
+    with caplog.at_level(logging.WARNING):
+        assert periodic.run("default")
+    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    assert b"mark" in harness.redis.hgetall(keys.reconcile("default"))
+    assert "an item left out" in caplog.text
+    assert harness.redis.zcard(keys.JOBS) == len(silent)  # no job for the item left out
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda page: {**page, "results": None},
+        lambda page: [page],
+        lambda page: {**page, "next": 7},
+    ],
+    ids=["results null", "a list", "next a number"],
+)
+def test_a_page_of_the_wrong_shape_is_retried_then_skipped_holding_the_mark(
+    harness: Harness,
+    emulator: EmulatorHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    change: Any,
+) -> None:
+    _fast_retries(monkeypatch)
+    silent = _recordings(emulator, "silent-", 2)
+    periodic = _periodic(harness, interval_s=0.0)
+    recall = periodic._reconciliations["default"].recall
+    seen = _hostile(monkeypatch, recall, change, times=walk_module.MALFORMED_TRIES)
+    with caplog.at_level(logging.WARNING):
+        assert periodic.run("default")  # the run ends: not stopped for ever
+    assert seen[0] == walk_module.MALFORMED_TRIES
+    assert "listing is skipped" in caplog.text
+    assert not any(_jobs_of(harness, r) for r in silent)
+    assert periodic.run("default")  # the mark held: the next run reads the window again
+    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)

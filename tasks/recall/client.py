@@ -13,16 +13,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import requests
+from pydantic import ValidationError
 from urllib3.util import Retry
 
+from tasks import limits
 from tasks.deadlines import WatchedAdapter, deadline
 from tasks.metrics import Metrics
 from tasks.recall.download import USER_AGENT, Downloader, trust_environment_once
 from tasks.recall.errors import (
+    Malformed,
     NotFound,
     RateLimited,
     Rejected,
@@ -34,6 +37,8 @@ from tasks.recall.errors import (
 from tasks.recall.limiter import Family, Limiter, Quota, Ticket
 from tasks.recall.models import Recording, Transcript
 from tasks.recall.workspace import Timeouts, Workspace
+
+log = logging.getLogger(__name__)
 
 INLINE_WAIT_S = 0.25  # a quota slot this close is waited for in place; a later one reschedules
 _QUERY = re.compile(r"\?\S*")
@@ -253,10 +258,12 @@ class RecallClient:
         created_before: datetime,
         cursor: str | None,
         quota: Quota,
-    ) -> Iterator[tuple[list[Recording], str | None]]:
+    ) -> Iterator[RecordingsPage]:
         """List Recordings of one status created in the window, a page at a time, each with the
         `next` URL (None at the end); `cursor`, a `next` URL seen before, resumes there. Paced in
-        its own family (`recordings`), so it never takes the pipeline's slots."""
+        its own family (`recordings`), so it never takes the pipeline's slots. An item that is not
+        a recording (or whose id is not one) is left out, logged and counted in `skipped`; a page
+        of the wrong shape raises `Malformed`."""
         url: str | None = cursor or f"{self._base}/api/v1/recording/"
         params: dict[str, str] | None = None
         if not cursor:
@@ -270,10 +277,17 @@ class RecallClient:
                 "GET", url, "list recordings", Family.RECORDINGS, quota, params=params
             )
             page = self._json(answer, "list recordings")
-            url, params = page.get("next"), None
+            if (
+                not isinstance(page, dict)
+                or not isinstance(page.get("results"), list)
+                or not isinstance(page.get("next"), str | None)
+            ):
+                raise Malformed("list recordings: a page without a list of results and a next")
+            url, params = page["next"] or None, None
             if url and not _same_origin(url, self._base):  # it would carry our API key there
                 raise Rejected("list recordings: a next link to another host; not followed")
-            yield [Recording.model_validate(r) for r in page.get("results", [])], url
+            recordings = [r for r in map(_recording, page["results"]) if r is not None]
+            yield RecordingsPage(recordings, url, len(page["results"]) - len(recordings))
 
     def delete_transcript(
         self, transcript_id: str, quota: Quota, sending: Callable[[], object] | None = None
@@ -291,6 +305,35 @@ class RecallClient:
             )
         except NotFound:
             return
+
+
+class RecordingsPage(NamedTuple):
+    """A page of List Recordings: its recordings, the next page's URL, and how many items were
+    left out as not recordings."""
+
+    recordings: list[Recording]
+    next: str | None
+    skipped: int
+
+
+def _recording(item: object) -> Recording | None:
+    """The recording an item of List Recordings is; None (logged) for one that is not, or whose
+    id is not a recording id we would submit."""
+    try:
+        recording = Recording.model_validate(item)
+    except ValidationError as exc:
+        reason = f"{exc.error_count()} invalid field(s): {_fields(exc)}"
+    else:
+        if limits.recording_id(recording.id):
+            return recording
+        reason = "not a recording id"
+    named = item.get("id") if isinstance(item, dict) else None
+    log.warning("list recordings: an item left out (%s): id %.80r", reason, named)
+    return None
+
+
+def _fields(exc: ValidationError) -> str:
+    return ", ".join(".".join(map(str, e["loc"])) or "item" for e in exc.errors()[:5])
 
 
 def _iso(moment: datetime) -> str:

@@ -5,6 +5,7 @@ RecallError
  |    +-- RateLimited         429, carries Retry-After: wait, never a failure
  |    |    +-- Throttled      our own pacing, no call made: a slot later (a ticket), or paused
  |    +-- Unavailable         409 (same key still running), 5xx, no connection
+ |    |    +-- Malformed      a 2xx answer of the wrong shape (a list page without results)
  |    +-- OutcomeUnknown      timeout or reset after sending: the call may have happened
  |    +-- DownloadExpired     the pre-signed URL was refused (403): retrieve again for a new one
  |    +-- DownloadTimeout     the whole download took longer than RECALL_DOWNLOAD_TIMEOUT_S
@@ -72,6 +73,11 @@ class Throttled(RateLimited):
 
 class Unavailable(RetryableError):
     code = ErrorCode.RECALL_UNAVAILABLE
+
+
+class Malformed(Unavailable):
+    """A 2xx answer whose shape is wrong: maybe a passing fault, but one a caller may give up
+    on after a few tries (a walk skips the page) rather than stop at for ever."""
 
 
 class OutcomeUnknown(RetryableError):

@@ -33,7 +33,7 @@ from tasks.dispatch import Dispatcher
 from tasks.jobs.views import Source
 from tasks.metrics import Metrics
 from tasks.recall.client import RecallClient
-from tasks.recall.errors import RateLimited, RetryableError, Throttled
+from tasks.recall.errors import Malformed, RateLimited, RetryableError, Throttled
 from tasks.recall.limiter import Quota
 from tasks.recall.models import Recording
 
@@ -44,6 +44,8 @@ PHASES = ("processing", "paused", "done")  # `done` is reconciled; the others on
 DONE = PHASES.index("done")
 UNAVAILABLE_TRIES = 5  # Recall down or unreachable this many times in a row ends the run
 UNAVAILABLE_WAIT_S = 5.0
+MALFORMED_TRIES = 3  # a page of the wrong shape this many times in a row is skipped
+SKIPPED = "skipped"  # in Walk.counts: items of List Recordings that were not recordings (logged)
 
 
 class Outcome(StrEnum):
@@ -135,8 +137,10 @@ class Reconciliation:
                         walk.cursor,
                         quota,
                     )
-                    for recordings, next_page in pages:
+                    for recordings, next_page, skipped in pages:
                         failures = 0
+                        if skipped:
+                            walk.counts[SKIPPED] = walk.counts.get(SKIPPED, 0) + skipped
                         classified = self._page(walk, recordings)
                         walk.cursor, walk.pages = next_page, walk.pages + 1
                         if next_page is None:
@@ -150,6 +154,22 @@ class Reconciliation:
                     self.wait(exc.retry_after or 0.0)
                 except RateLimited as exc:  # Recall's 429: the limiter paused the whole fleet
                     self.wait(exc.retry_after or 1.0)
+                except Malformed as exc:
+                    failures += 1
+                    if failures < MALFORMED_TRIES:
+                        log.warning("reconcile %s: %s; trying again", self.workspace, exc.message)
+                        self.wait(UNAVAILABLE_WAIT_S * failures)
+                        continue
+                    failures = 0
+                    log.error(
+                        "reconcile %s: %s, %d times: the rest of the %s listing is skipped; the "
+                        "mark stays at the window's start",
+                        self.workspace,
+                        exc.message,
+                        MALFORMED_TRIES,
+                        PHASES[walk.phase],
+                    )
+                    self._give_up_phase(walk, save)
                 except RetryableError as exc:
                     failures += 1
                     if failures >= UNAVAILABLE_TRIES:
@@ -158,7 +178,24 @@ class Reconciliation:
                     self.wait(UNAVAILABLE_WAIT_S * failures)
         finally:
             self.recall.release(quota)  # a slot reserved for a call the walk no longer makes
+        if walk.counts.get(SKIPPED):
+            log.warning(
+                "reconcile %s: %d item(s) of List Recordings were not recordings and were left "
+                "out (each logged)",
+                self.workspace,
+                walk.counts[SKIPPED],
+            )
         return walk
+
+    def _give_up_phase(self, walk: Walk, save: Callable[[Walk], None] | None) -> None:
+        """Go on with the next phase; the recordings not read hold the mark at the window's
+        start (the next run reads the window again)."""
+        walk.oldest_pending = (
+            walk.after if walk.oldest_pending is None else min(walk.oldest_pending, walk.after)
+        )
+        walk.phase, walk.cursor = walk.phase + 1, None
+        if save is not None:
+            save(walk)
 
     def _page(self, walk: Walk, recordings: list[Recording]) -> Classified:
         if PHASES[walk.phase] != "done":
