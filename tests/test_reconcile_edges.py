@@ -16,6 +16,7 @@ from harness import EmulatorHandle
 from tasks import keys
 from tasks.dispatch import Dispatcher
 from tasks.jobs.views import Source
+from tasks.recall.client import _same_origin
 from tasks.reconcile import Reconciliation, Walk
 from tasks.reconcile import walk as walk_module
 from tasks.reconcile.walk import PHASES
@@ -248,3 +249,53 @@ def test_a_page_of_the_wrong_shape_is_retried_then_skipped_holding_the_mark(
     assert not any(_jobs_of(harness, r) for r in silent)
     assert periodic.run("default")  # the mark held: the next run reads the window again
     assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+
+
+# -- cursors Recall no longer takes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "{base}/api/v1/recording/?cursor=expired",  # Recall answers 400 "Invalid cursor."
+        "https://us-east-1.recall.ai/api/v1/recording/?cursor=abc",  # RECALL_API_BASE_URL changed
+    ],
+    ids=["refused", "another origin"],
+)
+def test_a_saved_cursor_recall_refuses_starts_the_listing_again(
+    harness: Harness,
+    emulator: EmulatorHandle,
+    caplog: pytest.LogCaptureFixture,
+    cursor: str,
+) -> None:
+    silent = _recordings(emulator, "silent-", 2)
+    periodic = _periodic(harness, interval_s=0.0)
+    now = time.time()
+    stale = Walk(
+        after=now - 86400,
+        before=now,
+        started_at=now,
+        phase=PHASES.index("done"),
+        cursor=cursor.format(base=emulator.url),
+    )
+    harness.redis.hset(keys.reconcile("default"), "walk", stale.dump())
+    with caplog.at_level(logging.WARNING):
+        assert periodic.run("default")
+    assert "starts again from its first page" in caplog.text
+    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+
+
+@pytest.mark.parametrize(
+    ("url", "same"),
+    [
+        ("https://us-west-2.recall.ai:443/api/v1/recording/?cursor=a", True),
+        ("https://US-WEST-2.recall.ai/api/v1/recording/", True),
+        ("http://us-west-2.recall.ai/api/v1/recording/", False),
+        ("https://us-west-2.recall.ai:8443/api/v1/recording/", False),
+        ("https://us-west-2.recall.ai.evil.example/api/v1/recording/", False),
+        ("https://us-west-2.recall.ai:99999/", False),
+        ("/api/v1/recording/", False),
+    ],
+)
+def test_same_origin_reads_default_ports(url: str, same: bool) -> None:
+    assert _same_origin(url, "https://us-west-2.recall.ai") is same

@@ -265,6 +265,8 @@ class RecallClient:
         a recording (or whose id is not one) is left out, logged and counted in `skipped`; a page
         of the wrong shape raises `Malformed`."""
         url: str | None = cursor or f"{self._base}/api/v1/recording/"
+        if cursor and not _same_origin(cursor, self._base):  # saved before the base URL changed
+            raise Rejected("list recordings: a saved cursor of another origin; not followed")
         params: dict[str, str] | None = None
         if not cursor:
             params = {
@@ -342,5 +344,17 @@ def _iso(moment: datetime) -> str:
 
 
 def _same_origin(url: str, base: str) -> bool:
-    one, other = urlsplit(url), urlsplit(base)
-    return (one.scheme, one.netloc) == (other.scheme, other.netloc)
+    """Scheme, host and port alike (`host:443` is `host` over https; case does not count)."""
+    origin = _origin(url)
+    return origin is not None and origin == _origin(base)
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+    except ValueError:  # a port out of range or not a number
+        return None
+    if not parts.hostname:
+        return None
+    return parts.scheme.lower(), parts.hostname, port

@@ -33,7 +33,15 @@ from tasks.dispatch import Dispatcher
 from tasks.jobs.views import Source
 from tasks.metrics import Metrics
 from tasks.recall.client import RecallClient
-from tasks.recall.errors import Malformed, RateLimited, RetryableError, Throttled
+from tasks.recall.errors import (
+    BadRequest,
+    Malformed,
+    NotFound,
+    RateLimited,
+    Rejected,
+    RetryableError,
+    Throttled,
+)
 from tasks.recall.limiter import Quota
 from tasks.recall.models import Recording
 
@@ -127,6 +135,7 @@ class Reconciliation:
         if not pending and walk.phase < DONE:
             walk.phase, walk.cursor = DONE, None
         quota, failures = Quota(), 0
+        restarted: set[int] = set()  # the phases whose listing began again in this call
         try:
             while walk.phase < len(PHASES):
                 try:
@@ -161,15 +170,19 @@ class Reconciliation:
                         self.wait(UNAVAILABLE_WAIT_S * failures)
                         continue
                     failures = 0
-                    log.error(
-                        "reconcile %s: %s, %d times: the rest of the %s listing is skipped; the "
-                        "mark stays at the window's start",
-                        self.workspace,
-                        exc.message,
-                        MALFORMED_TRIES,
-                        PHASES[walk.phase],
-                    )
-                    self._give_up_phase(walk, save)
+                    self._give_up_phase(walk, save, f"{exc.message}, {MALFORMED_TRIES} times")
+                except (BadRequest, Rejected, NotFound) as exc:  # a cursor refused or elsewhere
+                    if walk.cursor is not None and walk.phase not in restarted:
+                        restarted.add(walk.phase)  # saved before Recall forgot it, or its URL
+                        log.warning(  # changed: the listing starts again (submits nothing twice)
+                            "reconcile %s: %s; the %s listing starts again from its first page",
+                            self.workspace,
+                            exc.message,
+                            PHASES[walk.phase],
+                        )
+                        walk.cursor = None
+                        continue
+                    self._give_up_phase(walk, save, exc.message)
                 except RetryableError as exc:
                     failures += 1
                     if failures >= UNAVAILABLE_TRIES:
@@ -187,9 +200,16 @@ class Reconciliation:
             )
         return walk
 
-    def _give_up_phase(self, walk: Walk, save: Callable[[Walk], None] | None) -> None:
+    def _give_up_phase(self, walk: Walk, save: Callable[[Walk], None] | None, why: str) -> None:
         """Go on with the next phase; the recordings not read hold the mark at the window's
         start (the next run reads the window again)."""
+        log.error(
+            "reconcile %s: %s: the rest of the %s listing is skipped; the mark stays at the "
+            "window's start",
+            self.workspace,
+            why,
+            PHASES[walk.phase],
+        )
         walk.oldest_pending = (
             walk.after if walk.oldest_pending is None else min(walk.oldest_pending, walk.after)
         )
