@@ -299,3 +299,46 @@ def test_a_saved_cursor_recall_refuses_starts_the_listing_again(
 )
 def test_same_origin_reads_default_ports(url: str, same: bool) -> None:
     assert _same_origin(url, "https://us-west-2.recall.ai") is same
+
+
+# -- next links that lead back -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("back", ["itself", "the first page"])
+def test_a_next_link_leading_back_ends_the_listing_and_holds_the_mark(
+    harness: Harness,
+    emulator: EmulatorHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    back: str,
+) -> None:
+    _recordings(emulator, "silent-", 5)  # pages of 3: two pages of finished recordings
+    periodic = _periodic(harness, interval_s=0.0)
+    recall = periodic._reconciliations["default"].recall
+    real_json, first = recall._json, []
+
+    def looping(response: Any, what: str) -> Any:
+        page = real_json(response, what)
+        if "status_code=done" not in response.url:
+            return page
+        first.append(response.url)
+        return {**page, "next": response.url if back == "itself" else first[0]}
+
+    monkeypatch.setattr(recall, "_json", looping)
+    with caplog.at_level(logging.ERROR):
+        assert periodic.run("default")
+    assert len(first) <= 2, f"{len(first)} pages read"
+    assert "a page already read" in caplog.text
+    state = harness.redis.hgetall(keys.reconcile("default"))
+    walk = Walk.load(harness.redis.hget(keys.reconcile("default"), "walk"))
+    assert walk is None and float(state[b"mark"]) < time.time() - 86400  # held, not passed
+
+
+def test_a_walk_reads_at_most_max_pages(
+    harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recordings(emulator, "silent-", 10)  # four pages of finished recordings
+    monkeypatch.setattr(walk_module, "MAX_PAGES", 3)  # the pending listings' two, and one
+    walk = _periodic(harness)._reconciliations["default"].walk(_day(), pending=True)
+    assert walk.pages == 3 and walk.phase == len(PHASES)
+    assert walk.oldest_pending == walk.after

@@ -53,6 +53,7 @@ DONE = PHASES.index("done")
 UNAVAILABLE_TRIES = 5  # Recall down or unreachable this many times in a row ends the run
 UNAVAILABLE_WAIT_S = 5.0
 MALFORMED_TRIES = 3  # a page of the wrong shape this many times in a row is skipped
+MAX_PAGES = 20_000  # pages in one walk (a 3-day backfill of 10,000 recordings reads ~1,000)
 SKIPPED = "skipped"  # in Walk.counts: items of List Recordings that were not recordings (logged)
 
 
@@ -136,6 +137,7 @@ class Reconciliation:
             walk.phase, walk.cursor = DONE, None
         quota, failures = Quota(), 0
         restarted: set[int] = set()  # the phases whose listing began again in this call
+        seen: dict[int, set[str | None]] = {}  # each phase's cursors read in this call
         try:
             while walk.phase < len(PHASES):
                 try:
@@ -146,12 +148,21 @@ class Reconciliation:
                         walk.cursor,
                         quota,
                     )
+                    read = seen.setdefault(walk.phase, {walk.cursor})
                     for recordings, next_page, skipped in pages:
                         failures = 0
                         if skipped:
                             walk.counts[SKIPPED] = walk.counts.get(SKIPPED, 0) + skipped
                         classified = self._page(walk, recordings)
+                        looped = next_page is not None and next_page in read
+                        read.add(next_page)
                         walk.cursor, walk.pages = next_page, walk.pages + 1
+                        if looped:  # Recall's next link leads back: the rest cannot be read
+                            self._give_up_phase(walk, save, "a next link to a page already read")
+                            break
+                        if walk.pages >= MAX_PAGES:
+                            self._give_up_phase(walk, save, f"{MAX_PAGES} pages", rest=True)
+                            break
                         if next_page is None:
                             walk.phase += 1
                         if save is not None:
@@ -181,6 +192,7 @@ class Reconciliation:
                             PHASES[walk.phase],
                         )
                         walk.cursor = None
+                        seen.pop(walk.phase, None)
                         continue
                     self._give_up_phase(walk, save, exc.message)
                 except RetryableError as exc:
@@ -200,20 +212,23 @@ class Reconciliation:
             )
         return walk
 
-    def _give_up_phase(self, walk: Walk, save: Callable[[Walk], None] | None, why: str) -> None:
-        """Go on with the next phase; the recordings not read hold the mark at the window's
-        start (the next run reads the window again)."""
+    def _give_up_phase(
+        self, walk: Walk, save: Callable[[Walk], None] | None, why: str, *, rest: bool = False
+    ) -> None:
+        """Go on with the next phase (with `rest`, end the walk); the recordings not read hold
+        the mark at the window's start (the next run reads the window again)."""
         log.error(
-            "reconcile %s: %s: the rest of the %s listing is skipped; the mark stays at the "
+            "reconcile %s: %s: the rest of the %s listing%s is skipped; the mark stays at the "
             "window's start",
             self.workspace,
             why,
             PHASES[walk.phase],
+            " and the listings after it" if rest else "",
         )
         walk.oldest_pending = (
             walk.after if walk.oldest_pending is None else min(walk.oldest_pending, walk.after)
         )
-        walk.phase, walk.cursor = walk.phase + 1, None
+        walk.phase, walk.cursor = len(PHASES) if rest else walk.phase + 1, None
         if save is not None:
             save(walk)
 
