@@ -17,7 +17,8 @@ from tasks import keys
 from tasks.dispatch import Dispatcher
 from tasks.jobs.views import Source
 from tasks.recall.client import _same_origin
-from tasks.reconcile import Reconciliation, Walk
+from tasks.recall.models import Recording
+from tasks.reconcile import Outcome, Reconciliation, Walk
 from tasks.reconcile import walk as walk_module
 from tasks.reconcile.walk import PHASES
 from tests.helpers import Harness
@@ -342,3 +343,28 @@ def test_a_walk_reads_at_most_max_pages(
     walk = _periodic(harness)._reconciliations["default"].walk(_day(), pending=True)
     assert walk.pages == 3 and walk.phase == len(PHASES)
     assert walk.oldest_pending == walk.after
+
+
+# -- what counts as a transcript at Recall -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transcript", "outcome"),
+    [("done", "transcribed"), ("processing", "transcribed"), ("failed", "submitted")],
+)
+def test_only_a_transcript_done_or_being_made_counts_as_transcribed(
+    harness: Harness, emulator: EmulatorHandle, transcript: str, outcome: str
+) -> None:
+    [rid] = _recordings(emulator, "tx-", 1, transcript=transcript)
+    walk = _reconciliation(harness).walk(_day())
+    assert walk.count(Outcome(outcome)) == 1
+    assert bool(_jobs_of(harness, rid)) == (outcome == "submitted")
+
+
+@pytest.mark.parametrize(
+    "shortcut",
+    [None, {}, {"status": None}, {"status": "done"}, {"status": {"code": "deleted"}}],
+)
+def test_a_transcript_shortcut_without_a_live_status_is_none(shortcut: Any) -> None:
+    recording = Recording.model_validate({"id": "r", "media_shortcuts": {"transcript": shortcut}})
+    assert not recording.transcribed

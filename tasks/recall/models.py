@@ -59,6 +59,9 @@ class Transcript(BaseModel):
         return str(owner) if owner else None
 
 
+TRANSCRIBED = ("done", "processing")  # a transcript in these statuses is one (media_shortcuts)
+
+
 class RecordingStatus(BaseModel):
     model_config = ConfigDict(extra="allow")
     code: str
@@ -88,5 +91,8 @@ class Recording(BaseModel):
 
     @property
     def transcribed(self) -> bool:
-        """Recall already holds a transcript of it (ours or anyone's)."""
-        return self.media_shortcuts is not None and self.media_shortcuts.transcript is not None
+        """Recall already holds a transcript of it (ours or anyone's) that is done or being made
+        (someone pays for it); one that failed, or was deleted, is none."""
+        transcript = self.media_shortcuts.transcript if self.media_shortcuts else None
+        status = transcript.get("status") if transcript is not None else None
+        return isinstance(status, dict) and status.get("code") in TRANSCRIBED
