@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -368,3 +369,59 @@ def test_only_a_transcript_done_or_being_made_counts_as_transcribed(
 def test_a_transcript_shortcut_without_a_live_status_is_none(shortcut: Any) -> None:
     recording = Recording.model_validate({"id": "r", "media_shortcuts": {"transcript": shortcut}})
     assert not recording.transcribed
+
+
+# -- what the listing did not ask for ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("created_at", "status"),
+    [("inside", "processing"), ("2020-01-01T00:00:00Z", "done"), (None, "done"), ("inside", None)],
+    ids=["still processing", "outside the window", "no created_at", "no status"],
+)
+def test_a_done_listing_item_not_done_in_the_window_gets_no_job(
+    harness: Harness,
+    emulator: EmulatorHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    created_at: str | None,
+    status: str | None,
+) -> None:
+    [pending] = _recordings(emulator, "processing-", 1, status="processing")
+    [silent] = _recordings(emulator, "silent-", 1)
+    reconciliation = _reconciliation(harness)
+    reconciliation.grace_s = 0.0
+    inside = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
+    item: dict[str, Any] = {
+        "id": pending,
+        "created_at": inside if created_at == "inside" else created_at,
+    }
+    if status is not None:
+        item["status"] = {"code": status, "updated_at": "2020-01-01T00:00:00Z"}
+    _hostile(
+        monkeypatch,
+        reconciliation.recall,
+        lambda page: {**page, "results": [item, *page["results"]]},
+    )
+    with caplog.at_level(logging.WARNING):
+        walk = reconciliation.walk(_day())
+    assert not _jobs_of(harness, pending) and len(_jobs_of(harness, silent)) == 1
+    assert walk.counts[walk_module.SKIPPED] == 1 and f"recording {pending} left out" in caplog.text
+
+
+def test_a_pending_item_of_another_window_does_not_hold_the_mark(
+    harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reconciliation = _reconciliation(harness)
+    real_json = reconciliation.recall._json
+    stray = {"id": "old-1", "created_at": "2020-01-01T00:00:00Z", "status": {"code": "processing"}}
+
+    def leaky(response: Any, what: str) -> Any:
+        page = real_json(response, what)
+        if "status_code=processing" in response.url:
+            return {**page, "results": [stray, *page["results"]]}
+        return page
+
+    monkeypatch.setattr(reconciliation.recall, "_json", leaky)
+    walk = reconciliation.walk(_day(), pending=True)
+    assert walk.oldest_pending is None

@@ -54,6 +54,7 @@ UNAVAILABLE_TRIES = 5  # Recall down or unreachable this many times in a row end
 UNAVAILABLE_WAIT_S = 5.0
 MALFORMED_TRIES = 3  # a page of the wrong shape this many times in a row is skipped
 MAX_PAGES = 20_000  # pages in one walk (a 3-day backfill of 10,000 recordings reads ~1,000)
+SLACK_S = 1.0  # a recording's created_at may be this far outside the window it was listed in
 SKIPPED = "skipped"  # in Walk.counts: items of List Recordings that were not recordings (logged)
 
 
@@ -205,8 +206,8 @@ class Reconciliation:
             self.recall.release(quota)  # a slot reserved for a call the walk no longer makes
         if walk.counts.get(SKIPPED):
             log.warning(
-                "reconcile %s: %d item(s) of List Recordings were not recordings and were left "
-                "out (each logged)",
+                "reconcile %s: %d item(s) of List Recordings were left out (not recordings, or "
+                "not the ones listed; each logged)",
                 self.workspace,
                 walk.counts[SKIPPED],
             )
@@ -233,6 +234,7 @@ class Reconciliation:
             save(walk)
 
     def _page(self, walk: Walk, recordings: list[Recording]) -> Classified:
+        recordings = self._listed(walk, recordings)
         if PHASES[walk.phase] != "done":
             for recording in recordings:
                 walk.oldest_pending = _oldest(walk.oldest_pending, recording)
@@ -260,6 +262,27 @@ class Reconciliation:
                 if found:
                     self.metrics.reconciled(outcome, found)
         return classified
+
+    def _listed(self, walk: Walk, recordings: list[Recording]) -> list[Recording]:
+        """The recordings the listing asked for: created in the window, and in the `done`
+        listing, done (an answer that ignores its filters never gets a recording a job, nor
+        drags the mark back to a recording of another window); the others logged and counted."""
+        phase, kept = PHASES[walk.phase], []
+        for recording in recordings:
+            created = recording.created_at.timestamp() if recording.created_at else None
+            status = recording.status.code if recording.status else None
+            if created is None or not walk.after - SLACK_S <= created <= walk.before + SLACK_S:
+                why = f"created at {recording.created_at}, outside the window"
+            elif phase == "done" and status != phase:
+                why = f"status {status!r} in the done listing"
+            else:
+                kept.append(recording)
+                continue
+            walk.counts[SKIPPED] = walk.counts.get(SKIPPED, 0) + 1
+            log.warning(
+                "reconcile %s: recording %s left out: %s", self.workspace, recording.id, why
+            )
+        return kept
 
     def classify(self, recordings: list[Recording], since: float | None = None) -> Classified:
         """Each finished recording's outcome; those `submitted` have their job (unless dry).
