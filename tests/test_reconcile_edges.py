@@ -425,3 +425,21 @@ def test_a_pending_item_of_another_window_does_not_hold_the_mark(
     monkeypatch.setattr(reconciliation.recall, "_json", leaky)
     walk = reconciliation.walk(_day(), pending=True)
     assert walk.oldest_pending is None
+
+
+# -- a job here is a job of this workspace -----------------------------------------------------
+
+
+def test_a_job_in_another_workspace_does_not_make_the_recording_known(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    [rid] = _recordings(emulator, "shared-", 1)
+    provider = harness.pipeline.dispatch.provider(None)
+    dispatch = Dispatcher(harness.pipeline.jobs, {"default": provider, "b": provider})
+    dispatch.submit(rid, None, {"source": "recording.done"}, source=Source.WEBHOOK)
+    base = _reconciliation(harness)
+    other = Reconciliation(dispatch, base.recall, "b", 0.0, False)
+    walk = other.walk(_day())
+    assert walk.count(Outcome.KNOWN) == 0 and walk.count(Outcome.SUBMITTED) == 1
+    assert len(_jobs_of(harness, rid)) == 2
+    assert other.walk(_day()).count(Outcome.KNOWN) == 1  # and then it is

@@ -32,6 +32,7 @@ from tasks import keys
 from tasks.dispatch import Dispatcher
 from tasks.jobs.views import Source
 from tasks.metrics import Metrics
+from tasks.names import DEFAULT
 from tasks.recall.client import RecallClient
 from tasks.recall.errors import (
     BadRequest,
@@ -289,17 +290,17 @@ class Reconciliation:
         A job this walk submitted before it was cut short (the walk began at `since`) is still
         `submitted`, so that it is counted and logged when its page is handled again."""
         jobs = self.dispatch.jobs
-        pipe = jobs.redis.pipeline(transaction=False)
-        for recording in recordings:
-            pipe.zrange(keys.recording(recording.id), 0, -1)  # the recording's jobs (any source)
-        known = cast(list[list[bytes]], pipe.execute()) if recordings else []
-        ours = self._submitted_since(recordings, known, since)
+        here = self._jobs_here(recordings)
         now = jobs.now()
         out: Classified = []
-        for recording, has_job in zip(recordings, known, strict=True):
+        for recording in recordings:
             finished = recording.finished_at
-            if has_job:
-                outcome = Outcome.SUBMITTED if recording.id in ours else Outcome.KNOWN
+            found = here.get(recording.id)
+            if found:
+                ours = since is not None and any(
+                    source == SOURCE and created >= since for source, created in found
+                )
+                outcome = Outcome.SUBMITTED if ours else Outcome.KNOWN
             elif self.skip_transcribed and recording.transcribed:
                 outcome = Outcome.TRANSCRIBED
             elif finished is not None and now - finished.timestamp() < self.grace_s:
@@ -311,22 +312,23 @@ class Reconciliation:
             out.append((recording, outcome))
         return out
 
-    def _submitted_since(
-        self, recordings: list[Recording], known: list[list[bytes]], since: float | None
-    ) -> set[str]:
-        """The recordings with a job reconciliation created at or after `since`."""
-        if since is None:
-            return set()
-        pairs = [(r.id, j.decode()) for r, ids in zip(recordings, known, strict=True) for j in ids]
-        pipe = self.dispatch.jobs.redis.pipeline(transaction=False)
+    def _jobs_here(self, recordings: list[Recording]) -> dict[str, list[tuple[str, float]]]:
+        """Each recording's jobs in this workspace (any source): their source and creation."""
+        redis = self.dispatch.jobs.redis
+        pipe = redis.pipeline(transaction=False)
+        for recording in recordings:
+            pipe.zrange(keys.recording(recording.id), 0, -1)  # the recording's jobs, everywhere
+        listed = cast(list[list[bytes]], pipe.execute()) if recordings else []
+        pairs = [(r.id, j.decode()) for r, ids in zip(recordings, listed, strict=True) for j in ids]
         for _, job_id in pairs:
-            pipe.hmget(keys.job(job_id), ["source", "created_at"])
+            pipe.hmget(keys.job(job_id), ["workspace", "source", "created_at"])
         found = cast(list[list[bytes | None]], pipe.execute()) if pairs else []
-        return {
-            recording_id
-            for (recording_id, _), (source, created) in zip(pairs, found, strict=True)
-            if source == SOURCE.encode() and created is not None and float(created) >= since
-        }
+        here: dict[str, list[tuple[str, float]]] = {}
+        for (recording_id, _), (workspace, source, created) in zip(pairs, found, strict=True):
+            if created is None or (workspace or DEFAULT.encode()).decode() != self.workspace:
+                continue  # gone, or another workspace's
+            here.setdefault(recording_id, []).append(((source or b"").decode(), float(created)))
+        return here
 
     def _submit(self, recording: Recording) -> bool:
         """The job `recording.done` would start: no key (so the derived one), the workspace's
