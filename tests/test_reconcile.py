@@ -138,7 +138,8 @@ def test_missed_webhooks_found_and_each_transcribed_once(
     for recording_id in ids["silent"]:
         [job_id] = _jobs_of(harness, recording_id)
         job = harness.pipeline.jobs.record(job_id)
-        assert job is not None and job.metadata == {"source": "reconcile"}
+        assert job is not None and job.metadata["source"] == "reconcile"
+        assert set(job.metadata) == {"source", "walk"}  # the walk that submitted it
         assert job.view().source == "reconcile"
     for recording_id in ids["transcribed"]:  # only the transcript someone else had made
         assert creates.get(recording_id) == 1 and _jobs_of(harness, recording_id) == []
@@ -256,11 +257,11 @@ def test_jobs_submitted_before_redis_cut_a_page_short_are_still_counted_and_logg
     real_submit = Reconciliation._submit
     submitted: list[str] = []
 
-    def failing(self: Reconciliation, recording: Any) -> bool:
+    def failing(self: Reconciliation, recording: Any, walk_id: str | None) -> bool:
         if len(submitted) == 4:  # the second job of the second page
             raise redis.ConnectionError("Redis is failing over")
         submitted.append(recording.id)
-        return real_submit(self, recording)
+        return real_submit(self, recording, walk_id)
 
     with caplog.at_level(logging.WARNING, logger="tasks.reconcile.walk"):
         monkeypatch.setattr(Reconciliation, "_submit", failing)

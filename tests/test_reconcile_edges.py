@@ -31,6 +31,7 @@ from tests.test_reconcile import (
     _persist_all,
     _reconciliation,
     _recordings,
+    _scrape,
 )
 
 OTHER_PROVIDER = {"recallai_async": {"language_code": "de"}}
@@ -443,3 +444,20 @@ def test_a_job_in_another_workspace_does_not_make_the_recording_known(
     assert walk.count(Outcome.KNOWN) == 0 and walk.count(Outcome.SUBMITTED) == 1
     assert len(_jobs_of(harness, rid)) == 2
     assert other.walk(_day()).count(Outcome.KNOWN) == 1  # and then it is
+
+
+def test_a_cli_run_during_a_periodic_walk_is_not_counted_by_the_walk(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    silent = _recordings(emulator, "silent-", 3)
+    periodic = _periodic(harness)
+    now = harness.pipeline.jobs.now()
+    # a periodic walk begins (saved before its first page), then an operator's CLI run submits
+    walk = Walk(after=now - 86400, before=now, started_at=now, id="periodic-1")
+    harness.redis.hset(keys.reconcile("default"), "walk", walk.dump())
+    cli = _reconciliation(harness).walk(_day())
+    assert cli.count(Outcome.SUBMITTED) == len(silent)
+    assert periodic.run("default")
+    text = _scrape(harness.redis)
+    assert 'recall_transcribe_reconciled_total{outcome="submitted",workspace="default"} 3.0' in text
+    assert 'recall_transcribe_reconciled_total{outcome="known",workspace="default"} 3.0' in text

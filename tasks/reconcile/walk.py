@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import cast
+from typing import NamedTuple, cast
 
 from tasks import keys
 from tasks.dispatch import Dispatcher
@@ -84,7 +84,8 @@ class Walk:
     pages: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     oldest_pending: float | None = None  # created_at of the oldest recording not reconciled yet
-    started_at: float | None = None  # Redis's clock; its own jobs are those created since
+    started_at: float | None = None  # Redis's clock; a walk without `id`: its own jobs since
+    id: str | None = None  # in its jobs' metadata (`walk`): which jobs this walk submitted
 
     def dump(self) -> str:
         return json.dumps(asdict(self))
@@ -240,7 +241,7 @@ class Reconciliation:
             for recording in recordings:
                 walk.oldest_pending = _oldest(walk.oldest_pending, recording)
             return []
-        classified = self.classify(recordings, walk.started_at)
+        classified = self.classify(recordings, walk)
         submitted = []
         for recording, outcome in classified:
             walk.counts[outcome] = walk.count(outcome) + 1
@@ -285,10 +286,11 @@ class Reconciliation:
             )
         return kept
 
-    def classify(self, recordings: list[Recording], since: float | None = None) -> Classified:
+    def classify(self, recordings: list[Recording], walk: Walk | None = None) -> Classified:
         """Each finished recording's outcome; those `submitted` have their job (unless dry).
-        A job this walk submitted before it was cut short (the walk began at `since`) is still
-        `submitted`, so that it is counted and logged when its page is handled again."""
+        A job `walk` submitted before it was cut short is still `submitted`, so that it is
+        counted and logged when its page is handled again (another walk's, a CLI run's while
+        this one ran, is `known`)."""
         jobs = self.dispatch.jobs
         here = self._jobs_here(recordings)
         now = jobs.now()
@@ -297,9 +299,7 @@ class Reconciliation:
             finished = recording.finished_at
             found = here.get(recording.id)
             if found:
-                ours = since is not None and any(
-                    source == SOURCE and created >= since for source, created in found
-                )
+                ours = walk is not None and any(_submitted_by(walk, job) for job in found)
                 outcome = Outcome.SUBMITTED if ours else Outcome.KNOWN
             elif self.skip_transcribed and recording.transcribed:
                 outcome = Outcome.TRANSCRIBED
@@ -308,12 +308,13 @@ class Reconciliation:
             elif self.dry_run:
                 outcome = Outcome.SUBMITTED
             else:
-                outcome = Outcome.SUBMITTED if self._submit(recording) else Outcome.KNOWN
+                submitted = self._submit(recording, walk.id if walk is not None else None)
+                outcome = Outcome.SUBMITTED if submitted else Outcome.KNOWN
             out.append((recording, outcome))
         return out
 
-    def _jobs_here(self, recordings: list[Recording]) -> dict[str, list[tuple[str, float]]]:
-        """Each recording's jobs in this workspace (any source): their source and creation."""
+    def _jobs_here(self, recordings: list[Recording]) -> dict[str, list[_JobSeen]]:
+        """Each recording's jobs in this workspace (any source)."""
         redis = self.dispatch.jobs.redis
         pipe = redis.pipeline(transaction=False)
         for recording in recordings:
@@ -321,22 +322,51 @@ class Reconciliation:
         listed = cast(list[list[bytes]], pipe.execute()) if recordings else []
         pairs = [(r.id, j.decode()) for r, ids in zip(recordings, listed, strict=True) for j in ids]
         for _, job_id in pairs:
-            pipe.hmget(keys.job(job_id), ["workspace", "source", "created_at"])
+            pipe.hmget(keys.job(job_id), ["workspace", "source", "created_at", "metadata"])
         found = cast(list[list[bytes | None]], pipe.execute()) if pairs else []
-        here: dict[str, list[tuple[str, float]]] = {}
-        for (recording_id, _), (workspace, source, created) in zip(pairs, found, strict=True):
+        here: dict[str, list[_JobSeen]] = {}
+        for (recording_id, _), fields in zip(pairs, found, strict=True):
+            workspace, source, created, metadata = fields
             if created is None or (workspace or DEFAULT.encode()).decode() != self.workspace:
                 continue  # gone, or another workspace's
-            here.setdefault(recording_id, []).append(((source or b"").decode(), float(created)))
+            tag = _walk_tag(metadata)
+            here.setdefault(recording_id, []).append(
+                _JobSeen((source or b"").decode(), float(created), tag)
+            )
         return here
 
-    def _submit(self, recording: Recording) -> bool:
+    def _submit(self, recording: Recording, walk_id: str | None) -> bool:
         """The job `recording.done` would start: no key (so the derived one), the workspace's
-        provider; False when it exists (a webhook came meanwhile)."""
+        provider; False when one exists (a webhook came meanwhile)."""
+        metadata = {"source": str(SOURCE)} | ({"walk": walk_id} if walk_id else {})
         _, created = self.dispatch.submit(
-            recording.id, None, {"source": SOURCE}, None, workspace=self.workspace, source=SOURCE
+            recording.id, None, metadata, None, workspace=self.workspace, source=SOURCE
         )
         return created
+
+
+class _JobSeen(NamedTuple):
+    source: str
+    created_at: float
+    walk: str | None  # the walk that submitted it (its metadata's `walk`)
+
+
+def _submitted_by(walk: Walk, job: _JobSeen) -> bool:
+    """The job is one `walk` submitted: tagged with its id; a walk saved before walks had ids
+    takes every reconciliation job created since it began."""
+    if walk.id is not None:
+        return job.walk == walk.id
+    return walk.started_at is not None and (
+        job.source == SOURCE and job.created_at >= walk.started_at
+    )
+
+
+def _walk_tag(metadata: bytes | None) -> str | None:
+    try:
+        tag = json.loads(metadata or b"{}").get("walk")
+    except (ValueError, AttributeError):
+        return None
+    return tag if isinstance(tag, str) else None
 
 
 def _oldest(current: float | None, recording: Recording) -> float | None:
