@@ -47,10 +47,10 @@ def test_processes_sharing_a_family_never_exceed_its_window_and_each_get_a_slot(
     rclient: redis.Redis,
 ) -> None:
     """Four 'workers' (threads with their own clients) take 60 slots of a 20-per-second family;
-    Recall's window, fed with each call at its slot time, admits every one."""
+    Recall's window, fed with each call at its slot time (on Redis's clock, as the slot says:
+    how late a busy machine wakes a thread is not the limiter's arithmetic), admits every one."""
     rate = Rate(20, 1.0)
-    recall = Quotas({"list": (rate.count, rate.seconds)})
-    admitted: list[bool] = []
+    slots: list[float] = []
     lock = threading.Lock()
 
     def worker() -> None:
@@ -58,9 +58,9 @@ def test_processes_sharing_a_family_never_exceed_its_window_and_each_get_a_slot(
         for _ in range(15):
             slot = mine.acquire(Family.LIST)
             assert slot.ticket is not None
-            time.sleep(slot.wait)
             with lock:
-                admitted.append(recall.admit("list") is None)
+                slots.append(int(slot.ticket.member.split(":")[0]) / 1000)
+            time.sleep(slot.wait)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     started = time.monotonic()
@@ -69,7 +69,9 @@ def test_processes_sharing_a_family_never_exceed_its_window_and_each_get_a_slot(
     for thread in threads:
         thread.join(30)
     elapsed = time.monotonic() - started
-    assert admitted == [True] * 60
+    slots.sort()
+    in_window = [sum(1 for t in slots if at - rate.seconds < t <= at) for at in slots]
+    assert len(slots) == 60 and max(in_window) <= rate.count
     assert elapsed >= 2.0  # 60 calls at 20 per second, after a burst of 2: no faster
 
 
