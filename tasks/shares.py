@@ -3,12 +3,15 @@ waits out RECALL_HTTP_TIMEOUT_S) must not hold the threads another workspace's j
 
 Each workspace has a *share* (WORKSPACE_THREADS, or the threads divided by the workspaces) that
 is kept for it while it wants threads in this process (a step of it in flight, or one asked
-within `QUIET_S`); the rest may be borrowed: a workspace alone uses every thread
-(work-conserving). And a workspace whose steps fail (a timeout, a 5xx: the step retries) may
-hold fewer: its limit halves at each such step, down to one thread, and grows by one at each
-step that does not (additive increase, multiplicative decrease), so a hung region soon holds
-one thread, not its share, and keeps no more for itself. A step refused a thread is not run but
-deferred (tasks/steps.py): its job stays in the due-set and comes back a second later.
+within `QUIET_S`); the rest may be borrowed: a healthy workspace alone uses every thread
+(work-conserving). A workspace whose steps fail (a timeout, a 5xx: the step retries; a 429 is a
+wait, not a failure) holds fewer, alone or not: its limit halves at each such step, down to one
+thread, and grows by one at each step that does not, until it is healthy again (additive
+increase, multiplicative decrease). So a hung region soon holds one thread: even when its backlog
+fills the queue before another workspace's steps, its steps are deferred until those come. A
+workspace new to a worker busy with others starts at one thread, until a step of it succeeds.
+A step refused a thread is not run but deferred (tasks/steps.py): its job stays in the due-set
+and comes back a second later.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ class Shares:
         self._clock = clock
         self._running: Counter[str] = Counter()
         self._asked: dict[str, float] = {}
-        self._limits: dict[str, float] = {}  # threads a workspace may hold, from its steps' health
+        # Threads a workspace may hold while its steps fail or until one succeeded; a healthy
+        # one has no limit.
+        self._limits: dict[str, float] = {}
+        self._healthy: set[str] = set()
         self._mutex = threading.Lock()
 
     @property
@@ -61,12 +67,19 @@ class Shares:
                 self._running[workspace] -= 1
 
     def ended(self, workspace: str, failed: bool) -> None:
-        """A step of `workspace` ended: `failed` (Recall timed out or erred) halves its limit,
-        anything else raises it by one."""
+        """A step of `workspace` ended: `failed` (Recall timed out or erred) halves its limit
+        (from all the threads if it had none), anything else raises it by one, and a limit that
+        reaches all the threads goes: the workspace is healthy."""
         with self._mutex:
-            limit = self._limits.get(workspace, 1.0)
-            limit = max(1.0, limit / 2) if failed else min(float(self.threads), limit + 1)
-            self._limits[workspace] = limit
+            limit = self._limits.get(workspace)
+            if failed:
+                self._limits[workspace] = max(1.0, (limit or self.threads) / 2)
+                self._healthy.discard(workspace)
+            elif limit is None or limit + 1 >= self.threads:
+                self._limits.pop(workspace, None)
+                self._healthy.add(workspace)
+            else:
+                self._limits[workspace] = limit + 1
 
     def running(self, workspace: str) -> int:
         """Steps of `workspace` in flight in this process."""
@@ -86,8 +99,8 @@ class Shares:
         """How many steps `workspace` may have in flight now: its limit, and within it its
         share or all that the others do not hold or keep (called with the mutex held)."""
         kept = sum(self._kept(other, now) for other in self._asked if other != workspace)
-        if kept == 0:
-            return self.threads  # nobody else wants threads here: all of them
+        if kept == 0:  # nobody else wants threads here: all of them, unless its steps fail
+            return max(1, int(self._limits.get(workspace, self.threads)))
         return max(1, min(self._limit(workspace), max(self.share, self.threads - kept)))
 
     def _kept(self, workspace: str, now: float) -> int:
@@ -99,4 +112,7 @@ class Shares:
         return max(running, min(self.share, self._limit(workspace)))
 
     def _limit(self, workspace: str) -> int:
+        """Its limit; all the threads once healthy; one for a workspace not yet seen to succeed."""
+        if workspace in self._healthy:
+            return self.threads
         return int(self._limits.get(workspace, 1.0))

@@ -106,6 +106,30 @@ def test_a_workspace_whose_steps_fail_holds_one_thread_until_they_succeed_again(
         assert taken(shares, "eu", 10, stack) == 3
 
 
+def test_a_workspace_whose_steps_fail_alone_holds_one_thread_so_others_steps_reach_a_worker() -> (
+    None
+):
+    """Its backlog ahead of another workspace's steps in the queue: hung alone, it would hold
+    every thread and the other's steps would never come to ask for theirs."""
+    shares = Shares(["us", "eu"], threads=8)
+    with ExitStack() as stack:
+        assert taken(shares, "eu", 10, stack) == 8  # alone: every thread
+    for _ in range(4):
+        shares.ended("eu", failed=True)  # 4, 2, 1, 1
+    with ExitStack() as stack:
+        assert taken(shares, "eu", 10, stack) == 1  # alone still, but failing: its steps defer
+    healthy(shares, "eu")
+    with ExitStack() as stack:
+        assert taken(shares, "eu", 10, stack) == 8  # healthy again: every thread
+
+
+def test_a_healthy_workspace_alone_is_never_held_back() -> None:
+    shares = healthy(Shares(["us", "eu"], threads=8), "eu")
+    shares.ended("eu", failed=False)
+    with ExitStack() as stack:
+        assert taken(shares, "eu", 10, stack) == 8
+
+
 def test_a_workspace_new_to_a_busy_worker_starts_with_one_thread() -> None:
     shares = healthy(Shares(["us", "eu"], threads=8), "us")
     with ExitStack() as stack:
