@@ -1,5 +1,7 @@
 """`recall-transcribe jobs show ID`: the job and its history as a timeline readable in a terminal
-(time since submission, event, state, step, error), or both as one JSON object with `--json`."""
+(time since submission, event, state, step, error), or both as one JSON object with `--json`.
+Errors are Recall's words (an answer's body, a sub_code): shown as plain text, so no control
+character in them reaches the terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 from datetime import datetime
 from typing import TextIO
 
+from tasks.formats import plain
 from tasks.jobs.history import History
 from tasks.jobs.views import Job
 
@@ -22,13 +25,13 @@ def show(job: Job, history: History, as_json: bool, out: TextIO) -> None:
     print(f"transcript  {job.transcript_id or '-'}", file=out)
     print(f"submitted   {job.created_at}", file=out)
     if job.error:
-        print(f"error       {job.error.code}: {job.error.message}", file=out)
+        print(f"error       {job.error.code}: {plain(job.error.message)}", file=out)
     print(f"\n{'SINCE':>12}  {'EVENT':<18} {'STATE':<9} {'STEP':<10} ERROR", file=out)
     start = _moment(job.created_at)
     for event in history.events:
         at = _moment(event.at)
         since = _since((at - start).total_seconds()) if start and at else "?"
-        error = f"{event.error.code}: {event.error.message}" if event.error else ""
+        error = f"{event.error.code}: {plain(event.error.message)}" if event.error else ""
         line = f"{since:>12}  {event.event:<18} {event.state:<9} {event.step or '-':<10} {error}"
         print(line.rstrip(), file=out)
     if not history.events:

@@ -4,6 +4,7 @@ and printed by the CLI; and the time-to-transcript metric counted once per job."
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from typing import Any
@@ -13,6 +14,8 @@ import requests
 from prometheus_client.core import Metric
 
 from harness import API_TOKEN, EmulatorHandle, System, command, transcript_event, wait_for
+from recall_transcribe.show import show
+from tasks.callbacks.views import job_view
 from tasks.events import parse_event
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.history import SHORT_PHASES, Event
@@ -156,6 +159,56 @@ def test_a_job_past_its_deadline_shows_why_it_failed(rclient: redis.Redis) -> No
     last = events(jobs, job_id)[-1]
     assert (last.event, last.state) == ("fail", State.FAILED)
     assert last.error is not None and last.error.code == ErrorCode.DEADLINE_EXCEEDED
+
+
+HOSTILE = [
+    "a\nb",
+    "c\rd",
+    "e\u2028f",
+    "x 100 rl qc internal y",  # the compact line's own shape
+    "",
+    "\u00e9\U0001f600" * 300,
+    "\x1b[2J\x1b]0;pwned\x07",
+    "z" * 5000,
+    "q\x85r",
+]
+
+
+def test_hostile_error_messages_never_break_another_event(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, 30, history_max=5)
+    job_id, _ = jobs.submit("rec-h", PROVIDER)
+    for message in HOSTILE:
+        assert jobs.retry_later(_job(jobs, job_id), 0.0, ErrorCode.INTERNAL, message)
+    kept = events(jobs, job_id)
+    assert len(kept) == 5
+    assert all(e.event == "retry_later" and e.error and e.error.code == "internal" for e in kept)
+
+
+def test_recalls_sub_code_is_kept_cut_in_the_history(rclient: redis.Redis) -> None:
+    """A transcript's sub_code is Recall's text: a hostile or broken one is cut, on one line."""
+    jobs = JobStore(rclient, 30)
+    job_id, _ = jobs.submit("rec-s", PROVIDER)
+    jobs.start_create(_job(jobs, job_id), 0.0)
+    jobs.record_created(job_id, "t1", 60)
+    sub_code = "s\r\n x\u2028\x1b[31m" + "\u00e9" * 100_000
+    assert jobs.transcript_finished(job_id, "t1", "failed", sub_code) == "failed"
+    last = events(jobs, job_id)[-1]
+    assert last.error and last.error.code == "transcript_failed"
+    assert len(last.error.message.encode()) <= 300 and "\ufffd" not in last.error.message
+    failed = _job(jobs, job_id).error
+    assert failed is not None and len(failed.message.encode()) <= 300  # the job's error too
+
+
+def test_jobs_show_prints_no_control_character_of_an_error(rclient: redis.Redis) -> None:
+    jobs = JobStore(rclient, 30)
+    job_id, _ = jobs.submit("rec-c", PROVIDER)
+    jobs.fail(job_id, ErrorCode.RECALL_REJECTED, "HTTP 400: \x1b]0;owned\x07\x1b[2J\x1b[1;1Hok")
+    out = io.StringIO()
+    view = job_view(jobs, job_id)
+    history = jobs.history(job_id)
+    assert view is not None and history is not None
+    show(view, history, False, out)
+    assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
 
 
 def test_job_duration_counts_each_job_once_at_its_first_finish(rclient: redis.Redis) -> None:

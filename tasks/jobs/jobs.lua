@@ -74,13 +74,24 @@ local function count_finish()
   redis.call('HINCRBYFLOAT', durations, label .. '|sum', seconds)
 end
 
+-- The bytes of an error message a history keeps (tasks/jobs/history.py cuts the messages it
+-- passes to 200 characters): Recall's sub_code is cut here.
+local MAX_MESSAGE = 200
+
+-- `text` cut to at most `bytes` bytes, never inside a UTF-8 character.
+local function cut(text, bytes)
+  if #text <= bytes then return text end
+  while bytes > 0 and math.floor(string.byte(text, bytes + 1) / 64) == 2 do bytes = bytes - 1 end
+  return string.sub(text, 1, bytes)
+end
+
 -- Append an event to the job's history (a field, a line per event), keeping the newest MAX.
 local function record(history, code, message)
   local max, event, err = string.match(history, '^(%d+) (%S+) ?(.*)$')
   local f = redis.call('HMGET', job, 'created_at', 'phase', 'history')
   local phase = string.gsub(f[2], '(%a)%a*:?', '%1')  -- each word's first letter
   local line = math.floor((now - (tonumber(f[1]) or now)) * 1000) .. ' ' .. event .. ' ' .. phase
-  if code then err = code .. ' ' .. string.gsub(message, '\n', ' ') end
+  if code then err = code .. ' ' .. string.gsub(cut(message, MAX_MESSAGE), '[\r\n]', ' ') end
   if err ~= '' then line = line .. ' ' .. err end
   local kept, count = string.gsub(f[3] and f[3] .. '\n' .. line or line, '\n', '\n')
   for _ = tonumber(max), count do kept = string.sub(kept, string.find(kept, '\n', 1, true) + 1) end
@@ -136,6 +147,7 @@ end
 
 -- Fail the job as Recall reported its transcript failed, and record it with `history`.
 local function transcript_failed(old, state, phase, sub_code, history)
+  sub_code = cut(sub_code, MAX_MESSAGE)  -- Recall's word for it: a short code, or cut to one
   local message = 'Recall reported the transcript failed (sub_code: ' .. sub_code .. ')'
   fail(old, state, phase, cjson.encode({code = 'transcript_failed', sub_code = sub_code,
     message = message}))
