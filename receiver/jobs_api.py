@@ -201,7 +201,7 @@ def list_jobs() -> tuple[Response, int]:
     answer = JobPage(
         jobs=job_views(store, page.records),
         next_cursor=str(page.next_cursor) if more else None,
-        next_offset=query.offset + query.limit if more and not cursor else None,
+        next_offset=page.next_offset if not cursor else None,
     )
     return jsonify(answer.model_dump(mode="json")), 200
 

@@ -197,7 +197,9 @@ class BulkRetried(BaseModel):
 class JobPage(BaseModel):
     jobs: list[Job]
     next_cursor: str | None = Field(description="the next page's cursor; null after the last")
-    next_offset: int | None
+    next_offset: int | None = Field(
+        description="matches to skip for the next page by offset (null: the last, or by cursor)"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -185,3 +185,33 @@ def test_the_api_pages_by_cursor_and_refuses_bad_parameters_in_one_line(
     for bad in ("cursor=yesterday", "created_after=2024-13-01", "created_before=today"):
         answer = client.get(f"/api/v1/jobs?{bad}", headers=AUTH)
         assert answer.status_code == 400 and "\n" not in answer.json["error"], bad
+
+
+def test_paging_by_offset_through_sparse_matches_skips_none_and_ends(
+    settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first page cut short by the read bound says how many matches it consumed; a page by
+    offset counts every match before it, past the bound (the bounds here: 100x smaller)."""
+    monkeypatch.setattr(listing, "PAGE_READS", 100)
+    monkeypatch.setattr(listing, "CALL_READS", 40)
+    client: FlaskClient = create_app(reconfigure(settings, API_TOKENS="token-1")).test_client()
+    jobs = JobStore(rclient, 30)
+    failed = []
+    for index in range(400):  # every eu job fails; one default job in 40
+        workspace = "default" if index % 2 == 0 else "eu"
+        job_id, _ = jobs.submit(f"r{index}", {"recallai_async": {}}, workspace=workspace)
+        if workspace == "eu" or index % 40 == 0:
+            jobs.fail(job_id, ErrorCode.TIMEOUT, "t")
+            if workspace == "default":
+                failed.append(job_id)
+    seen: list[str] = []
+    offset: int | None = 0
+    for _ in range(50):
+        query = f"state=failed&workspace=default&limit=3&offset={offset}"
+        page = client.get(f"/api/v1/jobs?{query}", headers=AUTH).json
+        assert page is not None
+        seen += [job["id"] for job in page["jobs"]]
+        offset = page["next_offset"]
+        if offset is None:
+            break
+    assert seen == list(reversed(failed)) and offset is None

@@ -79,6 +79,7 @@ class Filters:
 class Page:
     records: list[JobRecord]
     next_cursor: Cursor | None  # None: nothing after this page
+    next_offset: int | None = None  # matches to skip for the next page, read by offset
 
 
 class Listing(JobStoreBase):
@@ -97,7 +98,9 @@ class Listing(JobStoreBase):
         offset: int = 0,
     ) -> Page:
         """Up to `limit` jobs after `cursor` (skipping `offset` matches, as pages once were
-        read). A page may end short of `limit` with a cursor when its walk reached PAGE_READS."""
+        read). A page may end short of `limit` with a cursor when its walk reached PAGE_READS;
+        a page by offset past the first counts every match before it, so it reads past
+        PAGE_READS (an offset costs what it skips: the cursor is the way through many jobs)."""
         after, before = filters.created_after, filters.created_before
         if cursor and after is not None and cursor.created_at < after:
             return Page([], None)
@@ -107,12 +110,12 @@ class Listing(JobStoreBase):
         wanted = offset + limit + 1  # one more than the page: is there a next one?
         found: list[Cursor] = []
         read, exhausted, position = 0, False, cursor
-        while len(found) < wanted and read < PAGE_READS and not exhausted:
+        while len(found) < wanted and (read < PAGE_READS or offset) and not exhausted:
             if position:
                 high, since = repr(position.created_at), position.job_id
             else:
                 high, since = "+inf" if before is None else f"({before!r}", ""
-            budget = min(CALL_READS, PAGE_READS - read)
+            budget = CALL_READS if offset else min(CALL_READS, PAGE_READS - read)
             answer = cast(
                 list[bytes | int],
                 self._pages(
@@ -130,7 +133,10 @@ class Listing(JobStoreBase):
             chosen, next_cursor = chosen[:limit], chosen[limit - 1]
         elif exhausted:
             next_cursor = None
-        return Page(self._read(chosen, filters), next_cursor)
+        more = next_cursor is not None
+        return Page(
+            self._read(chosen, filters), next_cursor, offset + len(chosen) if more else None
+        )
 
     def _read(self, chosen: list[Cursor], filters: Filters) -> list[JobRecord]:
         pipe = self.redis.pipeline(transaction=False)
