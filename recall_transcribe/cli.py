@@ -78,9 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish")
     enqueue.add_argument("--timeout", type=float, default=None, help="give up waiting after (s)")
 
-    jobs = sub.add_parser("jobs", help="list, show or retry jobs, or print a job's transcript")
+    jobs = sub.add_parser(
+        "jobs",
+        help="list, show or retry jobs, print a job's transcript, or repair the listing indexes",
+    )
     jobs.add_argument(
-        "action", nargs="?", choices=("list", "show", "retry", "transcript"), default="list"
+        "action",
+        nargs="?",
+        choices=("list", "show", "retry", "transcript", "reindex"),
+        default="list",
     )
     jobs.add_argument("job_id", nargs="?")
     jobs.add_argument("--state", default=None, choices=[state.value for state in State])

@@ -1,5 +1,5 @@
 """`recall-transcribe enqueue` and `recall-transcribe jobs`: a job submitted, listed, shown,
-retried, or its transcript printed, from the shell."""
+retried, or its transcript printed, from the shell; and the listing indexes repaired."""
 
 from __future__ import annotations
 
@@ -74,6 +74,9 @@ def jobs(args: argparse.Namespace, _: list[str]) -> int:
     jobs = dispatch.jobs
     if args.action == "list":
         return list_jobs(jobs, args)
+    if args.action == "reindex":
+        print(f"{jobs.reindex()} job(s) repaired in the listing indexes")
+        return 0
     if args.action == "retry" and args.failed:
         return _retry_failed(dispatch, args)
     if not args.job_id:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import pytest
@@ -215,3 +216,84 @@ def test_paging_by_offset_through_sparse_matches_skips_none_and_ends(
         if offset is None:
             break
     assert seen == list(reversed(failed)) and offset is None
+
+
+def index_keys(jobs: JobStore) -> list[str]:
+    """Every listing index by state and by state and error code (the ones populate uses)."""
+    names = [keys.state_index(state) for state in State]
+    return names + [keys.error_index(state, code) for state in State for code in ErrorCode]
+
+
+def holding(jobs: JobStore, job_id: str) -> set[str]:
+    """The state and error indexes holding `job_id`."""
+    return {name for name in index_keys(jobs) if jobs.redis.zscore(name, job_id) is not None}
+
+
+def as_an_old_worker_moved(jobs: JobStore, job_id: str, stale: str) -> None:
+    """What a worker of the release before the indexes leaves: the job moved, its entries not
+    (it is still listed under `stale`, and under no index of its state)."""
+    for name in holding(jobs, job_id):
+        jobs.redis.zrem(name, job_id)
+    jobs.redis.zadd(keys.state_index(stale), {job_id: time.time()})
+
+
+def test_prune_takes_a_job_out_of_every_state_index_not_only_its_own(jobs: JobStore) -> None:
+    done, _ = jobs.submit("rec-0", PROVIDER)
+    failed, _ = jobs.submit("rec-1", PROVIDER)
+    jobs.start_create(cast(JobRecord, jobs.record(done)), time.time())
+    jobs.record_created(done, "t-0", 60)
+    jobs.transcript_finished(done, "t-0", "done", None)
+    jobs.finish(done)
+    jobs.fail(failed, ErrorCode.TIMEOUT, "no")
+    as_an_old_worker_moved(jobs, done, "queued")
+    as_an_old_worker_moved(jobs, failed, "creating")
+    jobs.redis.zadd(keys.error_index("queued", ErrorCode.TIMEOUT), {failed: 1.0})
+    assert jobs.prune_finished(0) == 2
+    assert not holding(jobs, done) and not holding(jobs, failed)
+
+
+def test_reindex_repairs_what_old_workers_left_and_is_idempotent(
+    jobs: JobStore, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recall_transcribe.cli import main
+
+    populate(jobs, 30)
+    records = everything(jobs)
+    wrong = [r for r in records if r.state != State.QUEUED][:8]
+    for record in wrong:  # moved by an old worker: still listed as queued
+        as_an_old_worker_moved(jobs, record.id, "queued")
+    unlisted = next(r for r in records if r.state == State.QUEUED and r not in wrong)
+    for name in holding(jobs, unlisted.id):  # submitted by an old worker: in no index
+        jobs.redis.zrem(name, unlisted.id)
+    coded = next(r for r in records if r.error and r not in wrong)
+    jobs.redis.zadd(keys.error_index(coded.state, ErrorCode.NOT_FOUND), {coded.id: 1.0})
+    jobs.redis.zadd(keys.state_index("awaiting"), {"gone-long-ago": 1.0})  # pruned by them
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", settings.REDIS_URL)
+        patch.setenv("RECALL_API_BASE_URL", settings.RECALL_API_BASE_URL)
+        patch.setenv("RECALL_API_KEY", "test-key")
+        assert main(["jobs", "reindex"]) == 0
+    assert capsys.readouterr().out.split()[0] == str(len(wrong) + 3)
+    assert jobs.reindex() == 0
+    assert not holding(jobs, "gone-long-ago")
+    for filters in itertools.islice(combinations(records), 0, None, 3):
+        listed = [r.id for page in walk(jobs, filters) for r in page.records]
+        assert listed == [r.id for r in records if filters.keeps(r)], filters
+
+
+def test_reindex_beside_traffic_leaves_every_job_where_it_is(jobs: JobStore) -> None:
+    populate(jobs, 30)
+    for record in everything(jobs)[:10]:
+        as_an_old_worker_moved(jobs, record.id, "done")
+    queued = [r.id for r in everything(jobs) if r.state == State.QUEUED]
+    with ThreadPoolExecutor(1) as pool:
+        repair = pool.submit(lambda: [jobs.reindex() for _ in range(5)])
+        for job_id in queued:  # moved by this release while the repair runs
+            jobs.fail(job_id, ErrorCode.TIMEOUT, "no")
+            jobs.retry(job_id)
+            jobs.fail(job_id, ErrorCode.LIMIT_REACHED, "no")
+        repair.result()
+    records = everything(jobs)
+    for filters in itertools.islice(combinations(records), 0, None, 3):
+        listed = [r.id for page in walk(jobs, filters) for r in page.records]
+        assert listed == [r.id for r in records if filters.keeps(r)], filters

@@ -7,11 +7,15 @@ from typing import cast
 
 from tasks import keys
 from tasks.jobs.base import JobStoreBase
+from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import Phase, State, Step
 from tasks.names import DEFAULT
 
 SCHEMA = 4  # 4: listing indexes; 3: a phase, a deadline and a workspace; 1: state and step
 BATCH = 500
+REINDEX_BATCH = 100  # jobs per reindex call: each checks every state's and code's index
+_STATES = " ".join(State)
+_CODES = " ".join(ErrorCode)
 
 
 class Maintenance(JobStoreBase):
@@ -32,13 +36,44 @@ class Maintenance(JobStoreBase):
             batch = ids[start : start + BATCH]
             if schema < 3:
                 self._phases(batch)
-            upgraded += int(
-                self._run(
-                    "reindex", "", [], keys.RECORDING_JOBS_PREFIX, keys.RECORDING_PREFIX, *batch
-                )
-            )
+            upgraded += self._reindex(batch)
         self.redis.set(keys.SCHEMA, SCHEMA)
         return upgraded
+
+    def reindex(self) -> int:
+        """Repair the listing indexes after a rolling deploy across schema 4, whose earlier
+        release's workers moved and submitted jobs without them: every job (and every id an
+        index holds of a job gone) is put in its state's and error code's index and taken out
+        of every other, one job at a time atomically, so it is safe beside traffic, and
+        idempotent. Returns how many jobs' entries were repaired."""
+        ids: set[str] = set()
+        walked = [keys.JOBS, *(keys.state_index(state) for state in State)]
+        walked += [keys.error_index(state, code) for state in State for code in ErrorCode]
+        for key in walked:
+            ids.update(m.decode() for m in cast(list[bytes], self.redis.zrange(key, 0, -1)))
+        ordered = sorted(ids)
+        return sum(
+            self._reindex(ordered[start : start + BATCH]) for start in range(0, len(ordered), BATCH)
+        )
+
+    def _reindex(self, batch: list[str]) -> int:
+        """The `reindex` command over `batch`, REINDEX_BATCH jobs a call."""
+        repaired = 0
+        for start in range(0, len(batch), REINDEX_BATCH):
+            repaired += int(
+                self._run(
+                    "reindex",
+                    "",
+                    [],
+                    keys.RECORDING_JOBS_PREFIX,
+                    keys.RECORDING_PREFIX,
+                    keys.workspace(""),
+                    _STATES,
+                    _CODES,
+                    *batch[start : start + REINDEX_BATCH],
+                )
+            )
+        return repaired
 
     def _phases(self, batch: list[str]) -> None:
         """Schema 3 for one batch: phase, deadline and workspace where missing."""
@@ -76,6 +111,7 @@ class Maintenance(JobStoreBase):
                 keys.RECORDING_JOBS_PREFIX,
                 keys.OWNER_PREFIX,
                 keys.workspace(""),
+                _STATES,
                 *(state for state in State if not state.active),
             )
         )
