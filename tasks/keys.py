@@ -10,6 +10,8 @@ rt:jobs:state:{state}       zset: the job ids in that state, by creation time (l
 rt:jobs:state:{state}:error:{code}  zset: the job ids in that state with that error, by creation
 rt:jobs:recording:{rid}     zset: the recording's job ids, by creation time
 rt:schema                   how the job hashes are written (JobStore.upgrade)
+rt:schema:at                when this release's upgrade wrote it (schema 4)
+rt:schema:repaired          flag: the listing indexes were repaired once after that rollout
 rt:state:{state}            zset: the job ids in that state, by last change
 rt:recording:{rid}:version  counter: our creates and deletes on the recording that reached Recall
 rt:transcript:{tid}         string: the id of the job that owns a transcript
@@ -61,6 +63,8 @@ STATE_INDEX_PREFIX = f"{PREFIX}jobs:state:"
 OWNER_PREFIX = f"{PREFIX}transcript:"
 JOBS = f"{PREFIX}jobs"
 SCHEMA = f"{PREFIX}schema"
+SCHEMA_AT = f"{PREFIX}schema:at"
+SCHEMA_REPAIRED = f"{PREFIX}schema:repaired"
 DUE = f"{PREFIX}due"
 OUTBOX = f"{PREFIX}outbox"
 UNUSED_TICKETS = f"{PREFIX}tickets:unused"

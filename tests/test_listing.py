@@ -297,3 +297,18 @@ def test_reindex_beside_traffic_leaves_every_job_where_it_is(jobs: JobStore) -> 
     for filters in itertools.islice(combinations(records), 0, None, 3):
         listed = [r.id for page in walk(jobs, filters) for r in page.records]
         assert listed == [r.id for r in records if filters.keeps(r)], filters
+
+
+def test_the_indexes_are_repaired_once_after_the_rollout(jobs: JobStore) -> None:
+    populate(jobs, 12)
+    jobs.redis.set(keys.SCHEMA, "3")
+    jobs.upgrade()  # the first worker of this release
+    moved = next(r for r in everything(jobs) if r.state == State.DONE)
+    as_an_old_worker_moved(jobs, moved.id, "queued")  # a worker of the earlier one, after it
+    assert jobs.repair_after_rollout(grace_s=3600) is None  # the rollout may still be going on
+    assert holding(jobs, moved.id) == {keys.state_index("queued")}
+    jobs.redis.set(keys.SCHEMA_AT, jobs.now() - 3601)
+    assert jobs.repair_after_rollout(grace_s=3600) == 1
+    assert holding(jobs, moved.id) == {keys.state_index("done")}
+    as_an_old_worker_moved(jobs, moved.id, "queued")
+    assert jobs.repair_after_rollout(grace_s=3600) is None  # once per Redis

@@ -118,6 +118,9 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
         def _housekeep(self) -> None:
             sweep.inbox.resend_due()
             sweep.dispatch.jobs.prune_finished(sweep.retention_s)
+            repaired = sweep.dispatch.jobs.repair_after_rollout()
+            if repaired is not None:
+                log.info("repaired the listing indexes of %d job(s) after the rollout", repaired)
             release_unused(sweep.dispatch.jobs.redis, sweep.limiters)
 
         def _reconcile(self) -> None:

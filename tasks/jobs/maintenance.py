@@ -13,6 +13,7 @@ from tasks.names import DEFAULT
 
 SCHEMA = 4  # 4: listing indexes; 3: a phase, a deadline and a workspace; 1: state and step
 BATCH = 500
+ROLLOUT_S = 3600.0  # a rolling deploy is over this long after the upgrade (repair_after_rollout)
 REINDEX_BATCH = 100  # jobs per reindex call: each checks every state's and code's index
 _STATES = " ".join(State)
 _CODES = " ".join(ErrorCode)
@@ -38,7 +39,21 @@ class Maintenance(JobStoreBase):
                 self._phases(batch)
             upgraded += self._reindex(batch)
         self.redis.set(keys.SCHEMA, SCHEMA)
+        self.redis.set(keys.SCHEMA_AT, self.now())
         return upgraded
+
+    def repair_after_rollout(self, grace_s: float = ROLLOUT_S) -> int | None:
+        """`reindex` once per Redis, by one worker, `grace_s` after this release's upgrade wrote
+        schema 4: by then the rolling deploy is taken to be over (its old workers gone), so
+        what they moved or submitted after the upgrade is listed again. None until then, when
+        another worker has it, or when the schema was written without its time; else how many
+        jobs were repaired. `recall-transcribe jobs reindex` does the same on demand."""
+        at = cast(bytes | None, self.redis.get(keys.SCHEMA_AT))
+        if at is None or self.now() - float(at) < grace_s:
+            return None
+        if not self.redis.set(keys.SCHEMA_REPAIRED, str(self.now()), nx=True):
+            return None
+        return self.reindex()
 
     def reindex(self) -> int:
         """Repair the listing indexes after a rolling deploy across schema 4, whose earlier
