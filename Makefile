@@ -35,8 +35,8 @@ test: wheel
 	RECALL_TRANSCRIBE_BIN=$(CURDIR)/$(WHEEL)/venv/bin/recall-transcribe $(BIN)/pytest \
 		-n $(TEST_PROCESSES) --dist loadgroup --durations=25
 
-test-fast: install  # the unit and Redis tiers: the loop to live in (about a minute)
-	$(BIN)/pytest -m "not system" -q --hypothesis-profile fast
+test-fast: install  # the unit and Redis tiers: the loop to live in (under a minute)
+	$(BIN)/pytest -m "not system" -q --hypothesis-profile fast -n $(TEST_PROCESSES) --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check .
