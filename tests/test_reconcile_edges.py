@@ -337,6 +337,41 @@ def test_a_next_link_leading_back_ends_the_listing_and_holds_the_mark(
     assert walk is None and float(state[b"mark"]) < time.time() - 86400  # held, not passed
 
 
+def test_a_listing_given_up_run_after_run_never_moves_the_mark_back(
+    harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark is held where the window started from, not at its start (an hour before it):
+    a listing that keeps failing must not pull every later window back an hour per run."""
+    _recordings(emulator, "silent-", 5)
+    periodic = _periodic(harness, interval_s=0.0)
+    recall = periodic._reconciliations["default"].recall
+    real_json = recall._json
+
+    def looping(response: Any, what: str) -> Any:
+        page = real_json(response, what)
+        return {**page, "next": response.url} if "status_code=done" in response.url else page
+
+    monkeypatch.setattr(recall, "_json", looping)
+    mark = time.time() - 600
+    harness.redis.hset(keys.reconcile("default"), "mark", mark)
+    marks = []
+    for _ in range(3):
+        assert periodic.run("default")
+        marks.append(float(harness.redis.hget(keys.reconcile("default"), "mark") or 0))
+    assert marks == [pytest.approx(mark)] * 3
+
+
+def test_a_recording_whose_transcript_is_still_being_made_holds_the_mark(
+    harness: Harness, emulator: EmulatorHandle
+) -> None:
+    """Someone else's transcript in progress: no job now, but looked at again next run, since
+    it may yet fail."""
+    [rid] = _recordings(emulator, "made-", 1, transcript="processing")
+    walk = _reconciliation(harness).walk(_day())
+    assert walk.count(Outcome.TRANSCRIBED) == 1 and _jobs_of(harness, rid) == []
+    assert walk.oldest_pending is not None and walk.oldest_pending < walk.before - 3600
+
+
 def test_a_walk_reads_at_most_max_pages(
     harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:

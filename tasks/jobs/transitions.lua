@@ -10,10 +10,11 @@ if command == 'submit' then
   if ARGV[11] ~= '' then
     local workspace = cjson.decode(ARGV[5]).workspace
     for _, other in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
-      local f = redis.call('HMGET', job_prefix .. other, 'state', 'workspace', 'source', 'metadata')
+      local f = redis.call('HMGET', job_prefix .. other, 'state', 'workspace', 'source')
       local source = f[3]
-      if not source and f[4] then  -- a record from before `source` was kept: its metadata's
-        local metadata = cjson.decode(f[4])
+      local raw = not source and redis.call('HGET', job_prefix .. other, 'metadata')
+      if raw then  -- a record from before `source` was kept: its metadata's
+        local metadata = cjson.decode(raw)
         source = type(metadata) == 'table' and metadata.source or nil
         if source == 'recording.done' then source = 'webhook' end
       end

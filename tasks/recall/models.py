@@ -93,6 +93,14 @@ class Recording(BaseModel):
     def transcribed(self) -> bool:
         """Recall already holds a transcript of it (ours or anyone's) that is done or being made
         (someone pays for it); one that failed, or was deleted, is none."""
+        return self._transcript_status() in TRANSCRIBED
+
+    @property
+    def transcript_pending(self) -> bool:
+        """Its transcript is still being made: it may yet fail, and need one of ours."""
+        return self._transcript_status() == "processing"
+
+    def _transcript_status(self) -> object:
         transcript = self.media_shortcuts.transcript if self.media_shortcuts else None
         status = transcript.get("status") if transcript is not None else None
-        return isinstance(status, dict) and status.get("code") in TRANSCRIBED
+        return status.get("code") if isinstance(status, dict) else None

@@ -132,7 +132,7 @@ class Periodic:
             now = self._now()
             mark = float(cast(bytes, raw_mark)) if raw_mark else None
             after = now - self.lookback_s if mark is None else mark - OVERLAP_S
-            walk = Walk(after=after, before=now, started_at=now, id=uuid.uuid4().hex)
+            walk = Walk(after=after, before=now, started_at=now, id=uuid.uuid4().hex, held=mark)
             self._redis.hset(key, "walk", walk.dump())
         else:
             log.info("reconcile %s: resuming a walk at page %d", workspace, walk.pages + 1)

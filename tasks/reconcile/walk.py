@@ -86,6 +86,7 @@ class Walk:
     oldest_pending: float | None = None  # created_at of the oldest recording not reconciled yet
     started_at: float | None = None  # Redis's clock; a walk without `id`: its own jobs since
     id: str | None = None  # in its jobs' metadata (`walk`): which jobs this walk submitted
+    held: float | None = None  # the mark this window started from: a listing given up holds it
 
     def dump(self) -> str:
         return json.dumps(asdict(self))
@@ -219,7 +220,8 @@ class Reconciliation:
         self, walk: Walk, save: Callable[[Walk], None] | None, why: str, *, rest: bool = False
     ) -> None:
         """Go on with the next phase (with `rest`, end the walk); the recordings not read hold
-        the mark at the window's start (the next run reads the window again)."""
+        the mark where this window started from (the next run reads the window again, and one
+        given up run after run does not move the mark back each time)."""
         log.error(
             "reconcile %s: %s: the rest of the %s listing%s is skipped; the mark stays at the "
             "window's start",
@@ -228,9 +230,9 @@ class Reconciliation:
             PHASES[walk.phase],
             " and the listings after it" if rest else "",
         )
-        walk.oldest_pending = (
-            walk.after if walk.oldest_pending is None else min(walk.oldest_pending, walk.after)
-        )
+        held = walk.after if walk.held is None else walk.held
+        pending = walk.oldest_pending
+        walk.oldest_pending = held if pending is None else min(pending, held)
         walk.phase, walk.cursor = len(PHASES) if rest else walk.phase + 1, None
         if save is not None:
             save(walk)
@@ -245,7 +247,9 @@ class Reconciliation:
         submitted = []
         for recording, outcome in classified:
             walk.counts[outcome] = walk.count(outcome) + 1
-            if outcome == Outcome.UNFINISHED:
+            if outcome == Outcome.UNFINISHED or (
+                outcome == Outcome.TRANSCRIBED and recording.transcript_pending
+            ):  # looked at again next run: it may end without a transcript
                 walk.oldest_pending = _oldest(walk.oldest_pending, recording)
             elif outcome == Outcome.SUBMITTED:
                 submitted.append(recording.id)
