@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,147 +17,71 @@ import requests
 from harness import EmulatorHandle, System, recording_done, signed, wait_for
 from receiver.app import create_app
 from tasks import keys
-from tasks.events import parse_event
 from tasks.jobs.states import State
-from tasks.metrics import Metrics, RedisCollector
 from tasks.outcomes import Outcome as StepOutcome
 from tasks.recall.client import INLINE_WAIT_S
 from tasks.recall.limiter import DEFAULT_RATES, Family, Limiter, Rate, parse_rates
 from tasks.recalls import recall_client
-from tasks.reconcile import OVERLAP_S, Outcome, Periodic, Reconciliation, Walk, reconciliations
+from tasks.reconcile import OVERLAP_S, Outcome, Reconciliation, Walk
 from tasks.reconcile.walk import PHASES
 from tasks.settings import Settings
 from tests.cluster import cluster, wait_until_promoted
 from tests.helpers import Harness, reconfigure
-
-HOURS_AGO = 2
-
-
-def _iso(hours_ago: float) -> str:
-    return (datetime.now(UTC) - timedelta(hours=hours_ago)).isoformat()
-
-
-def _recordings(emulator: EmulatorHandle, prefix: str, count: int, **fields: Any) -> list[str]:
-    """`count` recordings at "Recall", created two hours ago, ended without their webhook unless
-    the test sends it."""
-    response = requests.post(
-        f"{emulator.url}/_emulator/recordings",
-        json={
-            "count": count,
-            "id_prefix": prefix,
-            "created_from": _iso(HOURS_AGO + 0.5),
-            "created_to": _iso(HOURS_AGO),
-            "duration_s": 600,
-            "send_done": False,
-            **fields,
-        },
-        timeout=10,
-    )
-    response.raise_for_status()
-    ids: list[str] = response.json()["ids"]
-    return ids
-
-
-def _scenario(emulator: EmulatorHandle) -> dict[str, list[str]]:
-    """The issue's: 10 announced, 10 finished silently, 2 transcribed at Recall, 2 processing."""
-    return {
-        "announced": _recordings(emulator, "announced-", 10),
-        "silent": _recordings(emulator, "silent-", 10),
-        "transcribed": _recordings(emulator, "transcribed-", 2, transcript=True),
-        "processing": _recordings(emulator, "processing-", 2, status="processing"),
-    }
-
-
-def _reconciliation(harness: Harness, *, dry_run: bool = False) -> Reconciliation:
-    settings = harness.pipeline.settings
-    found = reconciliations(
-        settings,
-        harness.pipeline.dispatch,
-        harness.pipeline.recalls,
-        Metrics(harness.redis),
-        dry_run=dry_run,
-    )
-    return found["default"]
-
-
-def _periodic(harness: Harness, interval_s: float = 3600.0) -> Periodic:
-    return Periodic(
-        harness.redis,
-        {"default": _reconciliation(harness)},
-        interval_s,
-        harness.pipeline.settings.RECONCILE_LOOKBACK_S,
-        10,
-    )
-
-
-def _ingest_done(harness: Harness, recording_id: str) -> StepOutcome:
-    return harness.pipeline.ingest(parse_event(recording_done(recording_id))).outcome
-
-
-def _persist_all(harness: Harness) -> None:
-    """Run every queued step, and the polls they fall due for, until no job is unfinished."""
-
-    def finished() -> bool:
-        harness.drain(200)
-        due, _ = harness.pipeline.jobs.claim_due()
-        harness.pipeline.dispatch.redrive(due)
-        harness.drain(200)
-        jobs = harness.pipeline.jobs
-        return not any(next(jobs.records(state), None) for state in State if state.active)
-
-    wait_for(finished, 30, interval=0.1, what="every job finished")
-
-
-def _jobs_of(harness: Harness, recording_id: str) -> list[str]:
-    members = harness.redis.zrange(keys.recording(recording_id), 0, -1)
-    return sorted(m.decode() for m in members)  # type: ignore[union-attr]
-
-
-def _creates(emulator: EmulatorHandle) -> dict[str, int]:
-    created: dict[str, int] = emulator.stats()["created_by_recording"]
-    return created
+from tests.reconciling import (
+    HOURS_AGO,
+    creates_of,
+    hours_ago_iso,
+    ingest_done,
+    issue_scenario,
+    jobs_of,
+    periodic_of,
+    persist_every_job,
+    reconciliation_of,
+    scrape_metrics,
+    silent_recordings,
+)
 
 
 def test_missed_webhooks_found_and_each_transcribed_once(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    ids = _scenario(emulator)
+    ids = issue_scenario(emulator)
     for recording_id in ids["announced"]:
-        assert _ingest_done(harness, recording_id) == StepOutcome.JOB_CREATED
+        assert ingest_done(harness, recording_id) == StepOutcome.JOB_CREATED
 
-    assert _periodic(harness).run("default")
-    _persist_all(harness)
+    assert periodic_of(harness).run("default")
+    persist_every_job(harness)
 
-    creates = _creates(emulator)
+    creates = creates_of(emulator)
     for recording_id in ids["announced"] + ids["silent"]:
         assert creates.get(recording_id) == 1, recording_id
-        [job_id] = _jobs_of(harness, recording_id)
+        [job_id] = jobs_of(harness, recording_id)
         job = harness.pipeline.jobs.record(job_id)
         assert job is not None and job.state == State.DONE
         assert any((Path(harness.pipeline.settings.TRANSCRIPTS_STORE) / recording_id).iterdir())
     for recording_id in ids["silent"]:
-        [job_id] = _jobs_of(harness, recording_id)
+        [job_id] = jobs_of(harness, recording_id)
         job = harness.pipeline.jobs.record(job_id)
         assert job is not None and job.metadata["source"] == "reconcile"
         assert set(job.metadata) == {"source", "walk"}  # the walk that submitted it
         assert job.view().source == "reconcile"
     for recording_id in ids["transcribed"]:  # only the transcript someone else had made
-        assert creates.get(recording_id) == 1 and _jobs_of(harness, recording_id) == []
+        assert creates.get(recording_id) == 1 and jobs_of(harness, recording_id) == []
     for recording_id in ids["processing"]:
-        assert recording_id not in creates and _jobs_of(harness, recording_id) == []
+        assert recording_id not in creates and jobs_of(harness, recording_id) == []
 
     # The ten missed webhooks arrive late (Svix's last retry, a replay): nothing new.
     harness.clear()
     for recording_id in ids["silent"]:
-        assert _ingest_done(harness, recording_id) == StepOutcome.JOB_EXISTS
+        assert ingest_done(harness, recording_id) == StepOutcome.JOB_EXISTS
     assert harness.queued() == []
-    assert _creates(emulator) == creates
+    assert creates_of(emulator) == creates
     for recording_id in ids["silent"]:  # the first source stays
-        [job_id] = _jobs_of(harness, recording_id)
+        [job_id] = jobs_of(harness, recording_id)
         job = harness.pipeline.jobs.record(job_id)
         assert job is not None and job.view().source == "reconcile"
 
-    text = _scrape(harness.redis)
+    text = scrape_metrics(harness.redis)
     assert (
         'recall_transcribe_reconciled_total{outcome="submitted",workspace="default"} 10.0' in text
     )
@@ -166,8 +90,8 @@ def test_missed_webhooks_found_and_each_transcribed_once(
 
 
 def test_second_reconciliation_adds_nothing(harness: Harness, emulator: EmulatorHandle) -> None:
-    ids = _scenario(emulator)
-    reconciliation = _reconciliation(harness)
+    ids = issue_scenario(emulator)
+    reconciliation = reconciliation_of(harness)
     window = {"after": time.time() - 86400, "before": time.time()}
     first = reconciliation.walk(Walk(**window))
     assert (first.count(Outcome.SUBMITTED), first.count(Outcome.KNOWN)) == (20, 0)
@@ -176,48 +100,53 @@ def test_second_reconciliation_adds_nothing(harness: Harness, emulator: Emulator
     second = reconciliation.walk(Walk(**window))
     assert second.counts == {"known": 20, "transcribed": 2}
     assert harness.queued() == queued  # no step sent again
-    assert sum(len(_jobs_of(harness, r)) for group in ids.values() for r in group) == 20
+    assert sum(len(jobs_of(harness, r)) for group in ids.values() for r in group) == 20
 
 
 def test_dry_run_creates_nothing(harness: Harness, emulator: EmulatorHandle) -> None:
-    ids = _scenario(emulator)
-    walk = _reconciliation(harness, dry_run=True).walk(
+    ids = issue_scenario(emulator)
+    walk = reconciliation_of(harness, dry_run=True).walk(
         Walk(after=time.time() - 86400, before=time.time())
     )
     assert walk.counts == {"submitted": 20, "transcribed": 2}
     assert harness.queued() == []
-    assert all(_jobs_of(harness, r) == [] for group in ids.values() for r in group)
+    assert all(jobs_of(harness, r) == [] for group in ids.values() for r in group)
     assert harness.redis.hgetall(keys.METRIC_RECONCILED) == {}  # nothing done, nothing counted
 
 
 def test_recently_finished_left_to_their_webhook(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    recent = _recordings(
-        emulator, "recent-", 3, created_from=_iso(0.2), created_to=_iso(0.1), duration_s=300
+    recent = silent_recordings(
+        emulator,
+        "recent-",
+        3,
+        created_from=hours_ago_iso(0.2),
+        created_to=hours_ago_iso(0.1),
+        duration_s=300,
     )
-    walk = _reconciliation(harness).walk(Walk(after=time.time() - 86400, before=time.time()))
+    walk = reconciliation_of(harness).walk(Walk(after=time.time() - 86400, before=time.time()))
     assert walk.counts == {"unfinished": 3}
-    assert all(_jobs_of(harness, r) == [] for r in recent)
+    assert all(jobs_of(harness, r) == [] for r in recent)
     assert walk.oldest_pending is not None  # the next periodic run looks at them again
 
 
 def test_transcribed_ones_submitted_when_not_skipped(
     harness: Harness, emulator: EmulatorHandle, settings: Settings
 ) -> None:
-    ids = _recordings(emulator, "transcribed-", 2, transcript=True)
-    reconciliation = _reconciliation(harness)
+    ids = silent_recordings(emulator, "transcribed-", 2, transcript=True)
+    reconciliation = reconciliation_of(harness)
     reconciliation.skip_transcribed = False
     walk = reconciliation.walk(Walk(after=time.time() - 86400, before=time.time()))
     assert walk.counts == {"submitted": 2}
-    assert all(len(_jobs_of(harness, r)) == 1 for r in ids)
+    assert all(len(jobs_of(harness, r)) == 1 for r in ids)
 
 
 def test_walk_resumes_after_a_crash_mid_walk(
     harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    silent = _recordings(emulator, "silent-", 10)  # pages of 3: 4 pages
-    periodic = _periodic(harness)
+    silent = silent_recordings(emulator, "silent-", 10)  # pages of 3: 4 pages
+    periodic = periodic_of(harness)
     real_page = Reconciliation._page
     handled = []
 
@@ -240,7 +169,7 @@ def test_walk_resumes_after_a_crash_mid_walk(
     assert periodic.run("default")  # another worker, or this one later: goes on at page 3
     # pages 3 and 4 of the finished ones, the last phase
     assert emulator.stats()["calls"]["recordings"] - calls_before == 2
-    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    assert all(len(jobs_of(harness, r)) == 1 for r in silent)
     state = harness.redis.hgetall(keys.reconcile("default"))
     assert b"walk" not in state and b"mark" in state
     assert not periodic.due("default")
@@ -252,8 +181,8 @@ def test_jobs_submitted_before_redis_cut_a_page_short_are_still_counted_and_logg
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    silent = _recordings(emulator, "silent-", 10)  # pages of 3
-    periodic = _periodic(harness)
+    silent = silent_recordings(emulator, "silent-", 10)  # pages of 3
+    periodic = periodic_of(harness)
     real_submit = Reconciliation._submit
     submitted: list[str] = []
 
@@ -270,15 +199,15 @@ def test_jobs_submitted_before_redis_cut_a_page_short_are_still_counted_and_logg
         assert periodic.run("default")
     logged = " ".join(r.getMessage() for r in caplog.records if "recording.done" in r.getMessage())
     assert all(r in logged for r in silent)
-    assert 'outcome="submitted",workspace="default"} 10.0' in _scrape(harness.redis)
-    assert 'outcome="known",workspace="default"} 0.0' in _scrape(harness.redis)
+    assert 'outcome="submitted",workspace="default"} 10.0' in scrape_metrics(harness.redis)
+    assert 'outcome="known",workspace="default"} 0.0' in scrape_metrics(harness.redis)
 
 
 def test_one_worker_at_a_time_and_the_high_water_mark(
     harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _recordings(emulator, "processing-", 1, status="processing")
-    one, other = _periodic(harness), _periodic(harness)
+    silent_recordings(emulator, "processing-", 1, status="processing")
+    one, other = periodic_of(harness), periodic_of(harness)
     lease = harness.redis.lock(keys.reconcile_lease("default"), timeout=10)
     assert lease.acquire(blocking=False)
     assert not other.run("default")  # the lease is held: no second walk
@@ -306,7 +235,7 @@ def test_one_worker_at_a_time_and_the_high_water_mark(
 def test_backfill_waits_for_its_own_quota_and_recalls_429s(
     harness: Harness, emulator: EmulatorHandle, settings: Settings
 ) -> None:
-    silent = _recordings(emulator, "silent-", 12)  # 4 pages of 3
+    silent = silent_recordings(emulator, "silent-", 12)  # 4 pages of 3
     emulator.fault(target="recordings", action="status", status=429, retry_after=1, times=1)
     paced = reconfigure(settings, RECALL_RATE_LIMITS="recordings=2/1")
     limiter = Limiter(harness.redis, paced.rate_limits, INLINE_WAIT_S)
@@ -318,7 +247,7 @@ def test_backfill_waits_for_its_own_quota_and_recalls_429s(
     walk = reconciliation.walk(Walk(after=time.time() - 86400, before=time.time()))
     assert walk.count(Outcome.SUBMITTED) == 12
     assert time.monotonic() - started >= 1.0  # waited, never failed
-    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    assert all(len(jobs_of(harness, r)) == 1 for r in silent)
     assert harness.redis.zcard(keys.rate("default", Family.RECORDINGS)) > 0
     assert harness.redis.zcard(keys.rate("default", Family.LIST)) == 0  # not the pipeline's
 
@@ -339,15 +268,7 @@ def test_last_verified_webhook_time_is_a_metric(settings: Settings, rclient: red
     assert client.post("/webhooks/recall", data=body, headers=headers).status_code == 200
     at = float(rclient.hget(keys.METRIC_LAST_WEBHOOK, "default") or 0)
     assert before - 1 <= at <= time.time()
-    assert "recall_transcribe_last_webhook_timestamp_seconds" in _scrape(rclient)
-
-
-def _scrape(client: redis.Redis) -> str:
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    registry = CollectorRegistry()
-    registry.register(RedisCollector(client))
-    return generate_latest(registry).decode()
+    assert "recall_transcribe_last_webhook_timestamp_seconds" in scrape_metrics(rclient)
 
 
 def test_alert_rules_name_metrics_we_serve_and_prometheus_loads_them(rclient: redis.Redis) -> None:
@@ -356,7 +277,7 @@ def test_alert_rules_name_metrics_we_serve_and_prometheus_loads_them(rclient: re
     import yaml
 
     root = Path(__file__).resolve().parent.parent
-    served = _scrape(rclient)
+    served = scrape_metrics(rclient)
     [group] = yaml.safe_load((root / "deploy/alerts.yml").read_text())["groups"]
     rules = {rule["alert"]: rule["expr"] for rule in group["rules"]}
     assert set(rules) == {"NoWebhooksWhileRecordingsFinish", "ReconciliationSubmittedJobs"}
@@ -374,7 +295,7 @@ def test_cli_reconcile_dry_run_then_for_real(
 ) -> None:
     from recall_transcribe.cli import main
 
-    silent = _recordings(emulator, "silent-", 4)
+    silent = silent_recordings(emulator, "silent-", 4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REDIS_URL", settings.REDIS_URL)
         patch.setenv("RECALL_API_BASE_URL", settings.RECALL_API_BASE_URL)
@@ -396,9 +317,9 @@ def test_cli_reconcile_dry_run_then_for_real(
 def test_reconcile_logs_the_recordings_it_submitted(
     harness: Harness, emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture
 ) -> None:
-    silent = _recordings(emulator, "silent-", 2)
+    silent = silent_recordings(emulator, "silent-", 2)
     with caplog.at_level(logging.WARNING, logger="tasks.reconcile.walk"):
-        _reconciliation(harness).walk(Walk(after=time.time() - 86400, before=time.time()))
+        reconciliation_of(harness).walk(Walk(after=time.time() - 86400, before=time.time()))
     [line] = [r.getMessage() for r in caplog.records if "recording.done" in r.getMessage()]
     assert all(r in line for r in silent)
 
@@ -425,10 +346,10 @@ def _fleet_scenario(emulator: EmulatorHandle) -> dict[str, list[str]]:
     """What Recall holds when the fleet starts (its first run looks back RECONCILE_LOOKBACK_S):
     the issue's scenario, the announced ten sent to the receiver."""
     return {
-        "announced": _recordings(emulator, "announced-", 10, send_done=True),
-        "silent": _recordings(emulator, "silent-", 10),
-        "transcribed": _recordings(emulator, "transcribed-", 2, transcript=True),
-        "processing": _recordings(emulator, "processing-", 2, status="processing"),
+        "announced": silent_recordings(emulator, "announced-", 10, send_done=True),
+        "silent": silent_recordings(emulator, "silent-", 10),
+        "transcribed": silent_recordings(emulator, "transcribed-", 2, transcript=True),
+        "processing": silent_recordings(emulator, "processing-", 2, status="processing"),
     }
 
 
@@ -442,7 +363,7 @@ def _each_transcribed_once(system: System, ids: dict[str, list[str]]) -> None:
         return all((system.store / r).is_dir() and any((system.store / r).iterdir()) for r in done)
 
     wait_for(all_persisted, 120, interval=0.5, what="the 20 finished recordings persisted")
-    creates = _creates(emulator)
+    creates = creates_of(emulator)
     assert all(creates.get(r) == 1 for r in done), creates
     assert all(creates.get(r) == 1 for r in ids["transcribed"])  # the one seeded
     assert not any(r in creates for r in ids["processing"])
@@ -451,7 +372,7 @@ def _each_transcribed_once(system: System, ids: dict[str, list[str]]) -> None:
     for recording_id in ids["silent"]:
         assert system.post(recording_done(recording_id)).json() == {"status": "enqueued"}
     time.sleep(3)  # the workers apply them (and a periodic run passes again)
-    assert _creates(emulator) == creates
+    assert creates_of(emulator) == creates
     jobs = system.jobs()
     assert len(jobs) == 20 and all(job["state"] == "done" for job in jobs)
     sources = {job["recording_id"]: job["source"] for job in jobs}
@@ -482,11 +403,11 @@ def test_fleet_reconciles_missed_webhooks_once(start_system: Any) -> None:
     for recording_id in ids["processing"]:
         requests.post(
             f"{emulator.url}/_emulator/recordings/{recording_id}/finish",
-            json={"send_done": False, "completed_at": _iso(0.1)},
+            json={"send_done": False, "completed_at": hours_ago_iso(0.1)},
             timeout=5,
         ).raise_for_status()
     wait_for(
-        lambda: all(_creates(emulator).get(r) == 1 for r in ids["processing"]),
+        lambda: all(creates_of(emulator).get(r) == 1 for r in ids["processing"]),
         30,
         interval=0.5,
         what="the long meetings found once they ended",

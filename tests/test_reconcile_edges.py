@@ -23,15 +23,15 @@ from tasks.reconcile import Outcome, Reconciliation, Walk
 from tasks.reconcile import walk as walk_module
 from tasks.reconcile.walk import PHASES
 from tests.helpers import Harness
-from tests.test_reconcile import (
-    _creates,
-    _ingest_done,
-    _jobs_of,
-    _periodic,
-    _persist_all,
-    _reconciliation,
-    _recordings,
-    _scrape,
+from tests.reconciling import (
+    creates_of,
+    ingest_done,
+    jobs_of,
+    periodic_of,
+    persist_every_job,
+    reconciliation_of,
+    scrape_metrics,
+    silent_recordings,
 )
 
 OTHER_PROVIDER = {"recallai_async": {"language_code": "de"}}
@@ -39,7 +39,7 @@ OTHER_PROVIDER = {"recallai_async": {"language_code": "de"}}
 
 def _with_provider(harness: Harness, provider: dict[str, Any]) -> Reconciliation:
     """A reconciliation run where TRANSCRIPT_PROVIDER differs (an operator's shell, a change)."""
-    base = _reconciliation(harness)
+    base = reconciliation_of(harness)
     dispatch = Dispatcher(harness.pipeline.jobs, {"default": provider})
     return Reconciliation(dispatch, base.recall, "default", base.grace_s, base.skip_transcribed)
 
@@ -55,20 +55,20 @@ def _day() -> Walk:
 def test_late_webhook_after_reconciliation_with_another_provider_creates_once(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    [rid] = _recordings(emulator, "silent-", 1)
+    [rid] = silent_recordings(emulator, "silent-", 1)
     assert harness.pipeline.dispatch.provider(None) != OTHER_PROVIDER
     _with_provider(harness, OTHER_PROVIDER).walk(_day())
-    [job_id] = _jobs_of(harness, rid)
-    _ingest_done(harness, rid)  # recording.done finally delivered (Recall's retry, a replay)
-    _persist_all(harness)
-    assert _jobs_of(harness, rid) == [job_id]
-    assert _creates(emulator).get(rid) == 1
+    [job_id] = jobs_of(harness, rid)
+    ingest_done(harness, rid)  # recording.done finally delivered (Recall's retry, a replay)
+    persist_every_job(harness)
+    assert jobs_of(harness, rid) == [job_id]
+    assert creates_of(emulator).get(rid) == 1
 
 
 def test_reconciliation_with_another_provider_finds_the_webhook_job(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    [rid] = _recordings(emulator, "silent-", 1)
+    [rid] = silent_recordings(emulator, "silent-", 1)
     job_id, created = harness.pipeline.dispatch.submit(
         rid, None, {"source": "recording.done"}, workspace="default", source=Source.WEBHOOK
     )
@@ -83,33 +83,33 @@ def test_webhook_takes_an_old_reconcile_record_without_source(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     """A record from before `source` was kept counts by its metadata, as its view does."""
-    [rid] = _recordings(emulator, "silent-", 1)
+    [rid] = silent_recordings(emulator, "silent-", 1)
     dispatch = _with_provider(harness, OTHER_PROVIDER).dispatch
     job_id, _ = dispatch.submit(
         rid, None, {"source": "reconcile"}, workspace="default", source=Source.RECONCILE
     )
     harness.redis.hdel(keys.job(job_id), "source")
     assert harness.pipeline.jobs.record(job_id).started_by == Source.RECONCILE  # type: ignore[union-attr]
-    assert _jobs_of(harness, rid) == [job_id]
-    _ingest_done(harness, rid)
-    assert _jobs_of(harness, rid) == [job_id]
+    assert jobs_of(harness, rid) == [job_id]
+    ingest_done(harness, rid)
+    assert jobs_of(harness, rid) == [job_id]
 
 
 def test_an_api_job_with_another_provider_is_still_its_own(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
     """A client may ask another provider for a recording on purpose: the API keeps that."""
-    [rid] = _recordings(emulator, "silent-", 1)
-    _ingest_done(harness, rid)
+    [rid] = silent_recordings(emulator, "silent-", 1)
+    ingest_done(harness, rid)
     _, created = harness.pipeline.dispatch.submit(rid, OTHER_PROVIDER, workspace="default")
     assert created
-    assert len(_jobs_of(harness, rid)) == 2
+    assert len(jobs_of(harness, rid)) == 2
 
 
 def test_webhook_in_another_workspace_is_not_taken(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    [rid] = _recordings(emulator, "silent-", 1)
+    [rid] = silent_recordings(emulator, "silent-", 1)
     provider = harness.pipeline.dispatch.provider(None)
     dispatch = Dispatcher(harness.pipeline.jobs, {"default": provider, "b": OTHER_PROVIDER})
     first, _ = dispatch.submit(rid, None, workspace="default", source=Source.WEBHOOK)
@@ -148,17 +148,17 @@ def test_a_recording_finishing_between_two_listings_is_reconciled_later(
 ) -> None:
     """Whichever listing it finishes before, it holds the mark back, and a later run (once its
     webhook's grace is over) submits its job."""
-    [meeting] = _recordings(emulator, "long-", 1, status="processing")
-    periodic = _periodic(harness, interval_s=0.0)
+    [meeting] = silent_recordings(emulator, "long-", 1, status="processing")
+    periodic = periodic_of(harness, interval_s=0.0)
     reconciliation = periodic._reconciliations["default"]
     finishing = FinishingAt(reconciliation.recall, emulator, meeting, at)
     reconciliation.recall = finishing  # type: ignore[assignment]
     assert periodic.run("default")
-    assert finishing.listings == list(PHASES) and not _jobs_of(harness, meeting)
+    assert finishing.listings == list(PHASES) and not jobs_of(harness, meeting)
     reconciliation.recall = finishing.real
     reconciliation.grace_s = 0.0
     assert periodic.run("default")
-    assert len(_jobs_of(harness, meeting)) == 1
+    assert len(jobs_of(harness, meeting)) == 1
 
 
 def test_a_walk_saved_with_the_old_order_starts_its_window_again() -> None:
@@ -211,14 +211,14 @@ def test_an_item_that_is_not_a_recording_is_left_out_and_the_rest_reconciled(
     caplog: pytest.LogCaptureFixture,
     bad: str,
 ) -> None:
-    silent = _recordings(emulator, "silent-", 2)
-    periodic = _periodic(harness, interval_s=0.0)
+    silent = silent_recordings(emulator, "silent-", 2)
+    periodic = periodic_of(harness, interval_s=0.0)
     recall = periodic._reconciliations["default"].recall
     item = BAD_ITEMS[bad]
     _hostile(monkeypatch, recall, lambda page: {**page, "results": [item, *page["results"]]})
     with caplog.at_level(logging.WARNING):
         assert periodic.run("default")
-    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    assert all(len(jobs_of(harness, r)) == 1 for r in silent)
     assert b"mark" in harness.redis.hgetall(keys.reconcile("default"))
     assert "an item left out" in caplog.text
     assert harness.redis.zcard(keys.JOBS) == len(silent)  # no job for the item left out
@@ -241,17 +241,17 @@ def test_a_page_of_the_wrong_shape_is_retried_then_skipped_holding_the_mark(
     change: Any,
 ) -> None:
     _fast_retries(monkeypatch)
-    silent = _recordings(emulator, "silent-", 2)
-    periodic = _periodic(harness, interval_s=0.0)
+    silent = silent_recordings(emulator, "silent-", 2)
+    periodic = periodic_of(harness, interval_s=0.0)
     recall = periodic._reconciliations["default"].recall
     seen = _hostile(monkeypatch, recall, change, times=walk_module.MALFORMED_TRIES)
     with caplog.at_level(logging.WARNING):
         assert periodic.run("default")  # the run ends: not stopped for ever
     assert seen[0] == walk_module.MALFORMED_TRIES
     assert "listing is skipped" in caplog.text
-    assert not any(_jobs_of(harness, r) for r in silent)
+    assert not any(jobs_of(harness, r) for r in silent)
     assert periodic.run("default")  # the mark held: the next run reads the window again
-    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    assert all(len(jobs_of(harness, r)) == 1 for r in silent)
 
 
 # -- cursors Recall no longer takes ------------------------------------------------------------
@@ -271,8 +271,8 @@ def test_a_saved_cursor_recall_refuses_starts_the_listing_again(
     caplog: pytest.LogCaptureFixture,
     cursor: str,
 ) -> None:
-    silent = _recordings(emulator, "silent-", 2)
-    periodic = _periodic(harness, interval_s=0.0)
+    silent = silent_recordings(emulator, "silent-", 2)
+    periodic = periodic_of(harness, interval_s=0.0)
     now = time.time()
     stale = Walk(
         after=now - 86400,
@@ -285,7 +285,7 @@ def test_a_saved_cursor_recall_refuses_starts_the_listing_again(
     with caplog.at_level(logging.WARNING):
         assert periodic.run("default")
     assert "starts again from its first page" in caplog.text
-    assert all(len(_jobs_of(harness, r)) == 1 for r in silent)
+    assert all(len(jobs_of(harness, r)) == 1 for r in silent)
 
 
 @pytest.mark.parametrize(
@@ -315,8 +315,8 @@ def test_a_next_link_leading_back_ends_the_listing_and_holds_the_mark(
     caplog: pytest.LogCaptureFixture,
     back: str,
 ) -> None:
-    _recordings(emulator, "silent-", 5)  # pages of 3: two pages of finished recordings
-    periodic = _periodic(harness, interval_s=0.0)
+    silent_recordings(emulator, "silent-", 5)  # pages of 3: two pages of finished recordings
+    periodic = periodic_of(harness, interval_s=0.0)
     recall = periodic._reconciliations["default"].recall
     real_json, first = recall._json, []
 
@@ -342,8 +342,8 @@ def test_a_listing_given_up_run_after_run_never_moves_the_mark_back(
 ) -> None:
     """The mark is held where the window started from, not at its start (an hour before it):
     a listing that keeps failing must not pull every later window back an hour per run."""
-    _recordings(emulator, "silent-", 5)
-    periodic = _periodic(harness, interval_s=0.0)
+    silent_recordings(emulator, "silent-", 5)
+    periodic = periodic_of(harness, interval_s=0.0)
     recall = periodic._reconciliations["default"].recall
     real_json = recall._json
 
@@ -366,18 +366,18 @@ def test_a_recording_whose_transcript_is_still_being_made_holds_the_mark(
 ) -> None:
     """Someone else's transcript in progress: no job now, but looked at again next run, since
     it may yet fail."""
-    [rid] = _recordings(emulator, "made-", 1, transcript="processing")
-    walk = _reconciliation(harness).walk(_day())
-    assert walk.count(Outcome.TRANSCRIBED) == 1 and _jobs_of(harness, rid) == []
+    [rid] = silent_recordings(emulator, "made-", 1, transcript="processing")
+    walk = reconciliation_of(harness).walk(_day())
+    assert walk.count(Outcome.TRANSCRIBED) == 1 and jobs_of(harness, rid) == []
     assert walk.oldest_pending is not None and walk.oldest_pending < walk.before - 3600
 
 
 def test_a_walk_reads_at_most_max_pages(
     harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _recordings(emulator, "silent-", 10)  # four pages of finished recordings
+    silent_recordings(emulator, "silent-", 10)  # four pages of finished recordings
     monkeypatch.setattr(walk_module, "MAX_PAGES", 3)  # the pending listings' two, and one
-    walk = _periodic(harness)._reconciliations["default"].walk(_day(), pending=True)
+    walk = periodic_of(harness)._reconciliations["default"].walk(_day(), pending=True)
     assert walk.pages == 3 and walk.phase == len(PHASES)
     assert walk.oldest_pending == walk.after
 
@@ -392,10 +392,10 @@ def test_a_walk_reads_at_most_max_pages(
 def test_only_a_transcript_done_or_being_made_counts_as_transcribed(
     harness: Harness, emulator: EmulatorHandle, transcript: str, outcome: str
 ) -> None:
-    [rid] = _recordings(emulator, "tx-", 1, transcript=transcript)
-    walk = _reconciliation(harness).walk(_day())
+    [rid] = silent_recordings(emulator, "tx-", 1, transcript=transcript)
+    walk = reconciliation_of(harness).walk(_day())
     assert walk.count(Outcome(outcome)) == 1
-    assert bool(_jobs_of(harness, rid)) == (outcome == "submitted")
+    assert bool(jobs_of(harness, rid)) == (outcome == "submitted")
 
 
 @pytest.mark.parametrize(
@@ -423,9 +423,9 @@ def test_a_done_listing_item_not_done_in_the_window_gets_no_job(
     created_at: str | None,
     status: str | None,
 ) -> None:
-    [pending] = _recordings(emulator, "processing-", 1, status="processing")
-    [silent] = _recordings(emulator, "silent-", 1)
-    reconciliation = _reconciliation(harness)
+    [pending] = silent_recordings(emulator, "processing-", 1, status="processing")
+    [silent] = silent_recordings(emulator, "silent-", 1)
+    reconciliation = reconciliation_of(harness)
     reconciliation.grace_s = 0.0
     inside = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
     item: dict[str, Any] = {
@@ -441,14 +441,14 @@ def test_a_done_listing_item_not_done_in_the_window_gets_no_job(
     )
     with caplog.at_level(logging.WARNING):
         walk = reconciliation.walk(_day())
-    assert not _jobs_of(harness, pending) and len(_jobs_of(harness, silent)) == 1
+    assert not jobs_of(harness, pending) and len(jobs_of(harness, silent)) == 1
     assert walk.counts[walk_module.SKIPPED] == 1 and f"recording {pending} left out" in caplog.text
 
 
 def test_a_pending_item_of_another_window_does_not_hold_the_mark(
     harness: Harness, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reconciliation = _reconciliation(harness)
+    reconciliation = reconciliation_of(harness)
     real_json = reconciliation.recall._json
     stray = {"id": "old-1", "created_at": "2020-01-01T00:00:00Z", "status": {"code": "processing"}}
 
@@ -469,30 +469,30 @@ def test_a_pending_item_of_another_window_does_not_hold_the_mark(
 def test_a_job_in_another_workspace_does_not_make_the_recording_known(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    [rid] = _recordings(emulator, "shared-", 1)
+    [rid] = silent_recordings(emulator, "shared-", 1)
     provider = harness.pipeline.dispatch.provider(None)
     dispatch = Dispatcher(harness.pipeline.jobs, {"default": provider, "b": provider})
     dispatch.submit(rid, None, {"source": "recording.done"}, source=Source.WEBHOOK)
-    base = _reconciliation(harness)
+    base = reconciliation_of(harness)
     other = Reconciliation(dispatch, base.recall, "b", 0.0, False)
     walk = other.walk(_day())
     assert walk.count(Outcome.KNOWN) == 0 and walk.count(Outcome.SUBMITTED) == 1
-    assert len(_jobs_of(harness, rid)) == 2
+    assert len(jobs_of(harness, rid)) == 2
     assert other.walk(_day()).count(Outcome.KNOWN) == 1  # and then it is
 
 
 def test_a_cli_run_during_a_periodic_walk_is_not_counted_by_the_walk(
     harness: Harness, emulator: EmulatorHandle
 ) -> None:
-    silent = _recordings(emulator, "silent-", 3)
-    periodic = _periodic(harness)
+    silent = silent_recordings(emulator, "silent-", 3)
+    periodic = periodic_of(harness)
     now = harness.pipeline.jobs.now()
     # a periodic walk begins (saved before its first page), then an operator's CLI run submits
     walk = Walk(after=now - 86400, before=now, started_at=now, id="periodic-1")
     harness.redis.hset(keys.reconcile("default"), "walk", walk.dump())
-    cli = _reconciliation(harness).walk(_day())
+    cli = reconciliation_of(harness).walk(_day())
     assert cli.count(Outcome.SUBMITTED) == len(silent)
     assert periodic.run("default")
-    text = _scrape(harness.redis)
+    text = scrape_metrics(harness.redis)
     assert 'recall_transcribe_reconciled_total{outcome="submitted",workspace="default"} 3.0' in text
     assert 'recall_transcribe_reconciled_total{outcome="known",workspace="default"} 3.0' in text
