@@ -114,7 +114,14 @@ def create_worker_app(settings: Settings) -> Celery:
             deliveries, Sender.from_settings(settings), metrics, settings.CALLBACK_THREADS
         )
     sweep = Sweep(
-        dispatch, inbox, outbox, pool, limiters, settings.SWEEP_INTERVAL_S, settings.JOB_RETENTION_S
+        dispatch,
+        jobs,
+        inbox,
+        outbox,
+        pool,
+        limiters,
+        settings.SWEEP_INTERVAL_S,
+        settings.JOB_RETENTION_S,
     )
     if settings.RECONCILE_INTERVAL_S > 0:
         sweep.reconcile = Periodic(

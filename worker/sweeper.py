@@ -20,6 +20,7 @@ from celery import bootsteps
 from tasks.callbacks.outbox import Outbox
 from tasks.dispatch import Dispatcher
 from tasks.inbox import Inbox
+from tasks.jobs.store import JobStore
 from tasks.recall.limiter import Limiter, release_unused
 from tasks.reconcile import Periodic
 from worker.deliveries import DeliveryPool
@@ -33,6 +34,7 @@ class Sweep:
     """What the sweeper drives, and how often."""
 
     dispatch: Dispatcher
+    jobs: JobStore  # the store the dispatcher sends for: upgraded, pruned and repaired here
     inbox: Inbox
     outbox: Outbox
     pool: DeliveryPool | None
@@ -100,7 +102,7 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
         def _upgrade(self) -> None:
             """Jobs a previous release wrote, once per worker start."""
             if not self._upgraded:
-                log.info("upgraded %d job(s)", sweep.dispatch.jobs.upgrade())
+                log.info("upgraded %d job(s)", sweep.jobs.upgrade())
                 self._upgraded = True
 
         def _redrive(self) -> float | None:
@@ -117,11 +119,11 @@ def sweeper_step(sweep: Sweep) -> type[bootsteps.StartStopStep]:
 
         def _housekeep(self) -> None:
             sweep.inbox.resend_due()
-            sweep.dispatch.jobs.prune_finished(sweep.retention_s)
-            repaired = sweep.dispatch.jobs.repair_after_rollout()
+            sweep.jobs.prune_finished(sweep.retention_s)
+            repaired = sweep.jobs.repair_after_rollout()
             if repaired is not None:
                 log.info("repaired the listing indexes of %d job(s) after the rollout", repaired)
-            release_unused(sweep.dispatch.jobs.redis, sweep.limiters)
+            release_unused(sweep.jobs.redis, sweep.limiters)
 
         def _reconcile(self) -> None:
             """Start a reconciliation when one is due (it runs in a thread of its own)."""
