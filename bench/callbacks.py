@@ -76,7 +76,7 @@ def latency(workdir: Path, jobs: int) -> dict[str, Any]:
         for recording_id in ids:
             deliver_recordings_done(system.receiver_url, [recording_id])
             wait_for(lambda: len(sink.arrivals) >= len(delays) + 1, 30, what="the callback")
-            job_id = str(system.redis.zrange(keys.state("done"), -1, -1)[0])
+            job_id = system.jobs(recording_id=recording_id)[0]["id"]
             done_at = float(system.redis.hget(keys.job(job_id), "updated_at") or 0)
             delays.append(max(sink.arrivals.values()) - done_at)
     finally:

@@ -83,19 +83,21 @@ def fill(client: redis.Redis, count: int) -> dict[str, str]:
                 "updated_at": repr(created + 60),
                 "deadline_at": repr(created + 86400),
             }
+            index = keys.index(workspace, kind, code if kind == "failed" else None)
             if "transcript_id" in fields:
                 fields["transcript_id"] = str(uuid.UUID(int=i + 1 << 32))
-                pipe.set(keys.transcript_owner(fields["transcript_id"]), job_id)
+                if kind not in ("done", "failed"):
+                    pipe.set(keys.transcript_owner(fields["transcript_id"]), job_id)
             if kind == "failed":
                 fields["error"] = f'{{"code": "{code}", "message": "failed in the benchmark"}}'
-                pipe.zadd(keys.error_index("failed", code), {job_id: created})
             elif kind == "awaiting":
                 pipe.zadd(keys.DUE, {job_id: created + 60})
             pipe.hset(keys.job(job_id), mapping=fields)
-            for index in (keys.JOBS, keys.state_index(kind), keys.workspace(workspace)):
-                pipe.zadd(index, {job_id: created})
+            pipe.zadd(index, {job_id: created})
+            pipe.sadd(keys.INDEXES, index)
             pipe.zadd(keys.recording(recording), {job_id: created})
-            pipe.zadd(keys.state(kind), {job_id: created + 60})
+            if kind not in ("done", "failed"):
+                pipe.zadd(keys.state(kind), {job_id: created + 60})
             if i == count // 2 // len(KINDS) * len(KINDS) + KINDS.index("failed"):
                 values = {
                     "state": "failed",
@@ -106,7 +108,7 @@ def fill(client: redis.Redis, count: int) -> dict[str, str]:
                     "created_before": _iso(base + count * 0.0075),
                 }
         pipe.execute()
-    client.set(keys.SCHEMA, "4")
+    client.set(keys.SCHEMA, "5")
     return values
 
 

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import redis
 import requests
@@ -16,7 +16,7 @@ import requests
 from emulator.state import EmulatorState
 from harness.processes import Process, free_port, http_ready, recall_transcribe, wait_for
 from harness.webhooks import SECRET, WEBHOOK_PATH, deliver_recordings_done, post_webhook
-from tasks import keys
+from tasks.jobs import indexes
 
 API_KEY = "test-key"
 API_TOKEN = "test-token"
@@ -189,17 +189,14 @@ class System:
         return job
 
     def count(self, state: str) -> int:
-        """How many jobs are in `state`, read from Redis's state index."""
-        return int(self.redis.zcard(keys.state(state)))
+        """How many jobs are in `state`, read from Redis's listing indexes."""
+        return indexes.count(self.redis, state)
 
     def done_in(self, workspace: str) -> int:
-        """How many of `workspace`'s jobs are done, read from Redis's workspace index."""
-        client = self.redis
-        job_ids = cast(list[str], client.zrange(keys.workspace(workspace), 0, -1))
-        pipe = client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(keys.job(job_id), "state")
-        return sum(state == "done" for state in pipe.execute())
+        """How many of `workspace`'s jobs are done, read from Redis's listing indexes."""
+        return sum(
+            int(self.redis.zcard(key)) for key in indexes.written(self.redis, workspace, ["done"])
+        )
 
     def cpu(self) -> dict[str, float]:
         return {name: proc.cpu_seconds() for name, proc in self.processes.items()}

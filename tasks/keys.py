@@ -5,16 +5,20 @@ one command walks many jobs (claim, prune), the prefixes below as arguments.
 
 rt:job:{id}                 hash: one job's record (tasks/jobs/record.py) and its history
                             (the field `history`, tasks/jobs/history.py)
-rt:jobs                     zset: every job id, by creation time
-rt:jobs:state:{state}       zset: the job ids in that state, by creation time (listings)
-rt:jobs:state:{state}:error:{code}  zset: the job ids in that state with that error, by creation
+rt:index:{ws}:{state}       zset: a workspace's job ids in that state, by creation time: the
+                            listing index a job sits in, its only entry among all jobs
+rt:index:{ws}:{state}:{code}  ... of the jobs in that state with that error (failed ones)
+rt:indexes                  set: every listing index key written (a listing walks those it needs)
 rt:jobs:recording:{rid}     zset: the recording's job ids, by creation time
 rt:schema                   how the job hashes are written (JobStore.upgrade)
-rt:schema:at                when this release's upgrade wrote it (schema 4)
+rt:schema:at                when this release's upgrade wrote it (schema 5)
 rt:schema:repaired          flag: the listing indexes were repaired once after that rollout
-rt:state:{state}            zset: the job ids in that state, by last change
+rt:schema:rollout           flag: workers of an earlier release may still run (set by the upgrade
+                            of a Redis that held jobs, deleted by the repair): until then finished
+                            jobs are not compacted, so that those workers can read them
+rt:state:{state}            zset: the job ids in that unfinished state, by last change
 rt:recording:{rid}:version  counter: our creates and deletes on the recording that reached Recall
-rt:transcript:{tid}         string: the id of the job that owns a transcript
+rt:transcript:{tid}         string: the id of the unfinished job that owns a transcript
 rt:due                      zset: unfinished job ids, by when a worker must next look at them
 rt:outbox                   zset: `job id:attempt` of finished jobs whose news is not sent on yet
 rt:callback:{id}            hash: one callback delivery (tasks/callbacks/)
@@ -40,7 +44,6 @@ rt:inbox:sent               hash: an event's message on its way ('seq task-id'),
 rt:inbox:seq                counter: numbers every ingest message sent, in the order queued
 rt:inbox:taken              the highest such number a worker has taken
 rt:tickets:unused           list: quota tickets of steps that will not run, to give back
-rt:workspace:{name}         zset: the workspace's job ids, by creation time
 rt:rate:{ws}:{family}:{scope}  zset: a workspace's Recall calls made and reserved
                             (tasks/recall/limiter.py), with `:pause`, `:seq` and `:pace` (the
                             pace learned from Recall's 429s) beside it
@@ -59,12 +62,13 @@ STATE_PREFIX = f"{PREFIX}state:"
 LOCK_PREFIX = f"{PREFIX}lock:"
 RECORDING_PREFIX = f"{PREFIX}recording:"
 RECORDING_JOBS_PREFIX = f"{PREFIX}jobs:recording:"
-STATE_INDEX_PREFIX = f"{PREFIX}jobs:state:"
+INDEX_PREFIX = f"{PREFIX}index:"
+INDEXES = f"{PREFIX}indexes"
 OWNER_PREFIX = f"{PREFIX}transcript:"
-JOBS = f"{PREFIX}jobs"
 SCHEMA = f"{PREFIX}schema"
 SCHEMA_AT = f"{PREFIX}schema:at"
 SCHEMA_REPAIRED = f"{PREFIX}schema:repaired"
+SCHEMA_ROLLOUT = f"{PREFIX}schema:rollout"
 DUE = f"{PREFIX}due"
 OUTBOX = f"{PREFIX}outbox"
 UNUSED_TICKETS = f"{PREFIX}tickets:unused"
@@ -106,13 +110,24 @@ def state(name: str) -> str:
     return f"{STATE_PREFIX}{name}"
 
 
-def state_index(name: str) -> str:
-    return f"{STATE_INDEX_PREFIX}{name}"
+def index(workspace: str, state_name: str, code: str | None = None) -> str:
+    """The listing index of a workspace's jobs in a state (with an error code). Built in
+    jobs.lua too, from INDEX_PREFIX (it moves a job between indexes); parsed by `indexed`."""
+    return f"{INDEX_PREFIX}{workspace}:{state_name}" + (f":{code}" if code else "")
 
 
-def error_index(state_name: str, code: str) -> str:
-    """Built in jobs.lua too, from STATE_INDEX_PREFIX (it indexes a job when it fails)."""
-    return f"{STATE_INDEX_PREFIX}{state_name}:error:{code}"
+def indexed(key: str) -> tuple[str, str, str | None] | None:
+    """The workspace, state and error code a listing index key holds (None: not one)."""
+    if not key.startswith(INDEX_PREFIX):
+        return None
+    workspace, _, rest = key[len(INDEX_PREFIX) :].partition(":")
+    state_name, _, code = rest.partition(":")
+    return (workspace, state_name, code or None) if workspace and state_name else None
+
+
+LEGACY_INDEXES = (f"{PREFIX}jobs", f"{PREFIX}jobs:state:*", f"{PREFIX}workspace:*")
+"""Listing indexes schema 4 kept (every job; each state's and error's; each workspace's): the
+upgrade to schema 5 moves their jobs into the indexes above and deletes them."""
 
 
 def recording(recording_id: str) -> str:
@@ -142,10 +157,6 @@ def recording_lock(recording_id: str) -> str:
 
 def webhook_seen(event_id: str) -> str:
     return f"{PREFIX}webhook:{event_id}"
-
-
-def workspace(name: str) -> str:
-    return f"{PREFIX}workspace:{name}"
 
 
 def rate(workspace: str, family: str, scope: str = "") -> str:

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tasks import keys
+from tasks.jobs import indexes
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State, Step
 from tasks.names import DEFAULT
@@ -135,9 +136,8 @@ class RedisCollector(Collector):
         self._redis = client
 
     def collect(self) -> Iterator[Metric]:
+        states = indexes.by_state(self._redis)
         pipe = self._redis.pipeline(transaction=False)
-        for state in State:
-            pipe.zcard(keys.state(state))
         pipe.zcard(keys.DUE)
         pipe.hlen(keys.INBOX)
         pipe.hlen(keys.INBOX_DEAD)
@@ -153,13 +153,12 @@ class RedisCollector(Collector):
         for step in Step:
             pipe.hgetall(keys.metric_step(step))
         answers = pipe.execute()
-        states, rest = answers[: len(State)], answers[len(State) :]
-        due, inbox, dead, webhooks, recall, limited, callbacks, reconciled, last_hook = rest[:9]
-        job_durations, job_failures, outcomes = rest[9:12]
-        steps = rest[12:]
+        due, inbox, dead, webhooks, recall, limited, callbacks, reconciled, last_hook = answers[:9]
+        job_durations, job_failures, outcomes = answers[9:12]
+        steps = answers[12:]
 
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state", labels=["state"])
-        for state, count in zip(State, states, strict=True):
+        for state, count in states.items():
             jobs.add_metric([state.value], count)
         yield jobs
         yield GaugeMetricFamily(f"{PREFIX}_due_jobs", "Unfinished jobs in the due-set", value=due)

@@ -12,7 +12,7 @@ import redis
 import requests
 
 from harness import System, wait_for
-from tasks import keys
+from tasks.jobs import indexes
 from tasks.names import PIPELINE_QUEUE
 
 RECORDINGS = 60
@@ -51,7 +51,7 @@ def test_a_backlog_longer_than_a_lease_sends_each_step_once(start_system: Any) -
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(submit, recordings)) == {202}
-    wait_for(lambda: client.zcard(keys.state("done")) == RECORDINGS, 180, what="every job done")
+    wait_for(lambda: indexes.count(client, "done") == RECORDINGS, 180, what="every job done")
     stop.set()
     watcher.join(5)
 

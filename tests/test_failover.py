@@ -17,7 +17,7 @@ import redis
 import requests
 
 from harness import System, free_port, http_ready, recording_done, signed, wait_for
-from tasks import keys
+from tasks.jobs import indexes
 from tests.cluster import Cluster, cluster, wait_until_promoted
 
 # Timing-sensitive (their windows and rates are measured): one xdist worker runs them in turn.
@@ -89,24 +89,24 @@ def test_a_failover_mid_burst_loses_nothing_acknowledged_and_creates_nothing_twi
         sent = [pool.submit(recall.deliver, r) for r in recordings]
         try:
             wait_for(lambda: len(acknowledged) >= RECORDINGS // 3, 60, what="a third accepted")
-            done_before = int(client.zcard(keys.state("done")))
+            done_before = indexes.count(client, "done")
             sentinels.kill(old)  # mid-burst, jobs in every phase
             killed = time.monotonic()
             promote_s = wait_until_promoted(sentinels, old)
             promoted = time.monotonic()
             fresh = redis.Redis.from_url(f"redis://127.0.0.1:{sentinels.primary()}/0")
             # Liveness only (a worker that never follows the promotion); bench/failover.py times it.
-            wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 45, what="a job")
+            wait_for(lambda: indexes.count(fresh, "done") > done_before, 45, what="a job")
             resume_s = time.monotonic() - promoted
             sentinels.start_server(old)  # the old primary comes back, as the new one's replica
             for future in sent:
                 future.result()
         finally:
             recall.stopped.set()
-    wait_for(lambda: fresh.zcard(keys.state("done")) == RECORDINGS, 180, what="every job done")
+    wait_for(lambda: indexes.count(fresh, "done") == RECORDINGS, 180, what="every job done")
 
     assert sorted(acknowledged) == sorted(recordings)
-    assert fresh.zcard(keys.JOBS) == RECORDINGS and fresh.zcard(keys.state("failed")) == 0
+    assert indexes.count(fresh) == RECORDINGS and indexes.count(fresh, "failed") == 0
     for recording_id in recordings:
         ours = [t for t in system.emulator.transcripts(recording_id) if t["metadata"]]
         assert len(ours) == 1, (recording_id, ours)  # never a second transcript
@@ -172,13 +172,13 @@ def _partitioned_burst(system: System, nodes: Cluster, link: Any, cut_off: Syste
         with ThreadPoolExecutor(6) as pool:
             sent = [pool.submit(recall.deliver, r) for r in recordings]
             wait_for(lambda: len(acknowledged) >= 20, 60, what="a third accepted")
-            done_before = int(old.zcard(keys.state("done")))
+            done_before = indexes.count(old, "done")
             link.cut()
             refused_before = recall.refused[0]
             promote_s = wait_until_promoted(nodes, link.port)
             promoted = time.monotonic()
             fresh = redis.Redis(port=nodes.primary())
-            wait_for(lambda: int(fresh.zcard(keys.state("done"))) > done_before, 30, what="a job")
+            wait_for(lambda: indexes.count(fresh, "done") > done_before, 30, what="a job")
             resume_s = time.monotonic() - promoted
             for future in sent:  # the rest of the fleet goes on: everything gets accepted
                 future.result()
@@ -188,12 +188,12 @@ def _partitioned_burst(system: System, nodes: Cluster, link: Any, cut_off: Syste
     healed = time.monotonic()
     wait_for(lambda: old.info("replication")["role"] == "slave", 60, what="old primary rejoined")
     rejoin_s = time.monotonic() - healed
-    wait_for(lambda: fresh.zcard(keys.state("done")) == len(recordings), 120, what="all done")
+    wait_for(lambda: indexes.count(fresh, "done") == len(recordings), 120, what="all done")
 
     refused_by_cut_off = recall.refused[0] - refused_before
     assert refused_by_cut_off > 0  # the cut-off side was asked, and said no
     assert sorted(acknowledged) == sorted(recordings)
-    assert fresh.zcard(keys.JOBS) == len(recordings) and fresh.zcard(keys.state("failed")) == 0
+    assert indexes.count(fresh) == len(recordings) and indexes.count(fresh, "failed") == 0
     for recording_id in recordings:
         ours = [t for t in system.emulator.transcripts(recording_id) if t["metadata"]]
         assert len(ours) == 1, (recording_id, ours)

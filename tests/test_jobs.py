@@ -12,6 +12,7 @@ import redis
 
 from tasks import keys
 from tasks.dispatch import Dispatcher
+from tasks.jobs import indexes
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord
 from tasks.jobs.sending import Due
@@ -148,23 +149,27 @@ def snapshot(client: redis.Redis, job_id: str) -> tuple[object, ...]:
 
 
 def assert_consistent(jobs: JobStore, job: JobRecord) -> None:
-    """The job is in exactly the state set and listing index of its state, in the error index of
-    its error only while failed, in the due-set while active, and its history's last event left
-    it where it is."""
+    """The job is in the state set of its state while active and in no other, in exactly one
+    listing index (its workspace's, state's and error code's: an error only while failed), in
+    the due-set while active; a finished job's hash is compact (Redis's listpack) and no owner key
+    names it; its history's last event left it where it is."""
     client = jobs.redis
     members = [s for s in State if client.zscore(keys.state(s), job.id) is not None]
-    assert members == [job.state]
-    indexed = [s for s in State if client.zscore(keys.state_index(s), job.id) == job.created_at]
-    assert indexed == [job.state]
-    by_error = {
-        key.decode()
-        for code in ErrorCode
-        for key in client.keys(keys.error_index("*", code))
+    assert members == ([job.state] if job.state.active else [])
+    indexed = {
+        key.decode(): client.zscore(key, job.id)
+        for key in client.keys(f"{keys.INDEX_PREFIX}*")
         if client.zscore(key, job.id) is not None
     }
-    expected = {keys.error_index(job.state, job.error.code)} if job.error else set()
-    assert by_error == expected and (not job.error or job.state == State.FAILED)
+    code = job.error.code if job.error else None
+    assert indexed == {keys.index(job.workspace, job.state, code): job.created_at}
+    assert keys.index(job.workspace, job.state, code).encode() in client.smembers(keys.INDEXES)
+    assert not job.error or job.state == State.FAILED
     assert (client.zscore(keys.DUE, job.id) is not None) == job.state.active
+    owners = {k for k in client.keys(f"{keys.OWNER_PREFIX}*") if client.get(k) == job.id.encode()}
+    assert not owners or job.state.active
+    if not job.state.active:
+        assert client.object("encoding", keys.job(job.id)) == b"listpack"
     history = jobs.history(job.id)
     assert history is not None
     assert (history.events[-1].state, history.events[-1].step) == (job.state, job.step)
@@ -229,7 +234,8 @@ def test_transcript_news_before_the_create_answer_is_honoured_once_created(
     if phase == FAILED:
         assert job.error is not None
         assert (job.error.code, job.error.sub_code) == (ErrorCode.TRANSCRIPT_FAILED, sub_code)
-    assert jobs.owner_of(T1) == job_id
+    # a finished job has no owner key: the transcript's metadata names it
+    assert jobs.owner_of(T1) == (job_id if job.state.active else None)
 
 
 def test_news_of_another_transcript_is_not_honoured(jobs: JobStore) -> None:
@@ -296,9 +302,8 @@ def test_finished_jobs_past_their_retention_leave_redis_with_their_index_entries
     assert jobs.prune_finished(retention_s=0) == 2
     assert jobs.record(done_id) is None and jobs.record(failed_id) is None
     assert jobs.owner_of(T1) is None
-    assert {m.decode() for m in rclient.zrange(keys.JOBS, 0, -1)} == {active_id}
+    assert indexes.count(rclient) == 1 and indexes.count(rclient, "queued") == 1
     assert rclient.exists(keys.recording("rec-1"), keys.recording("rec-2")) == 0
-    assert rclient.zcard(keys.state("done")) == rclient.zcard(keys.state("failed")) == 0
     assert record(jobs, active_id).state == State.QUEUED
 
 
@@ -385,7 +390,7 @@ def test_jobs_written_by_the_previous_release_are_upgraded_and_never_stop_the_sw
             "updated_at": time.time(),
         },
     )
-    rclient.zadd(keys.JOBS, {"old": time.time()})
+    rclient.zadd("rt:jobs", {"old": time.time()})  # every job, as releases before 5 kept them
     rclient.zadd(keys.state("queued"), {"old": time.time()})
     new_id, _ = jobs.submit("rec-new", PROVIDER)
     rclient.zadd(keys.DUE, {"old": 0, new_id: 0})

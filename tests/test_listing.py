@@ -57,8 +57,10 @@ def populate(jobs: JobStore, count: int = 60) -> None:
 
 
 def everything(jobs: JobStore) -> list[JobRecord]:
-    ids = [m.decode() for m in cast(list[bytes], jobs.redis.zrange(keys.JOBS, 0, -1))]
-    found = [decode(cast(dict[bytes, bytes], jobs.redis.hgetall(keys.job(i)))) for i in ids]
+    ids = {
+        m.decode() for key in jobs.redis.keys(keys.job("*")) for m in [key[len(keys.JOB_PREFIX) :]]
+    }
+    found = [decode(cast(dict[bytes, bytes], jobs.redis.hgetall(keys.job(i))), i) for i in ids]
     return sorted((r for r in found if r), key=lambda r: (r.created_at, r.id), reverse=True)
 
 
@@ -100,6 +102,26 @@ def test_every_filter_alone_and_combined_equals_a_brute_force_filter(jobs: JobSt
         assert listed == [r.id for r in records if filters.keeps(r)], filters
 
 
+@pytest.mark.parametrize("reads", [1, 2, 5])
+def test_the_union_of_indexes_merges_in_order_through_ties_and_tiny_reads(
+    jobs: JobStore, monkeypatch: pytest.MonkeyPatch, reads: int
+) -> None:
+    """Jobs created at one of three instants, so that equal creation times sit in several
+    indexes, each read a few entries a call: the merge still equals a brute-force filter."""
+    monkeypatch.setattr(listing, "CALL_READS", reads)
+    populate(jobs, 36)
+    instants = [1_700_000_000.25, 1_700_000_001.5, 1_700_000_002.75]
+    for i, record in enumerate(everything(jobs)):
+        at = instants[i % 3]
+        jobs.redis.hset(keys.job(record.id), "created_at", repr(at))
+        for key in [*jobs.redis.keys(f"{keys.INDEX_PREFIX}*"), keys.recording(record.recording_id)]:
+            jobs.redis.zadd(key, {record.id: at}, xx=True)
+    records = everything(jobs)
+    for filters in itertools.islice(combinations(records), 0, None, 2):
+        listed = [r.id for page in walk(jobs, filters, limit=3) for r in page.records]
+        assert listed == [r.id for r in records if filters.keeps(r)], filters
+
+
 def test_offset_pages_as_before(jobs: JobStore) -> None:
     populate(jobs, 20)
     records = everything(jobs)
@@ -130,10 +152,11 @@ def test_a_page_reads_a_bounded_number_of_index_entries(
 ) -> None:
     monkeypatch.setattr(listing, "CALL_READS", 30)
     monkeypatch.setattr(listing, "PAGE_READS", 100)
-    rare, _ = jobs.submit("rec-rare", PROVIDER, workspace="ws-a")
+    rare, _ = jobs.submit("rec-shared", PROVIDER, workspace="ws-a", idempotency_key="rare")
     jobs.fail(rare, ErrorCode.TIMEOUT, "the one")
-    for i in range(250):  # the same workspace queued, and failed jobs of another workspace
-        job_id, _ = jobs.submit(f"rec-{i}", PROVIDER, workspace="ws-a" if i % 2 else "ws-b")
+    for i in range(250):  # the recording's other jobs: queued, or failed in another workspace
+        workspace = "ws-a" if i % 2 else "ws-b"
+        job_id, _ = jobs.submit("rec-shared", PROVIDER, workspace=workspace, idempotency_key=f"{i}")
         if i % 2 == 0:
             jobs.fail(job_id, ErrorCode.TIMEOUT, "no")
     script, reads = jobs._pages, []
@@ -144,7 +167,8 @@ def test_a_page_reads_a_bounded_number_of_index_entries(
         return answer
 
     jobs.__dict__["_pages"] = counted
-    filters, found, pages = Filters(state=State.FAILED, workspace="ws-a"), [], 0
+    filters = Filters(recording_id="rec-shared", state=State.FAILED, workspace="ws-a")
+    found, pages = [], 0
     for page in walk(jobs, filters, limit=10):
         found += [r.id for r in page.records]
         pages += 1
@@ -155,10 +179,11 @@ def test_a_page_reads_a_bounded_number_of_index_entries(
 def test_jobs_written_before_the_indexes_are_upgraded_into_them(jobs: JobStore) -> None:
     populate(jobs, 30)
     client = jobs.redis
-    indexes = cast(list[bytes], client.keys(f"{keys.STATE_INDEX_PREFIX}*"))
+    indexes = cast(list[bytes], client.keys(f"{keys.INDEX_PREFIX}*"))
     indexes += cast(list[bytes], client.keys(f"{keys.RECORDING_JOBS_PREFIX}*"))
-    client.delete(*indexes)
-    for record in everything(jobs):  # as schema 3 kept a recording's jobs
+    client.delete(*indexes, keys.INDEXES)
+    for record in everything(jobs):  # as schema 3 kept every job, and a recording's
+        client.zadd("rt:jobs", {record.id: record.created_at})
         client.sadd(keys.old_recording_set(record.recording_id), record.id)
     client.set(keys.SCHEMA, "3")
     assert jobs.upgrade() == 30 and jobs.upgrade() == 0
@@ -218,23 +243,29 @@ def test_paging_by_offset_through_sparse_matches_skips_none_and_ends(
     assert seen == list(reversed(failed)) and offset is None
 
 
-def index_keys(jobs: JobStore) -> list[str]:
-    """Every listing index by state and by state and error code (the ones populate uses)."""
-    names = [keys.state_index(state) for state in State]
-    return names + [keys.error_index(state, code) for state in State for code in ErrorCode]
-
-
 def holding(jobs: JobStore, job_id: str) -> set[str]:
-    """The state and error indexes holding `job_id`."""
-    return {name for name in index_keys(jobs) if jobs.redis.zscore(name, job_id) is not None}
+    """The listing indexes holding `job_id`."""
+    names = [name.decode() for name in jobs.redis.keys(f"{keys.INDEX_PREFIX}*")]
+    return {name for name in names if jobs.redis.zscore(name, job_id) is not None}
+
+
+def stale_entry(jobs: JobStore, job_id: str, state: str, code: str | None = None) -> None:
+    """An entry of the job in the default workspace's listing index of `state` (`code`)."""
+    name = keys.index("default", state, code)
+    jobs.redis.zadd(name, {job_id: time.time()})
+    jobs.redis.sadd(keys.INDEXES, name)
 
 
 def as_an_old_worker_moved(jobs: JobStore, job_id: str, stale: str) -> None:
-    """What a worker of the release before the indexes leaves: the job moved, its entries not
-    (it is still listed under `stale`, and under no index of its state)."""
+    """What a worker of the release before schema 5 leaves: the job moved, its entries in
+    these indexes not (it is still listed under `stale`, and under no index of its state); it
+    kept its own indexes instead."""
     for name in holding(jobs, job_id):
         jobs.redis.zrem(name, job_id)
-    jobs.redis.zadd(keys.state_index(stale), {job_id: time.time()})
+    stale_entry(jobs, job_id, stale)
+    record = cast(JobRecord, jobs.record(job_id))
+    jobs.redis.zadd("rt:jobs", {job_id: record.created_at})
+    jobs.redis.zadd(f"rt:jobs:state:{record.state}", {job_id: record.created_at})
 
 
 def test_prune_takes_a_job_out_of_every_state_index_not_only_its_own(jobs: JobStore) -> None:
@@ -245,9 +276,9 @@ def test_prune_takes_a_job_out_of_every_state_index_not_only_its_own(jobs: JobSt
     jobs.transcript_finished(done, "t-0", "done", None)
     jobs.finish(done)
     jobs.fail(failed, ErrorCode.TIMEOUT, "no")
-    as_an_old_worker_moved(jobs, done, "queued")
-    as_an_old_worker_moved(jobs, failed, "creating")
-    jobs.redis.zadd(keys.error_index("queued", ErrorCode.TIMEOUT), {failed: 1.0})
+    stale_entry(jobs, done, "queued")  # what an old worker left beside its own entry
+    stale_entry(jobs, failed, "creating")
+    stale_entry(jobs, failed, "queued", ErrorCode.TIMEOUT)
     assert jobs.prune_finished(0) == 2
     assert not holding(jobs, done) and not holding(jobs, failed)
 
@@ -266,8 +297,8 @@ def test_reindex_repairs_what_old_workers_left_and_is_idempotent(
     for name in holding(jobs, unlisted.id):  # submitted by an old worker: in no index
         jobs.redis.zrem(name, unlisted.id)
     coded = next(r for r in records if r.error and r not in wrong)
-    jobs.redis.zadd(keys.error_index(coded.state, ErrorCode.NOT_FOUND), {coded.id: 1.0})
-    jobs.redis.zadd(keys.state_index("awaiting"), {"gone-long-ago": 1.0})  # pruned by them
+    stale_entry(jobs, coded.id, coded.state, ErrorCode.NOT_FOUND)
+    stale_entry(jobs, "gone-long-ago", "awaiting")  # pruned by them
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REDIS_URL", settings.REDIS_URL)
         patch.setenv("RECALL_API_BASE_URL", settings.RECALL_API_BASE_URL)
@@ -306,9 +337,9 @@ def test_the_indexes_are_repaired_once_after_the_rollout(jobs: JobStore) -> None
     moved = next(r for r in everything(jobs) if r.state == State.DONE)
     as_an_old_worker_moved(jobs, moved.id, "queued")  # a worker of the earlier one, after it
     assert jobs.repair_after_rollout(grace_s=3600) is None  # the rollout may still be going on
-    assert holding(jobs, moved.id) == {keys.state_index("queued")}
+    assert holding(jobs, moved.id) == {keys.index("default", "queued")}
     jobs.redis.set(keys.SCHEMA_AT, jobs.now() - 3601)
     assert jobs.repair_after_rollout(grace_s=3600) == 1
-    assert holding(jobs, moved.id) == {keys.state_index("done")}
+    assert holding(jobs, moved.id) == {keys.index(moved.workspace, "done")}
     as_an_old_worker_moved(jobs, moved.id, "queued")
     assert jobs.repair_after_rollout(grace_s=3600) is None  # once per Redis

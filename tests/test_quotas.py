@@ -15,6 +15,7 @@ from emulator.quotas import RECALL_QUOTAS, scaled
 from emulator.server import create_emulator
 from harness import System, recording_done, wait_for
 from tasks import keys
+from tasks.jobs import indexes
 
 # Timing-sensitive (their windows and rates are measured): one xdist worker runs them in turn.
 pytestmark = pytest.mark.xdist_group("timing")
@@ -59,8 +60,8 @@ def test_a_burst_of_recordings_under_recalls_quotas_is_paced_not_failed(
         assert set(pool.map(deliver, recordings)) == {200}
 
     client = redis.Redis.from_url(system.env["REDIS_URL"], decode_responses=True)
-    wait_for(lambda: client.zcard(keys.state("done")) == BURST, 240, what="every job done")
-    assert client.zcard(keys.state("failed")) == 0
+    wait_for(lambda: indexes.count(client, "done") == BURST, 240, what="every job done")
+    assert indexes.count(client, "failed") == 0
     for recording_id in recordings:
         ours = [t for t in emulator.transcripts(recording_id) if t["metadata"].get("job_id")]
         assert len(ours) == 1, recording_id
@@ -93,8 +94,8 @@ def test_recall_enforcing_less_than_declared_costs_few_429s_and_no_job(start_sys
         assert system.post(recording_done(recording_id)).status_code == 200
 
     client = redis.Redis.from_url(system.env["REDIS_URL"], decode_responses=True)
-    wait_for(lambda: client.zcard(keys.state("done")) == jobs, 60, what="every job done")
-    assert client.zcard(keys.state("failed")) == 0
+    wait_for(lambda: indexes.count(client, "done") == jobs, 60, what="every job done")
+    assert indexes.count(client, "failed") == 0
     stats = system.emulator.stats()
     calls, refused_at = stats["calls"]["retrieve"], stats["throttled_at"].get("retrieve", [])
     bursts = _bursts(refused_at, gap=0.5)

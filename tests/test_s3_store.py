@@ -10,12 +10,10 @@ from typing import Any
 
 import boto3
 import pytest
-import redis
 import requests
 from moto.server import ThreadedMotoServer
 
 from harness import System, free_port, recording_done, wait_for
-from tasks import keys
 from tasks.store.layout import CHUNK
 from tasks.store.s3 import S3Store, StoreUnavailable
 
@@ -151,7 +149,6 @@ def test_workers_persist_to_s3_and_a_refusing_store_fails_the_job_readably(
         RETRY_BACKOFF_MAX_S="0.2",
         **AWS,
     )
-    client = redis.Redis.from_url(system.env["REDIS_URL"], decode_responses=True)
     for recording_id in ("ok", "refused"):
         system.emulator.recording(recording_id)
     assert system.post(recording_done("ok")).status_code == 200
@@ -170,6 +167,7 @@ def test_workers_persist_to_s3_and_a_refusing_store_fails_the_job_readably(
     boto3.client("s3", endpoint_url=s3).delete_bucket(Bucket="transcripts")  # now it refuses
     assert system.post(recording_done("refused")).status_code == 200
     wait_for(lambda: system.count("failed") == 1, 60, what="the job failed")
-    (job_id,) = client.zrange(keys.state("failed"), 0, -1)
-    error = client.hget(keys.job(job_id), "error") or ""
-    assert '"internal"' in error and "NoSuchBucket" in error and "s3://transcripts/t/" in error
+    (job,) = system.jobs(state="failed")
+    error = job["error"]
+    assert error["code"] == "internal"
+    assert "NoSuchBucket" in error["message"] and "s3://transcripts/t/" in error["message"]

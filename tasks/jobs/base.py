@@ -24,7 +24,11 @@ LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the pre
 Delay = float | Literal["keep", "never"]
 # The jobs script, in the order its parts are joined (jobs.lua says what each holds).
 SCRIPT = ("jobs.lua", "transitions.lua", "sending.lua", "maintenance.lua")
-_PREFIXES = f"{keys.STATE_PREFIX} {keys.STATE_INDEX_PREFIX}"  # jobs.lua's ARGV[2]
+# jobs.lua's ARGV[2]: where the state sets, listing indexes and transcript owners are, and the
+# flag of a rollout going on
+_PREFIXES = " ".join(
+    [keys.STATE_PREFIX, keys.INDEX_PREFIX, keys.INDEXES, keys.OWNER_PREFIX, keys.SCHEMA_ROLLOUT]
+)
 
 
 def fields_arg(fields: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from tasks.jobs.states import PHASES, State, Step, Transition
 from tasks.jobs.views import iso
 
 SUBMITTED = "submitted"
+OWN = "!"  # in place of an event's error: the job's error (jobs.lua OWN)
 MAX_MESSAGE = 200  # an error message kept in the history, in characters
 CODES: dict[str, str] = {
     SUBMITTED: "s",
@@ -69,12 +70,15 @@ class History(BaseModel):
     events: list[Event]
 
 
-def decode(created_at: float, lines: list[bytes]) -> list[Event]:
-    """The stored events (oldest first), as users see them."""
+def decode(created_at: float, lines: list[bytes], failed: EventError | None = None) -> list[Event]:
+    """The stored events (oldest first), as users see them; `failed`: the job's error, which
+    the event that met it refers to (OWN) instead of keeping it twice."""
     events = []
     for line in lines:
         ms, event, phase, *error = line.decode().split(" ", 4)
         state, step = SHORT_PHASES[phase]
+        if error == [OWN]:
+            error = [failed.code, failed.message] if failed else []
         events.append(
             Event(
                 at=iso(created_at + int(ms) / 1000) or "",

@@ -1,8 +1,9 @@
-"""Pages of jobs read from indexes: every filter is a sorted set of job ids by creation time
-(tasks/keys.py), and a page walks the smallest of those it needs, newest first from a cursor,
-checking membership in the others (pages.lua). A page costs what it returns plus a bounded walk,
-however many jobs are retained; a cursor (a creation time and a job id) stays put while jobs are
-added and removed, where an offset would shift."""
+"""Pages of jobs read from indexes: each job sits in one listing index, its workspace's jobs in
+its state (with its error code), a sorted set by creation time (tasks/keys.py), and in its
+recording's. A page walks the union of the listing indexes its filters name (or the recording's,
+keeping the jobs also in one of those), merged newest first from a cursor (pages.lua). A page
+costs what it returns plus a bounded walk, however many jobs are retained; a cursor (a creation
+time and a job id) stays put while jobs are added and removed, where an offset would shift."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import cast
 
+import redis
 from redis.commands.core import Script
 
 from tasks import keys, scripts
+from tasks.jobs import indexes
 from tasks.jobs.base import JobStoreBase
 from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord, decode
 from tasks.jobs.states import State
 
-CALL_READS = 1_000  # index entries one script call may read: Redis is blocked meanwhile
+CALL_READS = 1_000  # entries one script call may read of each index: Redis is blocked meanwhile
 PAGE_READS = 10_000  # ... and one page: past it the page ends short, with a cursor to go on
 CURSOR = r"^(-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:e[+-]?[0-9]{1,2})?)_([A-Za-z0-9-]{1,100})$"
 _CURSOR = re.compile(CURSOR)
@@ -54,14 +57,23 @@ class Filters:
     created_after: float | None = None
     created_before: float | None = None
 
-    def indexes(self) -> list[str]:
-        chosen = [
-            keys.recording(self.recording_id) if self.recording_id else None,
-            keys.state_index(self.state) if self.state else None,
-            keys.workspace(self.workspace) if self.workspace else None,
-            keys.error_index(State.FAILED, self.error_code) if self.error_code else None,
-        ]
-        return [key for key in chosen if key] or [keys.JOBS]
+    def sets(self, client: redis.Redis) -> tuple[list[str], list[str]]:
+        """The indexes a page walks, and those a job walked must be in one of (none: any).
+        ([], []) when no job can match."""
+        narrowed = bool(self.state or self.workspace or self.error_code)
+        union = (
+            indexes.written(
+                client,
+                self.workspace,
+                {self.state} if self.state else None,
+                {str(self.error_code)} if self.error_code else None,
+            )
+            if narrowed or not self.recording_id
+            else []
+        )
+        if self.recording_id and (union or not narrowed):
+            return [keys.recording(self.recording_id)], union
+        return union, []
 
     def keeps(self, record: JobRecord) -> bool:
         """The same filters on a record read after its index entry (it may have moved since)."""
@@ -106,6 +118,9 @@ class Listing(JobStoreBase):
             return Page([], None)
         if cursor and before is not None and cursor.created_at >= before:
             cursor = None  # every job before `before` comes after the cursor
+        walked, others = filters.sets(self.redis)
+        if not walked:
+            return Page([], None)
         low = "-inf" if after is None else repr(after)
         wanted = offset + limit + 1  # one more than the page: is there a next one?
         found: list[Cursor] = []
@@ -116,10 +131,13 @@ class Listing(JobStoreBase):
             else:
                 high, since = "+inf" if before is None else f"({before!r}", ""
             budget = CALL_READS if offset else min(CALL_READS, PAGE_READS - read)
+            if not others:  # every entry walked is a match: no index need give more than wanted
+                budget = min(budget, wanted - len(found))
             answer = cast(
                 list[bytes | int],
                 self._pages(
-                    keys=filters.indexes(), args=[high, since, low, wanted - len(found), budget]
+                    keys=[*walked, *others],
+                    args=[high, since, low, wanted - len(found), budget, len(walked)],
                 ),
             )
             read += cast(int, answer[0])
@@ -142,7 +160,8 @@ class Listing(JobStoreBase):
         pipe = self.redis.pipeline(transaction=False)
         for each in chosen:
             pipe.hgetall(keys.job(each.job_id))
-        records = [decode(raw) for raw in cast(list[dict[bytes, bytes]], pipe.execute())]
+        answers = cast(list[dict[bytes, bytes]], pipe.execute())
+        records = [decode(raw, each.job_id) for raw, each in zip(answers, chosen, strict=True)]
         return [r for r in records if r is not None and filters.keeps(r)]
 
 

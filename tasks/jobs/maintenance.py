@@ -6,17 +6,18 @@ from __future__ import annotations
 from typing import cast
 
 from tasks import keys
+from tasks.jobs import indexes
 from tasks.jobs.base import JobStoreBase
-from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import Phase, State, Step
 from tasks.names import DEFAULT
 
-SCHEMA = 4  # 4: listing indexes; 3: a phase, a deadline and a workspace; 1: state and step
+SCHEMA = 5  # 5: one listing index per job, finished jobs compacted; 4: listing indexes;
+# 3: a phase, a deadline and a workspace; 1: state and step
 BATCH = 500
 ROLLOUT_S = 3600.0  # a rolling deploy is over this long after the upgrade (repair_after_rollout)
-REINDEX_BATCH = 100  # jobs per reindex call: each checks every state's and code's index
-_STATES = " ".join(State)
-_CODES = " ".join(ErrorCode)
+REINDEX_BATCH = 100  # jobs per reindex call: each checks every listing index
+PRUNE_READS = 20  # entries a prune call may read per job it may prune (others finished late)
+_FINISHED = " ".join(state for state in State if not state.active)
 
 
 class Maintenance(JobStoreBase):
@@ -24,20 +25,23 @@ class Maintenance(JobStoreBase):
 
     def upgrade(self) -> int:
         """Give jobs written before this release what it reads: their phase (state and step
-        then), a deadline and a workspace (before schema 3), their listing indexes (before 4).
-        Idempotent, and done once per Redis; how many jobs were upgraded (every one written
-        before schema 4 enters the indexes)."""
+        then), a deadline and a workspace (before schema 3), their one listing index, and a
+        finished job its compact hash (before 5). Idempotent, and done once per Redis; how many
+        jobs were upgraded (every one written before schema 5 moves to the new indexes)."""
         written = cast(bytes | None, self.redis.get(keys.SCHEMA))
         schema = int(written) if written and written.isdigit() else 0
         if schema >= SCHEMA:
             return 0
-        ids = [m.decode() for m in cast(list[bytes], self.redis.zrange(keys.JOBS, 0, -1))]
+        ids = self._known()
+        if ids:  # workers of the release before may still run: they read jobs whole
+            self.redis.set(keys.SCHEMA_ROLLOUT, str(self.now()))
         upgraded = 0
         for start in range(0, len(ids), BATCH):
             batch = ids[start : start + BATCH]
             if schema < 3:
                 self._phases(batch)
             upgraded += self._reindex(batch)
+        self._drop_legacy()
         self.redis.set(keys.SCHEMA, SCHEMA)
         self.redis.set(keys.SCHEMA_AT, self.now())
         return upgraded
@@ -56,20 +60,45 @@ class Maintenance(JobStoreBase):
         return self.reindex()
 
     def reindex(self) -> int:
-        """Repair the listing indexes after a rolling deploy across schema 4, whose earlier
-        release's workers moved and submitted jobs without them: every job (and every id an
-        index holds of a job gone) is put in its state's and error code's index and taken out
-        of every other, one job at a time atomically, so it is safe beside traffic, and
-        idempotent. Returns how many jobs' entries were repaired."""
-        ids: set[str] = set()
-        walked = [keys.JOBS, *(keys.state_index(state) for state in State)]
-        walked += [keys.error_index(state, code) for state in State for code in ErrorCode]
-        for key in walked:
-            ids.update(m.decode() for m in cast(list[bytes], self.redis.zrange(key, 0, -1)))
-        ordered = sorted(ids)
-        return sum(
-            self._reindex(ordered[start : start + BATCH]) for start in range(0, len(ordered), BATCH)
+        """Repair the listing indexes after a rolling deploy across schema 5, whose earlier
+        release's workers moved and submitted jobs in the indexes it kept: every job (and every
+        id an index holds of a job gone) is put in its one listing index and taken out of every
+        other, a finished job compacted, one job at a time atomically, so it is safe beside
+        traffic, and idempotent; the earlier release's indexes are then deleted. It says the
+        rollout is over: from here finished jobs are compacted. Returns how many jobs' entries
+        were repaired."""
+        self.redis.delete(keys.SCHEMA_ROLLOUT)
+        ids = self._known()
+        repaired = sum(
+            self._reindex(ids[start : start + BATCH]) for start in range(0, len(ids), BATCH)
         )
+        self._drop_legacy()
+        return repaired
+
+    def _known(self) -> list[str]:
+        """Every job id an index holds: the listing indexes, the unfinished jobs' state sets,
+        and what earlier releases kept (every job, each state's, each workspace's)."""
+        sets = [*indexes.written(self.redis), *(keys.state(state) for state in State)]
+        sets += self._legacy()
+        ids: set[str] = set()
+        for key in sets:
+            ids.update(m.decode() for m in cast(list[bytes], self.redis.zrange(key, 0, -1)))
+        return sorted(ids)
+
+    def _legacy(self) -> list[str]:
+        """The keys of indexes earlier releases kept: schema 4's listing indexes, and the
+        finished states' sets (by last change)."""
+        found = [
+            key.decode()
+            for pattern in keys.LEGACY_INDEXES
+            for key in self.redis.scan_iter(pattern, 1000)
+        ]
+        return found + [keys.state(state) for state in State if not state.active]
+
+    def _drop_legacy(self) -> None:
+        legacy = self._legacy()
+        for start in range(0, len(legacy), BATCH):
+            self.redis.unlink(*legacy[start : start + BATCH])
 
     def _reindex(self, batch: list[str]) -> int:
         """The `reindex` command over `batch`, REINDEX_BATCH jobs a call."""
@@ -82,9 +111,7 @@ class Maintenance(JobStoreBase):
                     [],
                     keys.RECORDING_JOBS_PREFIX,
                     keys.RECORDING_PREFIX,
-                    keys.workspace(""),
-                    _STATES,
-                    _CODES,
+                    _FINISHED,
                     *batch[start : start + REINDEX_BATCH],
                 )
             )
@@ -103,7 +130,6 @@ class Maintenance(JobStoreBase):
                 continue
             if workspace is None:
                 writes.hset(keys.job(job_id), "workspace", DEFAULT)
-                writes.zadd(keys.workspace(DEFAULT), {job_id: float(created or 0)})
             if phase is not None:
                 continue
             current = State(state.decode())
@@ -114,19 +140,20 @@ class Maintenance(JobStoreBase):
         writes.execute()
 
     def prune_finished(self, retention_s: float, limit: int = 500) -> int:
-        """Forget finished jobs older than `retention_s` (their records and index entries; the
-        stored transcripts stay); returns how many."""
+        """Forget finished jobs whose last change is older than `retention_s` (their records
+        and index entries; the stored transcripts stay); returns how many."""
+        finished = indexes.written(self.redis, states=_FINISHED.split())
+        if not finished:
+            return 0
         return int(
             self._run(
                 "prune",
                 "",
-                [keys.JOBS],
+                finished,
                 retention_s,
                 limit,
                 keys.RECORDING_JOBS_PREFIX,
-                keys.OWNER_PREFIX,
-                keys.workspace(""),
-                _STATES,
-                *(state for state in State if not state.active),
+                _FINISHED,
+                limit * PRUNE_READS,
             )
         )

@@ -5,13 +5,14 @@ Records are what this returns; the views users see are made where jobs are shown
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 from tasks import keys
-from tasks.jobs import history
+from tasks.jobs import history, indexes
 from tasks.jobs.base import JobStoreBase
-from tasks.jobs.record import JobRecord, decode
+from tasks.jobs.record import JobRecord, decode, fields
 from tasks.jobs.states import State
 
 
@@ -19,20 +20,22 @@ class Queries(JobStoreBase):
     """Reads jobs (and keeps the recording version they are read by)."""
 
     def record(self, job_id: str) -> JobRecord | None:
-        return decode(cast(dict[bytes, bytes], self.redis.hgetall(keys.job(job_id))))
+        return decode(cast(dict[bytes, bytes], self.redis.hgetall(keys.job(job_id))), job_id)
 
     def history(self, job_id: str) -> history.History | None:
         """The job's events, oldest first; None when there is no such job."""
-        created, lines = cast(
-            list[bytes | None], self.redis.hmget(keys.job(job_id), "created_at", "history")
-        )
-        if created is None:
+        raw = fields(cast(dict[bytes, bytes], self.redis.hgetall(keys.job(job_id))))
+        if "created_at" not in raw:
             return None
-        events = history.decode(float(created), lines.split(b"\n") if lines else [])
+        lines = raw.get("history", "").encode()
+        failed = _met(json.loads(raw["error"])) if "error" in raw else None
+        created = float(raw["created_at"])
+        events = history.decode(created, lines.split(b"\n") if lines else [], failed)
         return history.History(job_id=job_id, events=events)
 
     def owner_of(self, transcript_id: str) -> str | None:
-        """The job that owns a transcript, if one of ours does."""
+        """The unfinished job that owns a transcript, if one of ours does (a finished job's
+        transcript names it in its metadata, as Recall returns it)."""
         owner = self.redis.get(keys.transcript_owner(transcript_id))
         return cast(bytes, owner).decode() if owner else None
 
@@ -41,15 +44,22 @@ class Queries(JobStoreBase):
         return state is not None and State(cast(bytes, state).decode()).active
 
     def records(self, state: State, recording_id: str | None = None) -> Iterator[JobRecord]:
-        """Every job in `state` (of one recording), oldest first, read in batches."""
-        key = keys.recording(recording_id) if recording_id else keys.state(state)
-        ids = [m.decode() for m in cast(list[bytes], self.redis.zrange(key, 0, -1))]
+        """Every job in `state` (of one recording), read in batches."""
+        if recording_id:
+            sets = [keys.recording(recording_id)]
+        elif state.active:
+            sets = [keys.state(state)]
+        else:
+            sets = indexes.written(self.redis, states=[state])
+        ids = [m.decode() for key in sets for m in cast(list[bytes], self.redis.zrange(key, 0, -1))]
         for start in range(0, len(ids), 500):
             pipe = self.redis.pipeline()
-            for job_id in ids[start : start + 500]:
+            batch = ids[start : start + 500]
+            for job_id in batch:
                 pipe.hgetall(keys.job(job_id))
-            for raw in cast(list[dict[bytes, bytes]], pipe.execute()):
-                record = decode(raw)
+            answers = cast(list[dict[bytes, bytes]], pipe.execute())
+            for job_id, raw in zip(batch, answers, strict=True):
+                record = decode(raw, job_id)
                 if record is not None and record.state == state:
                     yield record
 
@@ -63,3 +73,9 @@ class Queries(JobStoreBase):
         pipe.incr(keys.recording_version(recording_id))
         pipe.expire(keys.recording_version(recording_id), 86400)  # remediations take minutes
         pipe.execute()
+
+
+def _met(error: dict[str, Any]) -> history.EventError:
+    """The job's error as its history shows the event that met it (jobs.lua `error_text`)."""
+    said = error.get("message") or error.get("sub_code") or ""
+    return history.EventError(code=str(error.get("code")), message=str(said))

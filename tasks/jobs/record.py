@@ -94,7 +94,7 @@ class JobRecord(BaseModel):
     last_error: str | None = None
     created_at: float
     updated_at: float
-    deadline_at: float
+    deadline_at: float | None = None  # None once finished: a retry sets it again
 
     @field_validator(
         "provider",
@@ -169,8 +169,29 @@ class JobRecord(BaseModel):
         )
 
 
-def decode(raw: dict[bytes, bytes]) -> JobRecord | None:
-    """A job's hash as Redis answers it; None for no job."""
-    return (
-        JobRecord.model_validate({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
-    )
+def fields(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """A job's hash as Redis answers it, each value whole: a finished job's hash keeps a value
+    over 64 bytes in parts `{name}.0`, `{name}.1`, ... (jobs.lua `compact`)."""
+    whole: dict[str, bytes] = {}
+    parts: dict[str, dict[int, bytes]] = {}
+    for key, value in raw.items():
+        name, dot, number = key.decode().rpartition(".")
+        if dot and name and number.isdigit():
+            parts.setdefault(name, {})[int(number)] = value
+        else:
+            whole[key.decode()] = value
+    for name, pieces in parts.items():
+        whole.setdefault(name, b"".join(pieces[n] for n in sorted(pieces)))  # as jobs.lua reads
+    return {name: value.decode() for name, value in whole.items()}
+
+
+def decode(raw: dict[bytes, bytes], job_id: str) -> JobRecord | None:
+    """The job `job_id`'s hash as Redis answers it; None for no job. A key no client gave is
+    not stored: it is derived again, from the recording and the provider."""
+    if not raw:
+        return None
+    record = {"id": job_id, **fields(raw)}
+    if "idempotency_key" not in record and "provider" in record and "recording_id" in record:
+        provider = json.loads(record["provider"])
+        record["idempotency_key"] = default_idempotency_key(record["recording_id"], provider)
+    return JobRecord.model_validate(record)

@@ -1,6 +1,6 @@
 -- The job's transitions: a part of the jobs script (jobs.lua has its keys, arguments and helpers).
 
--- submit. KEYS[5] every job, KEYS[6] the recording's jobs, KEYS[7] the workspace's jobs.
+-- submit. KEYS[5] the recording's jobs.
 -- ARGV[5] fields (JSON), ARGV[6] delay, ARGV[7] deadline (seconds), ARGV[8..9] target,
 -- ARGV[10] history, ARGV[11] the jobs of the recording that stand for this one ('' none,
 -- 'automatic' a webhook or reconcile job, 'any' any job) in the same workspace. Returns 1 when
@@ -9,10 +9,10 @@ if command == 'submit' then
   if redis.call('EXISTS', job) == 1 then return 0 end
   if ARGV[11] ~= '' then
     local workspace = cjson.decode(ARGV[5]).workspace
-    for _, other in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+    for _, other in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
       local f = redis.call('HMGET', job_prefix .. other, 'state', 'workspace', 'source')
       local source = f[3]
-      local raw = not source and redis.call('HGET', job_prefix .. other, 'metadata')
+      local raw = not source and field(job_prefix .. other, 'metadata')
       if raw then  -- a record from before `source` was kept: its metadata's
         local metadata = cjson.decode(raw)
         source = type(metadata) == 'table' and metadata.source or nil
@@ -27,8 +27,6 @@ if command == 'submit' then
   set_fields(ARGV[5])
   redis.call('HSET', job, 'attempts', '1', 'created_at', now, 'deadline_at', now + tonumber(ARGV[7]))
   redis.call('ZADD', KEYS[5], now, id)
-  redis.call('ZADD', KEYS[6], now, id)
-  redis.call('ZADD', KEYS[7], now, id)
   enter(ARGV[8], ARGV[8], ARGV[9], ARGV[6])
   record(ARGV[10])
   return 1
@@ -46,8 +44,8 @@ if command == 'move' then
   return old
 end
 
--- created: the create call answered (or a listing found our transcript). KEYS[5] the transcript's
--- owner key. ARGV[5] sources, ARGV[6] transcript id, ARGV[7] first poll (delay), ARGV[8] lease,
+-- created: the create call answered (or a listing found our transcript); the transcript's owner
+-- key names the job until it finishes. ARGV[5] sources, ARGV[6] transcript id, ARGV[7] first poll (delay), ARGV[8] lease,
 -- ARGV[9..10] awaiting, ARGV[11..12] fetching, ARGV[13..14] failed, ARGV[15] history. Honours a
 -- transcript event kept before the answer. Returns the new state.
 if command == 'created' then
@@ -55,7 +53,7 @@ if command == 'created' then
   if not old then return false end
   local transcript = ARGV[6]
   hdel(job, SCRATCH)
-  redis.call('SET', KEYS[5], id)
+  redis.call('SET', owner_prefix .. transcript, id)
   redis.call('HSET', job, 'transcript_id', transcript, 'transcript_created_at', now, 'polls', '0')
   local early = redis.call('HMGET', job, unpack(EARLY))
   hdel(job, EARLY)
@@ -106,6 +104,8 @@ end
 -- job is active again: the transcript must not be deleted).
 if command == 'archive' then
   if not current_in(ARGV[5]) then return false end
+  expand()
+  finished = true  -- written to a finished job: compacted again once recorded
   redis.call('HSET', job, 'archived_transcript_id', ARGV[6], 'updated_at', now)
   record(ARGV[7])
   return 1
@@ -118,16 +118,9 @@ end
 -- Added to a finished job, its news goes back in the outbox, due now (tasks/callbacks/outbox.py
 -- makes only what is missing).
 -- Returns 'added', 'known', 'full', or false (no such job).
-if command == 'add_callback' then
-  if redis.call('EXISTS', job) == 0 then return false end
-  local given = cjson.decode(ARGV[5])
-  local list = cjson.decode(redis.call('HGET', job, 'callback_urls') or '[]')
-  local old = redis.call('HGET', job, 'callback_url')
-  if old then
-    table.insert(list, 1, {url = old, by = ARGV[8]})
-    redis.call('HSET', job, 'callback_urls', cjson.encode(list))
-    redis.call('HDEL', job, 'callback_url')
-  end
+
+-- `given` added to the job's destinations `list` unless known, or the caller's share is spent.
+local function add_callback(given, list)
   local mine = 0
   for _, known in ipairs(list) do
     if known.url == given.url then return 'known' end
@@ -136,11 +129,26 @@ if command == 'add_callback' then
   if mine >= tonumber(ARGV[6]) then return 'full' end
   table.insert(list, given)
   redis.call('HSET', job, 'callback_urls', cjson.encode(list))
+  return 'added'
+end
+
+if command == 'add_callback' then
+  if redis.call('EXISTS', job) == 0 then return false end
+  expand()
+  local list = cjson.decode(redis.call('HGET', job, 'callback_urls') or '[]')
+  local old = redis.call('HGET', job, 'callback_url')
+  if old then
+    table.insert(list, 1, {url = old, by = ARGV[8]})
+    redis.call('HSET', job, 'callback_urls', cjson.encode(list))
+    redis.call('HDEL', job, 'callback_url')
+  end
+  local added = add_callback(cjson.decode(ARGV[5]), list)
   local fields = redis.call('HMGET', job, 'state', 'attempts')
   if string.find(',' .. ARGV[7] .. ',', ',' .. fields[1] .. ',', 1, true) then
-    redis.call('ZADD', outbox, now, id .. ':' .. fields[2])
+    if added == 'added' then redis.call('ZADD', outbox, now, id .. ':' .. fields[2]) end
+    compact()
   end
-  return 'added'
+  return added
 end
 
 -- retry: an operator re-runs a failed job from the furthest point known: finished from the
@@ -152,10 +160,15 @@ end
 if command == 'retry' then
   local old = current_in(ARGV[5])
   if not old then return false end
+  expand()
   drop_ticket()
   hdel(job, SCRATCH)
-  local by_error = error_index(old)
-  if by_error then redis.call('ZREM', by_error, id) end
+  redis.call('ZREM', index_of(old), id)  -- the index with its error, before the error goes
+  local history, spelled = redis.call('HGET', job, 'history'), error_text()
+  if history and spelled then  -- the line that met the error says so, once it is gone
+    history = string.gsub(history .. '\n', ' ' .. OWN .. '\n', function() return ' ' .. spelled .. '\n' end)
+    redis.call('HSET', job, 'history', string.sub(history, 1, -2))
+  end
   redis.call('HDEL', job, 'error', 'failures', 'last_error', 'remediations')
   redis.call('HINCRBY', job, 'attempts', 1)
   redis.call('HSET', job, 'polls', '0', 'deadline_at', now + tonumber(ARGV[12]))
@@ -166,6 +179,7 @@ if command == 'retry' then
     state, phase, delay = ARGV[10], ARGV[11], 'never'
   elseif redis.call('HEXISTS', job, 'transcript_id') == 1 then
     redis.call('HSET', job, 'transcript_created_at', now)  -- the wait for it starts again
+    redis.call('SET', owner_prefix .. redis.call('HGET', job, 'transcript_id'), id)
     state, phase = ARGV[8], ARGV[9]
   end
   enter(old, state, phase, delay)

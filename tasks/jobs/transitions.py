@@ -82,6 +82,7 @@ class Transitions(JobStoreBase):
             "recording_id": recording_id,
             "workspace": workspace,
             "idempotency_key": key,
+            "derived_key": None if idempotency_key else True,  # dropped by the compaction
             "provider": provider,
             "metadata": metadata or {},
             "source": source,
@@ -90,7 +91,7 @@ class Transitions(JobStoreBase):
         created = self._confirmed(
             "submit",
             job_id,
-            [keys.JOBS, keys.recording(recording_id), keys.workspace(workspace)],
+            [keys.recording(recording_id)],
             fields_arg(fields),
             self.lease_s,
             self.deadline_s,
@@ -154,7 +155,7 @@ class Transitions(JobStoreBase):
         result = self._run(
             "created",
             job_id,
-            [keys.transcript_owner(transcript_id)],
+            [],
             sources(transition),
             transcript_id,
             first_poll_s,

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tasks.jobs.states import State
 from tasks.names import DEFAULT
@@ -46,6 +46,19 @@ class JobError(BaseModel):
     code: str
     message: str
     sub_code: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _message(cls, value: Any) -> Any:
+        """A failed transcript's error is stored without its message (its sub_code says it)."""
+        if isinstance(value, dict) and "message" not in value and "sub_code" in value:
+            return {**value, "message": transcript_failed(str(value["sub_code"]))}
+        return value
+
+
+def transcript_failed(sub_code: str) -> str:
+    """The message of a job whose transcript Recall reported failed."""
+    return f"Recall reported the transcript failed (sub_code: {sub_code})"
 
 
 class Job(BaseModel):

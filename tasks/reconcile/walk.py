@@ -30,6 +30,7 @@ from typing import NamedTuple, cast
 
 from tasks import keys
 from tasks.dispatch import Dispatcher
+from tasks.jobs.record import fields
 from tasks.jobs.views import Source
 from tasks.metrics import Metrics
 from tasks.names import DEFAULT
@@ -326,16 +327,16 @@ class Reconciliation:
         listed = cast(list[list[bytes]], pipe.execute()) if recordings else []
         pairs = [(r.id, j.decode()) for r, ids in zip(recordings, listed, strict=True) for j in ids]
         for _, job_id in pairs:
-            pipe.hmget(keys.job(job_id), ["workspace", "source", "created_at", "metadata"])
-        found = cast(list[list[bytes | None]], pipe.execute()) if pairs else []
+            pipe.hgetall(keys.job(job_id))  # whole: a finished job's metadata may be in parts
+        found = cast(list[dict[bytes, bytes]], pipe.execute()) if pairs else []
         here: dict[str, list[_JobSeen]] = {}
-        for (recording_id, _), fields in zip(pairs, found, strict=True):
-            workspace, source, created, metadata = fields
-            if created is None or (workspace or DEFAULT.encode()).decode() != self.workspace:
+        for (recording_id, _), raw in zip(pairs, found, strict=True):
+            job = fields(raw)
+            if "created_at" not in job or job.get("workspace", DEFAULT) != self.workspace:
                 continue  # gone, or another workspace's
-            tag = _walk_tag(metadata)
+            tag = _walk_tag(job.get("metadata"))
             here.setdefault(recording_id, []).append(
-                _JobSeen((source or b"").decode(), float(created), tag)
+                _JobSeen(job.get("source", ""), float(job["created_at"]), tag)
             )
         return here
 
@@ -365,9 +366,9 @@ def _submitted_by(walk: Walk, job: _JobSeen) -> bool:
     )
 
 
-def _walk_tag(metadata: bytes | None) -> str | None:
+def _walk_tag(metadata: str | None) -> str | None:
     try:
-        tag = json.loads(metadata or b"{}").get("walk")
+        tag = json.loads(metadata or "{}").get("walk")
     except (ValueError, AttributeError):
         return None
     return tag if isinstance(tag, str) else None
