@@ -1,9 +1,8 @@
 """Redis bytes per finished job: the growth of `INFO memory`'s used_memory while N jobs go
 through the job store's own transitions (submit, create, transcript done, finish; or fail), so
 the record, every index entry and the marks a job leaves are counted as they are written. The
-marks that expire (the webhooks' dedupe marks, kept WEBHOOK_DEDUPE_TTL_S, and the recording's
-version, kept a day) are measured on their own: a job leaves them for days, not for its
-retention."""
+marks that expire (the webhooks' dedupe marks, kept WEBHOOK_DEDUPE_TTL_S) are measured on their
+own: a job's webhooks leave them for days, not for its retention."""
 
 from __future__ import annotations
 
@@ -39,8 +38,8 @@ def measure(workdir: Path, done: int, failed: int) -> dict[str, Any]:
             "bytes per failed job (Recall refused the create)": _per_job(client, failed, _refused),
             "bytes per failed job (the transcript failed)": _per_job(client, failed, _failed),
             "encoding of a finished job's hash": _encoding(client),
-            "expiring marks per job (2 webhooks' dedupe marks, 7 days; recording version, 1 day)": (
-                _per_job(client, done, _marks, fresh=False)
+            "expiring marks per job (its 2 webhooks' dedupe marks, kept 7 days)": _per_job(
+                client, done, _marks, fresh=False
             ),
             "outbox (sent on by the sweeper)": "excluded",
         }
@@ -63,7 +62,9 @@ def _per_job(client: redis.Redis, count: int, leave: Leave, fresh: bool = True) 
 
 def _encoding(client: redis.Redis) -> str:
     """How Redis keeps the finished jobs' hashes (listpack: compact)."""
-    found = {str(client.object("encoding", key)) for key in client.scan_iter(keys.job("*"), 100)}
+    found = {
+        client.object("encoding", key).decode() for key in client.scan_iter(keys.job("*"), 100)
+    }
     return ", ".join(sorted(found))
 
 
@@ -102,7 +103,8 @@ def _failed(store: JobStore, i: int) -> None:
 
 
 def _marks(store: JobStore, i: int) -> None:
-    """What a job's webhooks and create leave that expires: as the inbox and pipeline write it."""
+    """What a job's webhooks and create leave that expires, as the inbox and the pipeline write
+    it (a recording's version only once a remediation compares with it: none here)."""
     for event in ("recording.done", "transcript.done"):
         seen = keys.webhook_seen(event_id_for(f"msg_{event}_{i:012d}_2mYHxKQv3"))
         store.redis.set(seen, "1", nx=True, ex=DEDUPE_TTL_S)

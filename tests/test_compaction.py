@@ -257,3 +257,16 @@ def test_a_finished_job_from_before_schema_5_is_compacted_by_the_upgrade(
     assert compact(rclient, job_id)
     assert record(jobs, job_id).view() == whole.view()
     assert record(jobs, job_id).state == State.FAILED
+
+
+def test_a_recordings_version_is_kept_only_once_something_compares_with_it(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    """Every create moves its recording's version, but only a listing or a refusal compares
+    with it later: a recording nothing compares keeps no version key."""
+    jobs.recording_changed("rec-1")  # a create reached Recall; nothing to compare with
+    assert not rclient.exists(keys.recording_version("rec-1"))
+    base = jobs.recording_version("rec-1")  # a remediation's listing begins
+    jobs.recording_changed("rec-1")  # ... and another job's create or delete lands meanwhile
+    assert jobs.recording_version("rec-1") == base + 1
+    assert 0 < rclient.ttl(keys.recording_version("rec-1")) <= 86400

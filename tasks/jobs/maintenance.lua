@@ -94,4 +94,15 @@ if command == 'prune' then
   return pruned
 end
 
+-- changed: our create or delete reached Recall and may have changed what the recording holds:
+-- its version (KEYS[5]) moves, if anyone keeps it (`recording_version` starts it when a listing
+-- or a refusal is to be compared with it later: no other recording pays for one). ARGV[5] how
+-- long it is kept (seconds).
+if command == 'changed' then
+  if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
+  redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[5])
+  return 1
+end
+
 return redis.error_reply('jobs.lua: unknown command ' .. tostring(command))

@@ -15,6 +15,8 @@ from tasks.jobs.base import JobStoreBase
 from tasks.jobs.record import JobRecord, decode, fields
 from tasks.jobs.states import State
 
+VERSION_KEPT_S = 86400  # a recording's version: remediations take minutes
+
 
 class Queries(JobStoreBase):
     """Reads jobs (and keeps the recording version they are read by)."""
@@ -65,14 +67,16 @@ class Queries(JobStoreBase):
 
     def recording_version(self, recording_id: str) -> int:
         """Counts our creates and deletes on the recording that reached Recall and may have
-        changed what it holds (a listing is good while the version holds)."""
-        return int(cast(bytes | None, self.redis.get(keys.recording_version(recording_id))) or 0)
+        changed what it holds (a listing is good while the version holds), from the first time
+        it is read: a version is kept only for recordings something compares it on."""
+        key = keys.recording_version(recording_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, 0, nx=True, ex=VERSION_KEPT_S)
+        pipe.get(key)
+        return int(cast(list[bytes | None], pipe.execute())[1] or 0)
 
     def recording_changed(self, recording_id: str) -> None:
-        pipe = self.redis.pipeline()
-        pipe.incr(keys.recording_version(recording_id))
-        pipe.expire(keys.recording_version(recording_id), 86400)  # remediations take minutes
-        pipe.execute()
+        self._run("changed", "", [keys.recording_version(recording_id)], VERSION_KEPT_S)
 
 
 def _met(error: dict[str, Any]) -> history.EventError:
