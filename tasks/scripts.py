@@ -14,9 +14,14 @@ from redis.commands.core import Script
 def register(client: redis.Redis, module: str, *names: str) -> Script:
     """The script from the package of `module` (the caller's `__name__`), ready to run on
     `client`: the file `names`, or several joined in that order (one script too long to read at
-    once, split by concern: each part stays small, and the whole still runs atomically)."""
+    once, split by concern: each part stays small, and the whole still runs atomically). A name
+    `package:file` is another package's file (helpers two scripts share)."""
     package = module.rpartition(".")[0]
-    return client.register_script("\n".join(_read(package, name) for name in names))
+    return client.register_script(
+        "\n".join(
+            _read(*name.split(":")) if ":" in name else _read(package, name) for name in names
+        )
+    )
 
 
 @cache

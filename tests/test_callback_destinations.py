@@ -91,6 +91,8 @@ def test_every_caller_that_asked_is_called_back_and_none_sees_anothers_url(
         first_url: owner("token-1"),
         second_url: owner("token-2"),
     }
+    # its three deliveries listed on the finished job, which Redis still keeps compact
+    assert rclient.object("encoding", keys.job(job_id)) == b"listpack"
     shown = client.get(f"/api/v1/jobs/{job_id}", headers=SECOND)
     listed = client.get("/api/v1/jobs", headers=SECOND)
     for answer in (shown, listed):

@@ -72,14 +72,15 @@ if command == 'send' then
   if #ids > 0 and fields.attempt and redis.call('HGET', job, 'attempts') == fields.attempt then
     local listed = {}
     if redis.call('HGET', job, 'callbacks_event') == ARGV[2] then
-      listed = cjson.decode(redis.call('HGET', job, 'callbacks') or '[]')
+      listed = cjson.decode(field(job, 'callbacks') or '[]')
     end
     local seen = {}
     for _, id in ipairs(listed) do seen[id] = true end
     for _, id in ipairs(ids) do
       if not seen[id] then table.insert(listed, id); seen[id] = true end
     end
-    redis.call('HSET', job, 'callbacks', cjson.encode(listed), 'callbacks_event', ARGV[2])
+    put(job, 'callbacks', cjson.encode(listed))  -- a finished job's: kept compact (parts.lua)
+    redis.call('HSET', job, 'callbacks_event', ARGV[2])
   end
   return created
 end

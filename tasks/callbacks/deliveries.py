@@ -38,7 +38,7 @@ class Deliveries:
         self._caps = (per_destination, per_client)
         self._keep_s = keep_s
         self._lease_s = lease_s
-        self._script = scripts.register(client, __name__, "callbacks.lua")
+        self._script = scripts.register(client, __name__, "tasks.jobs:parts.lua", "callbacks.lua")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> Deliveries:

@@ -23,7 +23,7 @@ from tasks.replicas import replicated
 LOCK_WAIT_S = 2.0  # a step usually finds its job's lock held only while the previous step ends
 Delay = float | Literal["keep", "never"]
 # The jobs script, in the order its parts are joined (jobs.lua says what each holds).
-SCRIPT = ("jobs.lua", "transitions.lua", "sending.lua", "maintenance.lua")
+SCRIPT = ("parts.lua", "jobs.lua", "transitions.lua", "sending.lua", "maintenance.lua")
 # jobs.lua's ARGV[2]: where the state sets, listing indexes and transcript owners are, and the
 # flag of a rollout going on
 _PREFIXES = " ".join(

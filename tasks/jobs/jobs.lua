@@ -45,13 +45,12 @@ local SENT = {'sent_seq', 'sent_id', 'sent_step'}
 
 local function hdel(key, fields) redis.call('HDEL', key, unpack(fields)) end
 
--- Compacting a finished job's hash. PART: the most bytes of a value kept in one field. RAW:
--- fields read as they are, by this script or the callbacks' (never long). DROPPED: what only an
--- unfinished job reads (a retry starts them again).
-local PART = 64
+-- Compacting a finished job's hash (parts.lua has PART and `field`). RAW: fields read as they
+-- are, by this script or the callbacks' (never long). DROPPED: what only an unfinished job reads
+-- (a retry starts them again).
 local RAW = {recording_id = true, transcript_id = true, archived_transcript_id = true,
   workspace = true, state = true, phase = true, attempts = true, created_at = true,
-  updated_at = true, source = true, callbacks = true, callbacks_event = true}
+  updated_at = true, source = true, callbacks_event = true}
 local DROPPED = {id = true, deadline_at = true, polls = true, transcript_created_at = true,
   last_error = true, derived_key = true}
 local finished = false  -- set once this command finished the job (schedule 'never'): compact it
@@ -71,20 +70,6 @@ local function joined(all)
   end
   for name, list in pairs(parts) do plain[name] = plain[name] or table.concat(list) end
   return plain
-end
-
--- A field of a job's hash, whole whether it is kept in parts or not (false: none).
-local function field(key, name)
-  local value = redis.call('HGET', key, name)
-  if value then return value end
-  local parts, n = {}, 0
-  while true do
-    local part = redis.call('HGET', key, name .. '.' .. n)
-    if not part then break end
-    n = n + 1
-    parts[n] = part
-  end
-  return n > 0 and table.concat(parts) or false
 end
 
 -- Rewrite the job's hash with `fields` (a table), values over PART in parts unless `whole`.
