@@ -17,6 +17,8 @@ rt:schema:rollout           flag: workers of an earlier release may still run (s
                             of a Redis that held jobs, deleted by the repair): until then finished
                             jobs are not compacted, so that those workers can read them
 rt:state:{state}            zset: the job ids in that unfinished state, by last change
+rt:prune:skipped            hash: by finished listing index, how many jobs at its head (created
+                            long ago, finished lately) the pruning passes over
 rt:recording:{rid}:version  counter: our creates and deletes on the recording that reached Recall
 rt:transcript:{tid}         string: the id of the unfinished job that owns a transcript
 rt:due                      zset: unfinished job ids, by when a worker must next look at them
@@ -69,6 +71,7 @@ SCHEMA = f"{PREFIX}schema"
 SCHEMA_AT = f"{PREFIX}schema:at"
 SCHEMA_REPAIRED = f"{PREFIX}schema:repaired"
 SCHEMA_ROLLOUT = f"{PREFIX}schema:rollout"
+PRUNE_SKIPPED = f"{PREFIX}prune:skipped"
 DUE = f"{PREFIX}due"
 OUTBOX = f"{PREFIX}outbox"
 UNUSED_TICKETS = f"{PREFIX}tickets:unused"

@@ -16,6 +16,7 @@ from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord, fields
 from tasks.jobs.states import AWAITING, DONE, QUEUED, State
 from tasks.jobs.store import JobStore
+from tasks.jobs.views import JobError
 
 PROVIDER = {"assembly_ai_async": {"language_code": "en", "speaker_labels": True, "punctuate": 1}}
 T1, T2 = "7f3a9c1e-5e1b-4d2a-8c3f-0123456789ab", "8f3a9c1e-5e1b-4d2a-8c3f-0123456789ab"
@@ -249,11 +250,16 @@ def test_a_finished_job_from_before_schema_5_is_compacted_by_the_upgrade(
     rclient.zadd("rt:state:failed", {job_id: whole.updated_at})
     rclient.delete(keys.index("default", "failed", "recall_rejected"))
     rclient.set(keys.SCHEMA, "4")
+    rclient.set(keys.SCHEMA_REPAIRED, "1")  # schema 4's own repair, long done
     assert jobs.upgrade() == 1
-    assert not rclient.exists("rt:jobs", "rt:state:failed") and jobs.owner_of(T1) is None
+    assert jobs.owner_of(T1) is None
+    assert rclient.exists("rt:jobs", "rt:state:failed") == 2  # the old workers' only record
     assert not compact(rclient, job_id)  # the earlier release's workers may still read it
     assert fields(rclient.hgetall(keys.job(job_id))).keys() == fields_before
-    jobs.reindex()  # the rollout is over
+    assert jobs.repair_after_rollout(grace_s=3600) is None
+    rclient.set(keys.SCHEMA_AT, jobs.now() - 3601)
+    assert jobs.repair_after_rollout(grace_s=3600) == 0  # the rollout is over: this one's repair
+    assert not rclient.exists("rt:jobs", "rt:state:failed", keys.SCHEMA_ROLLOUT)
     assert compact(rclient, job_id)
     assert record(jobs, job_id).view() == whole.view()
     assert record(jobs, job_id).state == State.FAILED
@@ -270,3 +276,77 @@ def test_a_recordings_version_is_kept_only_once_something_compares_with_it(
     jobs.recording_changed("rec-1")  # ... and another job's create or delete lands meanwhile
     assert jobs.recording_version("rec-1") == base + 1
     assert 0 < rclient.ttl(keys.recording_version("rec-1")) <= 86400
+
+
+def test_during_a_rollout_finished_jobs_stay_as_the_earlier_release_reads_them(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    """Upgraded from schema 4 (even without a job): until the repair, no compaction, a failed
+    transcript's error keeps its message and a history its error: the earlier release's
+    workers, still running, read jobs whole."""
+    rclient.set(keys.SCHEMA, "4")
+    jobs.upgrade()
+    job_id = awaiting(jobs)
+    jobs.transcript_finished(job_id, T1, "failed", "provider_connection_failed")
+    raw = {k.decode(): v.decode() for k, v in rclient.hgetall(keys.job(job_id)).items()}
+    assert {"id", "deadline_at", "idempotency_key", "error", "provider"} <= raw.keys()
+    assert json.loads(raw["error"])["message"] == (
+        "Recall reported the transcript failed (sub_code: provider_connection_failed)"
+    )
+    assert not raw["history"].endswith(" !")
+    refused, _ = jobs.submit("rec-2", PROVIDER)
+    jobs.fail(refused, ErrorCode.RECALL_REJECTED, "Recall answered 400")
+    line = rclient.hget(keys.job(refused), "history") or b""
+    assert line.endswith(b" recall_rejected Recall answered 400")  # whole, not `!`
+    jobs.reindex()
+    assert compact(rclient, job_id)
+    assert record(jobs, job_id).view().error == JobError(
+        code="transcript_failed",
+        sub_code="provider_connection_failed",
+        message="Recall reported the transcript failed (sub_code: provider_connection_failed)",
+    )
+
+
+def test_a_retry_spells_out_only_the_line_that_met_the_error(
+    jobs: JobStore, rclient: redis.Redis
+) -> None:
+    job_id = awaiting(jobs)
+    jobs.retry_later(record(jobs, job_id), 1, ErrorCode.RECALL_UNAVAILABLE, "Indisponible !")
+    jobs.retry_later(record(jobs, job_id), 1, ErrorCode.RECALL_UNAVAILABLE, "!")
+    long = "Recall answered 400:\nthe meeting " + "x" * 300
+    jobs.fail(job_id, ErrorCode.RECALL_REJECTED, long)
+    failed = jobs.history(job_id)
+    jobs.retry(job_id)
+    retried = jobs.history(job_id)
+    assert failed is not None and retried is not None
+    met = [(e.event, e.error) for e in failed.events if e.error]
+    assert met == [(e.event, e.error) for e in retried.events if e.error]  # the same, both times
+    messages = [e.error.message for e in failed.events if e.error]
+    assert messages[:2] == ["Indisponible !", "!"]
+    assert messages[2] == "Recall answered 400: the meeting " + "x" * 167  # as a history keeps it
+
+
+def test_prune_is_not_stalled_by_an_index_headed_by_jobs_finished_lately(
+    jobs: JobStore, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many jobs created long ago and retried lately head one index; the next calls go on past
+    them, to this index's later jobs and to the other indexes' (each read a bounded share)."""
+    from tasks.jobs import maintenance
+
+    monkeypatch.setattr(maintenance, "PRUNE_READS", 1)
+    lately = []
+    for i in range(250):
+        job_id, _ = jobs.submit(f"rec-a{i}", PROVIDER, workspace="a", idempotency_key=f"a{i}")
+        jobs.fail(job_id, ErrorCode.TIMEOUT, "t")
+        lately.append(job_id)
+    old = []
+    for i in range(20):
+        ws = "a" if i % 2 else "b"
+        job_id, _ = jobs.submit(f"rec-o{i}", PROVIDER, workspace=ws, idempotency_key=f"o{i}")
+        jobs.fail(job_id, ErrorCode.TIMEOUT, "t")
+        old.append(job_id)
+    for job_id in lately:
+        rclient.hset(keys.job(job_id), "updated_at", time.time() + 1000)
+    pruned = sum(jobs.prune_finished(0, limit=5) for _ in range(20))
+    assert pruned == len(old) and all(jobs.record(j) is None for j in old)
+    assert all(jobs.record(j) is not None for j in lately)

@@ -70,6 +70,13 @@ class History(BaseModel):
     events: list[Event]
 
 
+def clean(message: str) -> str:
+    """A message as jobs.lua keeps it in a history line (`clean`): cut to MAX_MESSAGE bytes,
+    never inside a character, on one line."""
+    cut = message.encode()[:MAX_MESSAGE].decode(errors="ignore")
+    return cut.replace("\r", " ").replace("\n", " ")
+
+
 def decode(created_at: float, lines: list[bytes], failed: EventError | None = None) -> list[Event]:
     """The stored events (oldest first), as users see them; `failed`: the job's error, which
     the event that met it refers to (OWN) instead of keeping it twice."""

@@ -55,6 +55,11 @@ local DROPPED = {id = true, deadline_at = true, polls = true, transcript_created
   last_error = true, derived_key = true}
 local finished = false  -- set once this command finished the job (schedule 'never'): compact it
 
+-- True while an earlier release's workers may still run (JobStore.upgrade sets the flag, the
+-- repair after the rollout deletes it): they read jobs whole, errors with their message, and
+-- histories without `!`, so nothing is compacted meanwhile.
+local function rolling() return redis.call('EXISTS', rollout) == 1 end
+
 -- A hash's fields (HGETALL's list) as a table, each value in parts joined (a value written
 -- whole since, if any, wins: parts are only ever written by `rewrite`).
 local function joined(all)
@@ -93,7 +98,7 @@ end
 -- A finished job's hash, compacted: written anew, so Redis encodes it compactly again; a key
 -- derived from the recording and provider is derived again (tasks/jobs/record.py `decode`).
 local function compact()
-  if redis.call('EXISTS', rollout) == 1 then return end
+  if rolling() then return end
   local fields = joined(redis.call('HGETALL', job))
   if not fields.state then return end
   if fields.derived_key then fields.idempotency_key = nil end
@@ -199,7 +204,7 @@ local function record(history, code, message)
   local phase = string.gsub(f[2], '(%a)%a*:?', '%1')  -- each word's first letter
   local line = math.floor((now - (tonumber(f[1]) or now)) * 1000) .. ' ' .. event .. ' ' .. phase
   if code then err = code .. ' ' .. clean(message) end
-  if finished and err ~= '' and err == error_text() then err = OWN end
+  if finished and err ~= '' and err == error_text() and not rolling() then err = OWN end
   if err ~= '' then line = line .. ' ' .. err end
   local kept, count = string.gsub(f[3] and f[3] .. '\n' .. line or line, '\n', '\n')
   for _ = tonumber(max), count do kept = string.sub(kept, string.find(kept, '\n', 1, true) + 1) end
@@ -252,10 +257,15 @@ local function fail(old, state, phase, error_json)
 end
 
 -- Fail the job as Recall reported its transcript failed, and record it with `history`: the
--- error's message is Recall's sub_code in a sentence, made where it is shown (JobError).
+-- error's message is Recall's sub_code in a sentence, made where it is shown (JobError), or here
+-- while an earlier release may read it (the same sentence as tasks/jobs/views.py's).
 local function transcript_failed(old, state, phase, sub_code, history)
   sub_code = cut(sub_code, MAX_MESSAGE)  -- Recall's word for it: a short code, or cut to one
-  fail(old, state, phase, cjson.encode({code = 'transcript_failed', sub_code = sub_code}))
+  local err = {code = 'transcript_failed', sub_code = sub_code}
+  if rolling() then
+    err.message = 'Recall reported the transcript failed (sub_code: ' .. sub_code .. ')'
+  end
+  fail(old, state, phase, cjson.encode(err))
   record(history, 'transcript_failed', sub_code)
 end
 

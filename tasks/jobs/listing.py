@@ -22,7 +22,7 @@ from tasks.jobs.errors import ErrorCode
 from tasks.jobs.record import JobRecord, decode
 from tasks.jobs.states import State
 
-CALL_READS = 1_000  # entries one script call may read of each index: Redis is blocked meanwhile
+CALL_READS = 1_000  # index entries one script call may read: Redis is blocked meanwhile
 PAGE_READS = 10_000  # ... and one page: past it the page ends short, with a cursor to go on
 CURSOR = r"^(-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:e[+-]?[0-9]{1,2})?)_([A-Za-z0-9-]{1,100})$"
 _CURSOR = re.compile(CURSOR)
@@ -131,6 +131,7 @@ class Listing(JobStoreBase):
             else:
                 high, since = "+inf" if before is None else f"({before!r}", ""
             budget = CALL_READS if offset else min(CALL_READS, PAGE_READS - read)
+            budget = max(1, budget // len(walked))  # a call reads CALL_READS, shared out
             if not others:  # every entry walked is a match: no index need give more than wanted
                 budget = min(budget, wanted - len(found))
             answer = cast(

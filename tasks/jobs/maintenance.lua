@@ -22,7 +22,7 @@ end
 
 -- reindex: repair the listing indexes of jobs, each atomically: a job sits in the one listing
 -- index of its workspace, state and error code, in no other, and in its recording's; a finished
--- job leaves the state sets and is settled (compacted, its owner key gone); a job gone leaves
+-- job is settled (compacted unless a rollout goes on, its owner key gone); a job gone leaves
 -- every index. Run by JobStore.upgrade (schema 5: jobs written before these indexes) and by
 -- `recall-transcribe jobs reindex` (jobs an earlier release moved or submitted during a rolling
 -- deploy); a recording's set of job ids as releases before schema 4 kept it is dropped.
@@ -45,10 +45,7 @@ if command == 'reindex' then
         changed = changed + redis.call('ZADD', ARGV[5] .. f[3], f[2], id)
         redis.call('DEL', ARGV[6] .. f[3])
       end
-      if member(ARGV[7], f[1]) then
-        changed = changed + redis.call('ZREM', state_prefix .. f[1], id)
-        settle()
-      end
+      if member(ARGV[7], f[1]) then settle() end
     end
     if changed > 0 then repaired = repaired + 1 end
   end
@@ -58,17 +55,23 @@ end
 -- prune: finished jobs past their retention leave Redis with their index entries (in every
 -- listing index: an earlier release may have left one behind), walked from the oldest created
 -- in each finished listing index: a job goes once its last change (its finish, or a later
--- archive) is older than the retention; one created before it and finished since stays. KEYS[5..] the finished jobs' listing indexes. ARGV[5] age (seconds), ARGV[6]
--- limit, ARGV[7] recording-index prefix, ARGV[8] the finished states (space-separated),
--- ARGV[9] the most entries read. Returns how many.
+-- archive) is older than the retention; one created before it and finished since stays, and
+-- the next call goes on past it (how many such jobs head each index is kept in ARGV[10], until
+-- a walk reaches the index's end and starts over). KEYS[5..] the finished jobs' listing indexes.
+-- ARGV[5] age (seconds), ARGV[6] limit, ARGV[7] recording-index prefix, ARGV[8] the finished
+-- states (space-separated), ARGV[9] the most entries read, shared by the indexes, ARGV[10] the
+-- hash of entries passed over, by index. Returns how many.
 if command == 'prune' then
-  local pruned, read, cutoff = 0, 0, now - tonumber(ARGV[5])
-  local limit, reads, every = tonumber(ARGV[6]), tonumber(ARGV[9]), redis.call('SMEMBERS', registry)
+  local pruned, cutoff, every = 0, now - tonumber(ARGV[5]), redis.call('SMEMBERS', registry)
+  local limit, skipped = tonumber(ARGV[6]), ARGV[10]
+  local reads = math.max(100, math.floor(tonumber(ARGV[9]) / math.max(1, #KEYS - 6)))
   for k = 5, #KEYS - 2 do
-    local index, kept = KEYS[k], 0
+    local index, read = KEYS[k], 0
+    local kept = tonumber(redis.call('HGET', skipped, index)) or 0
+    local ended = false
     while pruned < limit and read < reads do
       local ids = redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', kept, 100)
-      if #ids == 0 then break end
+      if #ids == 0 then ended = true break end
       for _, each in ipairs(ids) do
         read = read + 1
         local hash = job_prefix .. each
@@ -90,6 +93,7 @@ if command == 'prune' then
         if pruned >= limit or read >= reads then break end
       end
     end
+    if ended then redis.call('HDEL', skipped, index) else redis.call('HSET', skipped, index, kept) end
   end
   return pruned
 end

@@ -25,30 +25,32 @@ class Maintenance(JobStoreBase):
 
     def upgrade(self) -> int:
         """Give jobs written before this release what it reads: their phase (state and step
-        then), a deadline and a workspace (before schema 3), their one listing index, and a
-        finished job its compact hash (before 5). Idempotent, and done once per Redis; how many
-        jobs were upgraded (every one written before schema 5 moves to the new indexes)."""
+        then), a deadline and a workspace (before schema 3), their one listing index (before 5).
+        The earlier release's indexes stay until the repair after the rollout (its workers,
+        still running, write to them alone), and no job is compacted until then (they read
+        jobs whole). Idempotent, and done once per Redis; how many jobs were upgraded (every
+        one written before schema 5 moves to the new indexes)."""
         written = cast(bytes | None, self.redis.get(keys.SCHEMA))
         schema = int(written) if written and written.isdigit() else 0
         if schema >= SCHEMA:
             return 0
         ids = self._known()
-        if ids:  # workers of the release before may still run: they read jobs whole
-            self.redis.set(keys.SCHEMA_ROLLOUT, str(self.now()))
+        if written is not None or ids:  # an earlier release's workers may still run: until the
+            self.redis.set(keys.SCHEMA_ROLLOUT, str(self.now()))  # repair, jobs stay whole
+        self.redis.delete(keys.SCHEMA_REPAIRED)  # an earlier schema's repair is not this one's
         upgraded = 0
         for start in range(0, len(ids), BATCH):
             batch = ids[start : start + BATCH]
             if schema < 3:
                 self._phases(batch)
             upgraded += self._reindex(batch)
-        self._drop_legacy()
         self.redis.set(keys.SCHEMA, SCHEMA)
         self.redis.set(keys.SCHEMA_AT, self.now())
         return upgraded
 
     def repair_after_rollout(self, grace_s: float = ROLLOUT_S) -> int | None:
         """`reindex` once per Redis, by one worker, `grace_s` after this release's upgrade wrote
-        schema 4: by then the rolling deploy is taken to be over (its old workers gone), so
+        schema 5: by then the rolling deploy is taken to be over (its old workers gone), so
         what they moved or submitted after the upgrade is listed again. None until then, when
         another worker has it, or when the schema was written without its time; else how many
         jobs were repaired. `recall-transcribe jobs reindex` does the same on demand."""
@@ -155,5 +157,6 @@ class Maintenance(JobStoreBase):
                 keys.RECORDING_JOBS_PREFIX,
                 _FINISHED,
                 limit * PRUNE_READS,
+                keys.PRUNE_SKIPPED,
             )
         )

@@ -82,4 +82,4 @@ class Queries(JobStoreBase):
 def _met(error: dict[str, Any]) -> history.EventError:
     """The job's error as its history shows the event that met it (jobs.lua `error_text`)."""
     said = error.get("message") or error.get("sub_code") or ""
-    return history.EventError(code=str(error.get("code")), message=str(said))
+    return history.EventError(code=str(error.get("code")), message=history.clean(str(said)))

@@ -166,8 +166,9 @@ if command == 'retry' then
   redis.call('ZREM', index_of(old), id)  -- the index with its error, before the error goes
   local history, spelled = redis.call('HGET', job, 'history'), error_text()
   if history and spelled then  -- the line that met the error says so, once it is gone
-    history = string.gsub(history .. '\n', ' ' .. OWN .. '\n', function() return ' ' .. spelled .. '\n' end)
-    redis.call('HSET', job, 'history', string.sub(history, 1, -2))
+    history = string.gsub('\n' .. history .. '\n', '(\n%d+ %S+ %S+) ' .. OWN .. '\n',
+      function(line) return line .. ' ' .. spelled .. '\n' end)
+    redis.call('HSET', job, 'history', string.sub(history, 2, -2))
   end
   redis.call('HDEL', job, 'error', 'failures', 'last_error', 'remediations')
   redis.call('HINCRBY', job, 'attempts', 1)
