@@ -185,6 +185,9 @@ def test_processing_past_the_timeout_fails_the_job(
     job_id = start(harness, emulator)
     harness.drain()
     harness.pipeline.settings = reconfigure(settings, RECALL_TRANSCRIPT_TIMEOUT_S=0.001)
+    # the emulator's processing ends first (else it would end after this, and the await step
+    # would find the transcript done): then the transcript is made to look still processing
+    wait_transcript_done(emulator, "r1")
     emulator.state.transcripts[str(state(harness, job_id).transcript_id)].status = "processing"
     time.sleep(0.01)
     assert harness.run(Step.AWAIT, job_id) == Result(
