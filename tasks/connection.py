@@ -4,9 +4,10 @@ for the job store, the inbox, leases and the limiter (`redis_client`) as for Cel
 
 Through Sentinel, a client asks for the primary when it connects, and again when its connection
 fails or the server it reaches has become a replica (redis-py's Sentinel pool turns READONLY into
-a reconnection), so a failover is followed without a restart. A `patient` client (workers) retries
-for about 20 s; an impatient one (the receiver) fails at once, so the receiver answers 503 and
-Recall sends again.
+a reconnection), so a failover is followed without a restart. A command retried on its own
+connection asks again too (`_AskingConnection`): redis-py reconnects it to the address it had.
+A `patient` client (workers) retries for about 20 s; an impatient one (the receiver) fails at
+once, so the receiver answers 503 and Recall sends again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from tasks.settings import Settings
 
@@ -42,12 +43,27 @@ def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:
     primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         settings.REDIS_SENTINEL_MASTER,
         redis_class=redis.Redis,
+        connection_class=_AskingConnection,
         db=_db(url.path),
         username=unquote(url.username) if url.username else None,
         password=unquote(url.password) if url.password else None,
         **options,
     )
     return primary
+
+
+class _AskingConnection(SentinelManagedConnection):  # type: ignore[misc,unused-ignore]
+    """A connection to the primary that asks the Sentinels where it is every time it connects.
+    redis-py's own asks only when the pool hands it out: a command retried on the same connection
+    (a socket timeout: the primary cut off by a partition) reconnected to the old primary, retry
+    after retry, for as long as the partition lasted (20-30 s in `tests/test_failover.py`)."""
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self._sock is None and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health, retry_socket_connect)
 
 
 def broker_url(settings: Settings) -> str:

@@ -17,8 +17,11 @@ import redis
 import requests
 
 from harness import System, free_port, http_ready, recording_done, signed, wait_for
+from tasks.connection import redis_client
 from tasks.jobs import indexes
+from tasks.settings import Settings
 from tests.cluster import Cluster, cluster, wait_until_promoted
+from tests.helpers import reconfigure
 
 # Timing-sensitive (their windows and rates are measured): one xdist worker runs them in turn.
 pytestmark = pytest.mark.xdist_group("timing")
@@ -207,3 +210,31 @@ def _partitioned_burst(system: System, nodes: Cluster, link: Any, cut_off: Syste
         "webhooks the cut-off side refused": refused_by_cut_off,
     }
     print(json.dumps({"partition": summary}))
+
+
+def test_a_command_retried_on_its_own_connection_reaches_the_promoted_primary(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A partition cuts the primary off while a worker's connection is open: the command times
+    out, and its retry reconnects that same connection. redis-py reconnected it to the address it
+    had (the old primary, silent), retry after retry, for as long as the partition lasted: steps
+    stalled 20-30 s after the promotion. Ours asks the Sentinels again on every reconnection."""
+    nodes = cluster(tmp_path / "cluster", replicas=2, partitionable=True)
+    link = nodes.link
+    assert link is not None
+    try:
+        sentinel = reconfigure(
+            settings, REDIS_URL="redis://127.0.0.1/0", REDIS_SENTINELS=nodes.sentinels
+        )
+        client = redis_client(sentinel, patient=True)
+        client.set("mark", "before")  # its connection is open, to the primary through the link
+        link.cut()
+        wait_until_promoted(nodes, link.port)
+        started = time.monotonic()
+        client.set("mark", "after")  # times out on the cut-off primary, then retries
+        took = time.monotonic() - started
+        assert redis.Redis(port=nodes.primary()).get("mark") == b"after"
+        assert took < 15, took  # one socket timeout (5 s) and a retry, not the partition's length
+    finally:
+        link.heal()
+        nodes.stop()

@@ -18,7 +18,7 @@ from tasks.jobs.errors import ErrorCode
 from tasks.jobs.states import State, Step
 from tasks.jobs.store import JobStore
 from tasks.outcomes import Outcome
-from tasks.replicas import NotReplicated
+from tasks.replicas import NotReplicated, replicated
 from tasks.settings import Settings
 from tests.helpers import Harness, reconfigure, run, start, state
 
@@ -125,3 +125,23 @@ def test_no_archived_transcript_is_deleted_until_a_replica_knows_the_archive(
     for _ in range(2):  # archived to the store, but the mark may not survive a failover
         assert run(harness, Step.REMEDIATE, job_id) == Outcome.RETRY
     assert all(t["status"]["code"] == "done" for t in emulator.transcripts("r1"))
+
+
+def test_a_write_whose_script_is_missing_on_the_server_it_reached_runs_again(
+    rclient: redis.Redis,
+) -> None:
+    """A pipeline loads its scripts before it runs; a retry that reconnected to another server
+    (a failover) finds none there: the write runs again, loading them, once."""
+    script = rclient.register_script("return redis.call('INCR', KEYS[1])")
+    calls = []
+
+    def write(pipe: redis.client.Pipeline) -> None:
+        calls.append(1)
+        if len(calls) == 1:  # as the promoted primary answers a script it never saw
+            pipe.execute_command("EVALSHA", "0" * 40, 1, "counter")
+        else:
+            script(keys=["counter"], client=pipe)
+
+    assert replicated(rclient, 0, write) == 1 and len(calls) == 2
+    with pytest.raises(redis.exceptions.NoScriptError):  # a second miss is not a failover's
+        replicated(rclient, 0, lambda pipe: pipe.execute_command("EVALSHA", "0" * 40, 0))
