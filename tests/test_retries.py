@@ -459,6 +459,7 @@ def test_a_worker_whose_clock_is_off_judges_every_wait_on_redis_clock(
     assert run(harness, Step.CREATE, job_id) == Outcome.CREATED
     assert len(emulator.transcripts("r1")) == 1  # adopted, not made again
     worker_clock(3600)  # a clock an hour ahead
+    wait_transcript_done(emulator, "r1")  # the emulator's processing over: it stays processing
     emulator.state.transcripts[str(state(harness, job_id).transcript_id)].status = "processing"
     assert run(harness, Step.AWAIT, job_id) == Outcome.PROCESSING  # not a timeout
 
@@ -474,6 +475,7 @@ def test_a_job_that_ends_while_holding_a_quota_slot_gives_it_back(
     harness.drain()
     assert emulator.state is not None
     transcript_id = str(state(harness, job_id).transcript_id)
+    wait_transcript_done(emulator, "r1")  # the emulator's processing over: it stays processing
     emulator.state.transcripts[transcript_id].status = "processing"
     assert run(harness, Step.AWAIT, job_id) == Outcome.PROCESSING
     assert run(harness, Step.AWAIT, job_id) == Outcome.WAIT  # its slot a minute away

@@ -335,6 +335,7 @@ def test_copies_of_an_await_message_call_recall_once(
     job_id = start(harness, emulator)
     harness.drain()
     assert emulator.state is not None
+    wait_transcript_done(emulator, "r1")  # the emulator's processing over: it stays processing
     emulator.state.transcripts[str(state(harness, job_id).transcript_id)].status = "processing"
     harness.pipeline.dispatch(Step.AWAIT, job_id, "r1")
     (message,) = harness.redis.lrange(PIPELINE_QUEUE, 0, -1)
