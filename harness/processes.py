@@ -4,6 +4,7 @@ subcommands, each in a process group of its own with its output in a log file.""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,7 +29,21 @@ def command() -> list[str]:
     return [installed] if installed else [sys.executable, "-m", "recall_transcribe"]
 
 
+LISTEN_PORTS = range(20000, 32768)  # below Linux's ephemeral range (32768-60999 by default)
+
+
 def free_port() -> int:
+    """A loopback port free now, for a server about to listen on it. Chosen below the range the
+    kernel hands out to outgoing connections: a port from bind(0) could be taken by one of the
+    tests' many client sockets before the server bound it ("Address already in use")."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
