@@ -122,6 +122,27 @@ def test_the_union_of_indexes_merges_in_order_through_ties_and_tiny_reads(
         assert listed == [r.id for r in records if filters.keeps(r)], filters
 
 
+def test_one_call_shares_its_reads_among_the_indexes_it_walks(
+    jobs: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page by offset over many indexes (every workspace's, every state's): no script call
+    reads more than CALL_READS entries in all, however many indexes the union holds."""
+    monkeypatch.setattr(listing, "CALL_READS", 12)
+    populate(jobs, 60)
+    script, asked = jobs._pages, []
+
+    def counted(**kwargs: Any) -> Any:
+        budget, walked = kwargs["args"][4:6]  # per index, and how many indexes
+        asked.append(int(budget) * int(walked))
+        return script(**kwargs)
+
+    jobs.__dict__["_pages"] = counted
+    records = everything(jobs)
+    page = jobs.page(Filters(), offset=20, limit=10)
+    assert [r.id for r in page.records] == [r.id for r in records][20:30]
+    assert asked and max(asked) <= 12
+
+
 def test_offset_pages_as_before(jobs: JobStore) -> None:
     populate(jobs, 20)
     records = everything(jobs)

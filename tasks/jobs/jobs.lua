@@ -45,9 +45,9 @@ local SENT = {'sent_seq', 'sent_id', 'sent_step'}
 
 local function hdel(key, fields) redis.call('HDEL', key, unpack(fields)) end
 
--- Compacting a finished job's hash (parts.lua has PART and `field`). RAW: fields read as they
--- are, by this script or the callbacks' (never long). DROPPED: what only an unfinished job reads
--- (a retry starts them again).
+-- Compacting a finished job's hash (parts.lua has PART, `field` and `split`). RAW: fields read
+-- as they are, by this script or the callbacks' (never long). DROPPED: what only an unfinished
+-- job reads (a retry starts them again).
 local RAW = {recording_id = true, transcript_id = true, archived_transcript_id = true,
   workspace = true, state = true, phase = true, attempts = true, created_at = true,
   updated_at = true, source = true, callbacks_event = true}
@@ -80,17 +80,7 @@ end
 -- Rewrite the job's hash with `fields` (a table), values over PART in parts unless `whole`.
 local function rewrite(fields, whole)
   local out = {}
-  for name, value in pairs(fields) do
-    if whole or #value <= PART or RAW[name] then
-      table.insert(out, name)
-      table.insert(out, value)
-    else
-      for n = 0, math.ceil(#value / PART) - 1 do
-        table.insert(out, name .. '.' .. n)
-        table.insert(out, string.sub(value, n * PART + 1, (n + 1) * PART))
-      end
-    end
-  end
+  for name, value in pairs(fields) do split(out, name, value, whole or RAW[name]) end
   redis.call('DEL', job)
   if #out > 0 then redis.call('HSET', job, unpack(out)) end
 end
@@ -105,6 +95,13 @@ local function compact()
   for name in pairs(DROPPED) do fields[name] = nil end
   if fields.metadata == '{}' then fields.metadata = nil end
   rewrite(fields, false)
+end
+
+-- The owner key of the job's transcript (`transcript`: its id, if any) goes, while it names it.
+local function disown(transcript, owner)
+  if transcript and redis.call('GET', owner_prefix .. transcript) == owner then
+    redis.call('DEL', owner_prefix .. transcript)
+  end
 end
 
 -- A compacted job's values made whole again, before a command writes to it.
@@ -218,10 +215,7 @@ local function schedule(delay)
   if delay == 'never' then  -- finished: it leaves the due-set, its news the outbox, and its
     drop_ticket()          -- transcript's owner key (Recall's metadata names the job)
     finished = true
-    local transcript = redis.call('HGET', job, 'transcript_id')
-    if transcript and redis.call('GET', owner_prefix .. transcript) == id then
-      redis.call('DEL', owner_prefix .. transcript)
-    end
+    disown(redis.call('HGET', job, 'transcript_id'), id)
     redis.call('ZREM', due, id)
     redis.call('ZADD', outbox, now, id .. ':' .. redis.call('HGET', job, 'attempts'))
     count_finish()

@@ -13,10 +13,7 @@ end
 
 -- A finished job's upkeep: its hash compacted, its transcript's owner key gone.
 local function settle()
-  local transcript = redis.call('HGET', job, 'transcript_id')
-  if transcript and redis.call('GET', owner_prefix .. transcript) == id then
-    redis.call('DEL', owner_prefix .. transcript)
-  end
+  disown(redis.call('HGET', job, 'transcript_id'), id)
   compact()
 end
 
@@ -83,9 +80,7 @@ if command == 'prune' then
         else
           for _, key in ipairs(every) do redis.call('ZREM', key, each) end
           if f[3] then redis.call('ZREM', ARGV[7] .. f[3], each) end
-          if f[4] and redis.call('GET', owner_prefix .. f[4]) == each then
-            redis.call('DEL', owner_prefix .. f[4])
-          end
+          disown(f[4], each)
           redis.call('DEL', hash)
           redis.call('ZREM', due, each)
           pruned = pruned + 1

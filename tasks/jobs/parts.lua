@@ -19,13 +19,25 @@ local function field(key, name)
   return n > 0 and table.concat(parts) or false
 end
 
+-- Append to `out` the fields that keep `value`: `name` itself, or its parts when it is longer
+-- than PART (unless `whole`).
+local function split(out, name, value, whole)
+  if whole or #value <= PART then
+    table.insert(out, name)
+    table.insert(out, value)
+    return out
+  end
+  for i = 0, math.ceil(#value / PART) - 1 do
+    table.insert(out, name .. '.' .. i)
+    table.insert(out, string.sub(value, i * PART + 1, (i + 1) * PART))
+  end
+  return out
+end
+
 -- Write a field of a finished job's hash, in parts when it is longer than PART.
 local function put(key, name, value)
   redis.call('HDEL', key, name)
   local n = 0
   while redis.call('HDEL', key, name .. '.' .. n) == 1 do n = n + 1 end
-  if #value <= PART then return redis.call('HSET', key, name, value) end
-  for i = 0, math.ceil(#value / PART) - 1 do
-    redis.call('HSET', key, name .. '.' .. i, string.sub(value, i * PART + 1, (i + 1) * PART))
-  end
+  redis.call('HSET', key, unpack(split({}, name, value, false)))
 end
